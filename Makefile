@@ -1,0 +1,32 @@
+# voltabuild — `make demo` runs a real build on the local stack; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help venv system-deps lint test demo up down bench fuzz package deploy clean
+
+help:
+	@echo "make demo     start the local stack and build the canary image end to end"
+	@echo "make test     lint and run every test (creates .venv, installs Debian packages as root)"
+	@echo "make up/down  start/stop the local stack (moto server, chalice local, registry, worker)"
+
+$(STAMP): requirements.txt requirements-dev.txt $(wildcard client/pyproject.toml)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@if [ -f client/pyproject.toml ]; then $(PY) -m pip install -q --disable-pip-version-check -e client; fi
+	@touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: venv system-deps lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,83 @@
+"""voltabuild's Chalice app: routes and event handlers only — the domain is in chalicelib."""
+
+from __future__ import annotations
+
+from chalice import Chalice
+
+from chalicelib import wiring
+from chalicelib.http import error_response, handle_errors, json_response, parse_body
+from chalicelib.schemas import BuildList, BuildRequest
+
+app = Chalice(app_name="voltabuild")
+app.api.binary_types = []  # every body is JSON
+
+OPEN_ROUTES = {"/health", "/builds/{build_id}/events"}
+
+
+@app.middleware("http")
+def require_api_key(event, get_response):
+    """In AWS, API Gateway checks the key (usage plan). Locally, LOCAL_API_KEY does."""
+    expected = wiring.settings().local_api_key
+    if expected and event.context.get("resourcePath") not in OPEN_ROUTES:
+        if not wiring.same_secret(event.headers.get("x-api-key", ""), expected):
+            return error_response(403, "missing or wrong API key: send it in the x-api-key header")
+    return get_response(event)
+
+
+@app.route("/health", methods=["GET"])
+def health():
+    return {"status": "ok"}
+
+
+@app.route("/frameworks", methods=["GET"], api_key_required=True)
+def frameworks():
+    return wiring.catalog().summary
+
+
+@app.route("/openapi.json", methods=["GET"], api_key_required=True)
+def openapi():
+    return wiring.openapi_document()
+
+
+@app.route("/builds", methods=["POST"], api_key_required=True)
+@handle_errors
+def submit_build():
+    req = app.current_request
+    body = parse_body(req.raw_body, BuildRequest)
+    build, created = wiring.builds().submit(body, idempotency_key=req.headers.get("idempotency-key"))
+    return json_response(build, 202 if created else 200, {"Location": f"/builds/{build.id}"})
+
+
+@app.route("/builds", methods=["GET"], api_key_required=True)
+@handle_errors
+def list_builds():
+    q = app.current_request.query_params or {}
+    unknown = set(q) - {"status", "framework", "limit", "next"}
+    if unknown:
+        return error_response(400, f"unknown query parameter(s) {sorted(unknown)}; allowed: status, framework, limit, next")
+    builds, cursor = wiring.builds().list(
+        status=q.get("status"), framework=q.get("framework"), limit=q.get("limit"), cursor=q.get("next")
+    )
+    return json_response(BuildList(builds=builds, next=cursor))
+
+
+@app.route("/builds/{build_id}", methods=["GET"], api_key_required=True)
+@handle_errors
+def get_build(build_id):
+    return json_response(wiring.builds().get(build_id))
+
+
+@app.route("/builds/{build_id}", methods=["DELETE"], api_key_required=True)
+@handle_errors
+def cancel_build(build_id):
+    build, done = wiring.builds().cancel(build_id)
+    return json_response(build, 200 if done else 202)
+
+
+# ---- launcher and the instance's reports (issue 4) ----------------------------------
+
+
+# ---- event-driven lifecycle: EventBridge handlers, reaper (issue 7) -----------------
+
+
+# ---- notifications (issue 8) ------------------------------------------------------

@@ -1,0 +1,1 @@
+"""voltabuild's domain, packaged with every Lambda."""

@@ -1,0 +1,170 @@
+"""The build service: what the API routes do, in domain terms."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+
+from chalicelib.catalog import Catalog
+from chalicelib.clock import now_iso
+from chalicelib.errors import BadRequest, Conflict, InvalidTransition
+from chalicelib.queues import Queue
+from chalicelib.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, TimelineEvent
+from chalicelib.settings import Settings
+from chalicelib.states import Status
+from chalicelib.store import BuildStore, Idempotency
+from chalicelib.transitions import Transitions
+
+BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def new_build_id() -> str:
+    return "b-" + secrets.token_hex(10)
+
+
+def check_build_id(build_id: str) -> str:
+    from chalicelib.errors import BuildNotFound
+
+    if not BUILD_ID.match(build_id or ""):
+        raise BuildNotFound(f"no build with id {build_id!r} (build ids look like b-0123456789abcdef0123)")
+    return build_id
+
+
+class BuildService:
+    def __init__(self, store: BuildStore, catalog: Catalog, settings: Settings, launch_queue: Queue,
+                 transitions: Transitions) -> None:
+        self.store = store
+        self.transitions = transitions
+        self.catalog = catalog
+        self.settings = settings
+        self.launch_queue = launch_queue
+
+    # ---- submit -----------------------------------------------------------------
+    def plan(self, req: BuildRequest) -> Build:
+        """Validate a request against the catalog and resolve every default. No I/O."""
+        spec = self.catalog.spec(req.framework)
+        hw = self.catalog.hardware
+        resolved = spec.resolve(req.version, req.cuda, req.python)
+        build_args = spec.check_build_args(req.build_args)
+
+        if req.instance_types:
+            unknown = [t for t in req.instance_types if not hw.is_known_instance_type(t)]
+            if unknown:
+                known = ", ".join(sorted({t for f in hw.families.values() for t in f.sizes}))
+                raise BadRequest(
+                    f"instance_types: {', '.join(unknown)} not allowed; GPU instance types voltabuild "
+                    f"builds on: {known}",
+                    field="instance_types",
+                )
+            instance_types = list(dict.fromkeys(req.instance_types))
+        else:
+            instance_types = list(spec.instance_types)
+
+        limits = spec.timeout_minutes
+        timeout = req.timeout_minutes if req.timeout_minutes is not None else limits.default
+        if timeout > limits.max:
+            raise BadRequest(
+                f"timeout_minutes: {timeout} is over the {spec.framework} limit; allowed 5 to {limits.max}",
+                field="timeout_minutes",
+            )
+
+        notify = req.notify if isinstance(req.notify, NotifyOptions) else NotifyOptions(slack=req.notify)
+        if notify.channel and notify.channel not in self.settings.slack_channels:
+            raise BadRequest(
+                f"notify.channel: {notify.channel!r} is not configured; configured channels: "
+                f"{', '.join(self.settings.slack_channels) or 'none'}",
+                field="notify.channel",
+            )
+
+        now = now_iso()
+        warnings = [f"{spec.framework} is deprecated: {spec.deprecated}"] if spec.deprecated else []
+        return Build(
+            id=new_build_id(),
+            status=Status.QUEUED,
+            framework=spec.framework,
+            version=resolved.version,
+            cuda=resolved.cuda,
+            python=resolved.python,
+            build_args=build_args,
+            instance_types=instance_types,
+            max_price=req.max_price,
+            timeout_minutes=timeout,
+            notify=notify,
+            image=ImageInfo(
+                repository=f"{self.settings.registry}/{spec.repository}",
+                tags=spec.tags_for(resolved, hw, req.tags),
+            ),
+            max_attempts=self.settings.max_attempts,
+            warnings=warnings,
+            created_at=now,
+            updated_at=now,
+            events=[TimelineEvent(at=now, status=Status.QUEUED, message="accepted")],
+        )
+
+    def submit(self, req: BuildRequest, *, idempotency_key: str | None = None) -> tuple[Build, bool]:
+        """Record a new build and queue it for launch. Returns ``(build, created)``."""
+        idem = None
+        if idempotency_key is not None:
+            if not IDEMPOTENCY_KEY.match(idempotency_key):
+                raise BadRequest(
+                    "Idempotency-Key: 1 to 255 printable ASCII characters without spaces",
+                    field="Idempotency-Key",
+                )
+            body = json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()
+            idem = Idempotency(idempotency_key, hashlib.sha256(body).hexdigest())
+        build = self.plan(req)
+        build, created = self.store.create(build, idempotency=idem)
+        if created:
+            self.launch_queue.send({"build_id": build.id, "attempt": build.attempt})
+        return build, created
+
+    # ---- read -------------------------------------------------------------------
+    def get(self, build_id: str) -> Build:
+        return self.store.get(check_build_id(build_id))
+
+    def list(self, *, status: str | None, framework: str | None, limit: str | None,
+             cursor: str | None) -> tuple[list[Build], str | None]:
+        st = None
+        if status is not None:
+            try:
+                st = Status(status.upper())
+            except ValueError:
+                raise BadRequest(
+                    f"status: {status!r} is not a status; one of {', '.join(s.value for s in Status)}",
+                    field="status",
+                ) from None
+        if framework is not None:
+            self.catalog.spec(framework)
+        try:
+            n = int(limit) if limit is not None else 20
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 100:
+            raise BadRequest(f"limit: {limit!r} is not a number from 1 to 100", field="limit")
+        return self.store.list(status=st, framework=framework, limit=n, cursor=cursor)
+
+    # ---- cancel -----------------------------------------------------------------
+    def cancel(self, build_id: str) -> tuple[Build, bool]:
+        """Cancel a build. Returns ``(build, done)``: done is True when it is CANCELLED
+        now (it was QUEUED), False when the cancel was recorded for a build that has an
+        instance to stop first."""
+        build = self.get(build_id)
+        if build.status == Status.QUEUED:
+            try:
+                item = self.transitions.move(build.id, Status.CANCELLED, expect=[Status.QUEUED],
+                                             message="cancelled by request")
+                return Build.model_validate(item), True
+            except InvalidTransition:
+                build = self.get(build_id)  # it moved on meanwhile: fall through
+        if build.status.final:
+            raise Conflict(f"build {build.id} already finished as {build.status.value}; nothing to cancel")
+        try:
+            item = self.store.update_fields(build.id, {"cancel_requested": True},
+                                            expect=[Status.QUEUED, Status.LAUNCHING, Status.RUNNING])
+        except InvalidTransition:
+            build = self.get(build_id)
+            raise Conflict(f"build {build.id} already finished as {build.status.value}; nothing to cancel") from None
+        return Build.model_validate(item), False

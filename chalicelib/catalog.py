@@ -1,0 +1,390 @@
+"""The buildspec catalog: what may be built and how.
+
+One YAML per framework under ``buildspecs/`` plus ``_hardware.yaml`` (GPU families and
+CUDA releases). Everything is loaded into frozen pydantic models; a broken file fails at
+load with an error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from chalicelib.errors import BadRequest, CatalogError
+
+_HERE = Path(__file__).resolve().parent
+# A deployment package carries the catalog inside chalicelib/_bundle (see `make package`);
+# a checkout reads it from the repository root.
+_BUNDLE = _HERE / "_bundle"
+ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
+
+DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+_ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cc(value: str) -> tuple[int, int]:
+    major, _, minor = value.partition(".")
+    return int(major), int(minor or 0)
+
+
+class GpuFamily(_Frozen):
+    gpu: str
+    compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
+    gpu_memory_gib: int = Field(gt=0)
+    sizes: dict[str, int]
+
+    @property
+    def cc(self) -> tuple[int, int]:
+        return _cc(self.compute_capability)
+
+
+class CudaRelease(_Frozen):
+    full: str
+    min_compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
+    min_driver: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$")
+
+    @property
+    def min_cc(self) -> tuple[int, int]:
+        return _cc(self.min_compute_capability)
+
+
+class Hardware(_Frozen):
+    families: dict[str, GpuFamily]
+    cuda: dict[str, CudaRelease]
+
+    def family_of(self, instance_type: str) -> str:
+        return instance_type.split(".", 1)[0]
+
+    def is_known_instance_type(self, instance_type: str) -> bool:
+        fam = self.families.get(self.family_of(instance_type))
+        return fam is not None and instance_type in fam.sizes
+
+    def runs(self, instance_type: str, cuda: str) -> bool:
+        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU."""
+        fam = self.families[self.family_of(instance_type)]
+        return fam.cc >= self.cuda[cuda].min_cc
+
+    def families_for(self, cuda: str) -> list[str]:
+        return [name for name, fam in self.families.items() if fam.cc >= self.cuda[cuda].min_cc]
+
+
+class BuildArgSpec(_Frozen):
+    pattern: str
+    default: str
+    help: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        if not (v.startswith("^") and v.endswith("$")):
+            raise ValueError("must be anchored with ^ and $")
+        re.compile(v)
+        return v
+
+    @model_validator(mode="after")
+    def _default_matches(self) -> BuildArgSpec:
+        if not re.fullmatch(self.pattern, self.default):
+            raise ValueError(f"default {self.default!r} does not match its own pattern {self.pattern}")
+        return self
+
+
+class VersionSpec(_Frozen):
+    version: str = Field(pattern=_VERSION.pattern)
+    cuda: list[str] = Field(min_length=1)
+    python: list[str] = Field(min_length=1)
+    args: dict[str, str] = {}
+
+
+class Timeouts(_Frozen):
+    default: int = Field(gt=0)
+    max: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Timeouts:
+        if self.default > self.max:
+            raise ValueError("default timeout exceeds max")
+        return self
+
+
+class Defaults(_Frozen):
+    version: str
+    cuda: str
+    python: str
+
+
+class Resolved(_Frozen):
+    """One concrete version combination of a framework."""
+
+    framework: str
+    version: str
+    cuda: str
+    python: str
+
+    def fields(self, hardware: Hardware) -> dict[str, str]:
+        return {
+            "framework": self.framework,
+            "version": self.version,
+            "cuda": self.cuda,
+            "python": self.python,
+            "cuda_nodot": self.cuda.replace(".", ""),
+            "python_nodot": self.python.replace(".", ""),
+            "cuda_full": hardware.cuda[self.cuda].full,
+        }
+
+
+class BuildSpec(_Frozen):
+    framework: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")
+    description: str
+    dockerfile: str
+    repository: str = Field(pattern=r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$")
+    deprecated: str | None = None
+    defaults: Defaults
+    versions: list[VersionSpec] = Field(min_length=1)
+    fixed_args: dict[str, str] = {}
+    build_args: dict[str, BuildArgSpec] = {}
+    tags: list[str] = Field(min_length=1)
+    latest: bool = False
+    instance_types: list[str] = Field(min_length=1)
+    root_volume_gb: int = Field(ge=8, le=16384)
+    timeout_minutes: Timeouts
+    smoke_test: list[str] = Field(min_length=1)
+    # set by the loader
+    source_hash: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BuildSpec:
+        names = [*self.fixed_args, *self.build_args, *(a for v in self.versions for a in v.args)]
+        bad = [n for n in names if not _ARG_NAME.match(n)]
+        if bad:
+            raise ValueError(f"build arg names must be UPPER_SNAKE_CASE: {bad}")
+        clash = set(self.fixed_args) & set(self.build_args)
+        if clash:
+            raise ValueError(f"build_args may not override fixed_args: {sorted(clash)}")
+        try:
+            self.version(self.defaults.version).cuda.index(self.defaults.cuda)
+            self.version(self.defaults.version).python.index(self.defaults.python)
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"defaults {self.defaults.model_dump()} are not one of the declared versions"
+            ) from None
+        return self
+
+    def version(self, version: str) -> VersionSpec:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        raise KeyError(version)
+
+    @property
+    def deprecated_note(self) -> str | None:
+        return self.deprecated
+
+    def combinations(self) -> list[Resolved]:
+        return [
+            Resolved(framework=self.framework, version=v.version, cuda=c, python=p)
+            for v in self.versions
+            for c in v.cuda
+            for p in v.python
+        ]
+
+    def resolve(self, version: str | None, cuda: str | None, python: str | None) -> Resolved:
+        """Fill what the request left out with defaults; refuse what is not declared.
+
+        A version given alone takes that version's first CUDA and Python.
+        """
+        if version is None:
+            vspec = self.version(self.defaults.version)
+            use_defaults = True
+        else:
+            try:
+                vspec = self.version(version)
+            except KeyError:
+                known = ", ".join(v.version for v in self.versions)
+                raise BadRequest(
+                    f"version: {self.framework} {version} is not in the catalog; supported versions: {known}",
+                    field="version",
+                ) from None
+            use_defaults = version == self.defaults.version
+        cuda = cuda or (self.defaults.cuda if use_defaults else vspec.cuda[0])
+        python = python or (self.defaults.python if use_defaults else vspec.python[0])
+        if cuda not in vspec.cuda:
+            raise BadRequest(
+                f"cuda: {self.framework} {vspec.version} is built for CUDA {', '.join(vspec.cuda)}, not {cuda!r}",
+                field="cuda",
+            )
+        if python not in vspec.python:
+            raise BadRequest(
+                f"python: {self.framework} {vspec.version} is built for Python {', '.join(vspec.python)}, not {python!r}",
+                field="python",
+            )
+        return Resolved(framework=self.framework, version=vspec.version, cuda=cuda, python=python)
+
+    def is_default(self, r: Resolved) -> bool:
+        d = self.defaults
+        return (r.version, r.cuda, r.python) == (d.version, d.cuda, d.python)
+
+    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = ()) -> list[str]:
+        fields = r.fields(hardware)
+        tags = [t.format(**fields) for t in self.tags]
+        if self.latest and self.is_default(r):
+            tags.append("latest")
+        for t in extra:
+            if t not in tags:
+                tags.append(t)
+        return tags
+
+    def check_build_args(self, given: dict[str, str]) -> dict[str, str]:
+        """Validate a request's build args; return them merged over the defaults."""
+        out = {name: spec.default for name, spec in self.build_args.items()}
+        for name, value in given.items():
+            spec = self.build_args.get(name)
+            if spec is None:
+                allowed = ", ".join(sorted(self.build_args)) or "none"
+                raise BadRequest(
+                    f"build_args.{name}: not allowed for {self.framework}; allowed: {allowed}",
+                    field=f"build_args.{name}",
+                )
+            if not isinstance(value, str) or not re.fullmatch(spec.pattern, value):
+                raise BadRequest(
+                    f"build_args.{name}: {value!r} does not match {spec.pattern}",
+                    field=f"build_args.{name}",
+                )
+            out[name] = value
+        return out
+
+    def docker_build_args(
+        self, r: Resolved, hardware: Hardware, build_args: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Every ``--build-arg`` for one combination: fixed, version-specific, then requested."""
+        fields = r.fields(hardware)
+        args = {k: v.format(**fields) for k, v in self.fixed_args.items()}
+        args.update(self.version(r.version).args)
+        args.update(self.check_build_args(build_args or {}))
+        args["VOLTABUILD_BUILDSPEC_HASH"] = self.source_hash
+        return args
+
+
+class Catalog(_Frozen):
+    frameworks: dict[str, BuildSpec]
+    hardware: Hardware
+    root: Path
+
+    def spec(self, framework: str) -> BuildSpec:
+        try:
+            return self.frameworks[framework]
+        except KeyError:
+            known = ", ".join(sorted(self.frameworks))
+            raise BadRequest(
+                f"framework: unknown framework {framework!r}; known frameworks: {known}",
+                field="framework",
+            ) from None
+
+    def context_dir(self, spec: BuildSpec) -> Path:
+        return self.root / spec.dockerfile
+
+    @cached_property
+    def summary(self) -> dict:
+        return {"frameworks": [describe(s, self.hardware) for s in self.frameworks.values()]}
+
+
+def describe(spec: BuildSpec, hardware: Hardware) -> dict:
+    """The public view of one buildspec, as ``GET /frameworks`` shows it."""
+    return {
+        "framework": spec.framework,
+        "description": spec.description,
+        "repository": spec.repository,
+        "deprecated": spec.deprecated,
+        "defaults": spec.defaults.model_dump(),
+        "versions": [
+            {
+                "version": v.version,
+                "cuda": v.cuda,
+                "python": v.python,
+                "instance_families": {c: hardware.families_for(c) for c in v.cuda},
+            }
+            for v in spec.versions
+        ],
+        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help}
+                       for k, a in spec.build_args.items()},
+        "instance_types": spec.instance_types,
+        "timeout_minutes": spec.timeout_minutes.model_dump(),
+        "tags": spec.tags,
+    }
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CatalogError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _fail(path: Path, e: ValidationError) -> CatalogError:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts.append(f"{loc}: {err['msg']}")
+    return CatalogError(f"{path}: " + "; ".join(parts))
+
+
+def load_catalog(root: Path | str | None = None) -> Catalog:
+    root = Path(root) if root else ROOT
+    spec_dir = root / "buildspecs"
+    hw_path = spec_dir / "_hardware.yaml"
+    try:
+        hardware = Hardware.model_validate(_load_yaml(hw_path))
+    except ValidationError as e:
+        raise _fail(hw_path, e) from None
+    frameworks: dict[str, BuildSpec] = {}
+    for path in sorted(spec_dir.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        raw = path.read_bytes()
+        data = _load_yaml(path)
+        data["source_hash"] = hashlib.sha256(raw).hexdigest()[:16]
+        try:
+            spec = BuildSpec.model_validate(data)
+        except ValidationError as e:
+            raise _fail(path, e) from None
+        if spec.framework != path.stem:
+            raise CatalogError(f"{path}: framework: {spec.framework!r} must match the file name {path.stem!r}")
+        _check_against_hardware(path, spec, hardware)
+        if not (root / spec.dockerfile / "Dockerfile").is_file():
+            raise CatalogError(f"{path}: dockerfile: {spec.dockerfile}/Dockerfile does not exist")
+        frameworks[spec.framework] = spec
+    if not frameworks:
+        raise CatalogError(f"{spec_dir}: no buildspecs found")
+    return Catalog(frameworks=frameworks, hardware=hardware, root=root)
+
+
+def _check_against_hardware(path: Path, spec: BuildSpec, hw: Hardware) -> None:
+    for v in spec.versions:
+        unknown = [c for c in v.cuda if c not in hw.cuda]
+        if unknown:
+            raise CatalogError(f"{path}: versions.{v.version}.cuda: {unknown} not in _hardware.yaml cuda")
+    bad = [t for t in spec.instance_types if not hw.is_known_instance_type(t)]
+    if bad:
+        raise CatalogError(f"{path}: instance_types: {bad} not in _hardware.yaml families")
+    d = spec.defaults
+    if not hw.runs(spec.instance_types[0], d.cuda):
+        raise CatalogError(
+            f"{path}: defaults.cuda: CUDA {d.cuda} cannot run on the first default instance type "
+            f"{spec.instance_types[0]}"
+        )
+    for r in spec.combinations():
+        for t in spec.tags_for(r, hw):
+            if not DOCKER_TAG.match(t):
+                raise CatalogError(f"{path}: tags: {t!r} (for {r.version}/{r.cuda}/{r.python}) is not a Docker tag")

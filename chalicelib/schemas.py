@@ -1,0 +1,114 @@
+"""Request and record models: the API's contract, also used for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from chalicelib.catalog import DOCKER_TAG
+from chalicelib.states import Phase, Status
+
+DockerTag = Annotated[
+    str,
+    StringConstraints(pattern=DOCKER_TAG.pattern),
+    Field(description="Docker tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"),
+]
+InstanceType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", max_length=32)]
+ShortStr = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")]
+ArgName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class NotifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slack: bool = Field(True, description="send a Slack message when the build ends")
+    channel: ChannelName | None = Field(
+        None, description="a channel name the deployment configured (never a webhook URL)"
+    )
+
+
+class BuildRequest(BaseModel):
+    """Body of ``POST /builds``. Omitted fields take the buildspec's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    framework: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")] = Field(
+        description="a framework from GET /frameworks"
+    )
+    version: ShortStr | None = None
+    cuda: ShortStr | None = None
+    python: ShortStr | None = None
+    tags: list[DockerTag] = Field(default_factory=list, max_length=10, description="extra image tags")
+    build_args: dict[ArgName, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    instance_types: list[InstanceType] | None = Field(None, min_length=1, max_length=10)
+    max_price: float | None = Field(None, gt=0, le=100, description="spot price cap, USD per hour")
+    timeout_minutes: int | None = Field(None, ge=5)
+    notify: bool | NotifyOptions = True
+
+
+class ImageInfo(BaseModel):
+    repository: str
+    tags: list[str]
+    digest: str | None = None
+
+
+class InstanceInfo(BaseModel):
+    id: str
+    type: str
+    az: str | None = None
+    lifecycle: str = "spot"
+    price: float | None = Field(None, description="USD per hour at launch")
+    launched_at: str | None = None
+
+
+class TimelineEvent(BaseModel):
+    at: str
+    status: Status
+    phase: Phase | None = None
+    message: str = ""
+
+
+class Build(BaseModel):
+    """A build as the API returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: Status
+    phase: Phase | None = None
+    framework: str
+    version: str
+    cuda: str
+    python: str
+    build_args: dict[str, str]
+    instance_types: list[str]
+    max_price: float | None = None
+    timeout_minutes: int
+    notify: NotifyOptions
+    image: ImageInfo
+    instance: InstanceInfo | None = None
+    attempt: int = 1
+    max_attempts: int = 3
+    reason: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    cancel_requested: bool = False
+    created_at: str
+    updated_at: str
+    finished_at: str | None = None
+    deadline_at: str | None = None
+    heartbeat_at: str | None = None
+    events: list[TimelineEvent] = Field(default_factory=list)
+
+
+class BuildList(BaseModel):
+    builds: list[Build]
+    next: str | None = Field(None, description="opaque cursor for the next page, or null")
+
+
+class ErrorBody(BaseModel):
+    Code: str
+    Message: str

@@ -1,0 +1,372 @@
+"""Build records in DynamoDB, moved only by conditional writes.
+
+Item layout (table keyed by ``id``):
+- a build: the public fields of :class:`Build` plus ``kind``, ``created_key``
+  (``created_at#id``, the sort key of every index), ``active`` (only while not final:
+  the sparse index the reaper reads), ``instance_id`` (once launched) and ``token_hash``.
+- ``idem#<sha256>``: an Idempotency-Key, the body's hash and the build it made.
+- ``quota#active``: the string set of active build ids; a build enters it in the same
+  transaction that creates it and leaves it once final (set deletes are idempotent).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from chalicelib.clock import epoch_in, now_iso
+from chalicelib.errors import BadRequest, BuildNotFound, IdempotencyConflict, InvalidTransition, QuotaExceeded
+from chalicelib.schemas import Build, TimelineEvent
+from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
+
+QUOTA_ID = "quota#active"
+_ser = TypeSerializer()
+_deser = TypeDeserializer()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, set)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_av(value: Any) -> dict:
+    return _ser.serialize(json.loads(json.dumps(value), parse_float=Decimal))
+
+
+def from_item(item: dict) -> dict:
+    return {k: _plain(_deser.deserialize(v)) for k, v in item.items()}
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    body_hash: str
+
+    @property
+    def item_id(self) -> str:
+        return "idem#" + hashlib.sha256(self.key.encode()).hexdigest()
+
+
+class BuildStore:
+    """Builds in one DynamoDB table. Takes a boto3 DynamoDB *client*."""
+
+    def __init__(self, client, table_name: str, *, cursor_key: bytes, max_active: int) -> None:
+        self._db = client
+        self._table = table_name
+        self._cursor_key = cursor_key
+        self.max_active = max_active
+
+    # ---- create -----------------------------------------------------------------
+    def create(self, build: Build, *, idempotency: Idempotency | None = None) -> tuple[Build, bool]:
+        """Write a new QUEUED build and take a quota slot, in one transaction.
+
+        Returns ``(build, created)``; ``created`` is False when an Idempotency-Key
+        matched an earlier request with the same body, whose build is returned.
+        """
+        record = build.model_dump(mode="json")
+        record.update(
+            kind="build",
+            created_key=f"{build.created_at}#{build.id}",
+            active="1",
+        )
+        items: list[dict] = [{
+            "Put": {
+                "TableName": self._table,
+                "Item": {k: to_av(v) for k, v in record.items()},
+                "ConditionExpression": "attribute_not_exists(id)",
+            }
+        }]
+        items.append({
+            "Update": {
+                "TableName": self._table,
+                "Key": {"id": {"S": QUOTA_ID}},
+                "UpdateExpression": "ADD ids :me",
+                "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
+                "ExpressionAttributeValues": {":me": {"SS": [build.id]}, ":max": {"N": str(self.max_active)}},
+            }
+        })
+        if idempotency:
+            items.append({
+                "Put": {
+                    "TableName": self._table,
+                    "Item": {
+                        "id": {"S": idempotency.item_id},
+                        "build_id": {"S": build.id},
+                        "body_hash": {"S": idempotency.body_hash},
+                        "expires_at": {"N": str(epoch_in(days=1))},
+                    },
+                    "ConditionExpression": "attribute_not_exists(id)",
+                }
+            })
+        try:
+            self._db.transact_write_items(TransactItems=items)
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+            if idempotency and len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                return self._replay(idempotency), False
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise QuotaExceeded(
+                    f"too many active builds: the limit is {self.max_active}; "
+                    "wait for one to finish or cancel one"
+                ) from None
+            raise
+        return build, True
+
+    def _replay(self, idem: Idempotency) -> Build:
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)
+        item = from_item(resp.get("Item", {}))
+        if item.get("body_hash") != idem.body_hash:
+            raise IdempotencyConflict(
+                "Idempotency-Key was already used with a different request body; "
+                "send a new key for a new build"
+            )
+        return self.get(item["build_id"])
+
+    # ---- read -------------------------------------------------------------------
+    def get_record(self, build_id: str) -> dict:
+        """The whole stored item, internal fields included."""
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}}, ConsistentRead=True)
+        item = resp.get("Item")
+        if not item or from_item({"kind": item.get("kind", {"S": ""})})["kind"] != "build":
+            raise BuildNotFound(f"no build with id {build_id!r}")
+        return from_item(item)
+
+    def get(self, build_id: str) -> Build:
+        return Build.model_validate(self.get_record(build_id))
+
+    def find_by_instance(self, instance_id: str) -> dict | None:
+        resp = self._db.query(
+            TableName=self._table,
+            IndexName="by-instance",
+            KeyConditionExpression="instance_id = :i",
+            ExpressionAttributeValues={":i": {"S": instance_id}},
+            Limit=1,
+        )
+        items = resp.get("Items", [])
+        return from_item(items[0]) if items else None
+
+    def list(self, *, status: Status | None = None, framework: str | None = None,
+             limit: int = 20, cursor: str | None = None) -> tuple[list[Build], str | None]:
+        """Newest first, one index query a page (a status+framework filter may read more)."""
+        if status:
+            index, key, value = "by-status", "status", status.value
+        elif framework:
+            index, key, value = "by-framework", "framework", framework
+        else:
+            index, key, value = "by-created", "kind", "build"
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :v",
+            "ExpressionAttributeNames": {"#k": key},
+            "ExpressionAttributeValues": {":v": {"S": value}},
+            "ScanIndexForward": False,
+        }
+        if status and framework:
+            kwargs["FilterExpression"] = "framework = :f"
+            kwargs["ExpressionAttributeValues"][":f"] = {"S": framework}
+        start = self._decode_cursor(cursor, index) if cursor else None
+        builds: list[Build] = []
+        while True:
+            kwargs["Limit"] = limit - len(builds)
+            if start:
+                kwargs["ExclusiveStartKey"] = start
+            resp = self._db.query(**kwargs)
+            builds.extend(Build.model_validate(from_item(i)) for i in resp.get("Items", []))
+            start = resp.get("LastEvaluatedKey")
+            if not start or len(builds) >= limit:
+                break
+        return builds, (self._encode_cursor(start, index) if start else None)
+
+    def active_records(self) -> Iterator[dict]:
+        """Every build that is not final (the sparse ``by-active`` index), oldest first."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by-active",
+            "KeyConditionExpression": "active = :a",
+            "ExpressionAttributeValues": {":a": {"S": "1"}},
+        }
+        while True:
+            resp = self._db.query(**kwargs)
+            for item in resp.get("Items", []):
+                yield from_item(item)
+            if "LastEvaluatedKey" not in resp:
+                return
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # ---- cursors ----------------------------------------------------------------
+    def _sign(self, payload: bytes) -> str:
+        return hmac.new(self._cursor_key, payload, hashlib.sha256).hexdigest()[:32]
+
+    def _encode_cursor(self, key: dict, index: str) -> str:
+        payload = json.dumps({"i": index, "k": from_item(key)}, sort_keys=True, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
+
+    def _decode_cursor(self, cursor: str, index: str) -> dict:
+        bad = BadRequest("next: not a cursor this API issued; start again without it", field="next")
+        body, _, sig = cursor.partition(".")
+        try:
+            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (binascii.Error, ValueError):
+            raise bad from None
+        if not sig or not hmac.compare_digest(sig, self._sign(payload)):
+            raise bad
+        data = json.loads(payload)
+        if data.get("i") != index:
+            raise BadRequest("next: this cursor belongs to a listing with other filters", field="next")
+        return {k: {"S": v} for k, v in data["k"].items()}
+
+    # ---- transitions ------------------------------------------------------------
+    def transition(
+        self,
+        build_id: str,
+        to: Status,
+        *,
+        expect: Iterable[Status] | None = None,
+        phase: Phase | None = None,
+        message: str = "",
+        fields: dict[str, Any] | None = None,
+        remove: Iterable[str] = (),
+        record_event: bool = True,
+        extra_condition: tuple[str, dict[str, Any]] | None = None,
+    ) -> dict:
+        """Move a build to ``to`` if it is in one of ``expect`` (default: every state
+        the table allows ``to`` from). One conditional UpdateItem; returns the new item.
+
+        Raises InvalidTransition when the build was not in an expected state (a
+        duplicate, late or out-of-order event): the caller decides whether that is an
+        error or something to ignore.
+        """
+        sources = set(expect) if expect is not None else set(sources_for(to))
+        sources = {s for s in sources if allowed(s, to)}
+        if not sources:
+            raise InvalidTransition(f"no state may move to {to.value}")
+        now = now_iso()
+        values: dict[str, Any] = {":to": to.value, ":now": now}
+        sets = ["#s = :to", "updated_at = :now"]
+        removes = list(remove)
+        if record_event:
+            ev = TimelineEvent(at=now, status=to, phase=phase, message=message[:2000])
+            values[":ev"] = [ev.model_dump(mode="json")]
+            sets.append("events = list_append(events, :ev)")
+        if phase is not None:
+            values[":ph"] = phase.value
+            sets.append("phase = :ph")
+        elif to != Status.RUNNING:
+            removes.append("phase")
+        if to in FINAL:
+            sets.append("finished_at = :now")
+            removes.append("active")
+        for i, (_name, value) in enumerate((fields or {}).items()):
+            values[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields or {})}}
+        src = sorted(s.value for s in sources)
+        cond = "#s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
+        values.update({f":src{i}": s for i, s in enumerate(src)})
+        if extra_condition:
+            cond = f"({cond}) AND ({extra_condition[0]})"
+            values.update(extra_condition[1])
+        expr = "SET " + ", ".join(sets)
+        if removes:
+            expr += " REMOVE " + ", ".join(dict.fromkeys(removes))
+        try:
+            resp = self._db.update_item(
+                TableName=self._table,
+                Key={"id": {"S": build_id}},
+                UpdateExpression=expr,
+                ConditionExpression=f"attribute_exists(id) AND kind = :kind AND {cond}",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={":kind": {"S": "build"}, **{k: to_av(v) for k, v in values.items()}},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            old = e.response.get("Item")
+            if not old:
+                raise BuildNotFound(f"no build with id {build_id!r}") from None
+            current = from_item(old).get("status")
+            raise InvalidTransition(
+                f"build {build_id} is {current}; it cannot move to {to.value}"
+            ) from None
+        return from_item(resp["Attributes"])
+
+    def advance_phase(self, build_id: str, phase: Phase, *, message: str = "",
+                      heartbeat_only: bool = False) -> dict:
+        """RUNNING -> RUNNING with a phase that never moves backwards."""
+        order = [p.value for p in Phase]
+        allowed_prev = order[: order.index(phase.value) + 1]
+        cond_vals = {f":pp{i}": p for i, p in enumerate(allowed_prev)}
+        cond = "attribute_not_exists(phase) OR phase IN (" + ", ".join(cond_vals) + ")"
+        if heartbeat_only:
+            return self.update_fields(build_id, {"heartbeat_at": now_iso()}, expect=[Status.RUNNING])
+        return self.transition(
+            build_id, Status.RUNNING, expect=[Status.RUNNING], phase=phase, message=message,
+            fields={"heartbeat_at": now_iso()}, extra_condition=(cond, cond_vals),
+        )
+
+    def update_fields(self, build_id: str, fields: dict[str, Any], *,
+                      expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = ()) -> dict:
+        """Set fields on a build that is still in one of ``expect`` (no timeline entry)."""
+        names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields)}}
+        values = {f":f{i}": v for i, v in enumerate(fields.values())}
+        src = sorted(s.value for s in expect)
+        values.update({f":src{i}": s for i, s in enumerate(src)})
+        values[":now"] = now_iso()
+        expr = "SET updated_at = :now" + "".join(f", #f{i} = :f{i}" for i in range(len(fields)))
+        rm = list(remove)
+        if rm:
+            expr += " REMOVE " + ", ".join(rm)
+        try:
+            resp = self._db.update_item(
+                TableName=self._table,
+                Key={"id": {"S": build_id}},
+                UpdateExpression=expr,
+                ConditionExpression="attribute_exists(id) AND #s IN ("
+                + ", ".join(f":src{i}" for i in range(len(src))) + ")",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={k: to_av(v) for k, v in values.items()},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            old = e.response.get("Item")
+            if not old:
+                raise BuildNotFound(f"no build with id {build_id!r}") from None
+            raise InvalidTransition(f"build {build_id} is {from_item(old).get('status')}") from None
+        return from_item(resp["Attributes"])
+
+    # ---- quota ------------------------------------------------------------------
+    def release_slot(self, build_id: str) -> None:
+        """Give a finished build's quota slot back (idempotent)."""
+        self._db.update_item(
+            TableName=self._table,
+            Key={"id": {"S": QUOTA_ID}},
+            UpdateExpression="DELETE ids :me",
+            ExpressionAttributeValues={":me": {"SS": [build_id]}},
+        )
+
+    def slot_holders(self) -> set[str]:
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": QUOTA_ID}}, ConsistentRead=True)
+        return set(from_item(resp.get("Item", {})).get("ids", []))

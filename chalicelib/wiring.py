@@ -1,0 +1,82 @@
+"""Lazy, reused objects for the Lambda handlers (warm starts keep them; tests reset them).
+
+The only place that reads ``os.environ``: everything else gets what it needs passed in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from functools import cache
+
+import boto3
+from botocore.config import Config
+
+from chalicelib.builds import BuildService
+from chalicelib.catalog import Catalog, load_catalog
+from chalicelib.queues import Queue
+from chalicelib.settings import Settings
+from chalicelib.store import BuildStore
+from chalicelib.transitions import Transitions
+
+_BOTO_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env(os.environ)
+
+
+@cache
+def client(service: str):
+    return boto3.session.Session().client(service, region_name=settings().region, config=_BOTO_CONFIG)
+
+
+@cache
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+@cache
+def store() -> BuildStore:
+    s = settings()
+    return BuildStore(client("dynamodb"), s.table_name, cursor_key=s.cursor_key.encode(),
+                      max_active=s.max_active_builds)
+
+
+@cache
+def launch_queue() -> Queue:
+    return Queue(client("sqs"), settings().launch_queue_url)
+
+
+@cache
+def notify_queue() -> Queue:
+    return Queue(client("sqs"), settings().notify_queue_url)
+
+
+@cache
+def transitions() -> Transitions:
+    return Transitions(store(), notify_queue())
+
+
+@cache
+def builds() -> BuildService:
+    return BuildService(store(), catalog(), settings(), launch_queue(), transitions())
+
+
+@cache
+def openapi_document() -> dict:
+    from chalicelib.openapi import document
+
+    return document()
+
+
+def same_secret(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def reset() -> None:
+    """Forget every cached object (tests, or a changed environment)."""
+    for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
+               openapi_document):
+        fn.cache_clear()
