@@ -92,3 +92,31 @@ def api(aws):
 
     with Client(app_module.app, stage_name="dev", project_dir=str(ROOT)) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def live_api(tmp_path_factory):
+    """The real API over HTTP: moto server + `chalice local` (no worker, registry or sink),
+    on free loopback ports. `.url`, `.api_key`, `.env` (what a client needs), `.stack`."""
+    from voltabuild_local.stack import Stack
+
+    stack = Stack(state_dir=tmp_path_factory.mktemp("live-api"), services=("moto", "api"), quiet=True)
+    stack.up()
+    try:
+        yield Live(stack)
+    finally:
+        stack.down()
+
+
+class Live:
+    def __init__(self, stack) -> None:
+        self.stack = stack
+        self.env = dict(stack.env)
+        self.url = self.env["VOLTABUILD_API_URL"]
+        self.api_key = self.env["VOLTABUILD_API_KEY"]
+
+    def session(self):
+        """A boto3 session on the stack's emulated AWS."""
+        from voltabuild_local.stack import _EndpointSession
+
+        return _EndpointSession(self.env["AWS_ENDPOINT_URL"])
