@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 
+from chalicelib import gpu
 from chalicelib.catalog import Catalog
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, Conflict, InvalidTransition
@@ -50,18 +51,10 @@ class BuildService:
         resolved = spec.resolve(req.version, req.cuda, req.python)
         build_args = spec.check_build_args(req.build_args)
 
-        if req.instance_types:
-            unknown = [t for t in req.instance_types if not hw.is_known_instance_type(t)]
-            if unknown:
-                known = ", ".join(sorted({t for f in hw.families.values() for t in f.sizes}))
-                raise BadRequest(
-                    f"instance_types: {', '.join(unknown)} not allowed; GPU instance types voltabuild "
-                    f"builds on: {known}",
-                    field="instance_types",
-                )
-            instance_types = list(dict.fromkeys(req.instance_types))
-        else:
-            instance_types = list(spec.instance_types)
+        # GPU compatibility (chalicelib/gpu.py): every type must run this CUDA; defaults that
+        # cannot are dropped with a warning; a source build's arch list must cover them all.
+        placement = gpu.place(hw, spec, resolved.cuda, req.instance_types, build_args)
+        instance_types = placement.instance_types
 
         limits = spec.timeout_minutes
         timeout = req.timeout_minutes if req.timeout_minutes is not None else limits.default
@@ -81,6 +74,7 @@ class BuildService:
 
         now = now_iso()
         warnings = [f"{spec.framework} is deprecated: {spec.deprecated}"] if spec.deprecated else []
+        warnings += placement.warnings
         return Build(
             id=new_build_id(),
             status=Status.QUEUED,

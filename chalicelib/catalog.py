@@ -37,30 +37,73 @@ def _cc(value: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def cc_str(cc: tuple[int, int]) -> str:
+    return f"{cc[0]}.{cc[1]}"
+
+
 class GpuFamily(_Frozen):
     gpu: str
     compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
     gpu_memory_gib: int = Field(gt=0)
-    sizes: dict[str, int]
+    sizes: dict[str, int] = Field(min_length=1)
 
     @property
     def cc(self) -> tuple[int, int]:
         return _cc(self.compute_capability)
 
+    @property
+    def example(self) -> str:
+        """The first (smallest) size: what a message suggests."""
+        return next(iter(self.sizes))
+
+    def describe(self) -> dict:
+        return {"gpu": self.gpu, "compute_capability": self.compute_capability,
+                "gpu_memory_gib": self.gpu_memory_gib, "sizes": dict(self.sizes)}
+
 
 class CudaRelease(_Frozen):
     full: str
     min_compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
+    # newest architecture the release's nvcc compiles; None: no compiler (the canary's "none")
+    max_compute_capability: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]$")
     min_driver: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$")
 
     @property
     def min_cc(self) -> tuple[int, int]:
         return _cc(self.min_compute_capability)
 
+    @property
+    def max_cc(self) -> tuple[int, int] | None:
+        return _cc(self.max_compute_capability) if self.max_compute_capability else None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CudaRelease:
+        if self.max_cc is not None and self.max_cc < self.min_cc:
+            raise ValueError(f"max_compute_capability {self.max_compute_capability} is below "
+                             f"min_compute_capability {self.min_compute_capability}")
+        return self
+
+    def describe(self) -> dict:
+        return {"full": self.full, "min_compute_capability": self.min_compute_capability,
+                "max_compute_capability": self.max_compute_capability, "min_driver": self.min_driver}
+
 
 class Hardware(_Frozen):
-    families: dict[str, GpuFamily]
-    cuda: dict[str, CudaRelease]
+    families: dict[str, GpuFamily] = Field(min_length=1)
+    cuda: dict[str, CudaRelease] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sizes_named_for_family(self) -> Hardware:
+        for name, fam in self.families.items():
+            if "." in name:
+                raise ValueError(f"families.{name}: a family name has no dot")
+            bad = [t for t in fam.sizes if self.family_of(t) != name]
+            if bad:
+                raise ValueError(f"families.{name}.sizes: {bad} do not start with {name + '.'!r}")
+            few = [t for t, n in fam.sizes.items() if n < 1]
+            if few:
+                raise ValueError(f"families.{name}.sizes: {few} need a GPU count of 1 or more")
+        return self
 
     def family_of(self, instance_type: str) -> str:
         return instance_type.split(".", 1)[0]
@@ -69,13 +112,24 @@ class Hardware(_Frozen):
         fam = self.families.get(self.family_of(instance_type))
         return fam is not None and instance_type in fam.sizes
 
+    def family(self, instance_type: str) -> GpuFamily:
+        return self.families[self.family_of(instance_type)]
+
     def runs(self, instance_type: str, cuda: str) -> bool:
-        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU."""
-        fam = self.families[self.family_of(instance_type)]
-        return fam.cc >= self.cuda[cuda].min_cc
+        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU.
+
+        A release runs on every GPU of at least its ``min_compute_capability``; newer GPUs
+        than its nvcc knows run its PTX through the driver's JIT (see chalicelib/gpu.py).
+        """
+        return self.family(instance_type).cc >= self.cuda[cuda].min_cc
 
     def families_for(self, cuda: str) -> list[str]:
+        """The instance families whose GPU runs ``cuda``, in _hardware.yaml order."""
         return [name for name, fam in self.families.items() if fam.cc >= self.cuda[cuda].min_cc]
+
+    def describe(self) -> dict:
+        return {"families": {n: f.describe() for n, f in self.families.items()},
+                "cuda": {c: r.describe() for c, r in self.cuda.items()}}
 
 
 class BuildArgSpec(_Frozen):
@@ -294,7 +348,8 @@ class Catalog(_Frozen):
 
     @cached_property
     def summary(self) -> dict:
-        return {"frameworks": [describe(s, self.hardware) for s in self.frameworks.values()]}
+        return {"frameworks": [describe(s, self.hardware) for s in self.frameworks.values()],
+                "hardware": self.hardware.describe()}
 
 
 def describe(spec: BuildSpec, hardware: Hardware) -> dict:
@@ -379,11 +434,25 @@ def _check_against_hardware(path: Path, spec: BuildSpec, hw: Hardware) -> None:
     if bad:
         raise CatalogError(f"{path}: instance_types: {bad} not in _hardware.yaml families")
     d = spec.defaults
-    if not hw.runs(spec.instance_types[0], d.cuda):
+    first = spec.instance_types[0]
+    if not hw.runs(first, d.cuda):
+        fam = hw.family(first)
         raise CatalogError(
             f"{path}: defaults.cuda: CUDA {d.cuda} cannot run on the first default instance type "
-            f"{spec.instance_types[0]}"
+            f"{first} ({fam.gpu}, compute capability {fam.compute_capability}; CUDA {d.cuda} needs "
+            f"{hw.cuda[d.cuda].min_compute_capability} or newer); defaults must stay on a CUDA that "
+            f"{first} runs"
         )
+    # A combination that none of the default instance types runs would make every request
+    # for it that names no instance_types a 400: a broken buildspec, not a user error.
+    for v in spec.versions:
+        for c in v.cuda:
+            if not any(hw.runs(t, c) for t in spec.instance_types):
+                raise CatalogError(
+                    f"{path}: versions.{v.version}.cuda: CUDA {c} runs on none of instance_types "
+                    f"{spec.instance_types}; add one of the families that run it: "
+                    f"{', '.join(hw.families_for(c))}"
+                )
     for r in spec.combinations():
         for t in spec.tags_for(r, hw):
             if not DOCKER_TAG.match(t):
