@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Installs PyTorch, torchvision and torchaudio into the active virtual environment, the Dockerfile's
+# way. Settings come from the environment (the Dockerfile's build args):
+#
+#   BUILD_MODE=wheels   the official CUDA wheels from download.pytorch.org/whl/cu<CUDA>
+#   BUILD_MODE=source   compile them from the release tags for TORCH_CUDA_ARCH_LIST, with MAGMA
+#                       (PyTorch's prebuilt tarball) and the system NCCL, MAX_JOBS at a time
+#
+# PYTORCH_VERSION, TORCHVISION_VERSION, TORCHAUDIO_VERSION, CUDA_VERSION (12.4 or 12.4.1) are required.
+set -euo pipefail
+
+WHEEL_INDEX=${WHEEL_INDEX:-https://download.pytorch.org/whl}
+MAGMA_URL=${MAGMA_URL:-https://ossci-linux.s3.us-east-1.amazonaws.com}
+MAGMA_VERSION=${MAGMA_VERSION:-2.6.1}
+SRC_DIR=${SRC_DIR:-/tmp/voltabuild-src}
+
+log() { printf '%s install-torch: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+require() {
+  local name
+  for name in "$@"; do
+    [[ -n ${!name:-} ]] || die "$name is not set"
+  done
+}
+
+# "12.4.1" or "12.4" -> "124"
+cuda_nodot() {
+  local major minor
+  IFS=. read -r major minor _ <<<"$CUDA_VERSION"
+  [[ $major =~ ^[0-9]+$ && $minor =~ ^[0-9]+$ ]] || die "CUDA_VERSION=$CUDA_VERSION is not MAJOR.MINOR[.PATCH]"
+  printf '%s%s\n' "$major" "$minor"
+}
+
+install_wheels() {
+  local index
+  index="${WHEEL_INDEX}/cu$(cuda_nodot)"
+  log "installing torch ${PYTORCH_VERSION}, torchvision ${TORCHVISION_VERSION}, torchaudio ${TORCHAUDIO_VERSION} from ${index}"
+  local cmd=(uv pip install --index-url "$index"
+    "torch==${PYTORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" "torchaudio==${TORCHAUDIO_VERSION}")
+  "${cmd[@]}"
+}
+
+# Keeps the architectures of TORCH_CUDA_ARCH_LIST this nvcc can compile for (CUDA 13 dropped
+# Volta, for one) and prints them; dies when none is left.
+supported_arch_list() {
+  local supported arch cc kept=() dropped=()
+  supported=$(nvcc --list-gpu-arch) || die "nvcc --list-gpu-arch failed: is this a CUDA devel image?"
+  for arch in $TORCH_CUDA_ARCH_LIST; do
+    cc=${arch%+PTX}
+    if grep -qx "compute_${cc//./}" <<<"$supported"; then
+      kept+=("$arch")
+    else
+      dropped+=("$arch")
+    fi
+  done
+  ((${#dropped[@]} == 0)) || log "WARNING: nvcc for CUDA ${CUDA_VERSION} cannot build for ${dropped[*]}; leaving them out"
+  ((${#kept[@]} > 0)) || die "none of TORCH_CUDA_ARCH_LIST='${TORCH_CUDA_ARCH_LIST}' is supported by this CUDA"
+  printf '%s\n' "${kept[*]}"
+}
+
+clone() {
+  local repo=$1 tag=$2 dest=$3
+  log "cloning ${repo} ${tag}"
+  local cmd=(git clone --quiet --depth 1 --branch "$tag" --recurse-submodules --shallow-submodules
+    "https://github.com/pytorch/${repo}.git" "$dest")
+  "${cmd[@]}"
+}
+
+install_magma() {
+  local archive
+  archive="magma-cuda$(cuda_nodot)-${MAGMA_VERSION}-1.tar.bz2"
+  log "installing MAGMA ${MAGMA_VERSION} for CUDA ${CUDA_VERSION} (${archive})"
+  mkdir -p "${SRC_DIR}/magma"
+  curl -fsSL --retry 3 "${MAGMA_URL}/${archive}" -o "${SRC_DIR}/${archive}" \
+    || die "no MAGMA build ${archive} at ${MAGMA_URL} for this CUDA"
+  tar -xjf "${SRC_DIR}/${archive}" -C "${SRC_DIR}/magma"
+}
+
+install_source() {
+  require TORCH_CUDA_ARCH_LIST MAX_JOBS
+  local arch_list
+  arch_list=$(supported_arch_list)
+  mkdir -p "$SRC_DIR"
+  install_magma
+  clone pytorch "v${PYTORCH_VERSION}" "${SRC_DIR}/pytorch"
+  uv pip install -r "${SRC_DIR}/pytorch/requirements.txt" cmake ninja mkl-static mkl-include
+
+  export TORCH_CUDA_ARCH_LIST=$arch_list MAX_JOBS
+  export USE_CUDA=1 USE_CUDNN=1 USE_NCCL=1 USE_SYSTEM_NCCL=1 BUILD_TEST=0
+  export MAGMA_HOME="${SRC_DIR}/magma" CMAKE_PREFIX_PATH="${VIRTUAL_ENV:?}:${SRC_DIR}/magma"
+  export TORCH_NVCC_FLAGS="-Xfatbin -compress-all"
+  export PYTORCH_BUILD_VERSION=$PYTORCH_VERSION PYTORCH_BUILD_NUMBER=1
+  log "compiling torch ${PYTORCH_VERSION} for '${TORCH_CUDA_ARCH_LIST}' with ${MAX_JOBS} jobs"
+  (cd "${SRC_DIR}/pytorch" && python -m pip install --no-cache-dir --no-build-isolation .)
+
+  clone vision "v${TORCHVISION_VERSION}" "${SRC_DIR}/vision"
+  log "compiling torchvision ${TORCHVISION_VERSION}"
+  (cd "${SRC_DIR}/vision" && FORCE_CUDA=1 BUILD_VERSION=$TORCHVISION_VERSION \
+    python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+
+  clone audio "v${TORCHAUDIO_VERSION}" "${SRC_DIR}/audio"
+  log "compiling torchaudio ${TORCHAUDIO_VERSION}"
+  (cd "${SRC_DIR}/audio" && BUILD_VERSION=$TORCHAUDIO_VERSION \
+    python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+
+  rm -rf "$SRC_DIR"
+}
+
+# Fails the build when what got installed is not what was asked for.
+verify() {
+  local want_cuda
+  want_cuda=$(cuda_nodot)
+  python - "$PYTORCH_VERSION" "$want_cuda" <<'PY'
+import sys
+import torch, torchvision, torchaudio
+want, want_cuda = sys.argv[1], sys.argv[2]
+got = torch.__version__.split("+")[0]
+got_cuda = (torch.version.cuda or "").replace(".", "")
+if got != want or not got_cuda.startswith(want_cuda):
+    sys.exit(f"installed torch {torch.__version__} (CUDA {torch.version.cuda}), wanted {want} for CUDA {want_cuda}")
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), torchvision {torchvision.__version__}, "
+      f"torchaudio {torchaudio.__version__}", file=sys.stderr)
+PY
+}
+
+main() {
+  require PYTORCH_VERSION TORCHVISION_VERSION TORCHAUDIO_VERSION CUDA_VERSION
+  case ${BUILD_MODE:-wheels} in
+    wheels) install_wheels ;;
+    source) install_source ;;
+    *) die "BUILD_MODE=${BUILD_MODE} is not one of: wheels, source" ;;
+  esac
+  verify
+}
+
+main "$@"
