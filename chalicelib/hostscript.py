@@ -1,0 +1,157 @@
+"""The user-data of a build instance: ``templates/host.sh`` with this build's values.
+
+Every value is validated here (again, even when the API already did) and shell-quoted
+with :func:`shlex.quote` into plain assignments at the top of the script; nothing is ever
+interpolated into code. The build context (``dockerfiles/<framework>/``) travels inside
+the script as a deterministic tar.gz in base64; the whole script is gzip-compressed as
+user-data (cloud-init runs gzip user-data as is). EC2 refuses user-data over 16 KB.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import re
+import shlex
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from chalicelib.catalog import DOCKER_TAG, Catalog
+
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "host.sh"
+USER_DATA_LIMIT = 16 * 1024
+
+_BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
+_ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$")
+_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+_LOG_GROUP = re.compile(r"^[A-Za-z0-9_/.#-]{1,512}$")
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+
+
+class RenderError(ValueError):
+    """A value cannot go into the host script safely (or the result is too big)."""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Deployment values the script needs (from Settings)."""
+
+    api_url: str
+    region: str
+    stage: str
+    registry: str
+    log_group: str = "/voltabuild/builds"
+    heartbeat_seconds: int = 60
+    vcs_ref: str = "unknown"
+
+
+def _check(name: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise RenderError(f"{name}: {value!r} cannot go into the host script (must match {pattern.pattern})")
+    return value
+
+
+def _plain(name: str, value: str, limit: int = 1024) -> str:
+    if not isinstance(value, str) or _CONTROL.search(value) or len(value) > limit:
+        raise RenderError(f"{name}: control characters or over {limit} characters")
+    return value
+
+
+def pack_context(context_dir: Path) -> str:
+    """A deterministic tar.gz of the build context, base64 on one line."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(context_dir)
+            if any(part.startswith(".") for part in rel.parts) or rel.name == "README.md":
+                continue
+            info = tarfile.TarInfo(rel.as_posix())
+            data = path.read_bytes()
+            info.size = len(data)
+            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _template() -> str:
+    """The template without its full-line comments (the shebang and shellcheck directives stay)."""
+    lines = TEMPLATE.read_text().splitlines()
+    keep = [lines[0]] + [
+        line for line in lines[1:]
+        if not line.lstrip().startswith("#") or line.lstrip().startswith("# shellcheck")
+    ]
+    return "\n".join(keep) + "\n"
+
+
+def _assign(name: str, value: str | int) -> str:
+    return f"readonly {name}={shlex.quote(str(value))}"
+
+
+def _array(name: str, values: list[str]) -> str:
+    return f"readonly -a {name}=(" + " ".join(shlex.quote(v) for v in values) + ")"
+
+
+def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str) -> str:
+    """The host script for one attempt of one build (``record`` is the stored build item)."""
+    spec = catalog.spec(record["framework"])
+    hw = catalog.hardware
+    build_id = _check("build id", record["id"], _BUILD_ID)
+    resolved = spec.resolve(record["version"], record["cuda"], record["python"])
+    args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
+    args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref)
+    arg_list = []
+    for name, value in args.items():
+        _check("build arg name", name, _ARG_NAME)
+        arg_list.append(f"{name}={_plain(f'build_args.{name}', value)}")
+    tags = [_check("tag", t, DOCKER_TAG) for t in record["image"]["tags"]]
+    if not tags:
+        raise RenderError("image.tags: a build needs at least one tag")
+    cuda = _check("cuda", resolved.cuda, _VERSION)
+    release = hw.cuda[cuda]
+    health = "" if cuda == "none" else f"nvidia/cuda:{release.full}-base-ubuntu22.04"
+    timeout = int(record["timeout_minutes"])
+    config = "\n".join([
+        _assign("BUILD_ID", build_id),
+        _assign("ATTEMPT", int(record.get("attempt", 1))),
+        _assign("STAGE", _check("stage", cfg.stage, re.compile(r"^[a-z0-9-]{1,32}$"))),
+        _assign("API_URL", _check("api url", cfg.api_url, _URL)),
+        _assign("TOKEN", _check("token", token, _TOKEN)),
+        _assign("REGION", _check("region", cfg.region, _REGION)),
+        _assign("REGISTRY", _check("registry", cfg.registry, _REGISTRY)),
+        _assign("REPOSITORY", _check("repository", spec.repository, _REPOSITORY)),
+        _assign("LOG_GROUP", _check("log group", cfg.log_group, _LOG_GROUP)),
+        _assign("CUDA", cuda),
+        _assign("MIN_DRIVER", _check("min driver", release.min_driver, re.compile(r"^[0-9]+(\.[0-9]+)*$"))),
+        _assign("HEALTH_IMAGE", health),
+        _assign("WATCHDOG_MINUTES", timeout + 5),
+        _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
+        _array("TAGS", tags),
+        _array("BUILD_ARGS", arg_list),
+        _array("SMOKE_TEST", [_plain("smoke_test", a) for a in spec.smoke_test]),
+        _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec))),
+    ])
+    return _template().replace("@@CONFIG@@", config)
+
+
+def user_data(script: str) -> bytes:
+    """The script as EC2 user-data: gzip-compressed (cloud-init runs it as is; so does the
+    local executor), refused when over EC2's 16 KB limit."""
+    data = gzip.compress(script.encode(), compresslevel=9, mtime=0)
+    if len(data) > USER_DATA_LIMIT:
+        raise RenderError(
+            f"the host script is {len(data)} bytes compressed; EC2 user-data is limited to {USER_DATA_LIMIT}"
+        )
+    return data
+
+
+def script_of(data: bytes) -> str:
+    """The script inside user-data made by :func:`user_data` (tests, tools)."""
+    return (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode()

@@ -1,0 +1,359 @@
+#!/usr/bin/env bash
+# voltabuild host script: the user-data of one build instance, rendered per build attempt by
+# chalicelib/hostscript.py. It prepares the host, builds the image, smoke-tests it on the GPU,
+# pushes every tag only when the test passed, reports each step to the API and, whatever
+# happens, ends the instance (trap on EXIT/ERR/INT/TERM + a hard-deadline shutdown watchdog).
+#
+# Full-line comments like these are stripped when rendering (EC2 user-data must stay <16 KB).
+#
+# Environment switches (unset on a real instance; the local stack's executor sets them to run
+# this very script on a developer machine):
+#   VOLTABUILD_LOCAL=1       skip only the cloud-only steps: host preparation and driver
+#                            install, the nvidia-smi health check and driver-version check,
+#                            ECR login, the shutdown watchdog and self-termination, CloudWatch
+#                            log shipping; the smoke test runs without --gpus all.
+#   VOLTABUILD_BUILDER=      docker (default): BuildKit via docker buildx, registry cache;
+#                            buildah: buildah --storage-driver vfs bud --isolation chroot,
+#                            smoke test in buildah from + buildah run, buildah push.
+#   VOLTABUILD_REGISTRY_OVERRIDE=HOST[:PORT]
+#                            push to this registry (plain HTTP allowed) instead of ECR.
+#   VOLTABUILD_BUILD_ARG_OVERRIDES
+#                            NAME=VALUE lines (local mode only) replacing build args this
+#                            build already has; names [A-Z][A-Z0-9_]*, values
+#                            [A-Za-z0-9._/:@+-]*, anything else stops the script.
+#   VOLTABUILD_WORKDIR=DIR   where the context, the log and state files go
+#                            (default /var/lib/voltabuild/<build id>).
+set -euo pipefail
+set -o errtrace
+umask 077
+
+# ---- rendered values (shell-quoted by the renderer) ----
+@@CONFIG@@
+
+LOCAL=${VOLTABUILD_LOCAL:-0}
+BUILDER=${VOLTABUILD_BUILDER:-docker}
+WORK=${VOLTABUILD_WORKDIR:-/var/lib/voltabuild/$BUILD_ID}
+LOG_FILE=$WORK/build.log
+AUTH_HEADER=$WORK/auth.header
+PHASE=STARTING
+REASON=""
+RESULT_SENT=0
+CHILD=""
+HEARTBEAT_PID=""
+HB_SLEEP=""
+IMAGE=""
+DIGEST=""
+ARGS=()
+BUILD_CMD=()
+
+log() { printf '%s voltabuild[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$PHASE" "$*" >&2; }
+die() { REASON=$*; log "ERROR: $*"; exit 1; }
+is_local() { [[ $LOCAL == 1 ]]; }
+
+# A JSON string of $1 (printable ASCII only, so the body is always valid JSON).
+json_str() {
+  local s
+  s=$(printf '%s' "$1" | LC_ALL=C tr -cd '\11\12\40-\176')
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\t'/\\t}
+  s=${s//$'\n'/\\n}
+  printf '"%s"' "$s"
+}
+
+# POST one report to the API; a report that cannot be delivered never stops the build.
+report() {
+  curl -fsS --retry 4 --retry-connrefused --retry-delay 2 --max-time 20 -o /dev/null \
+    -H "@$AUTH_HEADER" -H 'Content-Type: application/json' --data-binary "$1" \
+    "$API_URL/builds/$BUILD_ID/events" || { log "could not deliver a report to the API"; return 1; }
+}
+
+phase() {
+  PHASE=$1
+  log "$2"
+  report "{\"type\":\"phase\",\"phase\":\"$1\",\"message\":$(json_str "$2")}" || true
+}
+
+# Run a long command in the background and wait, so INT/TERM are handled at once.
+run() {
+  local rc=0
+  "$@" &
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return "$rc"
+}
+
+heartbeat_loop() {
+  trap - ERR INT EXIT
+  trap 'kill "$HB_SLEEP" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep "$HEARTBEAT_SECONDS" &
+    HB_SLEEP=$!
+    wait "$HB_SLEEP"
+    report '{"type":"heartbeat"}' || true
+    ship_logs || true
+  done
+}
+
+# Ship the log lines not shipped yet to CloudWatch Logs (one stream per build).
+ship_logs() {
+  is_local && return 0
+  local done_n total ms f
+  done_n=$(cat "$WORK/shipped" 2>/dev/null || echo 0)
+  total=$(wc -l <"$LOG_FILE")
+  ((total > done_n)) || return 0
+  ms=$(date +%s%3N)
+  rm -f "$WORK"/events-*.json
+  sed -n "$((done_n + 1)),${total}p" "$LOG_FILE" | LC_ALL=C tr -cd '\11\12\40-\176' |
+    awk -v ms="$ms" -v dir="$WORK" '
+      function flush() { if (n) { print "]" > f; close(f) } n = 0; size = 0 }
+      {
+        gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); if ($0 == "") $0 = " "
+        if (n == 0) { f = sprintf("%s/events-%05d.json", dir, ++k); printf "[" > f }
+        else printf "," > f
+        printf "{\"timestamp\":%s,\"message\":\"%s\"}", ms, substr($0, 1, 8000) > f
+        n++; size += length($0) + 26
+        if (n >= 5000 || size > 800000) flush()
+      }
+      END { flush() }'
+  for f in "$WORK"/events-*.json; do
+    [[ -e $f ]] || continue
+    aws logs put-log-events --region "$REGION" --log-group-name "$LOG_GROUP" \
+      --log-stream-name "$BUILD_ID" --log-events "file://$f" >/dev/null || return 1
+  done
+  echo "$total" >"$WORK/shipped"
+}
+
+spot_interrupted() {
+  is_local && return 1
+  local t
+  t=$(curl -fsS -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+    http://169.254.169.254/latest/api/token) || return 1
+  curl -fsS -m 2 -o /dev/null -H "X-aws-ec2-metadata-token: $t" \
+    http://169.254.169.254/latest/meta-data/spot/instance-action
+}
+
+on_err() { [[ -n $REASON ]] || REASON="'$2' failed with status $1 (line $3)"; }
+
+on_signal() {
+  REASON="interrupted by SIG$1 during $PHASE"
+  exit "$2"
+}
+
+on_exit() {
+  local rc=$? tail_lines
+  trap '' INT TERM
+  trap - ERR
+  set +e
+  [[ -n $CHILD ]] && kill -TERM "$CHILD" 2>/dev/null
+  [[ -n $HEARTBEAT_PID ]] && kill "$HEARTBEAT_PID" 2>/dev/null
+  if ((RESULT_SENT == 0)); then
+    [[ -n $REASON ]] || REASON="the host script ended (status $rc) without a result during $PHASE"
+    if spot_interrupted; then
+      log "spot interruption notice: leaving the retry to the service"
+    else
+      log "FAILED: $REASON"
+      tail_lines=$(tail -n 30 "$LOG_FILE" 2>/dev/null | tail -c 3000)
+      report "{\"type\":\"result\",\"status\":\"FAILED\",\"reason\":$(json_str "$REASON"),\"log_tail\":$(json_str "$tail_lines")}"
+    fi
+  fi
+  ship_logs
+  if ! is_local; then
+    log "shutting the instance down"
+    shutdown -h now
+  fi
+  ((rc == 0)) || exit "$rc"
+  exit 0
+}
+
+# ---- host ----
+start_watchdog() {
+  is_local && return 0
+  log "hard deadline: the instance halts (and terminates) in $WATCHDOG_MINUTES minutes"
+  shutdown -h "+$WATCHDOG_MINUTES" || die "could not schedule the deadline shutdown"
+}
+
+install_docker() {
+  log "no docker: installing docker.io and docker-buildx"
+  apt-get update -q && apt-get install -yq docker.io docker-buildx && systemctl enable --now docker
+}
+
+install_nvidia() {
+  local key=/usr/share/keyrings/nvidia-container-toolkit.gpg url=https://nvidia.github.io/libnvidia-container
+  if ! command -v nvidia-smi >/dev/null; then
+    log "no NVIDIA driver: installing the recommended server driver"
+    apt-get install -yq ubuntu-drivers-common && ubuntu-drivers install --gpgpu && modprobe nvidia
+  fi
+  log "no NVIDIA container toolkit: installing it"
+  curl -fsSL "$url/gpgkey" | gpg --batch --yes --dearmor -o "$key"
+  curl -fsSL "$url/stable/deb/nvidia-container-toolkit.list" |
+    sed "s#deb https://#deb [signed-by=$key] https://#" >/etc/apt/sources.list.d/nvidia-container-toolkit.list
+  apt-get update -q && apt-get install -yq nvidia-container-toolkit &&
+    nvidia-ctk runtime configure --runtime=docker && systemctl restart docker
+}
+
+prepare_host() {
+  if is_local; then
+    log "local mode: no host preparation, GPU check or ECR login"
+    return 0
+  fi
+  if ! command -v docker >/dev/null || ! docker buildx version >/dev/null 2>&1; then
+    install_docker || die "could not install docker and docker buildx"
+  fi
+  if ! command -v nvidia-smi >/dev/null || ! command -v nvidia-ctk >/dev/null; then
+    install_nvidia || die "could not install the NVIDIA driver and container toolkit"
+  fi
+  docker info >/dev/null || die "the docker engine does not answer"
+  nvidia-smi || die "nvidia-smi sees no GPU on this host"
+  check_driver
+  if [[ $CUDA != none ]]; then
+    run docker run --rm --gpus all "$HEALTH_IMAGE" nvidia-smi ||
+      die "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU"
+  fi
+  aws logs create-log-stream --region "$REGION" --log-group-name "$LOG_GROUP" \
+    --log-stream-name "$BUILD_ID" 2>/dev/null || true
+  aws ecr get-login-password --region "$REGION" |
+    docker login --username AWS --password-stdin "$REGISTRY" || die "docker login to $REGISTRY failed"
+}
+
+check_driver() {
+  [[ $CUDA == none ]] && return 0
+  local have
+  have=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1 | tr -d ' ')
+  [[ $have =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "could not read the NVIDIA driver version (got '$have')"
+  if [[ $(printf '%s\n%s\n' "$MIN_DRIVER" "$have" | sort -V | head -n 1) != "$MIN_DRIVER" ]]; then
+    die "NVIDIA driver $have is too old for CUDA $CUDA, which needs $MIN_DRIVER or newer; use an AMI with a newer driver"
+  fi
+  log "NVIDIA driver $have (CUDA $CUDA needs $MIN_DRIVER or newer)"
+}
+
+# ---- the build ----
+apply_overrides() {
+  local line name value i found
+  [[ -n ${VOLTABUILD_BUILD_ARG_OVERRIDES:-} ]] || return 0
+  is_local || die "VOLTABUILD_BUILD_ARG_OVERRIDES is only honoured with VOLTABUILD_LOCAL=1"
+  while IFS= read -r line; do
+    [[ -z $line ]] && continue
+    [[ $line =~ ^([A-Z][A-Z0-9_]{0,63})=([A-Za-z0-9._/:@+-]{0,255})$ ]] ||
+      die "VOLTABUILD_BUILD_ARG_OVERRIDES: not a NAME=VALUE line with an allowed value"
+    name=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]} found=0
+    for i in "${!ARGS[@]}"; do
+      if [[ ${ARGS[i]%%=*} == "$name" ]]; then
+        ARGS[i]="$name=$value" found=1
+      fi
+    done
+    ((found)) || die "VOLTABUILD_BUILD_ARG_OVERRIDES: $name is not a build arg of this build"
+    log "build arg override: $name=$value"
+  done <<<"$VOLTABUILD_BUILD_ARG_OVERRIDES"
+}
+
+unpack_context() {
+  mkdir -p "$WORK/context"
+  printf '%s' "$CONTEXT_B64" | base64 -d | tar -xz --no-same-owner -C "$WORK/context"
+}
+
+build_image() {
+  local a t
+  if [[ $BUILDER == buildah ]]; then
+    BUILD_CMD=(buildah --storage-driver vfs bud --isolation chroot)
+  elif is_local; then
+    BUILD_CMD=(docker buildx build --builder default --progress plain)
+  else
+    docker buildx inspect voltabuild >/dev/null 2>&1 ||
+      docker buildx create --name voltabuild --driver docker-container >/dev/null
+    BUILD_CMD=(docker buildx build --builder voltabuild --progress plain
+      --cache-from "type=registry,ref=$IMAGE:buildcache")
+  fi
+  BUILD_CMD+=(--file "$WORK/context/Dockerfile")
+  for a in "${ARGS[@]}"; do BUILD_CMD+=(--build-arg "$a"); done
+  for t in "${TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
+  if [[ $BUILDER == buildah ]]; then
+    run "${BUILD_CMD[@]}" "$WORK/context" || die "the image build failed"
+  elif is_local; then
+    run "${BUILD_CMD[@]}" --load "$WORK/context" || die "the image build failed"
+  else
+    run "${BUILD_CMD[@]}" --load \
+      --cache-to "type=registry,ref=$IMAGE:buildcache,mode=max,image-manifest=true,oci-mediatypes=true" \
+      "$WORK/context" || die "the image build failed"
+  fi
+}
+
+smoke_test() {
+  local ref=$IMAGE:${TAGS[0]} ctr gpus=(--gpus all)
+  if [[ $BUILDER == buildah ]]; then
+    ctr=$(buildah --storage-driver vfs from --pull=never "$ref") || die "buildah from $ref failed"
+    if ! run buildah --storage-driver vfs run --isolation chroot "$ctr" -- "${SMOKE_TEST[@]}"; then
+      buildah --storage-driver vfs rm "$ctr" >/dev/null || true
+      die "the smoke test failed: nothing was pushed"
+    fi
+    buildah --storage-driver vfs rm "$ctr" >/dev/null || true
+  else
+    is_local && gpus=()
+    run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "the smoke test failed: nothing was pushed"
+  fi
+}
+
+push_image() {
+  local t digest=""
+  if [[ $BUILDER == buildah ]]; then
+    for t in "${TAGS[@]}"; do
+      run buildah --storage-driver vfs push --tls-verify=false --digestfile "$WORK/digest" \
+        "$IMAGE:$t" "docker://$IMAGE:$t" || die "pushing $IMAGE:$t failed"
+    done
+    digest=$(cat "$WORK/digest")
+  elif is_local; then
+    for t in "${TAGS[@]}"; do
+      run docker push "$IMAGE:$t" || die "pushing $IMAGE:$t failed"
+    done
+    digest=$(docker inspect --format '{{index .RepoDigests 0}}' "$IMAGE:${TAGS[0]}")
+    digest=${digest##*@}
+  else
+    run "${BUILD_CMD[@]}" --push --metadata-file "$WORK/metadata.json" "$WORK/context" ||
+      die "pushing $IMAGE failed"
+    digest=$(grep -o '"containerimage.digest": *"sha256:[0-9a-f]*"' "$WORK/metadata.json" | grep -o 'sha256:[0-9a-f]*')
+  fi
+  [[ $digest =~ ^sha256:[0-9a-f]{64}$ ]] || die "the push gave no image digest"
+  DIGEST=$digest
+}
+
+main() {
+  mkdir -p "$WORK"
+  : >"$LOG_FILE"
+  exec > >(tee -a "$LOG_FILE") 2>&1
+  trap 'on_exit' EXIT
+  trap 'on_err "$?" "$BASH_COMMAND" "$LINENO"' ERR
+  trap 'on_signal INT 130' INT
+  trap 'on_signal TERM 143' TERM
+  printf 'Authorization: Bearer %s\n' "$TOKEN" >"$AUTH_HEADER"
+  log "build $BUILD_ID attempt $ATTEMPT ($STAGE): $REPOSITORY, tags ${TAGS[*]}"
+  start_watchdog
+  heartbeat_loop &
+  HEARTBEAT_PID=$!
+  local registry=${VOLTABUILD_REGISTRY_OVERRIDE:-$REGISTRY}
+  [[ $registry =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] || die "VOLTABUILD_REGISTRY_OVERRIDE: not HOST[:PORT]"
+  [[ $BUILDER == docker || $BUILDER == buildah ]] || die "VOLTABUILD_BUILDER: docker or buildah"
+  IMAGE=$registry/$REPOSITORY
+  ARGS=("${BUILD_ARGS[@]}")
+  apply_overrides
+
+  phase PREPARING "preparing the host"
+  prepare_host
+  unpack_context
+
+  phase BUILDING "building $IMAGE with $BUILDER"
+  build_image
+
+  phase TESTING "smoke test: ${SMOKE_TEST[*]}"
+  smoke_test
+
+  phase PUSHING "pushing ${#TAGS[@]} tag(s) to $IMAGE"
+  push_image
+
+  log "pushed $IMAGE@$DIGEST"
+  report "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"message\":$(json_str "pushed ${TAGS[*]}")}" ||
+    die "the image was pushed but the result could not be reported"
+  RESULT_SENT=1
+}
+
+main "$@"

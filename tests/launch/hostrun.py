@@ -1,0 +1,102 @@
+"""Run a rendered host script for real under bash, with recording shims on PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chalicelib.catalog import Catalog, load_catalog
+from chalicelib.hostscript import HostConfig, render
+
+SHIMS = Path(__file__).resolve().parent / "shims"
+BUILD_ID = "b-0123456789abcdef0123"
+TOKEN = "tok_" + "A" * 40
+CFG = HostConfig(api_url="https://api.example.test/api", region="us-east-1", stage="dev",
+                 registry="123456789012.dkr.ecr.us-east-1.amazonaws.com", heartbeat_seconds=3600)
+
+
+def record_for(catalog: Catalog, framework: str = "pytorch", **over) -> dict:
+    spec = catalog.spec(framework)
+    r = spec.resolve(over.pop("version", None), over.pop("cuda", None), over.pop("python", None))
+    rec = {
+        "id": BUILD_ID, "framework": framework, "version": r.version, "cuda": r.cuda, "python": r.python,
+        "build_args": {}, "image": {"repository": f"{CFG.registry}/{spec.repository}",
+                                    "tags": spec.tags_for(r, catalog.hardware)},
+        "timeout_minutes": 45, "attempt": 1,
+    }
+    rec.update(over)
+    return rec
+
+
+@dataclass
+class Run:
+    rc: int
+    calls: list[list[str]]
+    output: str
+    work: Path
+    logs: list[dict] = field(default_factory=list)
+
+    def named(self, name: str) -> list[list[str]]:
+        return [c[1:] for c in self.calls if c[0] == name]
+
+    def reports(self) -> list[dict]:
+        out = []
+        for args in self.named("curl"):
+            if "--data-binary" in args:
+                out.append(json.loads(args[args.index("--data-binary") + 1]))
+        return out
+
+    def result(self) -> dict:
+        results = [r for r in self.reports() if r["type"] == "result"]
+        assert len(results) == 1, results
+        return results[0]
+
+    def docker(self, *prefix: str) -> list[list[str]]:
+        return [a for a in self.named("docker") if a[: len(prefix)] == list(prefix)]
+
+
+def _calls(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [c.split("\x1f") for c in path.read_text().split("\x1e") if c]
+
+
+def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
+               term_when: str | None = None, timeout: float = 60) -> Run:
+    """Run ``script``; with ``term_when``, send SIGTERM once a recorded call contains it."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "user-data.sh"
+    path.write_text(script)
+    calls = tmp / "calls"
+    logs_dir = tmp / "shipped"
+    logs_dir.mkdir(exist_ok=True)
+    work = tmp / "work"
+    full_env = {
+        "PATH": f"{SHIMS}:{os.environ['PATH']}", "HOME": str(tmp), "SHIM_CALLS": str(calls),
+        "SHIM_LOGS_DIR": str(logs_dir), "VOLTABUILD_WORKDIR": str(work), **(env or {}),
+    }
+    with open(tmp / "console.log", "wb") as out:
+        proc = subprocess.Popen(["bash", str(path)], env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=tmp)
+        if term_when:
+            deadline = time.monotonic() + timeout
+            while not any(term_when in "\x1f".join(c) for c in _calls(calls)):
+                assert proc.poll() is None, "the script ended before the point to interrupt"
+                assert time.monotonic() < deadline, "never reached the point to interrupt"
+                time.sleep(0.05)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=timeout)
+    shipped = []
+    for f in sorted(logs_dir.glob("*.json")):
+        shipped.extend(json.loads(f.read_text()))
+    return Run(rc, _calls(calls), (tmp / "console.log").read_text(errors="replace"), work, shipped)
+
+
+def render_for(record: dict, catalog: Catalog | None = None, cfg: HostConfig = CFG) -> str:
+    return render(record, catalog or load_catalog(), cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z")
