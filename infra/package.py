@@ -1,0 +1,220 @@
+"""Build a deployment: one CloudFormation/SAM template and the Lambda zip (`make package`).
+
+    python -m infra.package --stage dev --out dist/dev
+
+1. The project is copied into a scratch directory (the checkout is never changed) and
+   ``chalicelib/_bundle/`` there receives ``buildspecs/`` and ``dockerfiles/``: the Lambda
+   needs the catalog and the build contexts, and only app.py, chalicelib/ and the
+   requirements are packaged.
+2. ``chalice package --merge-template`` merges ``infra/resources.yaml`` + ``infra/deploy.yaml``
+   (with the ``Stage`` parameter pinned to the packaged stage, because the stage's
+   ``.chalice/config.json`` names are literal) into Chalice's SAM template.
+3. Queue triggers are wired to the queues the template creates: Chalice writes an
+   ``on_sqs_message(queue=NAME)`` source as an ARN string, which CloudFormation cannot order
+   after the queue's creation; it becomes ``Fn::GetAtt [<Queue>, Arn]``. A handler reading a
+   queue the template does not create, or a queue whose visibility timeout is shorter than
+   the function's timeout (AWS refuses that mapping), fails the packaging here, not the
+   deployment.
+4. The zip is checked: boto3/botocore come with the Lambda runtime and must not be in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.local import load_template
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_OVERLAY = Path(__file__).with_name("deploy.yaml")
+BUNDLED = ("buildspecs", "dockerfiles")
+FORBIDDEN_IN_ZIP = ("boto3", "botocore", "s3transfer")
+_ARN_SUB = re.compile(r"^arn:\$\{AWS::Partition\}:sqs:\$\{AWS::Region\}:\$\{AWS::AccountId\}:(?P<name>[\w-]+)$")
+_ARN_LITERAL = re.compile(r"^arn:aws[\w-]*:sqs:[\w-]+:\d{12}:(?P<name>[\w-]+)$")
+
+
+class PackagingError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Package:
+    stage: str
+    template: Path
+    zip: Path
+
+    @property
+    def zip_bytes(self) -> int:
+        return self.zip.stat().st_size
+
+    def load_template(self) -> dict:
+        return json.loads(self.template.read_text())
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_template(stage: str) -> dict:
+    """resources.yaml + deploy.yaml, with the Stage parameter fixed to ``stage``."""
+    import yaml
+
+    tpl = _deep_merge(load_template(), yaml.safe_load(DEPLOY_OVERLAY.read_text()))
+    tpl["Parameters"]["Stage"].update(Default=stage, AllowedValues=[stage])
+    tpl["Parameters"]["Stage"].pop("AllowedPattern", None)
+    return tpl
+
+
+def _copy_project(src: Path, dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "_bundle")
+    shutil.copy2(src / "app.py", dest / "app.py")
+    shutil.copy2(src / "requirements.txt", dest / "requirements.txt")
+    shutil.copytree(src / "chalicelib", dest / "chalicelib", ignore=ignore)
+    (dest / ".chalice").mkdir()
+    for f in (src / ".chalice").glob("*.json"):
+        shutil.copy2(f, dest / ".chalice" / f.name)
+    cache = src / ".chalice" / "deployments"  # chalice's dependency cache: keeps repeats fast
+    if cache.is_dir():
+        shutil.copytree(cache, dest / ".chalice" / "deployments")
+    bundle = dest / "chalicelib" / "_bundle"
+    for name in BUNDLED:
+        shutil.copytree(src / name, bundle / name, ignore=ignore)
+
+
+def _keep_cache(scratch: Path, src: Path) -> None:
+    made = scratch / ".chalice" / "deployments"
+    if not made.is_dir():
+        return
+    keep = src / ".chalice" / "deployments"
+    keep.mkdir(parents=True, exist_ok=True)
+    for f in made.iterdir():
+        if not (keep / f.name).exists():
+            shutil.copy2(f, keep / f.name)
+
+
+def _chalice_package(project: Path, stage: str, merge: Path, out: Path, region: str) -> None:
+    chalice = Path(sys.executable).with_name("chalice")
+    env = {**os.environ, "AWS_DEFAULT_REGION": region, "VOLTABUILD_STAGE": stage}
+    # app.py is imported while packaging: its queue names follow VOLTABUILD_STAGE
+    cmd = [str(chalice), "--project-dir", str(project), "package", "--stage", stage,
+           "--merge-template", str(merge), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise PackagingError(f"chalice package failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+def _queue_name(queue) -> str | None:
+    if isinstance(queue, dict) and list(queue) == ["Fn::Sub"] and isinstance(queue["Fn::Sub"], str):
+        m = _ARN_SUB.match(queue["Fn::Sub"])
+        return m["name"] if m else None
+    if isinstance(queue, str):
+        m = _ARN_LITERAL.match(queue)
+        return m["name"] if m else None
+    return None
+
+
+def wire_queue_triggers(template: dict, stage: str) -> dict[str, str]:
+    """Point every SQS event source at its queue resource; returns function -> queue logical id."""
+    resources = template["Resources"]
+    queues = {
+        res["Properties"]["QueueName"]["Fn::Sub"].replace("${Stage}", stage): logical
+        for logical, res in resources.items()
+        if res["Type"] == "AWS::SQS::Queue"
+    }
+    wired = {}
+    for fn_name, fn in resources.items():
+        if fn["Type"] != "AWS::Serverless::Function":
+            continue
+        for event in (fn["Properties"].get("Events") or {}).values():
+            if event["Type"] != "SQS":
+                continue
+            queue = event["Properties"]["Queue"]
+            if isinstance(queue, dict) and "Fn::GetAtt" in queue:
+                wired[fn_name] = queue["Fn::GetAtt"][0]
+                continue
+            name = _queue_name(queue)
+            if name not in queues:
+                raise PackagingError(
+                    f"{fn_name} consumes SQS queue {name or queue!r}, which the template does not create "
+                    f"for stage {stage!r}; queues: {sorted(queues)}"
+                )
+            logical = queues[name]
+            event["Properties"]["Queue"] = {"Fn::GetAtt": [logical, "Arn"]}
+            wired[fn_name] = logical
+            visibility = int(resources[logical]["Properties"].get("VisibilityTimeout", 30))
+            timeout = int(fn["Properties"].get("Timeout", 3))
+            if visibility < timeout:
+                raise PackagingError(
+                    f"{fn_name} runs up to {timeout}s but {logical} hides a message for only {visibility}s; "
+                    "SQS triggers need VisibilityTimeout >= the function timeout"
+                )
+    return wired
+
+
+def check_zip(path: Path) -> None:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    bad = sorted({n.split("/")[0] for n in names if n.split("/")[0].split("-")[0] in FORBIDDEN_IN_ZIP})
+    if bad:
+        raise PackagingError(f"{path.name} contains {bad}: the Lambda runtime brings boto3; keep it out of "
+                             "requirements.txt")
+    for name in BUNDLED:
+        if not any(n.startswith(f"chalicelib/_bundle/{name}/") for n in names):
+            raise PackagingError(f"{path.name} lacks chalicelib/_bundle/{name}/")
+
+
+def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | None = None) -> Package:
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    with tempfile.TemporaryDirectory(prefix="voltabuild-package-") as tmp:
+        scratch = Path(tmp) / "project"
+        scratch.mkdir()
+        _copy_project(Path(project), scratch)
+        merge = Path(tmp) / "merge-template.json"
+        merge.write_text(json.dumps(merge_template(stage), indent=2))
+        _chalice_package(scratch, stage, merge, out_dir, region)
+        _keep_cache(scratch, Path(project))
+    template_path = out_dir / "sam.json"
+    template = json.loads(template_path.read_text())
+    wire_queue_triggers(template, stage)
+    template_path.write_text(json.dumps(template, indent=2) + "\n")
+    result = Package(stage=stage, template=template_path, zip=out_dir / "deployment.zip")
+    check_zip(result.zip)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--out", type=Path, default=None, help="default: dist/<stage>")
+    parser.add_argument("--region", default=None)
+    args = parser.parse_args(argv)
+    try:
+        result = package(args.stage, args.out or ROOT / "dist" / args.stage, region=args.region)
+    except PackagingError as e:
+        print(f"package: {e}", file=sys.stderr)
+        return 1
+    print(f"template: {result.template}")
+    print(f"zip:      {result.zip} ({result.zip_bytes / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
