@@ -117,6 +117,9 @@ start() {
 }
 
 main() {
+  # `docker run IMAGE /usr/local/bin/entrypoint.sh --check` (the buildspec's smoke test given as
+  # the command) arrives with this script as $1: run the check once, not a start and then a check.
+  if [[ ${1:-} == "$0" && ${2:-} == --check ]]; then shift; fi
   if [[ ${1:-} == --check ]]; then
     check
   else

@@ -1,0 +1,208 @@
+"""Each Dockerfile matches its buildspec: every build arg a build passes is declared, the
+Dockerfile's own defaults are the buildspec's defaults (so a hand-made `docker build .` gives
+the default image), and the conventions every image shares hold."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from chalicelib.catalog import BuildSpec, load_catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOG = load_catalog(ROOT)
+HW = CATALOG.hardware
+SPECS = sorted(CATALOG.frameworks.values(), key=lambda s: s.framework)
+GPU_SPECS = [s for s in SPECS if s.framework != "canary"]
+
+# Added by the host script to every build, beside spec.docker_build_args(...).
+HOST_ARGS = {"BUILD_DATE", "VOLTABUILD_BUILD_ID", "VCS_REF"}
+# Different for every build: must come after the last layer-making step, or no layer is ever
+# reused from the cache.
+PER_BUILD_ARGS = HOST_ARGS | {"VOLTABUILD_BUILDSPEC_HASH"}
+ENTRYPOINT = "/usr/local/bin/entrypoint.sh"
+REQUIRED_LABELS = {
+    "org.opencontainers.image.version",
+    "org.opencontainers.image.revision",
+    "org.opencontainers.image.source",
+    "org.opencontainers.image.created",
+    "io.voltabuild.framework",
+    "io.voltabuild.cuda",
+    "io.voltabuild.buildspec-hash",
+    "io.voltabuild.build-id",
+}
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def parse(path: Path) -> list[Instruction]:
+    """Dockerfile instructions, continuation lines joined and comments dropped."""
+    out, buf = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        keyword, _, args = buf.partition(" ")
+        out.append(Instruction(keyword.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    starts = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
+    return instructions[starts[-1]:]
+
+
+def arg_defaults(instructions: list[Instruction]) -> dict[str, str | None]:
+    """Every declared ARG with its default (None when it has none); first declaration wins."""
+    out: dict[str, str | None] = {}
+    for ins in instructions:
+        if ins.keyword != "ARG":
+            continue
+        name, eq, value = ins.args.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out.setdefault(name.strip(), value if eq else None)
+    return out
+
+
+def labels(instructions: list[Instruction]) -> dict[str, str]:
+    out = {}
+    for ins in instructions:
+        if ins.keyword == "LABEL":
+            for pair in shlex.split(ins.args):
+                key, _, value = pair.partition("=")
+                out[key] = value
+    return out
+
+
+def dockerfile(spec: BuildSpec) -> list[Instruction]:
+    return parse(CATALOG.context_dir(spec) / "Dockerfile")
+
+
+COMBINATIONS = [(s, r) for s in SPECS for r in s.combinations()]
+
+
+@pytest.mark.parametrize(
+    "spec,resolved", COMBINATIONS, ids=[f"{s.framework}-{r.version}-cu{r.cuda}-py{r.python}" for s, r in COMBINATIONS]
+)
+def test_every_rendered_build_arg_is_declared(spec, resolved):
+    # GIVEN every build arg a build of this combination passes, with every allowed build arg set
+    passed = set(spec.docker_build_args(resolved, HW, {})) | HOST_ARGS
+    # THEN the Dockerfile declares each of them (an undeclared --build-arg is silently unused)
+    declared = set(arg_defaults(dockerfile(spec)))
+    assert passed <= declared, f"{spec.framework}: not declared in the Dockerfile: {sorted(passed - declared)}"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
+def test_dockerfile_defaults_are_the_buildspec_defaults(spec):
+    declared = arg_defaults(dockerfile(spec))
+    default = spec.resolve(None, None, None)
+    for name, value in spec.docker_build_args(default, HW, {}).items():
+        if name in PER_BUILD_ARGS:
+            continue
+        assert declared[name] == value, (
+            f"{spec.framework}: ARG {name} defaults to {declared[name]!r} but the buildspec's default build passes {value!r}"
+        )
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
+def test_per_build_args_come_after_every_layer(spec):
+    stage = final_stage(dockerfile(spec))
+    last_layer = max(i for i, ins in enumerate(stage) if ins.keyword in {"RUN", "COPY", "ADD"})
+    for i, ins in enumerate(stage):
+        name = ins.args.partition("=")[0].strip()
+        if ins.keyword == "ARG" and name in PER_BUILD_ARGS:
+            assert i > last_layer, f"{spec.framework}: ARG {name} is declared before a RUN/COPY and busts the cache"
+    # and they are declared in the final stage (an ARG before FROM is not visible after it)
+    assert PER_BUILD_ARGS <= {ins.args.partition("=")[0].strip() for ins in stage if ins.keyword == "ARG"}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
+def test_labels_carry_version_revision_and_build(spec):
+    found = labels(final_stage(dockerfile(spec)))
+    assert REQUIRED_LABELS <= set(found), f"missing labels: {sorted(REQUIRED_LABELS - set(found))}"
+    assert found["io.voltabuild.framework"] == spec.framework
+    assert found["org.opencontainers.image.revision"] == "${VCS_REF}"
+    assert found["org.opencontainers.image.created"] == "${BUILD_DATE}"
+    assert found["io.voltabuild.buildspec-hash"] == "${VOLTABUILD_BUILDSPEC_HASH}"
+    assert found["io.voltabuild.build-id"] == "${VOLTABUILD_BUILD_ID}"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
+def test_image_conventions(spec):
+    stage = final_stage(dockerfile(spec))
+    kinds = [ins.keyword for ins in stage]
+    # SHELL with pipefail before the first RUN
+    shell = next(ins for ins in stage if ins.keyword == "SHELL")
+    assert "pipefail" in shell.args
+    assert kinds.index("SHELL") < kinds.index("RUN")
+    # runs as a non-root user
+    last_user = [ins.args for ins in stage if ins.keyword == "USER"][-1]
+    assert last_user not in {"0", "root"}
+    # the smoke test is the entrypoint, copied to where the buildspec runs it
+    assert spec.smoke_test == [ENTRYPOINT, "--check"]
+    assert [ins.args for ins in stage if ins.keyword == "ENTRYPOINT"] == [f'["{ENTRYPOINT}"]']
+    assert any(ins.keyword == "COPY" and ins.args.split()[-1] == ENTRYPOINT for ins in stage)
+    # apt lists never stay in a layer
+    for ins in stage:
+        if ins.keyword == "RUN" and "apt-get install" in ins.args:
+            assert "rm -rf /var/lib/apt/lists/*" in ins.args, ins.args
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
+def test_gpu_images_serve_jupyter_and_keep_devtools_optional(spec):
+    stage = final_stage(dockerfile(spec))
+    assert any(ins.keyword == "EXPOSE" and ins.args == "8888" for ins in stage)
+    cmd = next(ins.args for ins in stage if ins.keyword == "CMD")
+    assert cmd.startswith('["jupyter", "lab"') and '"--port=8888"' in cmd and '"--ip=0.0.0.0"' in cmd
+    # slim by default: the 2017 tools only behind INSTALL_DEVTOOLS, which defaults to 0
+    assert spec.build_args["INSTALL_DEVTOOLS"].default == "0"
+    for ins in stage:
+        if ins.keyword == "RUN" and re.search(r"\b(tmux|htop|mlocate)\b", ins.args):
+            assert "INSTALL_DEVTOOLS" in ins.args, f"devtools installed unconditionally: {ins.args}"
+    # the framework probe sits where the entrypoint looks for it
+    assert any(ins.keyword == "COPY" and ins.args == "probe.py /usr/local/lib/voltabuild/probe.py" for ins in stage)
+
+
+def test_gpu_entrypoints_are_one_script():
+    # Each build context is its own folder, so the GPU images carry a copy each; keep them equal
+    # (edit dockerfiles/pytorch/entrypoint.sh and copy it to the others).
+    texts = {s.framework: (CATALOG.context_dir(s) / "entrypoint.sh").read_text() for s in GPU_SPECS}
+    reference = texts["pytorch"]
+    assert {fw for fw, text in texts.items() if text != reference} == set()
+
+
+def test_pytorch_base_image_is_the_cudnn_devel_family():
+    spec = CATALOG.frameworks["pytorch"]
+    for r in spec.combinations():
+        base = spec.docker_build_args(r, HW, {})["BASE_IMAGE"]
+        assert re.fullmatch(rf"nvidia/cuda:{re.escape(HW.cuda[r.cuda].full)}-cudnn-devel-ubuntu22\.04", base)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
+def test_readme_documents_every_build_arg_with_its_default(spec):
+    readme = (CATALOG.context_dir(spec) / "README.md").read_text()
+    default = spec.resolve(None, None, None)
+    for name, value in spec.docker_build_args(default, HW, {}).items():
+        if name in PER_BUILD_ARGS:
+            continue
+        assert f"`{name}`" in readme, f"{spec.framework}/README.md does not mention {name}"
+        assert f"`{value}`" in readme, f"{spec.framework}/README.md does not give {name}'s default {value!r}"
+    for section in ("docker build", "--gpus all"):
+        assert section in readme

@@ -1,0 +1,147 @@
+"""dockerfiles/pytorch/install-torch.sh with shimmed uv, git, curl, tar, nvcc and python: the
+wheels come from the index of the requested CUDA, and a source build compiles what the
+CUDA's nvcc supports, with MAGMA and the system NCCL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "dockerfiles" / "pytorch" / "install-torch.sh"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Every shim appends {"cmd": ..., "argv": [...], "env": {...}} to $FAKE_LOG.
+RECORD = """#!/usr/bin/env bash
+python3 - "$(basename "$0")" "$@" <<'PY' >>"$FAKE_LOG"
+import json, os, sys
+keys = ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "USE_SYSTEM_NCCL", "MAGMA_HOME", "PYTORCH_BUILD_VERSION",
+        "FORCE_CUDA", "BUILD_VERSION")
+print(json.dumps({"cmd": sys.argv[1], "argv": sys.argv[2:], "env": {k: os.environ[k] for k in keys if k in os.environ}}))
+PY
+"""
+SHIMS = {
+    "uv": RECORD,
+    "curl": RECORD + '[[ ${FAKE_CURL:-ok} == ok ]] || exit 22\n',
+    "tar": RECORD,
+    # git clone ... DEST: make DEST so the script can cd into it
+    "git": RECORD + 'mkdir -p "${@: -1}"\n',
+    "nvcc": RECORD + 'printf "compute_%s\\n" ${FAKE_ARCHS:-50 52 60 61 70 75 80 86 89 90}\n',
+    # `python - VERSION CUDA` is the verification step; `python -m pip ...` a source install
+    "python": RECORD + 'if [[ $1 == - ]]; then cat >/dev/null; [[ ${FAKE_VERIFY:-ok} == ok ]] || exit 1; fi\n',
+}
+
+BASE_ENV = {
+    "PYTORCH_VERSION": "2.5.1",
+    "TORCHVISION_VERSION": "0.20.1",
+    "TORCHAUDIO_VERSION": "2.5.1",
+    "CUDA_VERSION": "12.4.1",  # what the nvidia/cuda base image's ENV says
+    "TORCH_CUDA_ARCH_LIST": "7.0+PTX 7.5 8.0 8.6 8.9 9.0",
+    "MAX_JOBS": "8",
+    "VIRTUAL_ENV": "/opt/venv",
+}
+
+
+@pytest.fixture
+def install(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in SHIMS.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+
+    def run(**env: str):
+        log.write_text("")
+        environ = {"PATH": f"{bin_dir}:{SYSTEM_PATH}", "FAKE_LOG": str(log), "SRC_DIR": str(tmp_path / "src"),
+                   **BASE_ENV, **env}
+        result = subprocess.run(["bash", str(SCRIPT)], env=environ, capture_output=True, text=True, timeout=30)
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        return result, calls
+
+    return run
+
+
+def test_wheels_come_from_the_index_of_the_requested_cuda(install):
+    result, calls = install(BUILD_MODE="wheels")
+    assert result.returncode == 0, result.stderr
+    uv = [c["argv"] for c in calls if c["cmd"] == "uv"]
+    assert uv == [["pip", "install", "--index-url", "https://download.pytorch.org/whl/cu124",
+                   "torch==2.5.1", "torchvision==0.20.1", "torchaudio==2.5.1"]]
+    # then the install is verified against the requested version and CUDA
+    assert calls[-1]["cmd"] == "python" and calls[-1]["argv"] == ["-", "2.5.1", "124"]
+    assert not [c for c in calls if c["cmd"] in {"git", "nvcc", "curl"}]
+
+
+def test_cuda_13_wheels(install):
+    result, calls = install(BUILD_MODE="wheels", CUDA_VERSION="13.0", PYTORCH_VERSION="2.9.1",
+                            TORCHVISION_VERSION="0.24.1", TORCHAUDIO_VERSION="2.9.1")
+    assert result.returncode == 0, result.stderr
+    assert "https://download.pytorch.org/whl/cu130" in calls[0]["argv"]
+
+
+def test_a_failed_verification_fails_the_build(install):
+    result, _ = install(BUILD_MODE="wheels", FAKE_VERIFY="fail")
+    assert result.returncode != 0
+
+
+def test_source_build_compiles_for_the_arch_list_with_magma_and_system_nccl(install):
+    result, calls = install(BUILD_MODE="source", TORCH_CUDA_ARCH_LIST="7.0+PTX 8.0", MAX_JOBS="4")
+    assert result.returncode == 0, result.stderr
+    (curl,) = [c for c in calls if c["cmd"] == "curl"]
+    assert any(a.endswith("/magma-cuda124-2.6.1-1.tar.bz2") for a in curl["argv"])
+    clones = [c["argv"] for c in calls if c["cmd"] == "git"]
+    assert [(a[a.index("--branch") + 1], a[-2]) for a in clones] == [
+        ("v2.5.1", "https://github.com/pytorch/pytorch.git"),
+        ("v0.20.1", "https://github.com/pytorch/vision.git"),
+        ("v2.5.1", "https://github.com/pytorch/audio.git"),
+    ]
+    builds = [c for c in calls if c["cmd"] == "python" and c["argv"][:3] == ["-m", "pip", "install"]]
+    assert len(builds) == 3
+    torch_env = builds[0]["env"]
+    assert torch_env["TORCH_CUDA_ARCH_LIST"] == "7.0+PTX 8.0"
+    assert torch_env["MAX_JOBS"] == "4"
+    assert torch_env["USE_SYSTEM_NCCL"] == "1"
+    assert torch_env["MAGMA_HOME"].endswith("/magma")
+    assert torch_env["PYTORCH_BUILD_VERSION"] == "2.5.1"
+    assert builds[1]["env"]["FORCE_CUDA"] == "1" and builds[1]["env"]["BUILD_VERSION"] == "0.20.1"
+    assert calls[-1]["argv"] == ["-", "2.5.1", "124"]
+
+
+def test_source_build_leaves_out_archs_the_cuda_cannot_compile(install):
+    # CUDA 13's nvcc has no Volta (7.0) any more
+    result, calls = install(BUILD_MODE="source", CUDA_VERSION="13.0.1", FAKE_ARCHS="75 80 86 89 90 100 120")
+    assert result.returncode == 0, result.stderr
+    assert "cannot build for 7.0+PTX; leaving them out" in result.stderr
+    build = next(c for c in calls if c["cmd"] == "python" and c["argv"][:2] == ["-m", "pip"])
+    assert build["env"]["TORCH_CUDA_ARCH_LIST"] == "7.5 8.0 8.6 8.9 9.0"
+
+
+def test_source_build_with_no_supported_arch_stops_before_cloning(install):
+    result, calls = install(BUILD_MODE="source", TORCH_CUDA_ARCH_LIST="7.0+PTX", FAKE_ARCHS="75 80")
+    assert result.returncode == 1
+    assert "none of TORCH_CUDA_ARCH_LIST='7.0+PTX' is supported" in result.stderr
+    assert not [c for c in calls if c["cmd"] in {"git", "curl"}]
+
+
+def test_missing_magma_build_is_a_clear_error(install):
+    result, _ = install(BUILD_MODE="source", FAKE_CURL="fail")
+    assert result.returncode == 1
+    assert "no MAGMA build magma-cuda124-2.6.1-1.tar.bz2" in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["PYTORCH_VERSION", "CUDA_VERSION"])
+def test_required_settings(install, missing):
+    result, calls = install(**{missing: ""})
+    assert result.returncode == 1
+    assert f"{missing} is not set" in result.stderr
+    assert calls == []
+
+
+def test_unknown_build_mode(install):
+    result, _ = install(BUILD_MODE="conda")
+    assert result.returncode == 1
+    assert "BUILD_MODE=conda is not one of: wheels, source" in result.stderr
