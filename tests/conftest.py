@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -23,13 +24,10 @@ os.environ.update(
 )
 
 
-@pytest.fixture
-def aws():
-    """moto's in-process AWS with voltabuild's resources created from infra/resources.yaml.
-
-    Yields the boto3 session plus the app environment; every lazy client is reset, so the
-    app's handlers talk to this mock.
-    """
+@contextlib.contextmanager
+def moto_aws():
+    """moto's in-process AWS with voltabuild's resources created from infra/resources.yaml;
+    the app's environment points at them and every lazy client is reset."""
     import boto3
     from moto import mock_aws
 
@@ -52,6 +50,20 @@ def aws():
                 else:
                     os.environ[k] = v
             wiring.reset()
+
+
+@pytest.fixture
+def aws():
+    """A fresh moto AWS for one test (see moto_aws)."""
+    with moto_aws() as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def aws_module():
+    """One moto AWS shared by a module's tests, for data that is costly to build."""
+    with moto_aws() as a:
+        yield a
 
 
 class Aws:
@@ -83,14 +95,25 @@ class Aws:
         return [from_item(i) for i in ddb.scan(TableName=self.resources["BuildsTable"])["Items"]]
 
 
-@pytest.fixture
-def api(aws):
-    """chalice.test.Client on the real app, stage dev, against moto."""
+def _client():
     from chalice.test import Client
 
     import app as app_module
 
-    with Client(app_module.app, stage_name="dev", project_dir=str(ROOT)) as client:
+    return Client(app_module.app, stage_name="dev", project_dir=str(ROOT))
+
+
+@pytest.fixture
+def api(aws):
+    """chalice.test.Client on the real app, stage dev, against moto."""
+    with _client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def api_module(aws_module):
+    """chalice.test.Client against the module's shared moto AWS."""
+    with _client() as client:
         yield client
 
 

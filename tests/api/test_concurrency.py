@@ -1,0 +1,94 @@
+"""Concurrent conflicting transitions leave exactly one winner.
+
+DynamoDB applies the writes to one item one at a time; moto's in-process backend does
+not (its condition check and write are not atomic across threads). So the racing
+clients here talk over HTTP to moto served by a single-threaded WSGI server, which
+applies requests one at a time as DynamoDB does, while the clients race freely.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import boto3
+import pytest
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from chalicelib.builds import BuildService
+from chalicelib.catalog import load_catalog
+from chalicelib.errors import InvalidTransition
+from chalicelib.queues import Queue
+from chalicelib.schemas import BuildRequest
+from chalicelib.settings import Settings
+from chalicelib.states import Status
+from chalicelib.store import BuildStore
+from chalicelib.transitions import Transitions
+from infra.local import create_resources, stage_environment
+
+
+class _Session:
+    def __init__(self, endpoint: str) -> None:
+        self._s = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1")
+        self.region_name = "us-east-1"
+        self.endpoint = endpoint
+
+    def client(self, name: str):
+        return self._s.client(name, endpoint_url=self.endpoint)
+
+
+@pytest.fixture(scope="module")
+def serial_moto():
+    server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), False,
+                         request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield _Session(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(serial_moto):
+    env = stage_environment(create_resources(serial_moto))
+    settings = Settings(table_name=env["BUILDS_TABLE"], max_active_builds=1000)
+    store = BuildStore(serial_moto.client("dynamodb"), settings.table_name, cursor_key=b"k", max_active=1000)
+    transitions = Transitions(store, Queue(serial_moto.client("sqs"), env["NOTIFY_QUEUE_URL"]))
+    return BuildService(store, load_catalog(), settings, Queue(serial_moto.client("sqs"), env["LAUNCH_QUEUE_URL"]),
+                        transitions)
+
+
+def test_conflicting_transitions_from_threads_have_one_winner(service):
+    for _ in range(10):
+        build, _ = service.submit(BuildRequest(framework="canary"))
+        winners: list[Status] = []
+        barrier = threading.Barrier(6)
+
+        def attempt(to: Status, bid=build.id, barrier=barrier, winners=winners) -> None:
+            barrier.wait()
+            try:
+                service.transitions.move(bid, to, expect=[Status.QUEUED])
+                winners.append(to)
+            except InvalidTransition:
+                pass
+
+        threads = [threading.Thread(target=attempt, args=(s,))
+                   for s in (Status.LAUNCHING, Status.CANCELLED, Status.FAILED) * 2]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(winners) == 1
+        final = service.get(build.id)
+        assert final.status == winners[0]
+        assert [e.status for e in final.events] == [Status.QUEUED, winners[0]]
+
+
+def test_final_state_never_changes(service):
+    build, _ = service.submit(BuildRequest(framework="canary"))
+    service.transitions.move(build.id, Status.CANCELLED)
+    for to in Status:
+        with pytest.raises(InvalidTransition):
+            service.transitions.move(build.id, to)
+    assert service.get(build.id).status == Status.CANCELLED
