@@ -4,12 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv system-deps lint test demo up down bench fuzz package deploy clean
+.PHONY: help venv system-deps lint test demo up down status bench fuzz package deploy clean
 
 help:
 	@echo "make demo     start the local stack and build the canary image end to end"
 	@echo "make test     lint and run every test (creates .venv, installs Debian packages as root)"
 	@echo "make up/down  start/stop the local stack (moto server, chalice local, registry, worker)"
+	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
+	@echo "make deploy   package and deploy to the AWS account of your credentials (STAGE=dev|prod)"
 
 $(STAMP): requirements.txt requirements-dev.txt $(wildcard client/pyproject.toml)
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,3 +32,25 @@ test: venv system-deps lint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# ---- the local stack (issue 6) --------------------------------------------------------
+up: venv system-deps
+	$(PY) -m voltabuild_local up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m voltabuild_local down; fi
+
+status: venv
+	$(PY) -m voltabuild_local status
+
+demo: venv system-deps
+	$(PY) -m voltabuild_local demo $(if $(KEEP),--keep)
+
+# ---- deployment (issue 9) -------------------------------------------------------------
+STAGE ?= dev
+
+package: venv
+	$(PY) -m infra.package --stage $(STAGE) --out dist/$(STAGE)
+
+deploy: package
+	STAGE=$(STAGE) bash scripts/deploy.sh

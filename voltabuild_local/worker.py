@@ -31,16 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import requests
+
+from voltabuild_local.registry import digest_of
 
 log = logging.getLogger("voltabuild.worker")
 ACCOUNT = "123456789012"
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-])
 
 
 class LambdaContext:
@@ -262,9 +257,7 @@ class Executor:
                 self.dispatcher.emit(ecr_push_event(self.dispatcher.region, repo, tag, new))
 
     def _digest(self, repo: str, tag: str) -> str | None:
-        resp = requests.head(f"http://{self.registry}/v2/{repo}/manifests/{tag}",
-                             headers={"Accept": MANIFEST_TYPES}, timeout=5)
-        return resp.headers.get("Docker-Content-Digest") if resp.status_code == 200 else None
+        return digest_of(self.registry, repo, tag)
 
     def _terminate(self, iid: str) -> None:
         if self._state(iid) != "terminated":

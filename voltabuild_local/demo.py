@@ -1,0 +1,98 @@
+"""`make demo`: the whole service on this machine — submit the canary, watch it build,
+show the image in the registry and the Slack message that said how it ended."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from voltabuild_local.registry import image_summary
+from voltabuild_local.stack import ROOT, Stack
+from voltabuild_local.worker import detect_builder
+
+NO_BUILDER = """\
+The demo builds a real image, and neither a Docker engine nor buildah (as root) can run here.
+  - Debian/Ubuntu as root:  apt-get install buildah docker-registry busybox-static
+  - or start a Docker engine (docker info must work) and run `make demo` again."""
+
+
+def _say(msg: str) -> None:
+    print(f"\n==> {msg}", file=sys.stderr, flush=True)
+
+
+def prepare_local_base(builder: str) -> None:
+    """The canary's default BASE_IMAGE (a public busybox) cannot be pulled here: make one
+    from Debian's busybox-static and give it that name in local storage."""
+    from chalicelib.catalog import load_catalog
+
+    base = load_catalog().frameworks["canary"].build_args["BASE_IMAGE"].default
+    if builder != "buildah":
+        return
+    subprocess.run(["bash", str(ROOT / "dockerfiles/canary/make-local-base.sh")], check=True)
+    subprocess.run(["buildah", "--storage-driver", "vfs", "tag", "localhost/voltabuild/busybox:local", base],
+                   check=True)
+
+
+def _latest_message(stack: Stack, build_id: str, wait: float = 15.0) -> dict | None:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if stack.slack_file.exists():
+            for line in reversed(stack.slack_file.read_text().splitlines()):
+                if build_id in line:
+                    return json.loads(line)
+        time.sleep(0.5)
+    return None
+
+
+def run_demo(stack: Stack, keep: bool = False) -> int:
+    builder = detect_builder()
+    if builder is None:
+        print(NO_BUILDER, file=sys.stderr)
+        return 1
+    started_here = not stack.running()
+    try:
+        _say("starting the local stack (make up)")
+        stack.up()
+        env = {**os.environ, **stack.env}
+        prepare_local_base(builder)
+
+        cli = shutil.which("voltabuild", path=os.path.dirname(sys.executable)) or "voltabuild"
+        _say(f"voltabuild submit canary --wait   (builder here: {builder})")
+        t0 = time.monotonic()
+        proc = subprocess.run([cli, "submit", "canary", "--wait", "--json"], env=env, stdout=subprocess.PIPE)
+        build = json.loads(proc.stdout or b"{}")
+        print(f"\nbuild {build.get('id')} ended {build.get('status')} in {time.monotonic() - t0:.0f} s "
+              f"(CLI exit code {proc.returncode})")
+        if build.get("reason"):
+            print(f"reason: {build['reason']}")
+
+        _say("the image in the local registry")
+        registry = env["VOLTABUILD_REGISTRY"]
+        repo = build["image"]["repository"].split("/", 1)[1]
+        for tag in build["image"]["tags"]:
+            summary = image_summary(registry, repo, tag)
+            if summary is None:
+                print(f"  {registry}/{repo}:{tag}  (not in the registry)")
+                continue
+            print(f"  {registry}/{repo}:{tag}  {summary['digest']}")
+        first = image_summary(registry, repo, build["image"]["tags"][0])
+        if first:
+            print(f"  digest in the build record: {build['image'].get('digest')}")
+            for key, value in sorted(first["labels"].items()):
+                print(f"    {key} = {value}")
+
+        _say("the Slack message (received by the local webhook sink)")
+        msg = _latest_message(stack, build["id"])
+        print(json.dumps(msg["payload"], indent=2)[:4000] if msg else "  (no message arrived)")
+        return proc.returncode
+    finally:
+        if keep or not started_here:
+            print(f"\nthe local stack keeps running: `make down` stops it ({stack.env_file})", file=sys.stderr)
+        else:
+            stack.down()
+            print("\nthe local stack is stopped (make demo KEEP=1 leaves it running)", file=sys.stderr)
+
