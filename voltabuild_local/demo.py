@@ -11,7 +11,7 @@ import sys
 import time
 
 from voltabuild_local.registry import image_summary
-from voltabuild_local.stack import ROOT, Stack
+from voltabuild_local.stack import Stack
 from voltabuild_local.worker import detect_builder
 
 NO_BUILDER = """\
@@ -22,19 +22,6 @@ The demo builds a real image, and neither a Docker engine nor buildah (as root) 
 
 def _say(msg: str) -> None:
     print(f"\n==> {msg}", file=sys.stderr, flush=True)
-
-
-def prepare_local_base(builder: str) -> None:
-    """The canary's default BASE_IMAGE (a public busybox) cannot be pulled here: make one
-    from Debian's busybox-static and give it that name in local storage."""
-    from chalicelib.catalog import load_catalog
-
-    base = load_catalog().frameworks["canary"].build_args["BASE_IMAGE"].default
-    if builder != "buildah":
-        return
-    subprocess.run(["bash", str(ROOT / "dockerfiles/canary/make-local-base.sh")], check=True)
-    subprocess.run(["buildah", "--storage-driver", "vfs", "tag", "localhost/voltabuild/busybox:local", base],
-                   check=True)
 
 
 def _latest_message(stack: Stack, build_id: str, wait: float = 15.0) -> dict | None:
@@ -58,7 +45,6 @@ def run_demo(stack: Stack, keep: bool = False) -> int:
         _say("starting the local stack (make up)")
         stack.up()
         env = {**os.environ, **stack.env}
-        prepare_local_base(builder)
 
         cli = shutil.which("voltabuild", path=os.path.dirname(sys.executable)) or "voltabuild"
         _say(f"voltabuild submit canary --wait   (builder here: {builder})")

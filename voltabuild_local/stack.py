@@ -221,6 +221,7 @@ class Stack:
                                        "--port", str(ports["api"]), "--stage", STAGE],
                         app_env, f"{api_url}/health")
         if "worker" in self.services:
+            prepare_local_base()
             self._start(state, "worker", [py, "-m", "voltabuild_local.worker",
                                           "--reaper-seconds", str(self.reaper_seconds)],
                         {**app_env, "VOLTABUILD_LOCAL_STATE": str(self.state_dir)}, None)
@@ -305,6 +306,22 @@ class Stack:
         for path in (self.state_file, self.env_file):
             path.unlink(missing_ok=True)
         return stopped
+
+
+def prepare_local_base() -> None:
+    """The canary's default BASE_IMAGE (a public busybox) cannot be pulled here: make one
+    from Debian's busybox-static and give it that name in buildah's local storage, so the
+    canary builds unchanged and without network. Nothing to do where Docker builds."""
+    from chalicelib.catalog import load_catalog
+    from voltabuild_local.worker import detect_builder
+
+    if detect_builder() != "buildah":
+        return
+    base = load_catalog().frameworks["canary"].build_args["BASE_IMAGE"].default
+    subprocess.run(["bash", str(ROOT / "dockerfiles/canary/make-local-base.sh")], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["buildah", "--storage-driver", "vfs", "tag", "localhost/voltabuild/busybox:local", base],
+                   check=True)
 
 
 def _reap(pid: int) -> None:
