@@ -6,6 +6,7 @@ from chalice import Chalice
 
 from chalicelib import wiring
 from chalicelib.http import error_response, handle_errors, json_response, parse_body
+from chalicelib.notify import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
 app = Chalice(app_name="voltabuild")
@@ -81,3 +82,13 @@ def cancel_build(build_id):
 
 
 # ---- notifications (issue 8) ------------------------------------------------------
+
+
+@app.on_sqs_message(queue=wiring.queue_name("notify"), batch_size=1)
+def notify_consumer(event):
+    """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
+    message, its delivery recorded on the build. See chalicelib/notify.py."""
+    for record in event:
+        message = parse_notify_event(record.body)
+        if message is not None:
+            wiring.notifier().handle(message)

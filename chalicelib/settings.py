@@ -24,6 +24,12 @@ class Settings:
     max_active_builds: int = 20
     max_attempts: int = 3
     slack_channels: tuple[str, ...] = ("default",)
+    # notifications (issue 8): the first of slack_channels is the default channel
+    slack_parameter_prefix: str = "/voltabuild/dev/slack/"
+    slack_webhook_cache_seconds: int = 300
+    notify_on_start: bool = False
+    notify_timeout_seconds: float = 5.0
+    notify_max_attempts: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -42,4 +48,9 @@ class Settings:
             max_active_builds=int(env.get("MAX_ACTIVE_BUILDS", "20")),
             max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
             slack_channels=_list(env.get("SLACK_CHANNELS", "default")),
+            slack_parameter_prefix=env.get("SLACK_WEBHOOK_PARAMETER_PREFIX", f"/voltabuild/{stage}/slack/"),
+            slack_webhook_cache_seconds=int(env.get("SLACK_WEBHOOK_CACHE_SECONDS", "300")),
+            notify_on_start=env.get("NOTIFY_ON_START", "false").strip().lower() in ("1", "true", "yes", "on"),
+            notify_timeout_seconds=float(env.get("NOTIFY_HTTP_TIMEOUT", "5")),
+            notify_max_attempts=int(env.get("NOTIFY_MAX_ATTEMPTS", "5")),
         )

@@ -357,6 +357,32 @@ class BuildStore:
             raise InvalidTransition(f"build {build_id} is {from_item(old).get('status')}") from None
         return from_item(resp["Attributes"])
 
+    def set_if(self, build_id: str, attribute: str, value: Any, *, condition: str,
+               names: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> dict | None:
+        """Set one attribute of a build when ``condition`` holds (optimistic concurrency
+        for bookkeeping such as the Slack notification claim). ``condition`` may use
+        ``#s`` for ``status`` and ``#a`` for ``attribute``. Returns the new item, or None
+        when the condition failed."""
+        try:
+            resp = self._db.update_item(
+                TableName=self._table,
+                Key={"id": {"S": build_id}},
+                UpdateExpression="SET #a = :a, updated_at = :now",
+                ConditionExpression=f"attribute_exists(id) AND kind = :kind AND ({condition})",
+                ExpressionAttributeNames={"#a": attribute, **({"#s": "status"} if "#s" in condition else {}),
+                                          **(names or {})},
+                ExpressionAttributeValues={
+                    ":kind": {"S": "build"}, ":a": to_av(value), ":now": to_av(now_iso()),
+                    **{k: to_av(v) for k, v in (values or {}).items()},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return None
+        return from_item(resp["Attributes"])
+
     # ---- quota ------------------------------------------------------------------
     def release_slot(self, build_id: str) -> None:
         """Give a finished build's quota slot back (idempotent)."""

@@ -14,6 +14,7 @@ from botocore.config import Config
 
 from chalicelib.builds import BuildService
 from chalicelib.catalog import Catalog, load_catalog
+from chalicelib.notify import Notifier, SlackSender, WebhookDirectory
 from chalicelib.queues import Queue
 from chalicelib.settings import Settings
 from chalicelib.store import BuildStore
@@ -71,6 +72,25 @@ def openapi_document() -> dict:
     return document()
 
 
+@cache
+def notifier() -> Notifier:
+    s = settings()
+    return Notifier(
+        store(), notify_queue(),
+        WebhookDirectory(client("ssm"), s.slack_parameter_prefix, ttl_seconds=s.slack_webhook_cache_seconds),
+        SlackSender(timeout=s.notify_timeout_seconds),
+        api_url=s.api_url, channels=s.slack_channels, notify_on_start=s.notify_on_start,
+        max_attempts=s.notify_max_attempts,
+    )
+
+
+def queue_name(kind: str) -> str:
+    """The name of queue ``voltabuild-<stage>-<kind>`` for an ``on_sqs_message`` mapping.
+    Fixed when app.py is imported, so ``chalice package`` must run with VOLTABUILD_STAGE
+    set to the stage it packages (default dev)."""
+    return f"voltabuild-{os.environ.get('VOLTABUILD_STAGE', 'dev')}-{kind}"
+
+
 def same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
@@ -78,5 +98,5 @@ def same_secret(given: str, expected: str) -> bool:
 def reset() -> None:
     """Forget every cached object (tests, or a changed environment)."""
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
-               openapi_document):
+               openapi_document, notifier):
         fn.cache_clear()
