@@ -1,0 +1,141 @@
+"""Human-readable output. Scripts use ``--json`` instead; nothing here is a contract."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from voltabuild_cli.clock import human_duration, parse_time
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def _t(value: str | None) -> str:
+    dt = parse_time(value)
+    return dt.strftime("%Y-%m-%d %H:%M:%S UTC") if dt else "-"
+
+
+def _hms(value: str | None) -> str:
+    dt = parse_time(value)
+    return dt.strftime("%H:%M:%S") if dt else "-"
+
+
+def image_refs(build: dict) -> list[str]:
+    image = build.get("image") or {}
+    repo = image.get("repository", "")
+    refs = [f"{repo}:{t}" for t in image.get("tags") or []]
+    if image.get("digest"):
+        refs.append(f"{repo}@{image['digest']}")
+    return refs
+
+
+def state_of(build: dict) -> str:
+    s = build.get("status", "?")
+    if build.get("phase"):
+        s += f" ({build['phase']})"
+    if build.get("cancel_requested") and s.split()[0] not in ("CANCELLED", "SUCCEEDED", "FAILED", "TIMED_OUT"):
+        s += ", cancel requested"
+    return s
+
+
+def combo(build: dict) -> str:
+    return (f"{build.get('framework')} {build.get('version')}, CUDA {build.get('cuda')}, "
+            f"Python {build.get('python')}")
+
+
+def build_detail(build: dict, now: datetime) -> str:
+    rows: list[tuple[str, str]] = [
+        ("status", state_of(build)),
+        ("build", combo(build)),
+        ("image", "\n".join(image_refs(build)) or "-"),
+    ]
+    inst = build.get("instance")
+    if inst:
+        bits = [inst.get("id", "?"), inst.get("type", "?"), inst.get("az") or "", inst.get("lifecycle") or ""]
+        if inst.get("price") is not None:
+            bits.append(f"${inst['price']:.3f}/h")
+        rows.append(("instance", " ".join(b for b in bits if b)))
+    rows.append(("attempt", f"{build.get('attempt', 1)} of {build.get('max_attempts', '?')}"))
+    created = parse_time(build.get("created_at"))
+    finished = parse_time(build.get("finished_at"))
+    rows.append(("created", _t(build.get("created_at"))))
+    if finished and created:
+        rows.append(("finished", f"{_t(build.get('finished_at'))} (took {human_duration((finished - created).total_seconds())})"))
+    elif created:
+        rows.append(("elapsed", human_duration((now - created).total_seconds())))
+        if build.get("deadline_at"):
+            rows.append(("deadline", _t(build.get("deadline_at"))))
+    if build.get("reason"):
+        rows.append(("reason", build["reason"]))
+    for w in build.get("warnings") or []:
+        rows.append(("warning", w))
+    out = [build.get("id", "?")]
+    for k, v in rows:
+        lines = str(v).splitlines() or [""]
+        out.append(f"  {k:<9} {lines[0]}")
+        out.extend(f"  {'':<9} {ln}" for ln in lines[1:])
+    events = build.get("events") or []
+    if events:
+        out.append("  timeline")
+        for ev in events:
+            state = ev.get("status", "")
+            if ev.get("phase"):
+                state += f"/{ev['phase']}"
+            out.append(f"    {_hms(ev.get('at'))}  {state:<20} {ev.get('message', '')}".rstrip())
+    return "\n".join(out)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    rows = [list(map(str, r)) for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def build_table(builds: list[dict]) -> str:
+    return table(
+        ["ID", "STATUS", "PHASE", "FRAMEWORK", "VERSION", "CUDA", "PYTHON", "CREATED"],
+        [[b.get("id", ""), b.get("status", ""), b.get("phase") or "-", b.get("framework", ""),
+          b.get("version", ""), b.get("cuda", ""), b.get("python", ""), _t(b.get("created_at"))]
+         for b in builds],
+    )
+
+
+def frameworks_text(catalog: dict) -> str:
+    out: list[str] = []
+    for fw in catalog.get("frameworks", []):
+        if out:
+            out.append("")
+        d = fw.get("defaults") or {}
+        title = f"{fw.get('framework')} — {fw.get('description', '')}".rstrip(" —")
+        out.append(title)
+        if fw.get("deprecated"):
+            out.append(f"  DEPRECATED: {fw['deprecated']}")
+        out.append(f"  default    {d.get('version')}  CUDA {d.get('cuda')}  Python {d.get('python')}"
+                   f"   (voltabuild submit {fw.get('framework')})")
+        out.append("  versions   (* = default; GPU families that run each CUDA build)")
+        for v in fw.get("versions", []):
+            mark = "*" if v.get("version") == d.get("version") else " "
+            out.append(f"   {mark}{v.get('version'):<10} Python {', '.join(v.get('python', []))}")
+            families = v.get("instance_families") or {}
+            for cuda in v.get("cuda", []):
+                cmark = "*" if mark == "*" and cuda == d.get("cuda") else " "
+                fams = ", ".join(families.get(cuda, [])) or "-"
+                out.append(f"     {cmark}CUDA {cuda:<6} runs on {fams}")
+        if fw.get("instance_types"):
+            out.append(f"  instances  {', '.join(fw['instance_types'])} (tried in order)")
+        t = fw.get("timeout_minutes") or {}
+        if t:
+            out.append(f"  timeout    {t.get('default')} min (at most {t.get('max')})")
+        for name, arg in (fw.get("build_args") or {}).items():
+            out.append(f"  --build-arg {name}=…  default {arg.get('default')!r}; must match {arg.get('pattern')}")
+            if arg.get("help"):
+                out.append(f"      {arg['help']}")
+        if fw.get("tags"):
+            out.append(f"  tags       {', '.join(fw['tags'])}")
+    return "\n".join(out)
