@@ -155,8 +155,11 @@ class Api:
             status, build = self.request("DELETE", f"/builds/{build_id}", retry=False)
         return build, status == 200
 
-    def logs(self, build_id: str, cursor: str | None = None) -> dict:
-        params = {"next": cursor} if cursor else None
+    def logs(self, build_id: str, cursor: str | None = None, *, limit: int = 1000) -> dict:
+        """GET /builds/{id}/logs: ``{"lines": [{"at", "message"}], "next": cursor}``."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["next"] = cursor
         return self.request("GET", f"/builds/{build_id}/logs", params=params)[1]
 
     def frameworks(self) -> dict:

@@ -125,7 +125,9 @@ def api_error(e: ApiError, rt: Runtime) -> CliError:
         where = f"the key from {src}" if src else "no API key was given"
         return CliError(f"authentication refused by {url}: {e.message} ({where}; set VOLTABUILD_API_KEY "
                         "or --api-key)", Exit.AUTH)
-    if 400 <= e.status < 500 and e.status != 429:
+    if e.status == 429:
+        return CliError(f"the API is busy: {e.message} (HTTP 429); try again later", Exit.BUILD_FAILED)
+    if 400 <= e.status < 500:
         return CliError(e.message, Exit.USAGE)
     return CliError(f"the API failed: {e.message} (HTTP {e.status})", Exit.BUILD_FAILED)
 
