@@ -160,3 +160,16 @@ def test_started_message():
                                            (None, "unknown")])
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize("status", [Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED])
+def test_blocks_are_valid_block_kit(status):
+    """slack_sdk's own Block Kit models accept every block (types, lengths, field counts)."""
+    from slack_sdk.models.blocks import Block
+
+    reason = "failed\n" + "\n".join("log line " + "z" * 120 for _ in range(400))
+    msg = build_message(a_build(status, reason=reason), api_url=API)
+    for raw in msg["blocks"]:
+        block = Block.parse(raw)
+        block.validate_json()
+        assert block.to_dict() == raw
