@@ -1,0 +1,260 @@
+"""What the Lambdas call in AWS, derived from the code, and what an IAM policy allows.
+
+The deployment's Lambda policies are hand-kept (``.chalice/policy-<stage>.json``,
+``autogen_policy: false``); this module keeps them honest:
+
+* :func:`aws_calls` reads app.py and chalicelib/ (a static AST scan, so handlers added
+  later are covered without anyone registering them): every service a client is made for
+  (``wiring.client("ssm")``, ``session.client("ec2")``, ``boto3.client(...)``) and every
+  method call whose name is an operation of one of those services in botocore's service
+  model (``terminate_instances`` -> ``ec2:TerminateInstances``), paginators included.
+  The scan cannot tell which client a call is made on, so a name that several used
+  services share is required of each: over-asking shows up as a failing test, never as a
+  Lambda without a permission.
+* :func:`missing_actions`, :func:`wildcard_actions`, :func:`unscoped_pass_role`,
+  :func:`allows` judge a policy (after :func:`resolve` has filled in CloudFormation's
+  ``Fn::Sub`` pseudo parameters).
+
+    python -m infra.permissions [.chalice/policy-dev.json]   # lists calls and what is missing
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+# IAM action prefix where it is not the boto3 service name
+_IAM_PREFIX = {"stepfunctions": "states", "cloudwatch": "cloudwatch", "apigateway": "apigateway"}
+# operations whose IAM action has another name (AWS's service authorization reference)
+_IAM_ACTION = {
+    ("sqs", "SendMessageBatch"): ("sqs:SendMessage",),
+    ("sqs", "DeleteMessageBatch"): ("sqs:DeleteMessage",),
+    ("sqs", "ChangeMessageVisibilityBatch"): ("sqs:ChangeMessageVisibility",),
+    ("dynamodb", "TransactGetItems"): ("dynamodb:GetItem",),
+    ("s3", "ListObjectsV2"): ("s3:ListBucket",),
+    ("s3", "HeadObject"): ("s3:GetObject",),
+}
+# TransactWriteItems is authorised per item: Put -> PutItem, Update -> UpdateItem, ...
+_TRANSACT_ITEM_ACTIONS = {"Put": "dynamodb:PutItem", "Update": "dynamodb:UpdateItem",
+                          "Delete": "dynamodb:DeleteItem", "ConditionCheck": "dynamodb:ConditionCheckItem"}
+# actions IAM cannot scope to a resource (so Resource "*" is the only way to grant them)
+RESOURCE_WILDCARD_OK = re.compile(r"^(ec2:Describe\w+|ecr:GetAuthorizationToken|xray:PutTraceSegments|"
+                                  r"xray:PutTelemetryRecords|cloudwatch:PutMetricData)$")
+
+
+def lambda_sources(root: Path = ROOT) -> list[Path]:
+    """What is packaged into the Lambdas: app.py and chalicelib/ (not its _bundle copies)."""
+    files = [root / "app.py", *sorted((root / "chalicelib").rglob("*.py"))]
+    return [f for f in files if "_bundle" not in f.parts and f.exists()]
+
+
+@dataclass(frozen=True, order=True)
+class Call:
+    action: str
+    service: str
+    operation: str
+    where: str
+
+
+@cache
+def _operations(service: str) -> dict[str, str]:
+    """snake_case method name -> operation name, from botocore's service model."""
+    import botocore.session
+    from botocore import xform_name
+
+    model = botocore.session.get_session().get_service_model(service)
+    return {xform_name(op): op for op in model.operation_names}
+
+
+def _literal_arg(call: ast.Call) -> str | None:
+    if call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+        return call.args[0].value
+    for kw in call.keywords:
+        if kw.arg in ("service_name", "operation_name") and isinstance(kw.value, ast.Constant):
+            return kw.value.value
+    return None
+
+
+def _called_name(call: ast.Call) -> str | None:
+    if isinstance(call.func, ast.Attribute):
+        return call.func.attr
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    return None
+
+
+def client_services(trees: Iterable[ast.AST]) -> set[str]:
+    """Every service a client is created for: any ``client("<service>")`` call."""
+    out = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called_name(node) == "client":
+                name = _literal_arg(node)
+                if name:
+                    out.add(name)
+    return out
+
+
+def iam_actions(service: str, operation: str) -> tuple[str, ...]:
+    if (service, operation) in _IAM_ACTION:
+        return _IAM_ACTION[(service, operation)]
+    return (f"{_IAM_PREFIX.get(service, service)}:{operation}",)
+
+
+def _dict_keys(node: ast.AST) -> set[str]:
+    return {k.value for d in ast.walk(node) if isinstance(d, ast.Dict)
+            for k in d.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+
+
+def _parse(files: Iterable[Path]) -> dict[Path, ast.AST]:
+    return {f: ast.parse(f.read_text(), filename=str(f)) for f in files}
+
+
+def aws_calls(files: Iterable[Path] | None = None, *, root: Path = ROOT) -> list[Call]:
+    """Every AWS API call the code makes, with the IAM action(s) it needs."""
+    trees = _parse(lambda_sources(root) if files is None else files)
+    services = sorted(client_services(trees.values()))
+    ops = {svc: _operations(svc) for svc in services}
+    calls: set[Call] = set()
+    for path, tree in trees.items():
+        rel = path.relative_to(root) if path.is_relative_to(root) else path
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+        def enclosing(node: ast.AST, functions=functions) -> ast.AST | None:
+            inner = [f for f in functions if f.lineno <= node.lineno <= (f.end_lineno or f.lineno)]
+            return max(inner, key=lambda f: f.lineno) if inner else None
+
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            method = node.func.attr
+            if method in ("get_paginator", "can_paginate"):
+                method = _literal_arg(node) or ""
+            for svc in services:
+                op = ops[svc].get(method)
+                if op is None:
+                    continue
+                where = f"{rel}:{node.lineno}"
+                if (svc, op) == ("dynamodb", "TransactWriteItems"):
+                    scope = enclosing(node) or tree
+                    kinds = [k for k in _TRANSACT_ITEM_ACTIONS if k in _dict_keys(scope)]
+                    actions = [_TRANSACT_ITEM_ACTIONS[k] for k in kinds or _TRANSACT_ITEM_ACTIONS]
+                else:
+                    actions = iam_actions(svc, op)
+                for action in actions:
+                    calls.add(Call(action, svc, op, where))
+    return sorted(calls)
+
+
+# ---- policies ------------------------------------------------------------------------
+
+
+def resolve(value: Any, *, account: str = ACCOUNT, region: str = REGION, extra: dict | None = None) -> Any:
+    """Fill in ``Fn::Sub`` pseudo parameters (as CloudFormation will) so ARNs can be compared."""
+    params = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": account,
+              "AWS::URLSuffix": "amazonaws.com", **(extra or {})}
+    if isinstance(value, dict) and list(value) == ["Fn::Sub"] and isinstance(value["Fn::Sub"], str):
+        return re.sub(r"\$\{([\w:]+)\}", lambda m: params.get(m.group(1), m.group(0)), value["Fn::Sub"])
+    if isinstance(value, dict):
+        return {k: resolve(v, account=account, region=region, extra=extra) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, account=account, region=region, extra=extra) for v in value]
+    return value
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(policy: dict) -> list[dict]:
+    return _list(policy.get("Statement", []))
+
+
+def _allow(policy: dict) -> list[dict]:
+    return [s for s in statements(policy) if s.get("Effect") == "Allow"]
+
+
+def _matches(pattern: str, value: str, *, case: bool = True) -> bool:
+    if not case:
+        pattern, value = pattern.lower(), value.lower()
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+def allows(policy: dict, action: str, resource: str | None = None) -> bool:
+    """True when some Allow statement grants ``action`` (on ``resource``). Conditions are not
+    evaluated, Deny statements (voltabuild's policies have none) neither. Policies must be
+    :func:`resolve`-d first."""
+    for stmt in _allow(policy):
+        if "NotAction" in stmt or "NotResource" in stmt:
+            return True  # grants by exclusion: wildcard_actions flags it
+        if not any(_matches(a, action, case=False) for a in _list(stmt.get("Action", []))):
+            continue
+        if resource is None or any(_matches(r, resource) for r in _list(stmt.get("Resource", []))):
+            return True
+    return False
+
+
+def missing_actions(policy: dict, calls: Iterable[Call]) -> dict[str, list[str]]:
+    """IAM action -> where the code needs it, for every action no Allow statement grants."""
+    out: dict[str, list[str]] = {}
+    for call in calls:
+        if not allows(policy, call.action):
+            out.setdefault(call.action, []).append(call.where)
+    return out
+
+
+def wildcard_actions(policy: dict) -> list[str]:
+    """Allowed actions containing a wildcard, and any NotAction/NotResource (which grant by exclusion)."""
+    out = []
+    for stmt in _allow(policy):
+        out += [a for a in _list(stmt.get("Action", [])) if "*" in a or "?" in a]
+        out += [f"{key} {stmt[key]}" for key in ("NotAction", "NotResource") if key in stmt]
+    return out
+
+
+def unscoped_pass_role(policy: dict, allowed_roles: Iterable[str]) -> list[str]:
+    """Resources iam:PassRole is granted on beyond ``allowed_roles`` (exact ARNs), and
+    PassRole grants without an ``iam:PassedToService`` condition."""
+    allowed = set(allowed_roles)
+    out = []
+    for stmt in _allow(policy):
+        if not any(_matches(a, "iam:PassRole", case=False) for a in _list(stmt.get("Action", []))):
+            continue
+        out += [r for r in _list(stmt.get("Resource", [])) if r not in allowed]
+        if "iam:PassedToService" not in json.dumps(stmt.get("Condition", {})):
+            out.append(f"statement {stmt.get('Sid', '?')} has no iam:PassedToService condition")
+    return out
+
+
+def unscoped_resources(policy: dict) -> list[str]:
+    """Actions granted on Resource "*" that IAM could have scoped to a resource."""
+    return [a for s in _allow(policy) if "*" in _list(s.get("Resource", []))
+            for a in _list(s.get("Action", [])) if not RESOURCE_WILDCARD_OK.match(a)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    policy_path = Path(argv[0]) if argv else ROOT / ".chalice" / "policy-dev.json"
+    calls = aws_calls()
+    for c in calls:
+        print(f"{c.action:45} {c.where}")
+    missing = missing_actions(resolve(json.loads(policy_path.read_text())), calls)
+    for action, where in sorted(missing.items()):
+        print(f"MISSING in {policy_path.name}: {action} (needed at {', '.join(where)})", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
