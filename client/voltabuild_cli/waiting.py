@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from voltabuild_cli.api import Api, ApiError
+from voltabuild_cli.api import Api, ApiError, Unreachable
 from voltabuild_cli.clock import Clock, human_duration, parse_time
 
 FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -78,7 +78,8 @@ class LogTail:
 class Snapshot:
     build: dict
     elapsed_s: float
-    latest: str | None
+    latest: str | None  # the latest log line (or timeline message)
+    alert: str | None = None  # trouble worth a line of its own, e.g. the API unreachable
 
 
 def describe(s: Snapshot) -> str:
@@ -89,8 +90,8 @@ def describe(s: Snapshot) -> str:
     parts = [str(b.get("id", "?")), state, human_duration(s.elapsed_s)]
     if b.get("cancel_requested") and not is_final(b):
         parts.append("cancel requested")
-    if s.latest:
-        parts.append(s.latest)
+    if s.alert or s.latest:
+        parts.append(s.alert or s.latest)
     return "  ".join(parts)
 
 
@@ -101,6 +102,8 @@ class Progress(Protocol):
 
 class TtyProgress:
     """One status line, rewritten in place (a terminal)."""
+
+    live = True
 
     def __init__(self, stream: IO[str], width: Callable[[], int] | None = None) -> None:
         self.stream = stream
@@ -131,7 +134,7 @@ class PlainProgress:
         self.last: tuple | None = None
 
     def update(self, s: Snapshot) -> None:
-        key = (s.build.get("status"), s.build.get("phase"), bool(s.build.get("cancel_requested")))
+        key = (s.build.get("status"), s.build.get("phase"), bool(s.build.get("cancel_requested")), s.alert)
         if key != self.last:
             self.last = key
             self.stream.write(describe(s) + "\n")
@@ -158,49 +161,78 @@ def latest_message(build: dict) -> str | None:
 
 
 class Waiter:
-    """Polls a build until it is final (or ``timeout_s`` passes), reporting to ``progress``."""
+    """Polls a build until it is final (or ``timeout_s`` passes), reporting to ``progress``.
+
+    Polls every ``interval_s``; a live display (a terminal) is redrawn every ``tick_s`` in
+    between so the elapsed time moves. Once the build has been seen, the API being
+    unreachable for less than ``max_outage_s`` is shown and waited out, not fatal.
+    """
 
     def __init__(self, api: Api, clock: Clock, progress: Progress, *, interval_s: float = 5.0,
-                 timeout_s: float | None = None, tail_logs: bool = True) -> None:
+                 timeout_s: float | None = None, tail_logs: bool = True, tick_s: float = 1.0,
+                 max_outage_s: float = 300.0) -> None:
         self.api = api
         self.clock = clock
         self.progress = progress
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.tail_logs = tail_logs
+        self.tick_s = tick_s
+        self.max_outage_s = max_outage_s
 
     def wait(self, build_id: str, build: dict | None = None) -> dict:
         """The final build. Returns at once, without sleeping, when it is already final.
-        Raises :class:`GaveUp` after ``timeout_s``."""
+        Raises :class:`GaveUp` after ``timeout_s``, :class:`Unreachable` when the API is
+        gone for longer than ``max_outage_s`` (or before the build was ever seen)."""
         start = self.clock.monotonic()
+        deadline = None if self.timeout_s is None else start + self.timeout_s
         tail = LogTail(self.api, build_id) if self.tail_logs else None
         latest: str | None = None
+        seen: dict | None = build
+        outage_since: float | None = None
+        live = getattr(self.progress, "live", False)
         try:
             while True:
+                note = None
                 if build is None:
-                    build = self.api.get_build(build_id)
-                if tail is not None:
+                    try:
+                        build = self.api.get_build(build_id)
+                        outage_since = None
+                    except Unreachable:
+                        now = self.clock.monotonic()
+                        outage_since = now if outage_since is None else outage_since
+                        if seen is None or now - outage_since >= self.max_outage_s:
+                            raise
+                        note = f"API unreachable for {human_duration(now - outage_since)}, retrying"
+                seen = build or seen
+                if tail is not None and note is None:
                     try:
                         lines = tail.read()
-                    except LogsUnavailable:
-                        tail = None
-                        lines = []
+                    except (LogsUnavailable, ApiError, Unreachable):
+                        tail, lines = None, []  # logs are a nicety: never fail a wait for them
                     if lines:
                         latest = str(lines[-1].get("message", "")).strip() or latest
-                self.progress.update(Snapshot(build, elapsed_of(build, self.clock),
-                                              latest or latest_message(build)))
-                if is_final(build):
-                    return build
-                waited = self.clock.monotonic() - start
-                if self.timeout_s is not None and waited >= self.timeout_s:
-                    raise GaveUp(build, waited)
-                pause = self.interval_s
-                if self.timeout_s is not None:
-                    pause = min(pause, max(0.0, self.timeout_s - waited))
-                self.clock.sleep(pause)
+
+                line = latest or latest_message(seen)
+                self._show(seen, line, note)
+                if is_final(seen):
+                    return seen
+                now = self.clock.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise GaveUp(seen, now - start)
+                next_poll = now + self.interval_s
+                if deadline is not None:
+                    next_poll = min(next_poll, deadline)
+                while (remaining := next_poll - self.clock.monotonic()) > 0:
+                    self.clock.sleep(min(self.tick_s, remaining) if live else remaining)
+                    if live:
+                        self._show(seen, line, note)
                 build = None
         finally:
             self.progress.close()
+
+    def _show(self, build: dict, line: str | None, alert: str | None) -> None:
+        self.progress.update(Snapshot(build, elapsed_of(build, self.clock), line, alert))
 
 
 def follow_logs(api: Api, build_id: str, clock: Clock, *, interval_s: float = 3.0) -> Iterator[dict]:

@@ -135,7 +135,7 @@ def test_wait_shows_the_latest_log_line_on_a_terminal(cli, fake_api, fake_clock)
     assert r.exit_code == 0
     frames = r.stderr.split("\r\x1b[K")[1:]
     assert frames[0].rstrip().endswith("Step 2/4 : COPY entrypoint.sh")
-    assert frames[1].rstrip().endswith("Step 3/4 : RUN --check") and "SUCCEEDED" in frames[1]
+    assert frames[-1].rstrip().endswith("Step 3/4 : RUN --check") and "SUCCEEDED" in frames[-1]
 
 
 def test_wait_without_a_logs_route_still_waits(cli, fake_api):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import requests
+
 
 def test_wait_on_a_cancelled_build_returns_at_once_with_1(cli, builds):
     b = builds.submit()
@@ -47,12 +49,62 @@ def test_wait_follows_a_build_to_the_end_with_plain_progress(cli, builds, fake_c
     assert f"{b['id']}  FAILED" in r.stdout and "reason: smoke test: no GPU" in r.stdout
 
 
-def test_wait_on_a_terminal_rewrites_one_line(cli, builds, fake_clock):
+def test_wait_on_a_terminal_rewrites_one_line_and_ticks_the_elapsed_time(cli, builds, fake_clock):
     b = builds.submit()
-    steps = [lambda: builds.move(b["id"], "LAUNCHING"), lambda: builds.move(b["id"], "CANCELLED")]
-    r = cli("wait", b["id"], clock=fake_clock(on_sleep=lambda c: steps.pop(0)()), stderr_tty=True)
+
+    def act(clock):  # the launcher at 5 s, a cancel at 10 s
+        if clock.t == 5:
+            builds.move(b["id"], "LAUNCHING", message="launched i-0abc")
+        elif clock.t == 10:
+            builds.move(b["id"], "CANCELLED")
+
+    r = cli("wait", b["id"], clock=fake_clock(on_sleep=act), stderr_tty=True)
     assert r.exit_code == 1
-    assert r.stderr.count("\r\x1b[K") == 3 and r.stderr.endswith("\n") and r.stderr.count("\n") == 1
+    assert set(r.clock.sleeps) == {1.0} and len(r.clock.sleeps) == 10  # redrawn each second, polled each 5
+    frames = r.stderr.split("\r\x1b[K")[1:]
+    assert len(frames) == 13 and r.stderr.count("\n") == 1 and r.stderr.endswith("\n")
+    seconds = [int(f.split("  ")[2].rstrip("s")) for f in frames[:-1]]
+    assert seconds == sorted(seconds) and seconds[-1] - seconds[0] == 10  # the elapsed time moves
+    assert [f.split("  ")[1] for f in (frames[0], frames[6], frames[12])] == ["QUEUED", "LAUNCHING", "CANCELLED"]
+    assert "launched i-0abc" in frames[6]
+
+
+class Outage(requests.Session):
+    """The network between the CLI and the API, which a test can cut."""
+
+    down = False
+
+    def request(self, method, url, **kw):
+        if Outage.down:
+            raise requests.ConnectionError("Connection refused")
+        return super().request(method, url, **kw)
+
+
+def test_wait_rides_out_a_short_outage(cli, builds, fake_clock):
+    b = builds.submit()
+
+    def act(clock):
+        Outage.down = 5 <= clock.t < 30
+        if clock.t >= 30 and not Outage.down and "done" not in b:
+            b["done"] = builds.move(b["id"], "FAILED", message="boom")
+
+    Outage.down = False
+    r = cli("wait", b["id"], clock=fake_clock(on_sleep=act), session_factory=Outage)
+    assert r.exit_code == 1, r.stderr  # the build's outcome, not 5
+    assert "API unreachable for" in r.stderr and r.stderr.splitlines()[-1].split("  ")[1] == "FAILED"
+
+
+def test_wait_gives_up_on_a_long_outage_with_5(cli, builds, fake_clock):
+    b = builds.submit()
+
+    def act(clock):
+        Outage.down = clock.t >= 5
+
+    Outage.down = False
+    r = cli("wait", b["id"], clock=fake_clock(on_sleep=act), session_factory=Outage)
+    Outage.down = False
+    assert r.exit_code == 5
+    assert 300 <= sum(r.clock.sleeps) < 320 and "make up" in r.stderr
 
 
 def test_wait_gives_up_after_timeout_with_3(cli, builds):
