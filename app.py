@@ -76,6 +76,33 @@ def cancel_build(build_id):
 
 
 # ---- launcher and the instance's reports (issue 4) ----------------------------------
+@app.on_sqs_message(queue=wiring.queue_name("launch"), batch_size=1, name="launcher")
+def launcher(event):
+    """Launch queue: one build attempt per message; stale and duplicate messages are
+    ignored (see chalicelib/launcher.py)."""
+    for record in event:
+        wiring.launcher().handle(record.body)
+
+
+@app.route("/builds/{build_id}/events", methods=["POST"])
+@handle_errors
+def report_event(build_id):
+    """The build instance's reports; authenticated by its per-attempt token, not an API key."""
+    req = app.current_request
+    result = wiring.reports().receive(build_id, req.headers.get("authorization"), req.raw_body)
+    return json_response(result, 202)
+
+
+@app.route("/builds/{build_id}/logs", methods=["GET"], api_key_required=True)
+@handle_errors
+def build_logs(build_id):
+    q = app.current_request.query_params or {}
+    unknown = set(q) - {"next", "limit"}
+    if unknown:
+        return error_response(400, f"unknown query parameter(s) {sorted(unknown)}; allowed: next, limit")
+    return json_response(wiring.build_logs().read(build_id, cursor=q.get("next"), limit=q.get("limit")))
+
+
 
 
 # ---- event-driven lifecycle: EventBridge handlers, reaper (issue 7) -----------------

@@ -101,6 +101,8 @@ def _array(name: str, values: list[str]) -> str:
 
 def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str) -> str:
     """The host script for one attempt of one build (``record`` is the stored build item)."""
+    if not cfg.api_url:
+        raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
     spec = catalog.spec(record["framework"])
     hw = catalog.hardware
     build_id = _check("build id", record["id"], _BUILD_ID)

@@ -10,6 +10,21 @@ def _list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
+# The AWS Deep Learning Base GPU AMI (Ubuntu 22.04), as its public SSM parameter (issue 4).
+DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+# Spot prices (USD/hour) recorded when spot price history has none: rough us-east-1 figures.
+DEFAULT_SPOT_PRICES = "p3.2xlarge=0.92,g4dn.xlarge=0.22,g5.xlarge=0.42,g6.xlarge=0.36"
+
+
+def _prices(value: str | None) -> tuple[tuple[str, float], ...]:
+    """``type=price,type=price`` -> pairs (a malformed entry is a deployment error: it raises)."""
+    out = []
+    for item in _list(value):
+        name, _, price = item.partition("=")
+        out.append((name.strip(), float(price)))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str = "dev"
@@ -31,6 +46,18 @@ class Settings:
     notify_timeout_seconds: float = 5.0
     notify_max_attempts: int = 5
 
+    # launcher and host script (issue 4)
+    build_log_group: str = "/voltabuild/builds"
+    ami_parameter: str = DLAMI_PARAMETER
+    ami_id: str = ""
+    subnet_ids: tuple[str, ...] = ()
+    security_group_id: str = ""
+    instance_profile: str = ""
+    on_demand_fallback: bool = False
+    launch_max_retries: int = 5
+    spot_price_table: tuple[tuple[str, float], ...] = ()
+    heartbeat_seconds: int = 60
+    vcs_ref: str = "unknown"
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         stage = env.get("VOLTABUILD_STAGE", "dev")
@@ -53,4 +80,15 @@ class Settings:
             notify_on_start=env.get("NOTIFY_ON_START", "false").strip().lower() in ("1", "true", "yes", "on"),
             notify_timeout_seconds=float(env.get("NOTIFY_HTTP_TIMEOUT", "5")),
             notify_max_attempts=int(env.get("NOTIFY_MAX_ATTEMPTS", "5")),
+            build_log_group=env.get("BUILD_LOG_GROUP", "/voltabuild/builds"),
+            ami_parameter=env.get("AMI_PARAMETER", DLAMI_PARAMETER),
+            ami_id=env.get("AMI_ID", ""),
+            subnet_ids=_list(env.get("SUBNET_IDS")),
+            security_group_id=env.get("SECURITY_GROUP_ID", ""),
+            instance_profile=env.get("INSTANCE_PROFILE", ""),
+            on_demand_fallback=env.get("ON_DEMAND_FALLBACK", "off").strip().lower() in ("1", "true", "yes", "on"),
+            launch_max_retries=int(env.get("LAUNCH_MAX_RETRIES", "5")),
+            spot_price_table=_prices(env.get("SPOT_PRICE_TABLE", DEFAULT_SPOT_PRICES)),
+            heartbeat_seconds=int(env.get("HEARTBEAT_SECONDS", "60")),
+            vcs_ref=env.get("VCS_REF", "unknown"),
         )

@@ -91,6 +91,38 @@ def queue_name(kind: str) -> str:
     return f"voltabuild-{os.environ.get('VOLTABUILD_STAGE', 'dev')}-{kind}"
 
 
+# ---- launcher and the instance's reports (issue 4) ----
+@cache
+def launcher():
+    from chalicelib.hostscript import HostConfig
+    from chalicelib.launcher import LaunchConfig, Launcher
+
+    s = settings()
+    host = HostConfig(api_url=s.api_url, region=s.region, stage=s.stage, registry=s.registry,
+                      log_group=s.build_log_group, heartbeat_seconds=s.heartbeat_seconds, vcs_ref=s.vcs_ref)
+    cfg = LaunchConfig(
+        stage=s.stage, host=host, ami_id=s.ami_id, ami_parameter=s.ami_parameter, subnet_ids=s.subnet_ids,
+        security_group_id=s.security_group_id, instance_profile=s.instance_profile,
+        on_demand_fallback=s.on_demand_fallback, max_retries=s.launch_max_retries,
+        price_table=dict(s.spot_price_table),
+    )
+    return Launcher(store(), transitions(), launch_queue(), catalog(), client("ec2"), client("ssm"), cfg)
+
+
+@cache
+def reports():
+    from chalicelib.reports import Reports
+
+    return Reports(store(), transitions())
+
+
+@cache
+def build_logs():
+    from chalicelib.buildlogs import BuildLogs
+
+    return BuildLogs(client("logs"), settings().build_log_group, store())
+
+
 def same_secret(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
@@ -99,4 +131,6 @@ def reset() -> None:
     """Forget every cached object (tests, or a changed environment)."""
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
                openapi_document, notifier):
+        fn.cache_clear()
+    for fn in (launcher, reports, build_logs):  # issue 4
         fn.cache_clear()

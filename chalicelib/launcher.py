@@ -1,0 +1,311 @@
+"""The launcher: turns a QUEUED build attempt into a spot GPU instance running the host script.
+
+Fed by the launch queue (``{"build_id": ..., "attempt": N}``). The same attempt is never
+launched twice: the build moves QUEUED -> LAUNCHING in one conditional write (on status
+*and* attempt) before RunInstances is called, and RunInstances carries a ClientToken, so a
+duplicate message, a second launcher or a retried API call cannot start a second instance.
+
+What is recorded for the rest of the system:
+- at LAUNCHING: ``launch_started_at`` (a crash before RunInstances leaves a LAUNCHING build
+  with no ``instance_id``: the reaper relaunches or fails it), ``deadline_at`` and
+  ``token_hash`` (sha256 of the per-attempt token that only the user-data carries);
+- once launched: ``instance`` (InstanceInfo) and the top-level ``instance_id`` (GSI
+  by-instance). The instance is tagged ``voltabuild:build-id``, ``voltabuild:stage``,
+  ``voltabuild:attempt`` and ``Name``.
+
+Capacity errors move on to the next instance type x subnet; when every one failed the build
+goes back to QUEUED and the message comes back later (SQS delay, doubling) until
+``max_retries`` rounds, then FAILED with what was tried. Other errors fail the build at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chalicelib.catalog import Catalog
+from chalicelib.clock import iso, now
+from chalicelib.errors import BuildNotFound, InvalidTransition
+from chalicelib.hostscript import HostConfig, RenderError, render, user_data
+from chalicelib.queues import Queue
+from chalicelib.schemas import InstanceInfo
+from chalicelib.states import Status
+from chalicelib.store import BuildStore
+from chalicelib.transitions import Transitions
+
+log = logging.getLogger("voltabuild.launcher")
+
+# Try the next instance type / subnet.
+CAPACITY_ERRORS = frozenset({
+    "InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "Unsupported",
+    "InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientCapacity",
+})
+# Nothing wrong with this build: stop this round, try again later.
+TRANSIENT_ERRORS = frozenset({
+    "RequestLimitExceeded", "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable",
+    "Throttling", "ThrottlingException",
+})
+
+
+class LaunchMessage(BaseModel):
+    """A launch queue message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    build_id: str = Field(pattern=r"^b-[0-9a-f]{20}$")
+    attempt: int = Field(ge=1)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    stage: str
+    host: HostConfig
+    ami_id: str = ""
+    ami_parameter: str = ""
+    subnet_ids: tuple[str, ...] = ()
+    security_group_id: str = ""
+    instance_profile: str = ""
+    on_demand_fallback: bool = False
+    max_retries: int = 5
+    price_table: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one message did: launched, ignored, retry (requeued with a delay), failed, cancelled."""
+
+    action: str
+    detail: str = ""
+    instance_id: str | None = None
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def backoff_seconds(round_: int) -> int:
+    """Delay before launch round ``round_`` (1-based): 60 s doubling, at most SQS's 900 s."""
+    return min(900, 60 * 2 ** max(0, round_ - 1))
+
+
+class _Permanent(Exception):
+    """A launch error no retry can fix (its message becomes the build's reason)."""
+
+
+class Launcher:
+    def __init__(self, store: BuildStore, transitions: Transitions, launch_queue: Queue, catalog: Catalog,
+                 ec2, ssm, cfg: LaunchConfig) -> None:
+        self.store = store
+        self.transitions = transitions
+        self.queue = launch_queue
+        self.catalog = catalog
+        self.ec2 = ec2
+        self.ssm = ssm
+        self.cfg = cfg
+
+    # ---- entry point --------------------------------------------------------------------
+    def handle(self, body: str | dict) -> Outcome:
+        try:
+            msg = LaunchMessage.model_validate(json.loads(body) if isinstance(body, str) else body)
+        except (ValueError, ValidationError) as e:
+            return self._note(Outcome("ignored", f"not a launch message: {str(e)[:200]}"))
+        try:
+            record = self.store.get_record(msg.build_id)
+        except BuildNotFound:
+            return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
+        if record["status"] != Status.QUEUED or int(record.get("attempt", 1)) != msg.attempt:
+            return self._note(Outcome(
+                "ignored", f"{msg.build_id}: stale or duplicate message for attempt {msg.attempt} "
+                f"(the build is {record['status']}, attempt {record.get('attempt', 1)})"))
+        if record.get("cancel_requested"):
+            return self._cancel(msg)
+        return self._launch(record, msg)
+
+    # ---- the launch ---------------------------------------------------------------------
+    def _launch(self, record: dict, msg: LaunchMessage) -> Outcome:
+        token = secrets.token_urlsafe(32)
+        started = now()
+        try:
+            record = self.transitions.move(
+                msg.build_id, Status.LAUNCHING, expect=[Status.QUEUED],
+                message=f"launching attempt {msg.attempt}",
+                fields={
+                    "launch_started_at": iso(started),
+                    "deadline_at": iso(started + timedelta(minutes=int(record["timeout_minutes"]))),
+                    "token_hash": token_hash(token),
+                },
+                extra_condition=("attempt = :attempt", {":attempt": msg.attempt}),
+            )
+        except InvalidTransition:
+            return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
+
+        try:
+            image_id = self._ami()
+            root_device = self._root_device(image_id)
+            data = user_data(render(record, self.catalog, self.cfg.host, token=token, build_date=iso(started)))
+        except (_Permanent, RenderError) as e:
+            return self._fail(msg.build_id, f"launch failed: {e}")
+
+        rounds = int(record.get("launch_rounds", 0))
+        tried: list[str] = []
+        i = 0
+        markets = ["spot", "on-demand"] if self.cfg.on_demand_fallback else ["spot"]
+        for market in markets:
+            for itype in record["instance_types"]:
+                for subnet in self.cfg.subnet_ids or (None,):
+                    where = f"{itype} in {subnet or 'the default subnet'} ({market})"
+                    client_token = f"{msg.build_id}-{msg.attempt}" + (f"-{rounds}-{i}" if rounds or i else "")
+                    i += 1
+                    try:
+                        inst = self._run(record, market, itype, subnet, image_id, root_device, data, client_token)
+                    except ClientError as e:
+                        code = e.response.get("Error", {}).get("Code", "Unknown")
+                        text = e.response.get("Error", {}).get("Message", "")
+                        if code in CAPACITY_ERRORS:
+                            tried.append(f"{where}: {code}")
+                            log.info("%s: %s: %s %s", msg.build_id, where, code, text)
+                            continue
+                        if code in TRANSIENT_ERRORS:
+                            tried.append(f"{where}: {code}")
+                            return self._retry_later(record, msg, tried)
+                        return self._fail(msg.build_id, f"launch failed: RunInstances {where}: {code}: {text}")
+                    return self._record(record, msg, inst, market)
+        return self._retry_later(record, msg, tried)
+
+    def _run(self, record: dict, market: str, itype: str, subnet: str | None, image_id: str,
+             root_device: str, data: bytes, client_token: str) -> dict:
+        spec = self.catalog.spec(record["framework"])
+        tags = [
+            {"Key": "voltabuild:build-id", "Value": record["id"]},
+            {"Key": "voltabuild:stage", "Value": self.cfg.stage},
+            {"Key": "voltabuild:attempt", "Value": str(record.get("attempt", 1))},
+            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record['framework']}-{record['id']}"},
+        ]
+        kwargs: dict[str, Any] = {
+            "ImageId": image_id,
+            "InstanceType": itype,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "UserData": data,
+            "ClientToken": client_token,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
+            "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {
+                "VolumeSize": spec.root_volume_gb, "VolumeType": "gp3", "Encrypted": True,
+                "DeleteOnTermination": True}}],
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": tags}],
+        }
+        if market == "spot":
+            spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+            if record.get("max_price"):
+                spot["MaxPrice"] = f"{float(record['max_price']):.4f}"
+            kwargs["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+        if subnet:
+            kwargs["SubnetId"] = subnet
+        if self.cfg.security_group_id:
+            kwargs["SecurityGroupIds"] = [self.cfg.security_group_id]
+        if self.cfg.instance_profile:
+            key = "Arn" if self.cfg.instance_profile.startswith("arn:") else "Name"
+            kwargs["IamInstanceProfile"] = {key: self.cfg.instance_profile}
+        return self.ec2.run_instances(**kwargs)["Instances"][0]
+
+    def _record(self, record: dict, msg: LaunchMessage, inst: dict, market: str) -> Outcome:
+        iid = inst["InstanceId"]
+        az = inst.get("Placement", {}).get("AvailabilityZone")
+        launched = inst.get("LaunchTime")
+        info = InstanceInfo(
+            id=iid, type=inst["InstanceType"], az=az, lifecycle=market,
+            price=self._price(inst["InstanceType"], az) if market == "spot" else None,
+            launched_at=iso(launched) if launched else iso(now()),
+        )
+        try:
+            self.store.update_fields(msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid},
+                                     expect=[Status.LAUNCHING, Status.RUNNING])
+        except InvalidTransition:
+            # the build ended while we launched (cancelled, timed out): the instance must go
+            self.ec2.terminate_instances(InstanceIds=[iid])
+            return self._note(Outcome("ignored", f"{msg.build_id}: ended during the launch; {iid} terminated", iid))
+        return self._note(Outcome("launched", f"{msg.build_id}: {info.type} {market} in {az}", iid))
+
+    # ---- endings -------------------------------------------------------------------------
+    def _retry_later(self, record: dict, msg: LaunchMessage, tried: list[str]) -> Outcome:
+        rounds = int(record.get("launch_rounds", 0)) + 1
+        what = "; ".join(tried)
+        if rounds > self.cfg.max_retries:
+            return self._fail(msg.build_id, f"no capacity after {rounds} launch rounds; last round tried: {what}")
+        delay = backoff_seconds(rounds)
+        try:
+            self.transitions.move(
+                msg.build_id, Status.QUEUED, expect=[Status.LAUNCHING],
+                message=f"no capacity ({what}); trying again in {delay} s",
+                fields={"launch_rounds": rounds}, remove=["token_hash", "launch_started_at", "deadline_at"],
+            )
+        except InvalidTransition:
+            return self._note(Outcome("ignored", f"{msg.build_id}: moved on during the launch"))
+        self.queue.send({"build_id": msg.build_id, "attempt": msg.attempt}, delay_seconds=delay)
+        return self._note(Outcome("retry", f"{msg.build_id}: round {rounds} in {delay} s; tried {what}"))
+
+    def _fail(self, build_id: str, reason: str) -> Outcome:
+        try:
+            self.transitions.move(build_id, Status.FAILED, expect=[Status.LAUNCHING], message=reason[:2000],
+                                  fields={"reason": reason[:4000]}, remove=["token_hash"])
+        except InvalidTransition:
+            return self._note(Outcome("ignored", f"{build_id}: moved on during the launch"))
+        return self._note(Outcome("failed", f"{build_id}: {reason}"))
+
+    def _cancel(self, msg: LaunchMessage) -> Outcome:
+        try:
+            self.transitions.move(msg.build_id, Status.CANCELLED, expect=[Status.QUEUED],
+                                  message="cancelled by request before launch")
+        except InvalidTransition:
+            return self._note(Outcome("ignored", f"{msg.build_id}: moved on"))
+        return self._note(Outcome("cancelled", msg.build_id))
+
+    # ---- lookups -------------------------------------------------------------------------
+    def _ami(self) -> str:
+        if self.cfg.ami_id:
+            return self.cfg.ami_id
+        try:
+            return self.ssm.get_parameter(Name=self.cfg.ami_parameter)["Parameter"]["Value"]
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            raise _Permanent(f"AMI parameter {self.cfg.ami_parameter}: {err.get('Code')}: {err.get('Message', '')}") from None
+
+    def _root_device(self, image_id: str) -> str:
+        try:
+            images = self.ec2.describe_images(ImageIds=[image_id])["Images"]
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            raise _Permanent(f"AMI {image_id}: {err.get('Code')}: {err.get('Message', '')}") from None
+        if not images:
+            raise _Permanent(f"AMI {image_id} does not exist or is not visible to this account")
+        return images[0].get("RootDeviceName") or "/dev/sda1"
+
+    def _price(self, itype: str, az: str | None) -> float | None:
+        """The spot price at launch: spot price history, else the configured table."""
+        kwargs: dict[str, Any] = {"InstanceTypes": [itype], "ProductDescriptions": ["Linux/UNIX"],
+                                  "StartTime": now(), "MaxResults": 5}
+        if az:
+            kwargs["Filters"] = [{"Name": "availability-zone", "Values": [az]}]
+        try:
+            history = self.ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
+        except ClientError:
+            history = []
+        for entry in history:
+            if entry.get("InstanceType") == itype and entry.get("SpotPrice"):
+                return float(entry["SpotPrice"])
+        return self.cfg.price_table.get(itype)
+
+    @staticmethod
+    def _note(outcome: Outcome) -> Outcome:
+        log.info("launch %s: %s", outcome.action, outcome.detail)
+        return outcome

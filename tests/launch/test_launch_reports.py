@@ -1,0 +1,234 @@
+"""POST /builds/{id}/events (the instance's reports) and GET /builds/{id}/logs, through the app."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+
+from chalicelib import wiring
+from chalicelib.schemas import BuildRequest
+from chalicelib.states import Status
+
+TOKEN = "tok-" + "x" * 40
+DIGEST = "sha256:" + "c" * 64
+NOW_MS = int(time.time() * 1000) - 60_000
+
+
+def _launching(aws, token: str = TOKEN) -> str:
+    """A build as the launcher leaves it: LAUNCHING, its token's hash stored."""
+    build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
+    aws.messages("LaunchQueue")
+    wiring.transitions().move(build.id, Status.LAUNCHING, expect=[Status.QUEUED], fields={
+        "token_hash": hashlib.sha256(token.encode()).hexdigest(), "instance_id": "i-0123456789abcdef0"})
+    return build.id
+
+
+@pytest.fixture
+def build_id(aws):
+    return _launching(aws)
+
+
+def post(api, build_id: str, body, token: str | None = TOKEN, scheme: str = "Bearer"):
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"{scheme} {token}"
+    raw = body if isinstance(body, str) else json.dumps(body)
+    return api.http.post(f"/builds/{build_id}/events", headers=headers, body=raw)
+
+
+def record(build_id: str) -> dict:
+    return wiring.store().get_record(build_id)
+
+
+def phase(p: str) -> dict:
+    return {"type": "phase", "phase": p, "message": f"now {p}"}
+
+
+# ---- authentication -----------------------------------------------------------------------------
+def test_missing_or_forged_token_is_403_and_changes_nothing(api, build_id):
+    before = record(build_id)
+    for token, scheme in [(None, "Bearer"), ("forged-" + "y" * 40, "Bearer"), ("", "Bearer"),
+                          (TOKEN, "Basic"), (TOKEN.upper(), "Bearer")]:
+        resp = post(api, build_id, phase("PREPARING"), token=token, scheme=scheme)
+        assert resp.status_code == 403, (token, scheme, resp.body)
+        assert "token" in json.loads(resp.body)["Message"]
+    assert record(build_id) == before
+
+
+def test_a_token_opens_only_its_own_build(api, aws, build_id):
+    other = _launching(aws, token="other-" + "z" * 40)
+    assert post(api, other, phase("PREPARING")).status_code == 403
+    assert post(api, "b-00000000000000000000", phase("PREPARING")).status_code == 403
+    assert record(other)["status"] == "LAUNCHING"
+
+
+def test_auth_comes_before_parsing(api, build_id):
+    assert post(api, build_id, "{not json", token="forged-" + "y" * 40).status_code == 403
+
+
+def test_a_previous_attempts_token_is_stale(api, build_id):
+    assert post(api, build_id, phase("BUILDING")).status_code == 202
+    # a spot interruption sent the build back to QUEUED; the launcher relaunched it with a new token
+    new = "new-" + "n" * 40
+    wiring.transitions().move(build_id, Status.QUEUED, expect=[Status.RUNNING], fields={"attempt": 2},
+                              remove=["token_hash"])
+    assert post(api, build_id, phase("PUSHING")).status_code == 403, "QUEUED: nothing may report"
+    wiring.transitions().move(build_id, Status.LAUNCHING, expect=[Status.QUEUED],
+                              fields={"token_hash": hashlib.sha256(new.encode()).hexdigest()})
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "old instance dying"})
+    assert resp.status_code == 403
+    assert record(build_id)["status"] == "LAUNCHING"
+    assert post(api, build_id, phase("PREPARING"), token=new).status_code == 202
+
+
+def test_the_token_is_useless_once_the_build_is_final(api, aws, build_id):
+    wiring.builds().cancel(build_id)
+    wiring.transitions().move(build_id, Status.CANCELLED, message="instance gone")
+    before = record(build_id)
+    assert post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST}).status_code == 403
+    assert post(api, build_id, {"type": "heartbeat"}).status_code == 403
+    assert record(build_id) == before
+
+
+# ---- phases and heartbeats ----------------------------------------------------------------------
+def test_first_phase_moves_launching_to_running(api, build_id):
+    resp = post(api, build_id, phase("PREPARING"))
+    assert resp.status_code == 202, resp.body
+    assert json.loads(resp.body) == {"id": build_id, "status": "RUNNING", "phase": "PREPARING"}
+    rec = record(build_id)
+    assert (rec["status"], rec["phase"]) == ("RUNNING", "PREPARING")
+    assert rec["events"][-1]["message"] == "now PREPARING" and rec["heartbeat_at"]
+
+
+def test_phases_move_forward_and_never_back(api, build_id):
+    for p in ("PREPARING", "BUILDING", "TESTING"):
+        assert post(api, build_id, phase(p)).status_code == 202
+    events = len(record(build_id)["events"])
+    resp = post(api, build_id, phase("BUILDING"))
+    assert resp.status_code == 409
+    assert "backwards" in json.loads(resp.body)["Message"]
+    rec = record(build_id)
+    assert rec["phase"] == "TESTING" and len(rec["events"]) == events
+    # the same phase again (a retried report) is fine and adds no timeline entry
+    assert post(api, build_id, phase("TESTING")).status_code == 202
+    assert len(record(build_id)["events"]) == events
+
+
+def test_phase_after_the_running_event_already_arrived(api, build_id):
+    wiring.transitions().move(build_id, Status.RUNNING, expect=[Status.LAUNCHING], message="EC2 running")
+    assert post(api, build_id, phase("BUILDING")).status_code == 202
+    assert record(build_id)["phase"] == "BUILDING"
+
+
+def test_heartbeat_records_the_time_only(api, build_id):
+    post(api, build_id, phase("BUILDING"))
+    before = record(build_id)
+    assert post(api, build_id, {"type": "heartbeat"}).status_code == 202
+    after = record(build_id)
+    assert after["heartbeat_at"] >= before["heartbeat_at"]
+    assert after["events"] == before["events"] and after["phase"] == "BUILDING"
+
+
+MALFORMED = [
+    {"type": "phase", "phase": "COMPILING"},
+    {"type": "phase", "phase": "BUILDING", "extra": 1},
+    {"type": "launch-missiles"},
+    {"phase": "BUILDING"},
+    {"type": "result", "status": "SUCCEEDED"},
+    {"type": "result", "status": "SUCCEEDED", "digest": "sha256:abc"},
+    {"type": "result", "status": "CANCELLED"},
+    "not json",
+    "[]",
+]
+
+
+def test_malformed_reports_are_400(api, build_id):
+    before = record(build_id)
+    for body in MALFORMED:
+        resp = post(api, build_id, body)
+        assert resp.status_code == 400, (body, resp.body)
+    assert record(build_id) == before
+
+
+# ---- results ----------------------------------------------------------------------------------------
+def test_success_records_the_digest_and_notifies(api, aws, build_id):
+    for p in ("PREPARING", "BUILDING", "TESTING", "PUSHING"):
+        post(api, build_id, phase(p))
+    resp = post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST, "message": "pushed 1.0"})
+    assert resp.status_code == 202, resp.body
+    rec = record(build_id)
+    assert rec["status"] == "SUCCEEDED" and rec["image"]["digest"] == DIGEST
+    assert rec["image"]["tags"] == ["1.0", "latest"]
+    assert "token_hash" not in rec and rec["finished_at"]
+    assert aws.messages("NotifyQueue") == [{"build_id": build_id, "status": "SUCCEEDED"}]
+    build = json.loads(api.http.get(f"/builds/{build_id}").body)
+    assert build["image"]["digest"] == DIGEST and build["status"] == "SUCCEEDED"
+    # a retried result report changes nothing and sends nothing
+    assert post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST}).status_code == 403
+    assert aws.messages("NotifyQueue") == []
+
+
+def test_failure_records_the_reason_with_the_last_log_lines(api, aws, build_id):
+    post(api, build_id, phase("BUILDING"))
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "the image build failed",
+                                "log_tail": "Step 3/9\nERROR: pip install torch failed\n"})
+    assert resp.status_code == 202
+    rec = record(build_id)
+    assert rec["status"] == "FAILED"
+    assert rec["reason"].startswith("the image build failed\n--- last log lines ---\n")
+    assert "ERROR: pip install torch failed" in rec["reason"]
+    assert aws.messages("NotifyQueue") == [{"build_id": build_id, "status": "FAILED"}]
+
+
+def test_failure_straight_from_launching(api, aws, build_id):
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "NVIDIA driver too old"})
+    assert resp.status_code == 202
+    assert record(build_id)["status"] == "FAILED"
+
+
+# ---- logs ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def shipped(aws, build_id):
+    logs = aws.client("logs")
+    try:
+        logs.create_log_group(logGroupName="/voltabuild/builds")
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    logs.create_log_stream(logGroupName="/voltabuild/builds", logStreamName=build_id)
+    logs.put_log_events(logGroupName="/voltabuild/builds", logStreamName=build_id, logEvents=[
+        {"timestamp": NOW_MS + i, "message": f"line {i}"} for i in range(5)])
+    return logs
+
+
+def test_logs_page_with_a_cursor(api, build_id, shipped):
+    resp = api.http.get(f"/builds/{build_id}/logs?limit=3")
+    assert resp.status_code == 200, resp.body
+    page = json.loads(resp.body)
+    assert [ln["message"] for ln in page["lines"]] == ["line 0", "line 1", "line 2"]
+    assert page["lines"][0]["at"].endswith("Z")
+    page2 = json.loads(api.http.get(f"/builds/{build_id}/logs?limit=3&next={page['next']}").body)
+    assert [ln["message"] for ln in page2["lines"]] == ["line 3", "line 4"]
+    end = json.loads(api.http.get(f"/builds/{build_id}/logs?next={page2['next']}").body)
+    assert end["lines"] == [] and end["next"], "the cursor survives the end, to poll with"
+    shipped.put_log_events(logGroupName="/voltabuild/builds", logStreamName=build_id,
+                           logEvents=[{"timestamp": NOW_MS + 1000, "message": "line 5"}])
+    more = json.loads(api.http.get(f"/builds/{build_id}/logs?next={end['next']}").body)
+    assert [ln["message"] for ln in more["lines"]] == ["line 5"]
+
+
+def test_logs_before_anything_was_shipped(api, build_id):
+    page = json.loads(api.http.get(f"/builds/{build_id}/logs").body)
+    assert page["lines"] == [] and page["status"] == "LAUNCHING"
+
+
+def test_logs_bad_queries_are_400(api, build_id, shipped):
+    for query in ["?next=$(id)", "?next=f/1;id", "?limit=0", "?limit=x", "?limit=1001", "?follow=1"]:
+        resp = api.http.get(f"/builds/{build_id}/logs{query}")
+        assert resp.status_code == 400, (query, resp.body)
+
+
+def test_logs_of_an_unknown_build_is_404(api):
+    assert api.http.get("/builds/b-00000000000000000000/logs").status_code == 404
