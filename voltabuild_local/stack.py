@@ -218,7 +218,7 @@ class Stack:
         # 3. the API and the worker
         if "api" in self.services:
             self._start(state, "api", [str(bindir / "chalice"), "local", "--host", "127.0.0.1",
-                                       "--port", str(ports["api"]), "--stage", STAGE],
+                                       "--port", str(ports["api"]), "--stage", STAGE, "--no-autoreload"],
                         app_env, f"{api_url}/health")
         if "worker" in self.services:
             prepare_local_base()

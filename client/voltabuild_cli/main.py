@@ -393,7 +393,7 @@ def logs(ctx: click.Context, build_id: str, follow: bool, as_json: bool) -> None
         if as_json:
             click.echo(render.to_json(line).replace("\n", "").replace("  ", ""))
         else:
-            at = render._hms(line.get("at"))
+            at = render.hms(line.get("at"))
             click.echo(f"{at}  {line.get('message', '')}".rstrip())
 
     try:

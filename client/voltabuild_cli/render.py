@@ -19,7 +19,7 @@ def _t(value: str | None) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S UTC") if dt else "-"
 
 
-def _hms(value: str | None) -> str:
+def hms(value: str | None) -> str:
     dt = parse_time(value)
     return dt.strftime("%H:%M:%S") if dt else "-"
 
@@ -85,7 +85,7 @@ def build_detail(build: dict, now: datetime) -> str:
             state = ev.get("status", "")
             if ev.get("phase"):
                 state += f"/{ev['phase']}"
-            out.append(f"    {_hms(ev.get('at'))}  {state:<20} {ev.get('message', '')}".rstrip())
+            out.append(f"    {hms(ev.get('at'))}  {state:<20} {ev.get('message', '')}".rstrip())
     return "\n".join(out)
 
 
