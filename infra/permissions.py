@@ -158,6 +158,32 @@ def aws_calls(files: Iterable[Path] | None = None, *, root: Path = ROOT) -> list
     return sorted(calls)
 
 
+# AWS CLI commands that are client-side customisations over an API operation
+_CLI_CUSTOM = {("ecr", "get-login-password"): "GetAuthorizationToken"}
+_AWS_CLI = re.compile(r"(?:^|[\s;|&(])aws\s+(?P<service>[a-z0-9-]+)\s+(?P<command>[a-z0-9-]+)")
+
+
+def host_script_calls(root: Path = ROOT) -> list[Call]:
+    """Every ``aws <service> <command>`` the build instance runs (chalicelib/templates/*.sh),
+    with its IAM action: what the builder role must allow."""
+    from botocore import xform_name
+
+    calls = set()
+    for path in sorted((root / "chalicelib" / "templates").glob("*.sh")):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                continue
+            for m in _AWS_CLI.finditer(line):
+                svc, command = m["service"], m["command"]
+                op = _CLI_CUSTOM.get((svc, command)) or {
+                    xform_name(o, "-"): o for o in _operations(svc).values()}.get(command)
+                if op is None:
+                    raise ValueError(f"{path.name}:{lineno}: unknown AWS CLI command 'aws {svc} {command}'")
+                for action in iam_actions(svc, op):
+                    calls.add(Call(action, svc, op, f"{path.relative_to(root)}:{lineno}"))
+    return sorted(calls)
+
+
 # ---- policies ------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from infra.local import load_template
 from infra.permissions import (
     allows,
     aws_calls,
+    host_script_calls,
     missing_actions,
     resolve,
     unscoped_pass_role,
@@ -231,6 +232,25 @@ def test_builder_role_can_do_nothing_else(stage):
     assert builder_role(stage).get("ManagedPolicyArns") is None
     trust = builder_role(stage)["AssumeRolePolicyDocument"]["Statement"]
     assert [s["Principal"] for s in trust] == [{"Service": "ec2.amazonaws.com"}]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_builder_role_allows_every_aws_cli_call_of_the_host_script(stage):
+    calls = host_script_calls()
+    assert {"logs:PutLogEvents", "ecr:GetAuthorizationToken"} <= {c.action for c in calls}
+    assert missing_actions(builder_policy(stage), calls) == {}
+
+
+def test_the_host_script_scan_sees_a_new_aws_cli_call(tmp_path):
+    (tmp_path / "chalicelib" / "templates").mkdir(parents=True)
+    (tmp_path / "chalicelib" / "templates" / "host.sh").write_text(
+        "#!/usr/bin/env bash\n# aws s3 cp is only mentioned here\n"
+        "x=$(aws ssm get-parameter --name /p)\naws ec2 describe-tags | jq .\n")
+    calls = host_script_calls(tmp_path)
+    assert [(c.action, c.where) for c in calls] == [
+        ("ec2:DescribeTags", "chalicelib/templates/host.sh:4"),
+        ("ssm:GetParameter", "chalicelib/templates/host.sh:3")]
+    assert set(missing_actions(builder_policy("dev"), calls)) == {"ec2:DescribeTags", "ssm:GetParameter"}
 
 
 @pytest.mark.parametrize("stage", STAGES)
