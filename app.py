@@ -6,6 +6,7 @@ from chalice import Chalice
 
 from chalicelib import wiring
 from chalicelib.http import error_response, handle_errors, json_response, parse_body
+from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
 from chalicelib.notify import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
@@ -104,8 +105,48 @@ def build_logs(build_id):
 
 
 
-
 # ---- event-driven lifecycle: EventBridge handlers, reaper (issue 7) -----------------
+# Thin: parse the event into a typed wrapper, call one lifecycle function. A malformed
+# event is logged and dropped (retrying cannot fix it); everything else is idempotent.
+@app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"],
+                  "detail": {"state": ["running", "stopped", "shutting-down", "terminated"]}},
+                 name="on_instance_state")
+def on_instance_state(event):
+    try:
+        ev = InstanceStateChange.from_event(event.to_dict())
+    except MalformedEvent as e:
+        app.log.warning("dropped EC2 state-change event: %s", e)
+        return {"outcome": "malformed"}
+    return {"outcome": wiring.lifecycle().instance_state(ev)}
+
+
+@app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
+                 name="on_spot_interruption")
+def on_spot_interruption(event):
+    try:
+        ev = SpotInterruption.from_event(event.to_dict())
+    except MalformedEvent as e:
+        app.log.warning("dropped spot interruption event: %s", e)
+        return {"outcome": "malformed"}
+    return {"outcome": wiring.lifecycle().spot_interruption(ev)}
+
+
+@app.on_cw_event({"source": ["aws.ecr"], "detail-type": ["ECR Image Action"],
+                  "detail": {"action-type": ["PUSH"], "result": ["SUCCESS"]}},
+                 name="on_image_pushed")
+def on_image_pushed(event):
+    try:
+        ev = ImagePushed.from_event(event.to_dict())
+    except MalformedEvent as e:
+        app.log.warning("dropped ECR image event: %s", e)
+        return {"outcome": "malformed"}
+    return {"outcome": wiring.lifecycle().image_pushed(ev)}
+
+
+@app.schedule("rate(5 minutes)", name="reaper")
+def reaper(event):
+    return wiring.reaper().tick().summary()
+
 
 
 # ---- notifications (issue 8) ------------------------------------------------------

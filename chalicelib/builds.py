@@ -36,8 +36,9 @@ def check_build_id(build_id: str) -> str:
 
 class BuildService:
     def __init__(self, store: BuildStore, catalog: Catalog, settings: Settings, launch_queue: Queue,
-                 transitions: Transitions) -> None:
+                 transitions: Transitions, instances=None) -> None:
         self.store = store
+        self.instances = instances  # chalicelib.instances.Instances: stops a cancelled build's instance
         self.transitions = transitions
         self.catalog = catalog
         self.settings = settings
@@ -161,4 +162,8 @@ class BuildService:
         except InvalidTransition:
             build = self.get(build_id)
             raise Conflict(f"build {build.id} already finished as {build.status.value}; nothing to cancel") from None
+        if self.instances is not None and item.get("instance_id") and item["status"] in (Status.LAUNCHING,
+                                                                                         Status.RUNNING):
+            # the build becomes CANCELLED when the termination is seen (EC2 event or the reaper)
+            self.instances.terminate([item["instance_id"]])
         return Build.model_validate(item), False

@@ -45,6 +45,11 @@ class Settings:
     notify_on_start: bool = False
     notify_timeout_seconds: float = 5.0
     notify_max_attempts: int = 5
+    # event-driven lifecycle (issue 7): the reaper's thresholds
+    launch_grace_minutes: int = 10
+    stale_heartbeat_minutes: int = 15
+    orphan_grace_minutes: int = 4
+    digest_grace_minutes: int = 15
 
     # launcher and host script (issue 4)
     build_log_group: str = "/voltabuild/builds"
@@ -58,6 +63,7 @@ class Settings:
     spot_price_table: tuple[tuple[str, float], ...] = ()
     heartbeat_seconds: int = 60
     vcs_ref: str = "unknown"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         stage = env.get("VOLTABUILD_STAGE", "dev")
@@ -80,6 +86,10 @@ class Settings:
             notify_on_start=env.get("NOTIFY_ON_START", "false").strip().lower() in ("1", "true", "yes", "on"),
             notify_timeout_seconds=float(env.get("NOTIFY_HTTP_TIMEOUT", "5")),
             notify_max_attempts=int(env.get("NOTIFY_MAX_ATTEMPTS", "5")),
+            launch_grace_minutes=int(env.get("LAUNCH_GRACE_MINUTES", "10")),
+            stale_heartbeat_minutes=int(env.get("STALE_HEARTBEAT_MINUTES", "15")),
+            orphan_grace_minutes=int(env.get("ORPHAN_GRACE_MINUTES", "4")),
+            digest_grace_minutes=int(env.get("DIGEST_GRACE_MINUTES", "15")),
             build_log_group=env.get("BUILD_LOG_GROUP", "/voltabuild/builds"),
             ami_parameter=env.get("AMI_PARAMETER", DLAMI_PARAMETER),
             ami_id=env.get("AMI_ID", ""),

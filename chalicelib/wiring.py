@@ -62,7 +62,7 @@ def transitions() -> Transitions:
 
 @cache
 def builds() -> BuildService:
-    return BuildService(store(), catalog(), settings(), launch_queue(), transitions())
+    return BuildService(store(), catalog(), settings(), launch_queue(), transitions(), instances=instances())
 
 
 @cache
@@ -82,6 +82,39 @@ def notifier() -> Notifier:
         api_url=s.api_url, channels=s.slack_channels, notify_on_start=s.notify_on_start,
         max_attempts=s.notify_max_attempts,
     )
+
+
+# ---- event-driven lifecycle (issue 7) ----
+@cache
+def instances():
+    from chalicelib.instances import Instances
+
+    return Instances(client("ec2"), settings().stage)
+
+
+@cache
+def lifecycle():
+    from datetime import timedelta
+
+    from chalicelib.lifecycle import Lifecycle, LifecycleConfig, LogTail
+
+    s = settings()
+    config = LifecycleConfig(
+        stage=s.stage,
+        launch_grace=timedelta(minutes=s.launch_grace_minutes),
+        stale_heartbeat=timedelta(minutes=s.stale_heartbeat_minutes),
+        orphan_grace=timedelta(minutes=s.orphan_grace_minutes),
+        digest_grace=timedelta(minutes=s.digest_grace_minutes),
+    )
+    return Lifecycle(store(), transitions(), instances(), launch_queue(), config,
+                     logs=LogTail(client("logs"), s.build_log_group))
+
+
+@cache
+def reaper():
+    from chalicelib.reaper import Reaper
+
+    return Reaper(store(), lifecycle(), instances(), ecr=client("ecr"))
 
 
 def queue_name(kind: str) -> str:
@@ -130,7 +163,7 @@ def same_secret(given: str, expected: str) -> bool:
 def reset() -> None:
     """Forget every cached object (tests, or a changed environment)."""
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
-               openapi_document, notifier):
+               openapi_document, notifier, instances, lifecycle, reaper):
         fn.cache_clear()
     for fn in (launcher, reports, build_logs):  # issue 4
         fn.cache_clear()

@@ -1,0 +1,361 @@
+"""What the cloud's events do to a build: EC2 state changes, spot interruption warnings
+and ECR pushes, parsed at the edge into typed read-only wrappers.
+
+Every action is a conditional write through :class:`Transitions` that also checks the
+event's instance is still the build's current one, so a duplicate, late or out-of-order
+event (EventBridge delivers at least once, in no particular order) fails the condition
+and is ignored: nothing that is final ever changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib import clock
+from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
+from chalicelib.instances import SPOT_RECLAIMED, TAG_STAGE, Instances
+from chalicelib.queues import Queue
+from chalicelib.states import Status
+from chalicelib.store import BuildStore
+from chalicelib.transitions import Transitions
+
+log = logging.getLogger(__name__)
+
+LAUNCHED = (Status.LAUNCHING, Status.RUNNING)
+# attributes of one attempt (its instance, its report token): dropped when the build is
+# queued again, so the old instance's late events and reports no longer match anything
+ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "token_hash", "launch_started_at")
+
+
+class MalformedEvent(VoltabuildError):
+    """An event that does not have the shape AWS documents: logged and dropped."""
+
+    status = 400
+
+
+def _detail(event: dict[str, Any], detail_type: str) -> dict[str, Any]:
+    if not isinstance(event, dict) or event.get("detail-type") != detail_type:
+        got = event.get("detail-type") if isinstance(event, dict) else type(event).__name__
+        raise MalformedEvent(f"detail-type: expected {detail_type!r}, got {got!r}")
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise MalformedEvent("detail: missing or not an object")
+    return detail
+
+
+def _str(detail: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = detail.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"detail.{key}: missing or not a string")
+    return value
+
+
+@dataclass(frozen=True)
+class InstanceStateChange:
+    """``EC2 Instance State-change Notification``."""
+
+    instance_id: str
+    state: str
+    time: str = ""
+
+    DETAIL_TYPE = "EC2 Instance State-change Notification"
+    STATES = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> InstanceStateChange:
+        d = _detail(event, cls.DETAIL_TYPE)
+        state = _str(d, "state")
+        if state not in cls.STATES:
+            raise MalformedEvent(f"detail.state: {state!r} is not one of {', '.join(cls.STATES)}")
+        return cls(instance_id=_str(d, "instance-id"), state=state, time=str(event.get("time", "")))
+
+
+@dataclass(frozen=True)
+class SpotInterruption:
+    """``EC2 Spot Instance Interruption Warning`` (two minutes before the instance goes)."""
+
+    instance_id: str
+    action: str
+    time: str = ""
+
+    DETAIL_TYPE = "EC2 Spot Instance Interruption Warning"
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> SpotInterruption:
+        d = _detail(event, cls.DETAIL_TYPE)
+        return cls(instance_id=_str(d, "instance-id"), action=_str(d, "instance-action"),
+                   time=str(event.get("time", "")))
+
+
+@dataclass(frozen=True)
+class ImagePushed:
+    """``ECR Image Action``. ``repository`` is ``<account>.dkr.ecr.<region>.amazonaws.com/<name>``,
+    the form builds record in ``image.repository``."""
+
+    repository: str
+    tag: str | None
+    digest: str
+    action: str
+    result: str
+
+    DETAIL_TYPE = "ECR Image Action"
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> ImagePushed:
+        d = _detail(event, cls.DETAIL_TYPE)
+        account, region = event.get("account"), event.get("region")
+        if not isinstance(account, str) or not isinstance(region, str):
+            raise MalformedEvent("account, region: missing")
+        return cls(
+            repository=f"{account}.dkr.ecr.{region}.amazonaws.com/{_str(d, 'repository-name')}",
+            tag=_str(d, "image-tag", required=False),
+            digest=_str(d, "image-digest"),
+            action=_str(d, "action-type"),
+            result=_str(d, "result"),
+        )
+
+    @property
+    def successful_push(self) -> bool:
+        return self.action == "PUSH" and self.result == "SUCCESS" and bool(self.tag)
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    stage: str = "dev"
+    launch_grace: timedelta = timedelta(minutes=10)
+    stale_heartbeat: timedelta = timedelta(minutes=15)
+    orphan_grace: timedelta = timedelta(minutes=4)
+    digest_grace: timedelta = timedelta(minutes=15)
+    log_lines: int = 20
+
+
+class LogTail:
+    """The last lines of a build's log in CloudWatch Logs: streams in ``group`` whose
+    names start with the build id (the newest by name wins). Best effort: [] if none."""
+
+    def __init__(self, logs, group: str) -> None:
+        self._logs = logs
+        self.group = group
+
+    def last_lines(self, build_id: str, n: int) -> list[str]:
+        try:
+            streams = self._logs.describe_log_streams(
+                logGroupName=self.group, logStreamNamePrefix=build_id).get("logStreams", [])
+            if not streams:
+                return []
+            name = max(s["logStreamName"] for s in streams)
+            events = self._logs.get_log_events(logGroupName=self.group, logStreamName=name,
+                                               limit=n, startFromHead=False).get("events", [])
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            return []
+        return [e["message"].rstrip("\n") for e in events][-n:]
+
+
+class Lifecycle:
+    """Moves builds in answer to what happens to their instances and images."""
+
+    def __init__(self, store: BuildStore, transitions: Transitions, instances: Instances,
+                 launch_queue: Queue, config: LifecycleConfig, logs: LogTail | None = None) -> None:
+        self.store = store
+        self.transitions = transitions
+        self.instances = instances
+        self.launch_queue = launch_queue
+        self.config = config
+        self.logs = logs
+
+    # ---- lookups ----------------------------------------------------------------
+    def build_for_instance(self, instance_id: str) -> dict | None:
+        """The build whose *current* instance is ``instance_id``, read consistently, or
+        None (not ours, another stage's, or an earlier attempt's instance).
+
+        The ``by-instance`` index first (one query); when it has nothing yet (indexes lag
+        a moment) the instance's ``voltabuild:build-id`` tag names the build."""
+        hit = self.store.find_by_instance(instance_id)
+        if hit is not None:
+            build_id = hit["id"]
+        else:
+            inst = self.instances.describe(instance_id)
+            if inst is None or not inst.build_id or inst.tags.get(TAG_STAGE) != self.config.stage:
+                return None
+            build_id = inst.build_id
+        try:
+            record = self.store.get_record(build_id)
+        except BuildNotFound:
+            return None
+        return record if record.get("instance_id") == instance_id else None
+
+    # ---- moves ------------------------------------------------------------------
+    def _move(self, build_id: str, to: Status, *, expect: Iterable[Status], instance_id: str | None = None,
+              **kwargs: Any) -> dict | None:
+        """Transitions.move that treats a lost race (duplicate/late event) as a no-op."""
+        if instance_id:
+            kwargs["extra_condition"] = ("instance_id = :iid", {":iid": instance_id})
+        try:
+            return self.transitions.move(build_id, to, expect=list(expect), **kwargs)
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+
+    def fail(self, record: dict, reason: str, *, expect: Iterable[Status], to: Status = Status.FAILED,
+             instance_id: str | None = None) -> dict | None:
+        return self._move(record["id"], to, expect=expect, instance_id=instance_id, message=reason,
+                          fields={"reason": reason})
+
+    def cancelled(self, record: dict, *, expect: Iterable[Status], instance_id: str | None = None,
+                  note: str = "") -> dict | None:
+        msg = "cancelled by request" + (f"; {note}" if note else "")
+        return self._move(record["id"], Status.CANCELLED, expect=expect, instance_id=instance_id,
+                          message=msg, fields={"reason": "cancelled by request"})
+
+    def relaunch(self, record: dict, why: str, *, reclaimed: bool = False) -> dict | None:
+        """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
+        spent) and send the launch message. ``record`` is LAUNCHING or RUNNING."""
+        attempt = int(record.get("attempt", 1))
+        max_attempts = int(record.get("max_attempts", 1))
+        iid = record.get("instance_id")
+        reclaims = int(record.get("spot_reclaims", 0)) + (1 if reclaimed else 0)
+        if record.get("cancel_requested"):
+            return self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=why)
+        if attempt >= max_attempts:
+            reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
+                      else f"{why}; gave up after {attempt} attempts")
+            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid)
+        cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "")
+        values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {})}
+        try:
+            item = self.transitions.move(
+                record["id"], Status.QUEUED, expect=list(LAUNCHED),
+                message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
+                fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims},
+                remove=ATTEMPT_FIELDS, extra_condition=(cond, values),
+            )
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+        self.launch_queue.send({"build_id": record["id"], "attempt": attempt + 1})
+        return item
+
+    def requeue(self, record: dict, why: str) -> dict | None:
+        """A build stuck in QUEUED (its launch message lost or failed): bump the attempt so a
+        late launcher run of the old one is ignored, and send the launch message again."""
+        attempt = int(record.get("attempt", 1))
+        if record.get("cancel_requested"):
+            return self.cancelled(record, expect=[Status.QUEUED])
+        if attempt >= int(record.get("max_attempts", 1)):
+            return self.fail(record, f"{why}; gave up after {attempt} attempts", expect=[Status.QUEUED])
+        try:
+            item = self.store.update_fields(record["id"], {"attempt": attempt + 1, "queued_at": clock.now_iso()},
+                                            expect=[Status.QUEUED])
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+        self.launch_queue.send({"build_id": record["id"], "attempt": attempt + 1})
+        return item
+
+    # ---- events -----------------------------------------------------------------
+    def instance_state(self, ev: InstanceStateChange) -> str:
+        """What an instance's state change does. Returns a short word for logs/tests."""
+        if ev.state in ("pending", "stopping"):
+            return "ignored"
+        record = self.build_for_instance(ev.instance_id)
+        if record is None:
+            return "not ours"
+        status = Status(record["status"])
+        if status.final:
+            if ev.state in ("running", "stopped"):
+                self.instances.terminate([ev.instance_id])  # its build is over: don't pay for it
+                return "terminated"
+            return "final"
+        if ev.state == "running":
+            if record.get("cancel_requested"):
+                self.instances.terminate([ev.instance_id])
+                return "terminated"
+            moved = self._move(record["id"], Status.RUNNING, expect=[Status.LAUNCHING], instance_id=ev.instance_id,
+                               message=f"instance {ev.instance_id} running")
+            return "running" if moved else "ignored"
+        if ev.state == "stopped":
+            # shutdown behaviour is terminate: a stopped instance never finishes its build
+            self.instances.terminate([ev.instance_id])
+            return "terminated"
+        return self.instance_gone(record, ev.state)
+
+    def instance_gone(self, record: dict, state: str) -> str:
+        status = Status(record["status"])
+        iid = record.get("instance_id")
+        if status not in LAUNCHED:
+            return "ignored"
+        if record.get("cancel_requested"):
+            moved = self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
+            return "cancelled" if moved else "ignored"
+        inst = self.instances.describe(iid) if iid else None
+        if inst is not None and inst.state_reason == SPOT_RECLAIMED:
+            moved = self.relaunch(record, f"spot capacity reclaimed instance {iid}", reclaimed=True)
+            return "relaunched" if moved else "ignored"
+        reason = f"instance lost: {iid} was {state} before the build finished"
+        lines = self.logs.last_lines(record["id"], self.config.log_lines) if self.logs else []
+        if lines:
+            reason += "; last log lines:\n" + "\n".join(lines)
+        moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid)
+        return "failed" if moved else "ignored"
+
+    def spot_interruption(self, ev: SpotInterruption) -> str:
+        """Send the build back to the queue (the registry cache keeps its layers). The
+        instance is left to EC2 for its last two minutes; the reaper catches a survivor."""
+        record = self.build_for_instance(ev.instance_id)
+        if record is None:
+            return "not ours"
+        if Status(record["status"]) not in LAUNCHED:
+            return "ignored"
+        moved = self.relaunch(record, f"spot interruption warning for {ev.instance_id} ({ev.action})",
+                              reclaimed=True)
+        if moved is None:
+            return "ignored"
+        return "relaunched" if moved["status"] == Status.QUEUED else moved["status"].lower()
+
+    def image_pushed(self, ev: ImagePushed) -> str:
+        """Record the digest ECR saw on the build that pushed it; flag a SUCCEEDED build
+        whose reported digest differs. Two reads at most: the active builds and the newest
+        succeeded ones."""
+        if not ev.successful_push:
+            return "ignored"
+        record = self._build_for_image(ev)
+        if record is None:
+            return "not ours"
+        fields: dict[str, Any] = {"ecr_digest": ev.digest}
+        status = Status(record["status"])
+        reported = (record.get("image") or {}).get("digest")
+        flagged = False
+        if status == Status.SUCCEEDED and reported and reported != ev.digest:
+            fields["reason"] = (f"ECR saw {ev.digest} pushed as {ev.tag}, but the build reported {reported}")
+            flagged = True
+        try:
+            self.store.update_fields(record["id"], fields, expect=[status])
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return "ignored"
+        return "flagged" if flagged else "recorded"
+
+    def _build_for_image(self, ev: ImagePushed) -> dict | None:
+        def matches(r: dict) -> bool:
+            img = r.get("image") or {}
+            return img.get("repository") == ev.repository and ev.tag in (img.get("tags") or [])
+
+        active = [r for r in self.store.active_records() if matches(r) and r.get("status") == Status.RUNNING]
+        succeeded, _ = self.store.list(status=Status.SUCCEEDED, limit=20)
+        done = [r for r in (b.model_dump(mode="json") for b in succeeded) if matches(r)]
+        same = [r for r in active + done if (r.get("image") or {}).get("digest") == ev.digest]
+        if same:
+            return same[0]
+        if active:
+            return max(active, key=lambda r: r.get("created_key", ""))
+        return done[0] if done else None

@@ -1,0 +1,226 @@
+"""The scheduled sweep that makes every build end and every instance go, whatever events
+were lost. One tick reads the active builds (the sparse ``by-active`` index: its cost grows
+with active builds, not with history), one paged DescribeInstances of this stage's live
+instances, the quota item and the newest SUCCEEDED builds, then:
+
+- builds past ``deadline_at``: instance terminated, TIMED_OUT;
+- cancelled builds whose instance is gone: CANCELLED (the instance is terminated first);
+- QUEUED or LAUNCHING past the launch grace: launched again as ``attempt + 1``, or FAILED;
+- RUNNING with a stale heartbeat: instance terminated, FAILED;
+- orphans (tagged ours; build final, unknown or on another instance): tagged
+  ``voltabuild:orphan-seen-at`` on one tick, terminated on a later one if still orphaned;
+  ``voltabuild:keep`` exempts an instance;
+- quota slots still held by final builds are given back;
+- SUCCEEDED builds whose image ECR never reported: checked in ECR, flagged in ``reason``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from botocore.exceptions import ClientError
+
+from chalicelib import clock
+from chalicelib.errors import BuildNotFound, InvalidTransition
+from chalicelib.instances import Instances, TaggedInstance
+from chalicelib.lifecycle import LAUNCHED, Lifecycle
+from chalicelib.states import Status
+from chalicelib.store import BuildStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReapReport:
+    timed_out: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    relaunched: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    orphans_marked: list[str] = field(default_factory=list)
+    orphans_terminated: list[str] = field(default_factory=list)
+    slots_released: list[str] = field(default_factory=list)
+    digests_checked: list[str] = field(default_factory=list)
+    digests_flagged: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.__dict__.items() if v}
+
+
+def _at(value: str | None) -> datetime | None:
+    return clock.parse(value) if value else None
+
+
+class Reaper:
+    def __init__(self, store: BuildStore, lifecycle: Lifecycle, instances: Instances, ecr=None) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.instances = instances
+        self.config = lifecycle.config
+        self._ecr = ecr
+
+    def tick(self) -> ReapReport:
+        report = ReapReport()
+        now = clock.now()
+        active = list(self.store.active_records())
+        alive = {i.id: i for i in self.instances.alive()}
+        terminated: set[str] = set()
+        for record in active:
+            self._reap_build(record, now, alive, terminated, report)
+        self._reap_orphans(active, alive, terminated, now, report)
+        self._release_slots({r["id"] for r in active}, report)
+        if self._ecr is not None:
+            self._check_digests(now, report)
+        if report.summary():
+            log.info("reaper: %s", report.summary())
+        return report
+
+    # ---- builds -----------------------------------------------------------------
+    def _terminate(self, iid: str | None, terminated: set[str]) -> None:
+        if iid:
+            self.instances.terminate([iid])
+            terminated.add(iid)
+
+    def _reap_build(self, record: dict, now: datetime, alive: dict[str, TaggedInstance],
+                    terminated: set[str], report: ReapReport) -> None:
+        lc = self.lifecycle
+        bid = record["id"]
+        status = Status(record["status"])
+        iid = record.get("instance_id")
+        if status.final:  # the index lags a moment behind the table
+            return
+        since = ((record.get("instance") or {}).get("launched_at") or record.get("launch_started_at")
+                 or record.get("updated_at"))
+
+        deadline = _at(record.get("deadline_at"))
+        if status in LAUNCHED and deadline and now >= deadline:
+            self._terminate(iid, terminated)
+            reason = f"timed out: still {status.value.lower()} at its deadline ({record.get('timeout_minutes')} minutes)"
+            if lc.fail(record, reason, expect=[status], to=Status.TIMED_OUT):
+                report.timed_out.append(bid)
+            return
+
+        if record.get("cancel_requested"):
+            if status == Status.QUEUED:
+                if lc.cancelled(record, expect=[Status.QUEUED]):
+                    report.cancelled.append(bid)
+            elif iid:
+                gone = iid not in alive
+                self._terminate(iid, terminated)
+                if gone and lc.cancelled(record, expect=[status], instance_id=iid, note=f"instance {iid} gone"):
+                    report.cancelled.append(bid)
+            elif now - (_at(since) or now) > self.config.launch_grace:
+                if lc.cancelled(record, expect=[status]):
+                    report.cancelled.append(bid)
+            return
+
+        if status == Status.QUEUED:
+            queued = _at(record.get("queued_at") or record.get("created_at")) or now
+            if now - queued > self.config.launch_grace:
+                mins = int(self.config.launch_grace.total_seconds() // 60)
+                item = lc.requeue(record, f"not launched within {mins} minutes")
+                if item is not None:
+                    (report.failed if item["status"] == Status.FAILED else report.relaunched).append(bid)
+            return
+
+        if status == Status.LAUNCHING:
+            if now - (_at(since) or now) > self.config.launch_grace:
+                self._terminate(iid, terminated)
+                mins = int(self.config.launch_grace.total_seconds() // 60)
+                item = lc.relaunch(record, f"instance {iid or '(none)'} did not start within {mins} minutes")
+                if item is not None:
+                    (report.relaunched if item["status"] == Status.QUEUED else report.failed).append(bid)
+            return
+
+        # RUNNING
+        beat = _at(record.get("heartbeat_at") or since) or now
+        if now - beat > self.config.stale_heartbeat:
+            self._terminate(iid, terminated)
+            mins = int((now - beat).total_seconds() // 60)
+            if lc.fail(record, f"no report from instance {iid} for {mins} minutes",
+                       expect=[Status.RUNNING], instance_id=iid):
+                report.failed.append(bid)
+
+    # ---- orphans ----------------------------------------------------------------
+    def _reap_orphans(self, active: list[dict], alive: dict[str, TaggedInstance], terminated: set[str],
+                      now: datetime, report: ReapReport) -> None:
+        by_id = {r["id"]: r for r in active}
+        for inst in alive.values():
+            if inst.id in terminated or inst.keep:
+                continue
+            if self._belongs(inst, by_id.get(inst.build_id or "")):
+                if inst.orphan_seen_at:
+                    self.instances.unmark_orphan(inst.id)
+                continue
+            seen = _at(inst.orphan_seen_at) if inst.orphan_seen_at else None
+            if seen is None:
+                self.instances.mark_orphan(inst.id, clock.iso(now))
+                report.orphans_marked.append(inst.id)
+            elif now - seen >= self.config.orphan_grace:
+                self.instances.terminate([inst.id])
+                report.orphans_terminated.append(inst.id)
+
+    @staticmethod
+    def _belongs(inst: TaggedInstance, record: dict | None) -> bool:
+        if record is None or Status(record["status"]).final:
+            return False
+        if record.get("instance_id"):
+            return record["instance_id"] == inst.id
+        # launched, not yet recorded by the launcher: the attempt must be the current one
+        return Status(record["status"]) in (Status.QUEUED, Status.LAUNCHING) and inst.attempt == record.get("attempt")
+
+    # ---- quota ------------------------------------------------------------------
+    def _release_slots(self, active_ids: set[str], report: ReapReport) -> None:
+        for build_id in sorted(self.store.slot_holders() - active_ids):
+            try:
+                final = Status(self.store.get_record(build_id)["status"]).final
+            except BuildNotFound:
+                final = True
+            if final:
+                self.store.release_slot(build_id)
+                report.slots_released.append(build_id)
+
+    # ---- digests ----------------------------------------------------------------
+    def _check_digests(self, now: datetime, report: ReapReport) -> None:
+        """SUCCEEDED builds of the last while with no ECR push seen: ask ECR once each."""
+        builds, _ = self.store.list(status=Status.SUCCEEDED, limit=20)
+        for build in builds:
+            finished = _at(build.finished_at)
+            if finished is None or now - finished < self.config.digest_grace:
+                continue
+            record = self.store.get_record(build.id)
+            if record.get("ecr_digest") or record.get("digest_checked"):
+                continue
+            fields: dict = {"digest_checked": True}
+            found = self._ecr_digest(build.image.repository, build.image.digest, build.image.tags)
+            if found == "not-ecr":
+                continue
+            if found:
+                fields["ecr_digest"] = found
+            else:
+                what = build.image.digest or ", ".join(build.image.tags[:1])
+                fields["reason"] = f"reported SUCCEEDED but ECR has no image {what} in {build.image.repository}"
+                report.digests_flagged.append(build.id)
+            try:
+                self.store.update_fields(build.id, fields, expect=[Status.SUCCEEDED])
+            except InvalidTransition:
+                continue
+            report.digests_checked.append(build.id)
+
+    def _ecr_digest(self, repository: str, digest: str | None, tags: list[str]) -> str | None:
+        registry, _, name = repository.partition("/")
+        if ".dkr.ecr." not in registry:  # a local registry (the local stack): not ECR's to judge
+            return "not-ecr"
+        image_id = {"imageDigest": digest} if digest else {"imageTag": tags[0]} if tags else None
+        if not name or image_id is None:
+            return None
+        kwargs = {"repositoryName": name, "imageIds": [image_id]}
+        kwargs["registryId"] = registry.split(".", 1)[0]
+        try:
+            details = self._ecr.describe_images(**kwargs).get("imageDetails", [])
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("ImageNotFoundException", "RepositoryNotFoundException"):
+                return None
+            raise
+        return details[0].get("imageDigest") if details else None

@@ -1,0 +1,229 @@
+"""The EventBridge handlers, fed AWS-shaped events through chalice.test.Client."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import load_event
+
+from chalicelib.states import Status
+
+
+def state_event(iid: str, state: str) -> dict:
+    return load_event(f"ec2-state-{state}", **{"instance-id": iid})
+
+
+def spot_event(iid: str) -> dict:
+    return load_event("ec2-spot-interruption", **{"instance-id": iid})
+
+
+def statuses(record: dict) -> list[str]:
+    return [e["status"] for e in record["events"]]
+
+
+# ---- EC2 Instance State-change Notification -------------------------------------------
+def test_running_moves_a_launching_build_to_running_once(world, fire):
+    # GIVEN a build the launcher started
+    bid = world.submit()
+    iid = world.launch(bid)
+    # WHEN EC2 says running, twice (EventBridge delivers at least once)
+    assert fire("on_instance_state", state_event(iid, "running")) == "running"
+    assert fire("on_instance_state", state_event(iid, "running")) == "ignored"
+    # THEN the build is RUNNING with one timeline entry for it
+    record = world.get(bid)
+    assert record["status"] == "RUNNING"
+    assert statuses(record) == ["QUEUED", "LAUNCHING", "RUNNING"]
+
+
+def test_terminated_while_running_fails_the_build_with_the_reason(world, fire, aws):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    logs = aws.client("logs")
+    # the log group comes from infra/resources.yaml; the instance writes a stream named after the build
+    logs.create_log_stream(logGroupName="/voltabuild/builds", logStreamName=bid)
+    logs.put_log_events(logGroupName="/voltabuild/builds", logStreamName=bid, logEvents=[
+        {"timestamp": int(time.time() * 1000) + i, "message": f"step {i}"} for i in range(30)
+    ])
+    world.ec2.terminate_instances(InstanceIds=[iid])
+
+    assert fire("on_instance_state", state_event(iid, "shutting-down")) == "failed"
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert record["reason"].startswith(f"instance lost: {iid} was shutting-down")
+    assert "step 29" in record["reason"] and "step 9\n" not in record["reason"]  # the last 20 lines
+    assert [n["build_id"] for n in world.final_notifications()] == [bid]
+
+
+def test_terminated_before_running_arrives_out_of_order(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "failed"
+    # the late "running" finds a final build: nothing changes, the instance stays terminated
+    fire("on_instance_state", state_event(iid, "running"))
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert statuses(record) == ["QUEUED", "LAUNCHING", "FAILED"]
+    assert world.state(iid) == "terminated"
+
+
+def test_cancel_terminates_the_instance_and_the_termination_makes_it_cancelled(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    resp = api.http.delete(f"/builds/{bid}")
+    assert resp.status_code == 202
+    assert world.state(iid) == "terminated"
+    assert world.get(bid)["status"] == "RUNNING"
+
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "cancelled"
+    record = world.get(bid)
+    assert record["status"] == "CANCELLED"
+    assert [n["status"] for n in world.final_notifications()] == ["CANCELLED"]
+    assert api.http.delete(f"/builds/{bid}").status_code == 409
+
+
+def test_running_after_a_cancel_terminates_instead_of_running(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    world.store.update_fields(bid, {"cancel_requested": True})  # cancel raced the launcher
+    assert fire("on_instance_state", state_event(iid, "running")) == "terminated"
+    assert world.state(iid) == "terminated"
+    assert world.get(bid)["status"] == "LAUNCHING"
+
+
+def test_stopped_instance_is_terminated(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    assert fire("on_instance_state", state_event(iid, "stopped")) == "terminated"
+    assert world.state(iid) == "terminated"
+
+
+def test_instances_that_are_not_ours_are_ignored(world, fire):
+    # no tag at all, another stage's instance, and an id that does not exist
+    plain = world.ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    bid = world.submit()
+    other_stage = world.run_instance(bid, 1, stage="prod")
+    for iid in (plain, other_stage, "i-0000000000000dead"):
+        assert fire("on_instance_state", state_event(iid, "terminated")) == "not ours"
+        assert fire("on_spot_interruption", spot_event(iid)) == "not ours"
+    assert world.get(bid)["status"] == "QUEUED"
+    assert world.state(plain) == "running"
+
+
+def test_found_by_tag_when_the_index_has_not_caught_up(world, fire, monkeypatch):
+    bid = world.submit()
+    iid = world.launch(bid)
+    monkeypatch.setattr(type(world.store), "find_by_instance", lambda self, i: None)
+    assert fire("on_instance_state", state_event(iid, "running")) == "running"
+
+
+def test_malformed_events_are_dropped(world, fire):
+    event = state_event("i-1", "running")
+    del event["detail"]["instance-id"]
+    assert fire("on_instance_state", event) == "malformed"
+    event = state_event("i-1", "running")
+    event["detail"]["state"] = "exploded"
+    assert fire("on_instance_state", event) == "malformed"
+
+
+# ---- EC2 Spot Instance Interruption Warning -------------------------------------------
+def test_spot_interruption_requeues_with_the_next_attempt(world, fire, aws):
+    bid = world.submit()
+    aws.messages("LaunchQueue")  # the submit's own launch message
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+
+    assert fire("on_spot_interruption", spot_event(iid)) == "relaunched"
+    assert fire("on_spot_interruption", spot_event(iid)) == "not ours"  # duplicate: no longer its instance
+
+    record = world.get(bid)
+    assert record["status"] == "QUEUED" and record["attempt"] == 2
+    assert "instance_id" not in record and "instance" not in record and "deadline_at" not in record
+    assert f"spot interruption warning for {iid}" in record["events"][-1]["message"]
+    assert aws.messages("LaunchQueue") == [{"build_id": bid, "attempt": 2}]
+    # the old instance's termination, arriving later, changes nothing
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "not ours"
+    assert world.get(bid)["status"] == "QUEUED"
+
+
+def test_spot_reclaimed_max_attempts_times_fails(world, fire, aws):
+    bid = world.submit()
+    for _ in range(3):  # MAX_ATTEMPTS defaults to 3
+        iid = world.launch(bid)
+        fire("on_instance_state", state_event(iid, "running"))
+        fire("on_spot_interruption", spot_event(iid))
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert record["reason"] == "spot capacity reclaimed 3 times"
+    launches = [m for m in aws.messages("LaunchQueue")]
+    assert [m["attempt"] for m in launches] == [1, 2, 3]
+
+
+def test_interruption_after_success_changes_nothing(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed")
+    before = world.get(bid)
+    assert fire("on_spot_interruption", spot_event(iid)) == "ignored"
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+    after = world.get(bid)
+    assert after["status"] == "SUCCEEDED" and after["events"] == before["events"]
+
+
+def test_termination_by_spot_without_the_warning_still_relaunches(world, fire, monkeypatch):
+    from chalicelib.instances import Instances, TaggedInstance
+
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    original = Instances.describe
+
+    def reclaimed(self, instance_id):
+        inst = original(self, instance_id)
+        return TaggedInstance(inst.id, "terminated", inst.tags, "Server.SpotInstanceTermination")
+
+    monkeypatch.setattr(Instances, "describe", reclaimed)
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "relaunched"
+    assert world.get(bid)["status"] == "QUEUED"
+
+
+# ---- ECR Image Action -----------------------------------------------------------------
+def push_event(world, bid: str, digest: str, tag: str | None = None) -> dict:
+    image = world.get(bid)["image"]
+    registry, _, name = image["repository"].partition("/")
+    event = load_event("ecr-image-push", **{"repository-name": name, "image-digest": digest,
+                                            "image-tag": tag or image["tags"][0]})
+    event["account"], _, rest = registry.partition(".dkr.ecr.")
+    event["region"] = rest.split(".")[0]
+    return event
+
+
+def test_push_records_the_digest_on_the_running_build(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    digest = "sha256:" + "a" * 64
+    assert fire("on_image_pushed", push_event(world, bid, digest)) == "recorded"
+    assert world.get(bid)["ecr_digest"] == digest
+
+
+def test_push_for_an_unknown_repository_is_ignored(world, fire):
+    assert fire("on_image_pushed", load_event("ecr-image-push")) == "not ours"
+
+
+def test_succeeded_build_with_another_digest_is_flagged(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    record = world.get(bid)
+    image = dict(record["image"], digest="sha256:" + "b" * 64)
+    world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], fields={"image": image})
+    assert fire("on_image_pushed", push_event(world, bid, "sha256:" + "c" * 64)) == "flagged"
+    record = world.get(bid)
+    assert record["status"] == "SUCCEEDED"
+    assert "but the build reported sha256:bbbb" in record["reason"]
