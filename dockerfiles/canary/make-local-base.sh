@@ -46,20 +46,28 @@ make_rootfs() {
   chmod 0700 "$root/root"
 }
 
+WORK=""
+CTR=""
+cleanup() {
+  [[ -z $CTR ]] || "${BUILDAH[@]}" rm "$CTR" >/dev/null 2>&1 || true
+  [[ -z $WORK ]] || rm -rf "$WORK"
+}
+
 build_image() {
-  local work ctr version
-  work=$(mktemp -d)
-  # shellcheck disable=SC2064  # expand now: $work is local
-  trap "rm -rf '$work'" EXIT
+  local work version
+  WORK=$(mktemp -d)
+  work=$WORK
+  trap cleanup EXIT
   make_rootfs "$work/rootfs"
   tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 -cf "$work/rootfs.tar" .
   version=$("$BUSYBOX" 2>&1 | head -n1 || true)
-  ctr=$("${BUILDAH[@]}" from scratch)
-  "${BUILDAH[@]}" add "$ctr" "$work/rootfs.tar" / >/dev/null
+  CTR=$("${BUILDAH[@]}" from scratch)
+  "${BUILDAH[@]}" add "$CTR" "$work/rootfs.tar" / >/dev/null
   "${BUILDAH[@]}" config --cmd /bin/sh --env PATH=/usr/local/bin:/usr/bin:/bin \
     --label "org.opencontainers.image.description=busybox made locally from Debian busybox-static: ${version}" \
-    "$ctr"
-  "${BUILDAH[@]}" commit --quiet --rm "$ctr" "$IMAGE" >/dev/null
+    "$CTR"
+  "${BUILDAH[@]}" commit --quiet --rm "$CTR" "$IMAGE" >/dev/null
+  CTR=""
 }
 
 main() {
