@@ -13,6 +13,7 @@ log() { printf '%s canary: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 VERSION_FILE=${CANARY_VERSION_FILE:-/etc/voltabuild/canary-version}
+SMI_TIMEOUT=${VOLTABUILD_NVIDIA_SMI_TIMEOUT:-30}  # seconds; a wedged driver can hang nvidia-smi
 
 # Logs the GPUs nvidia-smi lists; returns 1 when there are none.
 report_gpus() {
@@ -20,7 +21,7 @@ report_gpus() {
     log "GPU: none visible (no nvidia-smi in this container; the canary does not need one)"
     return 1
   fi
-  if ! gpus=$(nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1) \
+  if ! gpus=$(timeout "$SMI_TIMEOUT" nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1) \
       || [ -z "$gpus" ]; then
     log "GPU: none visible (nvidia-smi: ${gpus:-no GPU listed})"
     return 1

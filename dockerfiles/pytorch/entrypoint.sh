@@ -14,6 +14,7 @@ set -euo pipefail
 
 PROBE=${VOLTABUILD_PROBE:-/usr/local/lib/voltabuild/probe.py}
 PYTHON=${VOLTABUILD_PYTHON:-python}
+SMI_TIMEOUT=${VOLTABUILD_NVIDIA_SMI_TIMEOUT:-30}  # seconds; a wedged driver can hang nvidia-smi
 
 log() { printf '%s entrypoint: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -25,13 +26,18 @@ problem() { PROBLEMS+=("$*"); }
 # Sets GPU_COUNT.
 report_gpus() {
   GPU_COUNT=0
-  local out line
+  local out line rc=0
   local -a lines
   if ! command -v nvidia-smi >/dev/null 2>&1; then
     problem "nvidia-smi is not in the container, so no NVIDIA driver was mounted into it"
     return
   fi
-  if ! out=$(nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1); then
+  out=$(timeout "$SMI_TIMEOUT" nvidia-smi --query-gpu=index,name,memory.total,driver_version \
+    --format=csv,noheader 2>&1) || rc=$?
+  if ((rc == 124)); then
+    problem "nvidia-smi did not answer within ${SMI_TIMEOUT} s: the driver may be wedged"
+    return
+  elif ((rc != 0)); then
     problem "nvidia-smi failed: ${out//$'\n'/ }"
     return
   fi

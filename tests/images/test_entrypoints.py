@@ -21,6 +21,7 @@ NVIDIA_SMI = """#!/usr/bin/env bash
 case "${FAKE_SMI:-gpus}" in
   gpus) printf '%s\\n' '0, Tesla V100-SXM2-16GB, 16384 MiB, 550.54.15' '1, Tesla V100-SXM2-16GB, 16384 MiB, 550.54.15' ;;
   none) ;;
+  hang) exec sleep 10 ;;
   broken) echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver." ; exit 9 ;;
 esac
 """
@@ -191,6 +192,12 @@ def test_check_fails_when_nvidia_smi_cannot_reach_the_driver(shims, entrypoint):
     run = shims(entrypoint, "--check", FAKE_SMI="broken")
     assert run.returncode == 1
     assert "couldn't communicate with the NVIDIA driver" in run.stderr
+
+
+def test_check_fails_when_nvidia_smi_hangs(shims, entrypoint):
+    run = shims(entrypoint, "--check", FAKE_SMI="hang", VOLTABUILD_NVIDIA_SMI_TIMEOUT="1")
+    assert run.returncode == 1
+    assert "nvidia-smi did not answer within 1 s" in run.stderr
 
 
 def test_smoke_test_argv_as_the_command_checks_once(shims, entrypoint):
