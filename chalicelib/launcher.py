@@ -228,7 +228,8 @@ class Launcher:
             launched_at=iso(launched) if launched else iso(now()),
         )
         try:
-            self.store.update_fields(msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid},
+            self.store.update_fields(msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid,
+                                                    "launch_rounds": 0},
                                      expect=[Status.LAUNCHING, Status.RUNNING])
         except InvalidTransition:
             # the build ended while we launched (cancelled, timed out): the instance must go
@@ -247,7 +248,10 @@ class Launcher:
             self.transitions.move(
                 msg.build_id, Status.QUEUED, expect=[Status.LAUNCHING],
                 message=f"no capacity ({what}); trying again in {delay} s",
-                fields={"launch_rounds": rounds}, remove=["token_hash", "launch_started_at", "deadline_at"],
+                # queued_at = when the delayed message is due: the reaper's "stuck in QUEUED"
+                # grace counts from then, so waiting for capacity never looks like a lost message
+                fields={"launch_rounds": rounds, "queued_at": iso(now() + timedelta(seconds=delay))},
+                remove=["token_hash", "launch_started_at", "deadline_at"],
             )
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: moved on during the launch"))

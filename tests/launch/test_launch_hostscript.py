@@ -263,3 +263,17 @@ def test_control_characters_are_refused_at_render(permissive_catalog):
         rec = record_for(permissive_catalog, "canary", build_args={"CANARY_FAIL": value})
         with pytest.raises(RenderError):
             render_for(rec, permissive_catalog)
+
+
+def test_heartbeats_and_log_shipping_while_the_build_runs(catalog, tmp_path):
+    cfg = CFG.__class__(**{**CFG.__dict__, "heartbeat_seconds": 1})
+    rec = record_for(catalog)
+    script = render(rec, catalog, cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z")
+    run = run_script(tmp_path, script, {"SHIM_BUILD_SLEEP": "4"})
+    assert run.rc == 0, run.output
+    assert any(r["type"] == "heartbeat" for r in run.reports())
+    puts = [a for a in run.named("aws") if a[:2] == ["logs", "put-log-events"]]
+    assert len(puts) >= 2, "shipped during the build and again at the end"
+    messages = [e["message"] for e in run.logs]
+    assert len(messages) == len(set(messages)), "no line is shipped twice"
+    assert any("building" in m for m in messages) and any("pushed" in m for m in messages)

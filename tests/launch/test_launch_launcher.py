@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
@@ -208,6 +209,8 @@ def test_no_capacity_anywhere_retries_later_then_fails_listing_what_was_tried(aw
         assert "token_hash" not in rec
         assert queue.sent[-1] == ({"build_id": build_id, "attempt": 1}, backoff_seconds(round_))
         assert "no capacity" in rec["events"][-1]["message"]
+        due = datetime.fromisoformat(rec["queued_at"].replace("Z", "+00:00"))
+        assert due - datetime.now(UTC) > timedelta(seconds=backoff_seconds(round_) - 30), "the reaper waits"
     assert [d for _, d in queue.sent] == [60, 120]
 
     assert launcher.handle(msg).action == "failed"
