@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import botocore.loaders
+import botocore.session
 import yaml
 
 TEMPLATE = Path(__file__).with_name("resources.yaml")
@@ -39,11 +41,21 @@ class _Clients:
         self._session = session
         self._made: dict[str, Any] = {}
         self.region_name = session.region_name
+        # Loading botocore's service models is most of the time a fresh session spends
+        # here (the tests make one per test): share one loader, whose data never changes.
+        core = getattr(session, "_session", None)
+        if isinstance(core, botocore.session.Session):
+            core.register_component("data_loader", _shared_loader())
 
     def client(self, name: str):
         if name not in self._made:
             self._made[name] = self._session.client(name)
         return self._made[name]
+
+
+@functools.cache
+def _shared_loader():
+    return botocore.loaders.create_loader()
 
 
 def load_template() -> dict:
