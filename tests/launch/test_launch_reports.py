@@ -232,3 +232,22 @@ def test_logs_bad_queries_are_400(api, build_id, shipped):
 
 def test_logs_of_an_unknown_build_is_404(api):
     assert api.http.get("/builds/b-00000000000000000000/logs").status_code == 404
+
+
+def test_a_token_replaced_between_check_and_write_changes_nothing(api, build_id, monkeypatch):
+    """The write itself is conditional on the token's hash: a relaunch that replaced the
+    token after the check still wins."""
+    wiring.store().update_fields(build_id, {"token_hash": hashlib.sha256(b"relaunched").hexdigest()})
+    stale = {**record(build_id), "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest()}
+    real_get = wiring.store().get_record
+    calls = []
+
+    def first_read_is_stale(bid):
+        calls.append(bid)
+        return stale if len(calls) == 1 else real_get(bid)
+
+    monkeypatch.setattr(wiring.store(), "get_record", first_read_is_stale)
+    before = real_get(build_id)
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "late"})
+    assert resp.status_code == 403, resp.body
+    assert real_get(build_id) == before
