@@ -270,6 +270,30 @@ def unscoped_resources(policy: dict) -> list[str]:
             for a in _list(s.get("Action", [])) if not RESOURCE_WILDCARD_OK.match(a)]
 
 
+# IAM actions that are no API operation of their own
+_IAM_ONLY = {"dynamodb:ConditionCheckItem", "iam:PassRole", "ecr:BatchImportUpstreamImage"}
+_SERVICE_OF_PREFIX = {"cloudwatch": "cloudwatch", "states": "stepfunctions"}
+
+
+def unknown_actions(policy: dict) -> list[str]:
+    """Allowed actions that name no operation of their service (a typo grants nothing)."""
+    from botocore.exceptions import UnknownServiceError
+
+    out = []
+    for stmt in _allow(policy):
+        for action in _list(stmt.get("Action", [])):
+            if action in _IAM_ONLY or "*" in action:
+                continue
+            prefix, _, name = action.partition(":")
+            try:
+                ops = set(_operations(_SERVICE_OF_PREFIX.get(prefix, prefix)).values())
+            except UnknownServiceError:
+                ops = set()
+            if name not in ops:
+                out.append(action)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     policy_path = Path(argv[0]) if argv else ROOT / ".chalice" / "policy-dev.json"

@@ -155,3 +155,15 @@ def test_a_zip_with_boto3_is_refused(tmp_path):
         zf.writestr("chalicelib/_bundle/dockerfiles/x/Dockerfile", "")
     with pytest.raises(PackagingError, match="boto3"):
         check_zip(bad)
+
+
+def test_the_api_url_chalice_reports_is_a_valid_public_api_url_parameter():
+    # scripts/deploy.sh passes the stack's EndpointURL output back as PublicApiUrl
+    import re
+
+    import yaml
+
+    pattern = yaml.safe_load((ROOT / "infra" / "deploy.yaml").read_text())["Parameters"]["PublicApiUrl"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://abc123defg.execute-api.eu-west-1.amazonaws.com/api/")
+    assert re.fullmatch(pattern, "")
+    assert not re.fullmatch(pattern, "http://evil.example/$(reboot)")

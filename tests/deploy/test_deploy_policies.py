@@ -17,6 +17,7 @@ from infra.permissions import (
     host_script_calls,
     missing_actions,
     resolve,
+    unknown_actions,
     unscoped_pass_role,
     unscoped_resources,
     wildcard_actions,
@@ -116,6 +117,15 @@ def test_no_wildcard_action_and_no_mutation_on_every_resource(stage):
     policy = lambda_policy(stage)
     assert wildcard_actions(policy) == []
     assert unscoped_resources(policy) == [], "only Describe* (no resource-level permissions) may use *"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_granted_action_exists(stage):
+    # a misspelt action grants nothing: the Lambda would fail at run time
+    assert unknown_actions(lambda_policy(stage)) == []
+    assert unknown_actions(builder_policy(stage)) == []
+    assert unknown_actions({"Statement": [{"Effect": "Allow", "Action": ["ec2:DescribeInstance", "nope:Get"]}]}) == [
+        "ec2:DescribeInstance", "nope:Get"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
