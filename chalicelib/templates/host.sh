@@ -30,6 +30,9 @@ umask 077
 # ---- rendered values (shell-quoted by the renderer) ----
 @@CONFIG@@
 
+# cloud-init may run user-data without HOME (docker keeps its registry login under it)
+export HOME=${HOME:-/root}
+export PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LOCAL=${VOLTABUILD_LOCAL:-0}
 BUILDER=${VOLTABUILD_BUILDER:-docker}
 WORK=${VOLTABUILD_WORKDIR:-/var/lib/voltabuild/$BUILD_ID}
@@ -146,6 +149,7 @@ on_exit() {
   trap '' INT TERM
   trap - ERR
   set +e
+  trap '' PIPE
   [[ -n $CHILD ]] && kill -TERM "$CHILD" 2>/dev/null
   [[ -n $HEARTBEAT_PID ]] && kill "$HEARTBEAT_PID" 2>/dev/null
   if ((RESULT_SENT == 0)); then
@@ -320,7 +324,8 @@ push_image() {
 main() {
   mkdir -p "$WORK"
   : >"$LOG_FILE"
-  exec > >(tee -a "$LOG_FILE") 2>&1
+  # tee ignores INT/TERM, so a signal to the whole process group cannot cut the log short
+  exec > >(trap '' INT TERM; exec tee -a "$LOG_FILE") 2>&1
   trap 'on_exit' EXIT
   trap 'on_err "$?" "$BASH_COMMAND" "$LINENO"' ERR
   trap 'on_signal INT 130' INT

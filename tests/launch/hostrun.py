@@ -67,8 +67,9 @@ def _calls(path: Path) -> list[list[str]]:
 
 
 def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
-               term_when: str | None = None, timeout: float = 60) -> Run:
-    """Run ``script``; with ``term_when``, send SIGTERM once a recorded call contains it."""
+               term_when: str | None = None, term_group: bool = False, timeout: float = 60) -> Run:
+    """Run ``script``; with ``term_when``, send SIGTERM once a recorded call contains it (to
+    the script, or with ``term_group`` to its whole process group, as systemd does)."""
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "user-data.sh"
     path.write_text(script)
@@ -82,7 +83,7 @@ def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
     }
     with open(tmp / "console.log", "wb") as out:
         proc = subprocess.Popen(["bash", str(path)], env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=tmp)
+                                stdin=subprocess.DEVNULL, cwd=tmp, start_new_session=True)
         if term_when:
             deadline = time.monotonic() + timeout
             while not any(term_when in "\x1f".join(c) for c in _calls(calls)):
@@ -90,7 +91,10 @@ def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
                 assert time.monotonic() < deadline, "never reached the point to interrupt"
                 time.sleep(0.05)
             time.sleep(0.2)
-            proc.send_signal(signal.SIGTERM)
+            if term_group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=timeout)
     shipped = []
     for f in sorted(logs_dir.glob("*.json")):

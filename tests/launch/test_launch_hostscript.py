@@ -158,6 +158,14 @@ def test_sigterm_in_the_middle_of_the_build_reports_and_ends_the_instance(catalo
     _failed_with(run, "interrupted by SIGTERM during BUILDING")
 
 
+def test_sigterm_to_the_whole_process_group_still_reports_and_ends_the_instance(catalog, tmp_path):
+    run = run_script(tmp_path, render_for(record_for(catalog), catalog), {"SHIM_BUILD_SLEEP": "300"},
+                     term_when="--load", term_group=True, timeout=30)
+    assert run.rc == 143
+    _failed_with(run, "interrupted by SIGTERM during BUILDING")
+    assert "shutting the instance down" in (run.work / "build.log").read_text()
+
+
 def test_too_old_driver_fails_fast_before_building(catalog, tmp_path):
     run = run_script(tmp_path, render_for(record_for(catalog), catalog), {"SHIM_DRIVER": "535.183.01"})
     assert run.rc == 1
