@@ -217,8 +217,8 @@ class Stack:
 
         # 3. the API and the worker
         if "api" in self.services:
-            self._start(state, "api", [str(bindir / "chalice"), "local", "--host", "127.0.0.1",
-                                       "--port", str(ports["api"]), "--stage", STAGE, "--no-autoreload"],
+            self._start(state, "api", [py, "-m", "voltabuild_local.api_server", "--host", "127.0.0.1",
+                                       "--port", str(ports["api"]), "--stage", STAGE],
                         app_env, f"{api_url}/health")
         if "worker" in self.services:
             prepare_local_base()
