@@ -18,12 +18,49 @@ def _ok(desc: str, ref: str, headers: dict | None = None) -> dict:
     return out
 
 
-def document() -> dict:
+_LOG_PAGE = {
+    "type": "object",
+    "required": ["build_id", "status", "lines", "next"],
+    "properties": {
+        "build_id": {"type": "string"},
+        "status": {"type": "string"},
+        "lines": {"type": "array", "items": {"type": "object", "required": ["at", "message"], "properties": {
+            "at": {"type": "string"}, "message": {"type": "string"}}}},
+        "next": {"type": ["string", "null"], "description": "pass as ?next= to read on (also when no line came)"},
+    },
+}
+_REPORT_ACK = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {"id": {"type": "string"}, "status": {"type": "string"}, "phase": {"type": ["string", "null"]}},
+}
+
+
+def _inline(desc: str, schema: dict) -> dict:
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
+def _with_common_errors(paths: dict) -> dict:
+    """Chalice answers 415 itself, on every route, when Content-Type is not JSON."""
+    for ops in paths.values():
+        for op in ops.values():
+            op["responses"].setdefault("415", _err("Content-Type is not application/json"))
+    return paths
+
+
+def document(frameworks: list[str] | None = None) -> dict:
+    """The OpenAPI document. ``frameworks`` (default: the catalog's) become the enum of
+    ``BuildRequest.framework``, so generated requests can name a real one."""
+    if frameworks is None:
+        from chalicelib.catalog import load_catalog
+
+        frameworks = sorted(load_catalog().frameworks)
     _, defs = models_json_schema(
         [(m, "validation" if m is BuildRequest else "serialization") for m in (BuildRequest, Build, BuildList, ErrorBody)],
         ref_template="#/components/schemas/{model}",
     )
     schemas = defs["$defs"]
+    schemas["BuildRequest"]["properties"]["framework"]["enum"] = list(frameworks)
     bid = {"name": "build_id", "in": "path", "required": True, "schema": {"type": "string"}}
     errors = {"400": _err("bad request"), "403": _err("missing or wrong API key")}
     return {
@@ -35,7 +72,7 @@ def document() -> dict:
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
         },
         "security": [{"apiKey": []}],
-        "paths": {
+        "paths": _with_common_errors({
             "/health": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
             "/frameworks": {"get": {"summary": "The buildspec catalog", "responses": {
                 "200": {"description": "frameworks, versions, defaults, build args, instance types"}, **errors}}},
@@ -74,5 +111,29 @@ def document() -> dict:
                     "200": _ok("cancelled", "Build"), "202": _ok("cancel recorded; the instance is stopping", "Build"),
                     **errors, "404": _err("no such build"), "409": _err("already finished")}},
             },
-        },
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": {"description": "the OpenAPI 3.1 document", "content": {"application/json": {
+                    "schema": {"type": "object"}}}}, **errors}}},
+            "/builds/{build_id}/events": {"post": {
+                "summary": "A build instance's report (phase, heartbeat, result)",
+                "description": "Authenticated by the build attempt's token (Authorization: Bearer), not the API key.",
+                "security": [],
+                "parameters": [bid, {"name": "Authorization", "in": "header", "required": False,
+                                     "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "202": _inline("applied", _REPORT_ACK),
+                    "400": _err("bad report"),
+                    "403": _err("missing, wrong or stale build token"),
+                    "409": _err("the build moved on; not applied"),
+                    "413": _err("body over 64 KiB"),
+                }}},
+            "/builds/{build_id}/logs": {"get": {
+                "summary": "A page of the build's log (CloudWatch Logs)",
+                "parameters": [bid,
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                               {"name": "next", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _inline("a page of log lines", _LOG_PAGE), **errors,
+                              "404": _err("no such build")}}},
+        }),
     }

@@ -45,7 +45,8 @@ class BuildRequest(BaseModel):
         default_factory=dict, max_length=32
     )
     instance_types: list[InstanceType] | None = Field(None, min_length=1, max_length=10)
-    max_price: float | None = Field(None, gt=0, le=100, description="spot price cap, USD per hour")
+    # >= 0.0001: the launcher sends it to EC2 with 4 decimals, and DynamoDB numbers underflow below 1e-130
+    max_price: float | None = Field(None, ge=0.0001, le=100, description="spot price cap, USD per hour")
     timeout_minutes: int | None = Field(None, ge=5)
     notify: bool | NotifyOptions = True
 
