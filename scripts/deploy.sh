@@ -12,7 +12,6 @@
 #   SHARED_RESOURCES=create|existing      "existing" when another stage in this account and
 #                                         region already made the ECR repositories and log group
 #   LOG_RETENTION_DAYS (30), SLACK_CHANNELS (default)
-#   API_KEY=yes|no (yes)                  create the usage plan and an API key if missing
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -102,24 +101,10 @@ check_slack_parameters() {
   done
 }
 
-ensure_api_key() {
-  [[ "${API_KEY:-yes}" == "yes" ]] || return 0
-  local api_id plan key name="voltabuild-$STAGE"
-  api_id="$(stack_output RestAPIId)"
-  [[ -n "$api_id" ]] || die "the stack has no RestAPIId output"
-  plan="$(value_or_empty "$(aws apigateway get-usage-plans --query "items[?name=='$name'].id | [0]" --output text)")"
-  if [[ -z "$plan" ]]; then
-    log "creating usage plan $name (10 requests/s, 10000 a day)"
-    plan="$(aws apigateway create-usage-plan --name "$name" --api-stages "apiId=$api_id,stage=api" \
-      --throttle burstLimit=20,rateLimit=10 --quota limit=10000,period=DAY --query id --output text)"
-  fi
-  key="$(value_or_empty "$(aws apigateway get-api-keys --name-query "$name-default" \
-    --query 'items[0].id' --output text)")"
-  if [[ -z "$key" ]]; then
-    log "creating API key $name-default"
-    key="$(aws apigateway create-api-key --name "$name-default" --enabled --query id --output text)"
-    aws apigateway create-usage-plan-key --usage-plan-id "$plan" --key-id "$key" --key-type API_KEY >/dev/null
-  fi
+show_api_key() {
+  local key
+  key="$(stack_output ApiKeyId)"
+  [[ -n "$key" ]] || die "the stack has no ApiKeyId output"
   log "API key: aws apigateway get-api-key --api-key $key --include-value --query value --output text"
 }
 
@@ -154,7 +139,7 @@ main() {
   fi
 
   check_slack_parameters
-  ensure_api_key
+  show_api_key
   log "done: API $new_url"
   printf '%s\n' "$new_url"
 }

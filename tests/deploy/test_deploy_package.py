@@ -109,6 +109,20 @@ def test_queue_triggers_point_at_the_queues_the_template_creates(templates, stag
         assert queue["Properties"]["QueueName"] == {"Fn::Sub": f"voltabuild-${{Stage}}-{logical[:-5].lower()}"}
 
 
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_usage_plan_covers_the_apis_stage(templates, stage):
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    api_stage = config["stages"][stage].get("api_gateway_stage", config.get("api_gateway_stage", "api"))
+    resources = templates[stage]["Resources"]
+    assert resources["RestAPI"]["Properties"]["StageName"] == api_stage
+    plan = resources["UsagePlan"]
+    # SAM names the stage it makes for an AWS::Serverless::Api "<api logical id><stage name>Stage"
+    assert plan["DependsOn"] == f"RestAPI{api_stage}Stage"
+    assert plan["Properties"]["ApiStages"] == [{"ApiId": {"Ref": "RestAPI"}, "Stage": api_stage}]
+    assert resources["DefaultApiKeyOnPlan"]["Properties"] == {
+        "KeyId": {"Ref": "DefaultApiKey"}, "KeyType": "API_KEY", "UsagePlanId": {"Ref": "UsagePlan"}}
+
+
 # ---- the post-processing, on templates made up for the purpose ----------------------------
 
 

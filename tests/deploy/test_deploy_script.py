@@ -52,20 +52,12 @@ if cmd == "cloudformation describe-stacks":
     if not deployed:
         fail("Stack with id voltabuild-dev does not exist")
     query = args[args.index("--query") + 1]
-    out(os.environ["FAKE_API_URL"] if "EndpointURL" in query else "abc123")
+    out(os.environ["FAKE_API_URL"] if "EndpointURL" in query else "key-1" if "ApiKeyId" in query else "None")
 if cmd == "cloudformation deploy":
     (state / "deployed").touch()
     out("Successfully created/updated stack")
 if cmd == "ssm get-parameter":
     fail("ParameterNotFound")
-if cmd == "apigateway get-usage-plans" or cmd == "apigateway get-api-keys":
-    out("None")
-if cmd == "apigateway create-usage-plan":
-    out("plan-1")
-if cmd == "apigateway create-api-key":
-    out("key-1")
-if cmd == "apigateway create-usage-plan-key":
-    out("{}")
 fail("fake aws: unexpected call " + " ".join(args))
 '''
 
@@ -132,24 +124,21 @@ def test_first_deployment_creates_the_stack_then_tells_the_lambdas_their_url(pro
     assert ["iam", "create-service-linked-role", "--aws-service-name", "spot.amazonaws.com"] in made
     # the Slack webhook cannot be made by CloudFormation: the user is told how
     assert "aws ssm put-parameter --type SecureString --name /voltabuild/dev/slack/default" in proc.stderr
-    # an API key on a usage plan for the API's stage
-    plan = next(c for c in made if c[:2] == ["apigateway", "create-usage-plan"])
-    assert "apiId=abc123,stage=api" in plan
-    assert ["apigateway", "create-usage-plan-key", "--usage-plan-id", "plan-1", "--key-id", "key-1",
-            "--key-type", "API_KEY"] in made
+    # the stack's API key: the user is shown how to read it
+    assert "aws apigateway get-api-key --api-key key-1 --include-value" in proc.stderr
 
 
 def test_a_redeployment_passes_the_known_url_at_once(project):
     proj, bindir, state = project
     package(proj)
     (state / "deployed").touch()
-    proc = run(proj, bindir, state, VPC_ID="vpc-1", SUBNET_IDS="subnet-9", API_KEY="no")
+    proc = run(proj, bindir, state, VPC_ID="vpc-1", SUBNET_IDS="subnet-9")
     assert proc.returncode == 0, proc.stderr
     deploys = [c for c in calls(state) if c[:2] == ["cloudformation", "deploy"]]
     assert len(deploys) == 1
     assert overrides(deploys[0])["PublicApiUrl"] == URL
     assert overrides(deploys[0])["SubnetIds"] == "subnet-9"
-    assert not [c for c in calls(state) if c[0] == "apigateway"]
+    assert not [c for c in calls(state) if c[:2] in (["ec2", "describe-vpcs"], ["ec2", "describe-subnets"])]
 
 
 @pytest.mark.parametrize("env, message", [
