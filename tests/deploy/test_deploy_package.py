@@ -28,11 +28,12 @@ def _functions(template: dict) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_package_makes_a_template_and_a_zip_without_boto3(packages, stage):
+def test_package_makes_a_template_and_a_zip_without_boto3(packages, stage, capsys):
     # GIVEN `make package STAGE=<stage>` WHEN it ran THEN the template and the zip are there
     pkg = packages[stage]
     assert pkg.template.is_file() and pkg.zip.is_file()
-    print(f"\n{stage}: deployment.zip is {pkg.zip_bytes / 1e6:.2f} MB ({pkg.zip_bytes} bytes)")
+    with capsys.disabled():  # shown in every run, not only with -s
+        print(f"\n{stage}: deployment.zip is {pkg.zip_bytes / 1e6:.2f} MB ({pkg.zip_bytes} bytes)")
     with zipfile.ZipFile(pkg.zip) as zf:
         names = zf.namelist()
     tops = {n.split("/")[0] for n in names}
