@@ -67,6 +67,19 @@ def test_the_policy_allows_every_call_the_lambdas_make(stage):
     assert not missing, f"policy-{stage}.json lacks: {lacking}"
 
 
+# what the Lambda platform does with a function's role, not the code: its own logs, the
+# SQS event source mappings' polling, and handing the builder role to RunInstances
+PLATFORM_ACTIONS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+                    "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "iam:PassRole"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_policy_grants_nothing_the_lambdas_do_not_use(stage):
+    granted = {a for s in lambda_policy(stage)["Statement"] for a in s["Action"]}
+    unused = granted - {c.action for c in aws_calls()} - PLATFORM_ACTIONS
+    assert not unused, f"policy-{stage}.json grants actions no code calls: {sorted(unused)}"
+
+
 def test_the_checker_catches_a_permission_the_policy_lacks(tmp_path):
     # GIVEN code as a new handler might write it
     src = tmp_path / "newhandler.py"
@@ -98,7 +111,8 @@ def test_the_checker_catches_a_permission_the_policy_lacks(tmp_path):
     assert {c.where for c in calls if c.action == "sqs:PurgeQueue"} == {"newhandler.py:9"}
     # THEN the dev policy is found lacking exactly what it does not grant
     missing = missing_actions(lambda_policy("dev"), calls)
-    assert set(missing) == {"sqs:PurgeQueue", "ec2:DescribeVolumes", "dynamodb:DeleteItem"}
+    assert set(missing) == {"sqs:PurgeQueue", "ec2:DescribeVolumes", "dynamodb:DeleteItem",
+                            "dynamodb:ConditionCheckItem"}
 
 
 def test_only_services_with_a_client_count(tmp_path):
