@@ -70,6 +70,34 @@ def test_the_lambda_finds_the_catalog_and_build_contexts_in_its_zip(packages, st
     assert contexts == "True"
 
 
+# what the Lambda Python runtime brings besides the standard library
+LAMBDA_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
+
+
+def test_the_app_imports_from_the_zip_with_only_what_the_lambda_runtime_adds(packages, tmp_path):
+    # GIVEN the zip unpacked and, beside it, only the packages the Lambda runtime provides
+    code = tmp_path / "task"
+    with zipfile.ZipFile(packages["dev"].zip) as zf:
+        zf.extractall(code)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    for name in LAMBDA_RUNTIME:
+        mod = __import__(name)
+        src = Path(mod.__file__)
+        src = src.parent if src.name == "__init__.py" else src
+        (runtime / src.name).symlink_to(src)
+    # WHEN Lambda imports the handler module THEN every import resolves (a dependency missing
+    # from requirements.txt fails here, not in AWS) and every handler is registered
+    probe = "import app\nprint(' '.join(sorted(app.app.handler_map)))\n"
+    proc = subprocess.run([sys.executable, "-S", "-c", probe], cwd=code, capture_output=True, text=True,
+                          env={"PYTHONPATH": f"{code}:{runtime}", "PATH": "/usr/bin:/bin",
+                               "AWS_DEFAULT_REGION": "us-east-1", "VOLTABUILD_STAGE": "dev"}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    import app as checkout_app
+
+    assert set(proc.stdout.split()) == set(checkout_app.app.handler_map)
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_merged_template_holds_every_resource_and_pins_the_stage(templates, stage):
     tpl = templates[stage]
