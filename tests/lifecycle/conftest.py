@@ -75,7 +75,7 @@ class World:
         )
         return resp["Instances"][0]["InstanceId"]
 
-    def launch(self, build_id: str, *, timeout_minutes: int = 15) -> str | None:
+    def launch(self, build_id: str, *, timeout_minutes: int = 15, attempt: int | None = None) -> str | None:
         """What the launcher does for a launch message: QUEUED -> LAUNCHING with an instance.
         Returns the instance id, or None when the build was not QUEUED (message ignored)."""
         from chalicelib import clock
@@ -85,6 +85,8 @@ class World:
         record = self.store.get_record(build_id)
         if record["status"] != Status.QUEUED or record.get("cancel_requested"):
             return None
+        if attempt is not None and attempt != int(record["attempt"]):
+            return None  # a stale launch message
         attempt = int(record["attempt"])
         iid = self.run_instance(build_id, attempt)
         now = clock.now()

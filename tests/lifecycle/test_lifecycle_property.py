@@ -1,0 +1,187 @@
+"""Property: whatever the cloud does — events duplicated, dropped, out of order; instances
+crashing, reclaimed, finishing; users cancelling; the reaper ticking at any time — every
+build ends final, only through legal transitions, never changes once final, gets exactly
+one final notification, and no instance of ours is left running.
+
+The cloud is simulated on top of moto: EC2 state changes seen in moto become the events
+AWS would send (delivered later, maybe twice, maybe never), the launch queue is served by
+a stand-in launcher, instance reports are the store/transition calls the report handler
+makes, and the clock is moved by the test.
+"""
+
+from __future__ import annotations
+
+from conftest import load_event
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from chalicelib import clock as clock_module
+from chalicelib.errors import InvalidTransition, VoltabuildError
+from chalicelib.states import FINAL, Phase, Status, allowed
+
+# weighted by repetition: mostly the normal life of a build, with the faults mixed in
+OPS = ("launch",) * 4 + ("deliver",) * 5 + ("report",) * 6 + ("drop", "interrupt", "cancel", "tick", "tick", "advance")
+
+operations = st.lists(
+    st.tuples(st.sampled_from(OPS), st.integers(0, 50), st.integers(0, 11)),
+    min_size=5, max_size=30,
+)
+
+
+class Cloud:
+    def __init__(self, world, api, clock, n_builds: int) -> None:
+        self.world, self.api, self.clock = world, api, clock
+        world.aws.messages("LaunchQueue")  # leftovers of an earlier example
+        world.aws.messages("NotifyQueue")
+        self.builds = [world.submit() for _ in range(n_builds)]
+        self.pending: list[tuple[str, dict]] = []  # events AWS has emitted, not yet delivered
+        self.seen_state: dict[str, str] = {}
+        self.final_seen: dict[str, tuple[str, int]] = {}
+        self.notifications: list[dict] = []
+
+    # ---- the world's moves --------------------------------------------------------
+    def fire(self, handler: str, event: dict) -> None:
+        self.api.lambda_.invoke(handler, event)
+
+    def tick(self) -> None:
+        event = self.api.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
+                                                  detail={}, resources=[], region="us-east-1")
+        self.api.lambda_.invoke("reaper", event)
+
+    def current_instance(self, bid: str) -> str | None:
+        iid = self.world.get(bid).get("instance_id")
+        return iid if iid and self.seen_state.get(iid) == "running" else None
+
+    def launch(self, b: int) -> None:
+        """The launcher serves the launch queue; now and then a message is lost."""
+        for i, msg in enumerate(self.world.aws.messages("LaunchQueue")):
+            if msg["build_id"] in self.builds and (i + b) % 7 != 6:
+                self.world.launch(msg["build_id"], attempt=msg["attempt"])
+
+    def deliver(self, k: int, keep: bool) -> None:
+        if self.pending:
+            handler, event = self.pending[k % len(self.pending)]
+            if not keep:
+                self.pending.remove((handler, event))
+            self.fire(handler, event)
+
+    def drop(self, k: int) -> None:
+        if self.pending:
+            self.pending.pop(k % len(self.pending))
+
+    def report(self, bid: str, kind: int) -> None:
+        """What the instance's own reports do (through the report handler, issue 4)."""
+        iid = self.current_instance(bid)
+        if iid is None:
+            return
+        guard = ("instance_id = :iid", {":iid": iid})
+        moves = self.world.wiring.transitions()
+        now = clock_module.now_iso()
+        try:
+            if kind < 6:  # a phase report / heartbeat
+                moves.move(bid, Status.RUNNING, expect=[Status.LAUNCHING, Status.RUNNING], phase=Phase.BUILDING,
+                           fields={"heartbeat_at": now}, extra_condition=guard)
+                return
+            if kind < 9:  # the build succeeded
+                moves.move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed", extra_condition=guard)
+            elif kind < 10:  # the build failed
+                moves.move(bid, Status.FAILED, expect=[Status.RUNNING], message="build failed",
+                           fields={"reason": "build failed"}, extra_condition=guard)
+        except InvalidTransition:
+            pass
+        # success, failure or a crash: the instance terminates itself
+        self.world.ec2.terminate_instances(InstanceIds=[iid])
+
+    def interrupt(self, bid: str) -> None:
+        iid = self.current_instance(bid)
+        if iid:
+            self.pending.append(("on_spot_interruption",
+                                 load_event("ec2-spot-interruption", **{"instance-id": iid})))
+            self.world.ec2.terminate_instances(InstanceIds=[iid])  # EC2 reclaims it
+
+    def cancel(self, bid: str) -> None:
+        try:
+            self.world.wiring.builds().cancel(bid)
+        except VoltabuildError:
+            pass
+
+    def apply(self, op: str, a: int, b: int) -> None:
+        bid = self.builds[a % len(self.builds)]
+        if op == "launch":
+            self.launch(b)
+        elif op == "deliver":
+            self.deliver(a, keep=b % 3 == 0)
+        elif op == "drop":
+            self.drop(a)
+        elif op == "report":
+            self.report(bid, b)
+        elif op == "interrupt":
+            self.interrupt(bid)
+        elif op == "cancel":
+            self.cancel(bid)
+        elif op == "tick":
+            self.clock.advance(minutes=b + 1)
+            self.tick()
+        else:
+            self.clock.advance(minutes=b * 2)
+
+    # ---- what AWS emits, and what we check ------------------------------------------
+    def our_instances(self) -> list[dict]:
+        resp = self.world.ec2.describe_instances(
+            Filters=[{"Name": "tag:voltabuild:build-id", "Values": self.builds}])
+        return [i for r in resp["Reservations"] for i in r["Instances"]]
+
+    def emit(self) -> None:
+        """EC2 sends a state-change event for every state change (delivered later, or not)."""
+        for inst in self.our_instances():
+            iid, state = inst["InstanceId"], inst["State"]["Name"]
+            if self.seen_state.get(iid) != state:
+                self.seen_state[iid] = state
+                if state in ("shutting-down", "terminated"):
+                    self.pending.append(("on_instance_state", load_event("ec2-state-shutting-down",
+                                                                         **{"instance-id": iid})))
+                self.pending.append(("on_instance_state", load_event(f"ec2-state-{state}", **{"instance-id": iid})))
+
+    def check(self) -> None:
+        self.notifications += self.world.aws.messages("NotifyQueue")
+        for bid in self.builds:
+            record = self.world.get(bid)
+            trail = [Status(e["status"]) for e in record["events"]]
+            assert trail[0] == Status.QUEUED
+            for prev, nxt in zip(trail, trail[1:], strict=False):
+                assert allowed(prev, nxt), f"{bid}: illegal {prev} -> {nxt} in {trail}"
+            status = Status(record["status"])
+            assert trail[-1] == status
+            if bid in self.final_seen:
+                assert (record["status"], len(record["events"])) == self.final_seen[bid], f"{bid} changed after final"
+            elif status in FINAL:
+                self.final_seen[bid] = (record["status"], len(record["events"]))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_builds=st.integers(1, 3), ops=operations)
+def test_every_build_ends_final_and_no_instance_is_left(world, api, clock, n_builds, ops):
+    cloud = Cloud(world, api, clock, n_builds)
+    for op, a, b in ops:
+        cloud.apply(op, a, b)
+        cloud.emit()
+        cloud.check()
+
+    # the final sweep: no more launches or events, only the reaper, past every deadline
+    for _ in range(10):
+        world.aws.messages("LaunchQueue")
+        clock.advance(minutes=12)
+        cloud.tick()
+        cloud.emit()
+        cloud.check()
+
+    for bid in cloud.builds:
+        record = world.get(bid)
+        assert Status(record["status"]) in FINAL, record
+        event(f"ended {record['status']} after {record['attempt']} attempt(s)")
+    # exactly one final notification per build, with the build's final status
+    assert sorted((n["build_id"], n["status"]) for n in cloud.notifications) == sorted(
+        (bid, world.get(bid)["status"]) for bid in cloud.builds)
+    left = [i["InstanceId"] for i in cloud.our_instances() if i["State"]["Name"] in ("pending", "running")]
+    assert left == []
+    assert not set(cloud.builds) & world.store.slot_holders()
