@@ -171,6 +171,14 @@ class Reports:
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
+        if record.get("cancel_requested"):
+            # a cancel terminates the instance, whose trap then reports a failure: that
+            # failure is the cancel taking effect, and may beat the EC2 event here
+            return self.transitions.move(
+                build_id, Status.CANCELLED, expect=list(_REPORTABLE), message="cancelled by request",
+                fields={"reason": f"cancelled by request; the instance stopped: {reason}"[:6000]},
+                remove=["token_hash"], extra_condition=guard,
+            )
         return self.transitions.move(
             build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
             fields={"reason": reason[-6000:]}, remove=["token_hash"], extra_condition=guard,

@@ -189,6 +189,20 @@ def test_failure_straight_from_launching(api, aws, build_id):
     assert record(build_id)["status"] == "FAILED"
 
 
+def test_a_failure_after_a_cancel_was_asked_ends_cancelled(api, aws, build_id):
+    # GIVEN a running build whose cancel was recorded (its instance is being terminated)
+    post(api, build_id, phase("BUILDING"))
+    assert api.http.delete(f"/builds/{build_id}").status_code == 202
+    # WHEN the dying instance's trap reports a failure before the EC2 event arrives
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "terminated (SIGTERM)"})
+    # THEN the build ends as the user asked: CANCELLED, with one notification
+    assert resp.status_code == 202
+    rec = record(build_id)
+    assert rec["status"] == "CANCELLED"
+    assert rec["reason"].startswith("cancelled by request")
+    assert aws.messages("NotifyQueue") == [{"build_id": build_id, "status": "CANCELLED"}]
+
+
 # ---- logs ----------------------------------------------------------------------------------------------
 @pytest.fixture
 def shipped(aws, build_id):
