@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from botocore.exceptions import ClientError
 
@@ -30,6 +30,7 @@ from chalicelib.states import Status
 from chalicelib.store import BuildStore
 
 log = logging.getLogger(__name__)
+_DAY = timedelta(days=1)
 
 
 @dataclass
@@ -187,7 +188,8 @@ class Reaper:
         builds, _ = self.store.list(status=Status.SUCCEEDED, limit=20)
         for build in builds:
             finished = _at(build.finished_at)
-            if finished is None or now - finished < self.config.digest_grace:
+            # checked once, on the first tick past the grace; a day later it is left alone
+            if finished is None or not self.config.digest_grace <= now - finished <= self.config.digest_grace + _DAY:
                 continue
             record = self.store.get_record(build.id)
             if record.get("ecr_digest") or record.get("digest_checked"):
