@@ -73,6 +73,19 @@ class TimelineEvent(BaseModel):
     message: str = ""
 
 
+class NotificationInfo(BaseModel):
+    """How the Slack message about the outcome went (never the webhook URL)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: str = Field(description="sending, sent, retrying, failed or skipped")
+    channel: str | None = None
+    attempts: int | None = None
+    error: str | None = None
+    reason: str | None = None
+    sent_at: str | None = None
+
+
 class Build(BaseModel):
     """A build as the API returns it."""
 
@@ -103,6 +116,7 @@ class Build(BaseModel):
     deadline_at: str | None = None
     heartbeat_at: str | None = None
     events: list[TimelineEvent] = Field(default_factory=list)
+    notification: NotificationInfo | None = None
 
 
 class BuildList(BaseModel):

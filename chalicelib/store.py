@@ -78,7 +78,8 @@ class BuildStore:
         Returns ``(build, created)``; ``created`` is False when an Idempotency-Key
         matched an earlier request with the same body, whose build is returned.
         """
-        record = build.model_dump(mode="json")
+        # `notification` belongs to the notifier, which claims it with attribute_not_exists
+        record = build.model_dump(mode="json", exclude={"notification"})
         record.update(
             kind="build",
             created_key=f"{build.created_at}#{build.id}",

@@ -180,6 +180,10 @@ def test_when_retries_run_out_the_failure_is_recorded(aws, slack, sink, make_bui
     # a late duplicate changes nothing
     assert notifier.handle(ev) == "duplicate"
     assert len(sink.received) == 9
+    # and the user sees it on the build, without any token or URL
+    shown = wiring.builds().get(build_id).model_dump(mode="json")["notification"]
+    assert shown["status"] == "failed" and shown["attempts"] == 3
+    assert "token" not in shown and "lease_until" not in shown
 
 
 def test_a_rejected_webhook_fails_at_once_without_retrying(aws, slack, sink, make_build, notifier_factory):
