@@ -73,7 +73,13 @@ def run_demo(stack: Stack, keep: bool = False) -> int:
 
         _say("the Slack message (received by the local webhook sink)")
         msg = _latest_message(stack, build["id"])
-        print(json.dumps(msg["payload"], indent=2)[:4000] if msg else "  (no message arrived)")
+        if msg is None:
+            print("  (no message arrived)")
+        else:
+            payload = msg["payload"]
+            print(f"  channel: {msg['channel']}   ({len(payload.get('blocks', []))} Block Kit blocks; "
+                  f"all of it in {stack.slack_file})")
+            print("  " + payload.get("text", "").replace(" · ", "\n  "))
         return proc.returncode
     finally:
         if keep or not started_here:
