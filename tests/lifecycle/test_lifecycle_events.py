@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import load_event
+from lifecycle_helpers import load_event
 
 from chalicelib.states import Status
 

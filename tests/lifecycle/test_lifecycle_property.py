@@ -11,9 +11,9 @@ makes, and the clock is moved by the test.
 
 from __future__ import annotations
 
-from conftest import load_event
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from lifecycle_helpers import load_event
 
 from chalicelib import clock as clock_module
 from chalicelib.errors import InvalidTransition, VoltabuildError

@@ -1,0 +1,111 @@
+"""Helpers for the lifecycle tests (a uniquely named module, so no other conftest shadows it): builds launched the way the launcher leaves them (an
+instance started in moto with voltabuild's tags, the build LAUNCHING with its instance
+fields), AWS-shaped events from tests/events/, and a clock the tests move."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import timedelta
+from pathlib import Path
+
+EVENTS = Path(__file__).resolve().parent.parent / "events"
+
+
+def load_event(name: str, **detail) -> dict:
+    event = json.loads((EVENTS / f"{name}.json").read_text())
+    event = copy.deepcopy(event)
+    iid = detail.get("instance-id")
+    if iid:
+        event["resources"] = [r.rsplit("/", 1)[0] + "/" + iid for r in event["resources"]]
+    event["detail"].update(detail)
+    return event
+
+
+class FakeClock:
+    def __init__(self, start) -> None:
+        self.at = start
+
+    def __call__(self):
+        return self.at
+
+    def advance(self, **delta) -> None:
+        self.at += timedelta(**delta)
+
+
+class World:
+    """The app's real objects over the ``aws`` mock, plus what the launcher would do."""
+
+    def __init__(self, aws) -> None:
+        from chalicelib import wiring
+
+        self.aws = aws
+        self.wiring = wiring
+        self.ec2 = aws.client("ec2")
+
+    @property
+    def store(self):
+        return self.wiring.store()
+
+    def submit(self, **request) -> str:
+        from chalicelib.schemas import BuildRequest
+
+        build, _ = self.wiring.builds().submit(BuildRequest(framework="canary", **request))
+        return build.id
+
+    def run_instance(self, build_id: str, attempt: int, *, stage: str = "dev", extra_tags: dict | None = None) -> str:
+        tags = {"voltabuild:build-id": build_id, "voltabuild:stage": stage, "voltabuild:attempt": str(attempt),
+                **(extra_tags or {})}
+        resp = self.ec2.run_instances(
+            ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType="g5.xlarge",
+            InstanceMarketOptions={"MarketType": "spot"},
+            TagSpecifications=[{"ResourceType": "instance",
+                                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+        )
+        return resp["Instances"][0]["InstanceId"]
+
+    def launch(self, build_id: str, *, timeout_minutes: int = 15, attempt: int | None = None) -> str | None:
+        """What the launcher does for a launch message: QUEUED -> LAUNCHING with an instance.
+        Returns the instance id, or None when the build was not QUEUED (message ignored)."""
+        from chalicelib import clock
+        from chalicelib.errors import InvalidTransition
+        from chalicelib.states import Status
+
+        record = self.store.get_record(build_id)
+        if record["status"] != Status.QUEUED or record.get("cancel_requested"):
+            return None
+        if attempt is not None and attempt != int(record["attempt"]):
+            return None  # a stale launch message
+        attempt = int(record["attempt"])
+        iid = self.run_instance(build_id, attempt)
+        now = clock.now()
+        try:
+            self.wiring.transitions().move(
+                build_id, Status.LAUNCHING, expect=[Status.QUEUED], message=f"launched {iid}",
+                fields={
+                    "instance_id": iid,
+                    "instance": {"id": iid, "type": "g5.xlarge", "az": "us-east-1a", "lifecycle": "spot",
+                                 "price": 0.5, "launched_at": clock.iso(now)},
+                    "deadline_at": clock.iso(now + timedelta(minutes=timeout_minutes)),
+                },
+                extra_condition=("attempt = :a", {":a": attempt}),
+            )
+        except InvalidTransition:
+            self.ec2.terminate_instances(InstanceIds=[iid])
+            return None
+        return iid
+
+    def state(self, instance_id: str) -> str:
+        resp = self.ec2.describe_instances(InstanceIds=[instance_id])
+        return resp["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    def tags(self, instance_id: str) -> dict[str, str]:
+        resp = self.ec2.describe_instances(InstanceIds=[instance_id])
+        return {t["Key"]: t["Value"] for t in resp["Reservations"][0]["Instances"][0].get("Tags", [])}
+
+    def get(self, build_id: str) -> dict:
+        return self.store.get_record(build_id)
+
+    def final_notifications(self) -> list[dict]:
+        return [m for m in self.aws.messages("NotifyQueue") if m.get("status") in
+                ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")]
