@@ -152,3 +152,27 @@ def test_reaper_reads_only_active_builds(world, api, monkeypatch):
     monkeypatch.setattr(type(world.store), "get_record", counting)
     assert tick(api) == {}
     assert seen == []  # finished builds were never read again
+
+
+def test_two_ticks_at_once_relaunch_only_once(world, api, clock, aws):
+    bid = world.submit()
+    aws.messages("LaunchQueue")
+    world.launch(bid)
+    clock.advance(minutes=11)
+    assert tick(api) == {"relaunched": 1}
+    assert tick(api) == {}  # the same instant again (a retried invocation): nothing more
+    assert world.get(bid)["attempt"] == 2
+    assert aws.messages("LaunchQueue") == [{"build_id": bid, "attempt": 2}]
+
+
+def test_an_instance_the_launcher_has_not_recorded_yet_is_not_an_orphan(world, api, clock):
+    # the launcher moved the build to LAUNCHING and started the instance, but has not yet
+    # written instance_id: the instance carries the build's current attempt
+    bid = world.submit()
+    world.wiring.transitions().move(bid, Status.LAUNCHING, expect=[Status.QUEUED],
+                                    fields={"launch_started_at": clock_module.now_iso()})
+    iid = world.run_instance(bid, 1)
+    assert tick(api) == {}
+    clock.advance(minutes=5)
+    assert tick(api) == {}
+    assert world.state(iid) == "running"
