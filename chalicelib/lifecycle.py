@@ -105,6 +105,7 @@ class ImagePushed:
     digest: str
     action: str
     result: str
+    name: str = ""  # the repository name alone
 
     DETAIL_TYPE = "ECR Image Action"
 
@@ -114,8 +115,10 @@ class ImagePushed:
         account, region = event.get("account"), event.get("region")
         if not isinstance(account, str) or not isinstance(region, str):
             raise MalformedEvent("account, region: missing")
+        name = _str(d, "repository-name")
         return cls(
-            repository=f"{account}.dkr.ecr.{region}.amazonaws.com/{_str(d, 'repository-name')}",
+            name=name,
+            repository=f"{account}.dkr.ecr.{region}.amazonaws.com/{name}",
             tag=_str(d, "image-tag", required=False),
             digest=_str(d, "image-digest"),
             action=_str(d, "action-type"),
@@ -348,7 +351,12 @@ class Lifecycle:
     def _build_for_image(self, ev: ImagePushed) -> dict | None:
         def matches(r: dict) -> bool:
             img = r.get("image") or {}
-            return img.get("repository") == ev.repository and ev.tag in (img.get("tags") or [])
+            repo = img.get("repository") or ""
+            registry, _, name = repo.partition("/")
+            # an ECR repository must be this account's and region's; a local stack's registry
+            # (not ECR) is matched by the repository name its local push events carry
+            same = repo == ev.repository or (".dkr.ecr." not in registry and name == ev.name)
+            return same and ev.tag in (img.get("tags") or [])
 
         active = [r for r in self.store.active_records() if matches(r) and r.get("status") == Status.RUNNING]
         succeeded, _ = self.store.list(status=Status.SUCCEEDED, limit=20)

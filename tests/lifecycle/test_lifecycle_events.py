@@ -227,3 +227,23 @@ def test_succeeded_build_with_another_digest_is_flagged(world, fire):
     record = world.get(bid)
     assert record["status"] == "SUCCEEDED"
     assert "but the build reported sha256:bbbb" in record["reason"]
+
+
+def test_local_registry_push_is_matched_by_repository_name(world, fire, monkeypatch):
+    # the local stack pushes to a registry on loopback; its worker sends ECR-shaped events
+    monkeypatch.setenv("IMAGE_REGISTRY", "127.0.0.1:5055")
+    world.wiring.reset()
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    digest = "sha256:" + "e" * 64
+    event = load_event("ecr-image-push", **{"image-digest": digest, "image-tag": world.get(bid)["image"]["tags"][0]})
+    assert fire("on_image_pushed", event) == "recorded"
+    assert world.get(bid)["ecr_digest"] == digest
+    # an ECR-hosted build in another account is not matched by name alone
+    monkeypatch.setenv("IMAGE_REGISTRY", "999999999999.dkr.ecr.us-east-1.amazonaws.com")
+    world.wiring.reset()
+    other = world.submit(tags=["x1"])
+    fire("on_instance_state", state_event(world.launch(other), "running"))
+    assert world.get(other)["status"] == "RUNNING"
+    assert fire("on_image_pushed", load_event("ecr-image-push", **{"image-tag": "x1"})) == "not ours"
