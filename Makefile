@@ -54,3 +54,13 @@ package: venv
 
 deploy: package
 	STAGE=$(STAGE) bash scripts/deploy.sh
+
+# ---- benchmarks (issue 10) -----------------------------------------------------------
+# `make bench`: API calls per operation, latency ratios, scale, cold start (bench/results.json)
+bench: venv
+	$(PY) -m bench.run
+
+# `make fuzz`: schemathesis against the served OpenAPI document, many more examples than `make test`
+FUZZ_EXAMPLES ?= 300
+fuzz: venv
+	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz

@@ -1,0 +1,1 @@
+"""voltabuild's benchmarks: `make bench` (python -m bench.run)."""
