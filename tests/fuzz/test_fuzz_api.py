@@ -48,7 +48,25 @@ CONFIG = SchemathesisConfig.from_dict({"phases": {"coverage": {
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def live_api(tmp_path_factory):
+    """A local stack of its own (moto server + `chalice local`): the fuzzer's accepted builds
+    take quota slots that nothing gives back without a worker, so it must not share the
+    session's `live_api` with the CLI tests."""
+    from types import SimpleNamespace
+
+    from voltabuild_local.stack import Stack
+
+    stack = Stack(state_dir=tmp_path_factory.mktemp("fuzz-api"), services=("moto", "api"), quiet=True)
+    stack.up()
+    try:
+        env = stack.env
+        yield SimpleNamespace(url=env["VOLTABUILD_API_URL"], api_key=env["VOLTABUILD_API_KEY"])
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="module")
 def http(live_api):
     import requests
 
