@@ -104,43 +104,36 @@ def build_logs(build_id):
     return json_response(wiring.build_logs().read(build_id, cursor=q.get("next"), limit=q.get("limit")))
 
 
-
 # ---- event-driven lifecycle: EventBridge handlers, reaper (issue 7) -----------------
 # Thin: parse the event into a typed wrapper, call one lifecycle function. A malformed
 # event is logged and dropped (retrying cannot fix it); everything else is idempotent.
+def _lifecycle_event(event, wrapper, action: str) -> dict:
+    try:
+        ev = wrapper.from_event(event.to_dict())
+    except MalformedEvent as e:
+        app.log.warning("dropped %s event: %s", wrapper.__name__, e)
+        return {"outcome": "malformed"}
+    return {"outcome": getattr(wiring.lifecycle(), action)(ev)}
+
+
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"],
                   "detail": {"state": ["running", "stopped", "shutting-down", "terminated"]}},
                  name="on_instance_state")
 def on_instance_state(event):
-    try:
-        ev = InstanceStateChange.from_event(event.to_dict())
-    except MalformedEvent as e:
-        app.log.warning("dropped EC2 state-change event: %s", e)
-        return {"outcome": "malformed"}
-    return {"outcome": wiring.lifecycle().instance_state(ev)}
+    return _lifecycle_event(event, InstanceStateChange, "instance_state")
 
 
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
                  name="on_spot_interruption")
 def on_spot_interruption(event):
-    try:
-        ev = SpotInterruption.from_event(event.to_dict())
-    except MalformedEvent as e:
-        app.log.warning("dropped spot interruption event: %s", e)
-        return {"outcome": "malformed"}
-    return {"outcome": wiring.lifecycle().spot_interruption(ev)}
+    return _lifecycle_event(event, SpotInterruption, "spot_interruption")
 
 
 @app.on_cw_event({"source": ["aws.ecr"], "detail-type": ["ECR Image Action"],
                   "detail": {"action-type": ["PUSH"], "result": ["SUCCESS"]}},
                  name="on_image_pushed")
 def on_image_pushed(event):
-    try:
-        ev = ImagePushed.from_event(event.to_dict())
-    except MalformedEvent as e:
-        app.log.warning("dropped ECR image event: %s", e)
-        return {"outcome": "malformed"}
-    return {"outcome": wiring.lifecycle().image_pushed(ev)}
+    return _lifecycle_event(event, ImagePushed, "image_pushed")
 
 
 @app.schedule("rate(5 minutes)", name="reaper")
