@@ -40,11 +40,29 @@ def _inline(desc: str, schema: dict) -> dict:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
 
+# operationId of each operation, and where a new build's id leads (OpenAPI links: clients
+# and the fuzzer's stateful tests follow them)
+_OPERATION_IDS = {
+    ("/health", "get"): "health", ("/frameworks", "get"): "listFrameworks", ("/openapi.json", "get"): "openapi",
+    ("/builds", "post"): "submitBuild", ("/builds", "get"): "listBuilds", ("/builds/{build_id}", "get"): "getBuild",
+    ("/builds/{build_id}", "delete"): "cancelBuild", ("/builds/{build_id}/events", "post"): "reportEvent",
+    ("/builds/{build_id}/logs", "get"): "buildLogs",
+}
+_BUILD_LINKS = {
+    name: {"operationId": op, "parameters": {"build_id": "$response.body#/id"}}
+    for name, op in (("GetBuild", "getBuild"), ("CancelBuild", "cancelBuild"), ("BuildLogs", "buildLogs"))
+}
+
+
 def _with_common_errors(paths: dict) -> dict:
-    """Chalice answers 415 itself, on every route, when Content-Type is not JSON."""
-    for ops in paths.values():
-        for op in ops.values():
+    """Chalice answers 415 itself, on every route, when Content-Type is not JSON. Every
+    operation gets its operationId; a new build's response links to its other operations."""
+    for path, ops in paths.items():
+        for method, op in ops.items():
             op["responses"].setdefault("415", _err("Content-Type is not application/json"))
+            op.setdefault("operationId", _OPERATION_IDS[(path, method)])
+    for code in ("200", "202"):
+        paths["/builds"]["post"]["responses"][code]["links"] = _BUILD_LINKS
     return paths
 
 

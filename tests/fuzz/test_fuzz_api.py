@@ -95,3 +95,20 @@ def test_the_document_describes_every_route_of_the_app():
 def test_every_response_is_declared_and_no_5xx(case, live_api, http):
     # the key is sent on every request; the 403 without it is checked in tests/api
     case.call_and_validate(base_url=live_api.url, session=http, headers={"x-api-key": live_api.api_key}, checks=CHECKS, timeout=30)
+
+
+def test_workflows_following_the_documents_links(live_api, http):
+    """Stateful: submit builds, then follow the 202's links (get, cancel, logs) with the
+    real ids, in random sequences, every response checked as above."""
+    workflow = schema.as_state_machine()
+    headers = {"x-api-key": live_api.api_key}
+
+    class Workflow(workflow):
+        def get_call_kwargs(self, case):
+            return {"base_url": live_api.url, "session": http, "headers": headers, "timeout": 30}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=CHECKS, headers=headers, transport_kwargs=kwargs)
+
+    Workflow.run(settings=settings(max_examples=max(3, MAX_EXAMPLES // 2), derandomize=True, deadline=None,
+                                   stateful_step_count=6, suppress_health_check=list(HealthCheck)))
