@@ -1,6 +1,7 @@
-"""API fuzzing: schemathesis reads the API's own ``GET /openapi.json`` from the live local
-stack (moto server + ``chalice local``) and sends generated requests, valid and invalid,
-to every operation it describes.
+"""API fuzzing: schemathesis takes the OpenAPI document the API serves (``GET /openapi.json``,
+checked equal to ``chalicelib.openapi.document()``) and sends generated requests, valid and
+invalid, to every operation on a local stack of its own (moto server + ``chalice local``),
+then follows the document's links from new builds in stateful workflows.
 
 Every response must be a non-5xx with a status code, content type, headers and body that
 the document declares. Bounded for ``make test`` (``FUZZ_MAX_EXAMPLES`` per operation,
