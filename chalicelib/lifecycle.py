@@ -5,12 +5,18 @@ Every action is a conditional write through :class:`Transitions` that also check
 event's instance is still the build's current one, so a duplicate, late or out-of-order
 event (EventBridge delivers at least once, in no particular order) fails the condition
 and is ignored: nothing that is final ever changes.
+
+An instance's events decide from the build as the ``by-instance`` index has it (one
+Query, no second read): the index may lag a moment behind the table, so the write made
+from it is conditioned on everything the decision rested on (status, instance, no cancel
+requested, attempt). Only when that write loses is the build read once, consistently, and
+the decision made again from what it really is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,12 +28,13 @@ from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
 from chalicelib.instances import SPOT_RECLAIMED, TAG_STAGE, Instances
 from chalicelib.queues import Queue
 from chalicelib.states import Status
-from chalicelib.store import BuildStore
+from chalicelib.store import NOT_CANCELLED, BuildStore
 from chalicelib.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
 LAUNCHED = (Status.LAUNCHING, Status.RUNNING)
+_LOST = "lost"  # a conditional write made from the index's copy lost: read again, decide again
 # attributes of one attempt (its instance, its report token): dropped when the build is
 # queued again, so the old instance's late events and reports no longer match anything
 ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "token_hash", "launch_started_at")
@@ -177,32 +184,62 @@ class Lifecycle:
         self.logs = logs
 
     # ---- lookups ----------------------------------------------------------------
-    def build_for_instance(self, instance_id: str) -> dict | None:
-        """The build whose *current* instance is ``instance_id``, read consistently, or
-        None (not ours, another stage's, or an earlier attempt's instance).
+    def build_for_instance(self, instance_id: str) -> tuple[dict, bool] | None:
+        """The build whose current instance is ``instance_id`` and whether that copy was
+        read consistently; None when it is not ours (another stage's, or an earlier
+        attempt's instance).
 
-        The ``by-instance`` index first (one query); when it has nothing yet (indexes lag
-        a moment) the instance's ``voltabuild:build-id`` tag names the build."""
+        The ``by-instance`` index first (one query; its copy may lag a moment, so every
+        write made from it is conditional on what it was decided on); when it has nothing
+        yet the instance's ``voltabuild:build-id`` tag names the build, read consistently."""
         hit = self.store.find_by_instance(instance_id)
         if hit is not None:
-            build_id = hit["id"]
-        else:
-            inst = self.instances.describe(instance_id)
-            if inst is None or not inst.build_id or inst.tags.get(TAG_STAGE) != self.config.stage:
-                return None
-            build_id = inst.build_id
+            return hit, False
+        inst = self.instances.describe(instance_id)
+        if inst is None or not inst.build_id or inst.tags.get(TAG_STAGE) != self.config.stage:
+            return None
+        record = self.current_build(inst.build_id, instance_id)
+        return (record, True) if record is not None else None
+
+    def current_build(self, build_id: str, instance_id: str) -> dict | None:
+        """The build read consistently, if ``instance_id`` is still its current instance."""
         try:
             record = self.store.get_record(build_id)
         except BuildNotFound:
             return None
         return record if record.get("instance_id") == instance_id else None
 
+    def _for_instance(self, instance_id: str, decide: Callable[[dict], str]) -> str:
+        """``decide`` on the index's copy of the build; when a write it made lost (the copy
+        lagged, or another event won), read the build once, consistently, and decide again."""
+        found = self.build_for_instance(instance_id)
+        if found is None:
+            return "not ours"
+        record, consistent = found
+        outcome = decide(record)
+        if outcome == _LOST and not consistent:
+            record = self.current_build(record["id"], instance_id)
+            if record is None:
+                return "not ours"
+            outcome = decide(record)
+        return "ignored" if outcome == _LOST else outcome
+
     # ---- moves ------------------------------------------------------------------
     def _move(self, build_id: str, to: Status, *, expect: Iterable[Status], instance_id: str | None = None,
-              **kwargs: Any) -> dict | None:
-        """Transitions.move that treats a lost race (duplicate/late event) as a no-op."""
+              unless_cancelled: bool = False, **kwargs: Any) -> dict | None:
+        """Transitions.move that treats a lost race (duplicate/late event) as a no-op.
+        ``instance_id``: only while that is the build's instance; ``unless_cancelled``:
+        only while no cancel was requested."""
+        conds: list[str] = []
+        values: dict[str, Any] = {}
         if instance_id:
-            kwargs["extra_condition"] = ("instance_id = :iid", {":iid": instance_id})
+            conds.append("instance_id = :iid")
+            values[":iid"] = instance_id
+        if unless_cancelled:
+            conds.append(NOT_CANCELLED[0])
+            values.update(NOT_CANCELLED[1])
+        if conds:
+            kwargs["extra_condition"] = (" AND ".join(conds), values)
         try:
             return self.transitions.move(build_id, to, expect=list(expect), **kwargs)
         except InvalidTransition as e:
@@ -210,9 +247,9 @@ class Lifecycle:
             return None
 
     def fail(self, record: dict, reason: str, *, expect: Iterable[Status], to: Status = Status.FAILED,
-             instance_id: str | None = None) -> dict | None:
+             instance_id: str | None = None, unless_cancelled: bool = False) -> dict | None:
         return self._move(record["id"], to, expect=expect, instance_id=instance_id, message=reason,
-                          fields={"reason": reason})
+                          fields={"reason": reason}, unless_cancelled=unless_cancelled)
 
     def cancelled(self, record: dict, *, expect: Iterable[Status], instance_id: str | None = None,
                   note: str = "") -> dict | None:
@@ -222,7 +259,9 @@ class Lifecycle:
 
     def relaunch(self, record: dict, why: str, *, reclaimed: bool = False) -> dict | None:
         """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
-        spent) and send the launch message. ``record`` is LAUNCHING or RUNNING."""
+        spent) and send the launch message. ``record`` is LAUNCHING or RUNNING; it may be
+        an index's copy: the write holds only for its attempt and instance, and only while
+        no cancel was requested (a cancel it did not see makes the write lose)."""
         attempt = int(record.get("attempt", 1))
         max_attempts = int(record.get("max_attempts", 1))
         iid = record.get("instance_id")
@@ -232,9 +271,9 @@ class Lifecycle:
         if attempt >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
                       else f"{why}; gave up after {attempt} attempts")
-            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid)
-        cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "")
-        values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {})}
+            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+        cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "") + f" AND {NOT_CANCELLED[0]}"
+        values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {}), **NOT_CANCELLED[1]}
         try:
             item = self.transitions.move(
                 record["id"], Status.QUEUED, expect=list(LAUNCHED),
@@ -270,9 +309,9 @@ class Lifecycle:
         """What an instance's state change does. Returns a short word for logs/tests."""
         if ev.state in ("pending", "stopping"):
             return "ignored"
-        record = self.build_for_instance(ev.instance_id)
-        if record is None:
-            return "not ours"
+        return self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
+
+    def _state_change(self, record: dict, ev: InstanceStateChange) -> str:
         status = Status(record["status"])
         if status.final:
             if ev.state in ("running", "stopped"):
@@ -283,9 +322,11 @@ class Lifecycle:
             if record.get("cancel_requested"):
                 self.instances.terminate([ev.instance_id])
                 return "terminated"
+            if status != Status.LAUNCHING:
+                return "ignored"  # already RUNNING: a duplicate event
             moved = self._move(record["id"], Status.RUNNING, expect=[Status.LAUNCHING], instance_id=ev.instance_id,
-                               message=f"instance {ev.instance_id} running")
-            return "running" if moved else "ignored"
+                               unless_cancelled=True, message=f"instance {ev.instance_id} running")
+            return "running" if moved else _LOST
         if ev.state == "stopped":
             # shutdown behaviour is terminate: a stopped instance never finishes its build
             self.instances.terminate([ev.instance_id])
@@ -293,42 +334,45 @@ class Lifecycle:
         return self.instance_gone(record, ev.state)
 
     def instance_gone(self, record: dict, state: str) -> str:
+        """The build's instance is shutting down or terminated. Returns ``_LOST`` when the
+        write lost (``record`` was out of date); the spot-reclaim check and the log tail are
+        read only for a build that (as far as ``record`` knows) is still on this instance."""
         status = Status(record["status"])
         iid = record.get("instance_id")
         if status not in LAUNCHED:
             return "ignored"
         if record.get("cancel_requested"):
             moved = self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
-            return "cancelled" if moved else "ignored"
+            return "cancelled" if moved else _LOST
         inst = self.instances.describe(iid) if iid else None
         if inst is not None and inst.state_reason == SPOT_RECLAIMED:
             moved = self.relaunch(record, f"spot capacity reclaimed instance {iid}", reclaimed=True)
-            return "relaunched" if moved else "ignored"
+            return "relaunched" if moved else _LOST
         reason = f"instance lost: {iid} was {state} before the build finished"
         lines = self.logs.last_lines(record["id"], self.config.log_lines) if self.logs else []
         if lines:
             reason += "; last log lines:\n" + "\n".join(lines)
-        moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid)
-        return "failed" if moved else "ignored"
+        moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+        return "failed" if moved else _LOST
 
     def spot_interruption(self, ev: SpotInterruption) -> str:
         """Send the build back to the queue (the registry cache keeps its layers). The
         instance is left to EC2 for its last two minutes; the reaper catches a survivor."""
-        record = self.build_for_instance(ev.instance_id)
-        if record is None:
-            return "not ours"
+        return self._for_instance(ev.instance_id, lambda record: self._interrupted(record, ev))
+
+    def _interrupted(self, record: dict, ev: SpotInterruption) -> str:
         if Status(record["status"]) not in LAUNCHED:
             return "ignored"
         moved = self.relaunch(record, f"spot interruption warning for {ev.instance_id} ({ev.action})",
                               reclaimed=True)
         if moved is None:
-            return "ignored"
+            return _LOST
         return "relaunched" if moved["status"] == Status.QUEUED else moved["status"].lower()
 
     def image_pushed(self, ev: ImagePushed) -> str:
         """Record the digest ECR saw on the build that pushed it; flag a SUCCEEDED build
-        whose reported digest differs. Two reads at most: the active builds and the newest
-        succeeded ones."""
+        whose reported digest differs. One read when the build already reported this
+        digest (the newest succeeded builds), two when it did not (the active builds too)."""
         if not ev.successful_push:
             return "ignored"
         record = self._build_for_image(ev)
@@ -358,12 +402,13 @@ class Lifecycle:
             same = repo == ev.repository or (".dkr.ecr." not in registry and name == ev.name)
             return same and ev.tag in (img.get("tags") or [])
 
-        active = [r for r in self.store.active_records() if matches(r) and r.get("status") == Status.RUNNING]
-        succeeded, _ = self.store.list(status=Status.SUCCEEDED, limit=20)
-        done = [r for r in (b.model_dump(mode="json") for b in succeeded) if matches(r)]
-        same = [r for r in active + done if (r.get("image") or {}).get("digest") == ev.digest]
+        # a build reports its digest only in its SUCCEEDED result, so only a succeeded build
+        # can match the digest itself; that result usually arrives before ECR's event: look there first
+        done = [r for r in self.store.recent_records(Status.SUCCEEDED, 20) if matches(r)]
+        same = [r for r in done if (r.get("image") or {}).get("digest") == ev.digest]
         if same:
             return same[0]
+        active = [r for r in self.store.active_records() if matches(r) and r.get("status") == Status.RUNNING]
         if active:
             return max(active, key=lambda r: r.get("created_key", ""))
         return done[0] if done else None

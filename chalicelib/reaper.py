@@ -184,31 +184,36 @@ class Reaper:
 
     # ---- digests ----------------------------------------------------------------
     def _check_digests(self, now: datetime, report: ReapReport) -> None:
-        """SUCCEEDED builds of the last while with no ECR push seen: ask ECR once each."""
-        builds, _ = self.store.list(status=Status.SUCCEEDED, limit=20)
-        for build in builds:
-            finished = _at(build.finished_at)
+        """SUCCEEDED builds of the last while with no ECR push seen: ask ECR once each. The
+        index query returns whole items, so nothing is read again; the write is conditional
+        on what was checked (no digest recorded meanwhile, not checked by another tick)."""
+        for record in self.store.recent_records(Status.SUCCEEDED, 20):
+            finished = _at(record.get("finished_at"))
             # checked once, on the first tick past the grace; a day later it is left alone
             if finished is None or not self.config.digest_grace <= now - finished <= self.config.digest_grace + _DAY:
                 continue
-            record = self.store.get_record(build.id)
             if record.get("ecr_digest") or record.get("digest_checked"):
                 continue
-            fields: dict = {"digest_checked": True}
-            found = self._ecr_digest(build.image.repository, build.image.digest, build.image.tags)
+            image = record.get("image") or {}
+            repository, digest, tags = image.get("repository") or "", image.get("digest"), image.get("tags") or []
+            found = self._ecr_digest(repository, digest, tags)
             if found == "not-ecr":
                 continue
+            fields: dict = {"digest_checked": True}
             if found:
                 fields["ecr_digest"] = found
             else:
-                what = build.image.digest or ", ".join(build.image.tags[:1])
-                fields["reason"] = f"reported SUCCEEDED but ECR has no image {what} in {build.image.repository}"
-                report.digests_flagged.append(build.id)
+                what = digest or ", ".join(tags[:1])
+                fields["reason"] = f"reported SUCCEEDED but ECR has no image {what} in {repository}"
             try:
-                self.store.update_fields(build.id, fields, expect=[Status.SUCCEEDED])
+                self.store.update_fields(
+                    record["id"], fields, expect=[Status.SUCCEEDED],
+                    extra_condition=("attribute_not_exists(ecr_digest) AND attribute_not_exists(digest_checked)", {}))
             except InvalidTransition:
-                continue
-            report.digests_checked.append(build.id)
+                continue  # a push event or another tick got there first
+            if not found:
+                report.digests_flagged.append(record["id"])
+            report.digests_checked.append(record["id"])
 
     def _ecr_digest(self, repository: str, digest: str | None, tags: list[str]) -> str | None:
         registry, _, name = repository.partition("/")

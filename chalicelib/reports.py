@@ -2,9 +2,11 @@
 
 Authenticated by the per-attempt token the launcher put into the user-data (only its
 sha256 is stored, as ``token_hash``). A report is accepted only while the build is
-LAUNCHING or RUNNING with exactly that hash, and every write is conditional on it, so a
-forged, missing or stale token (another attempt's, or any token once the build is final)
-gets 403 and changes nothing, even when it races a relaunch.
+LAUNCHING or RUNNING with exactly that hash. There is no read first: the hash is part of
+the one conditional write a report makes, and only when that write is refused does the old
+item it returns (ALL_OLD) say why. So a forged, missing or stale token (another attempt's,
+or any token once the build is final) gets 403 and changes nothing, even when it races a
+relaunch; a report that came too late (a phase that would move backwards) gets 409.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from chalicelib.clock import now_iso
-from chalicelib.errors import BuildNotFound, Conflict, Forbidden, InvalidTransition
+from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
 from chalicelib.http import parse_body
 from chalicelib.states import PHASE_ORDER, Phase, Status
-from chalicelib.store import BuildStore
+from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
 from chalicelib.transitions import Transitions
 
 Text = Annotated[str, StringConstraints(max_length=2000)]
@@ -76,110 +78,159 @@ def bearer(header: str | None) -> str | None:
 
 
 class Reports:
+    """Applies reports with one conditional write each (the token check is part of the
+    condition); only a write that lost looks at the item it returned (ALL_OLD) to tell a
+    bad token (403) from a report that came too late (409), or to take the rarer path:
+    the first report of a LAUNCHING build, a failure reported after a cancel."""
+
     def __init__(self, store: BuildStore, transitions: Transitions) -> None:
         self.store = store
         self.transitions = transitions
 
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
-        hashed, record = self._authenticate(build_id, authorization)
-        report = parse_body(raw_body, InstanceReport).root
-        guard = ("token_hash = :token_hash", {":token_hash": hashed})
-        try:
-            if isinstance(report, PhaseReport):
-                item = self._phase(record, report, guard)
-            elif isinstance(report, HeartbeatReport):
-                item = self._heartbeat(record, guard)
-            else:
-                item = self._result(record, report, guard)
-        except InvalidTransition:
-            # the conditional write lost: tell a stale token (403) from a late report (409)
-            self._authenticate(build_id, authorization)
-            raise Conflict(f"build {build_id} moved on; the report was not applied") from None
-        return {"id": build_id, "status": item["status"], "phase": item.get("phase")}
-
-    # ---- auth -------------------------------------------------------------------------------
-    def _authenticate(self, build_id: str, authorization: str | None) -> tuple[str, dict]:
         token = bearer(authorization)
         if not token:
             raise Forbidden(_FORBIDDEN)
+        hashed = hash_token(token)
         try:
-            record = self.store.get_record(build_id)
+            report = parse_body(raw_body, InstanceReport).root
+        except (BadRequest, PayloadTooLarge):
+            self._authenticate(build_id, hashed)  # a bad token is told so before a bad body
+            raise
+        guard = ("token_hash = :token_hash", {":token_hash": hashed})
+        try:
+            if isinstance(report, PhaseReport):
+                item = self._phase(build_id, report, hashed, guard)
+            elif isinstance(report, HeartbeatReport):
+                item = self._heartbeat(build_id, hashed, guard)
+            else:
+                item = self._result(build_id, report, hashed, guard)
         except BuildNotFound:
             raise Forbidden(_FORBIDDEN) from None
-        hashed = hash_token(token)
-        stored = record.get("token_hash") or ""
-        if not stored or not hmac.compare_digest(stored, hashed) or record["status"] not in _REPORTABLE:
+        return {"id": build_id, "status": item["status"], "phase": item.get("phase")}
+
+    # ---- auth -------------------------------------------------------------------------------
+    @staticmethod
+    def _check(old: dict, hashed: str) -> dict:
+        """``old`` (a build as a lost write found it) if the token opens it, else 403."""
+        stored = old.get("token_hash") or ""
+        if not stored or not hmac.compare_digest(stored, hashed) or old.get("status") not in _REPORTABLE:
             raise Forbidden(_FORBIDDEN)
-        return hashed, record
+        return old
+
+    def _authenticate(self, build_id: str, hashed: str) -> dict:
+        try:
+            return self._check(self.store.get_record(build_id), hashed)
+        except BuildNotFound:
+            raise Forbidden(_FORBIDDEN) from None
+
+    def _lost(self, e: InvalidTransition, build_id: str, hashed: str) -> dict:
+        """The build as the lost write found it, if the token opens it (else 403)."""
+        old = e.old if isinstance(e, ConditionFailed) else None
+        return self._check(old, hashed) if old is not None else self._authenticate(build_id, hashed)
+
+    @staticmethod
+    def _moved_on(build_id: str) -> Conflict:
+        return Conflict(f"build {build_id} moved on; the report was not applied")
 
     # ---- the reports ------------------------------------------------------------------------
-    def _running(self, build_id: str, guard: tuple, message: str, phase: Phase | None = None) -> dict:
+    def _running(self, build_id: str, hashed: str, guard: tuple, message: str) -> dict:
         """LAUNCHING -> RUNNING: the instance spoke before EC2's 'running' event arrived."""
         try:
-            return self.store.transition(build_id, Status.RUNNING, expect=[Status.LAUNCHING], phase=phase,
-                                         message=message, fields={"heartbeat_at": now_iso()},
-                                         extra_condition=guard)
-        except InvalidTransition:
-            return self.store.get_record(build_id)
+            return self.store.transition(build_id, Status.RUNNING, expect=[Status.LAUNCHING], message=message,
+                                         fields={"heartbeat_at": now_iso()}, extra_condition=guard)
+        except InvalidTransition as e:
+            return self._lost(e, build_id, hashed)  # the EC2 event won: it is RUNNING now
 
-    def _phase(self, record: dict, report: PhaseReport, guard: tuple) -> dict:
-        build_id = record["id"]
+    def _phase(self, build_id: str, report: PhaseReport, hashed: str, guard: tuple) -> dict:
+        """One write for a new phase, from LAUNCHING (the first report) or RUNNING; the same
+        phase again (a retried report) refreshes the heartbeat only; an earlier one is 409."""
         message = report.message or f"{report.phase.value.lower()}"
-        if record["status"] == Status.LAUNCHING:
-            record = self._running(build_id, guard, message, report.phase)
-            if record.get("phase") == report.phase.value:
-                return record
-        current = record.get("phase")
-        if current and PHASE_ORDER[Phase(current)] > PHASE_ORDER[report.phase]:
-            raise Conflict(f"phase: the build is already {current}; {report.phase.value} would move it backwards")
-        allowed = [p.value for p in Phase if PHASE_ORDER[p] <= PHASE_ORDER[report.phase]]
-        values = {f":pp{i}": p for i, p in enumerate(allowed)}
-        cond = f"({guard[0]}) AND (attribute_not_exists(phase) OR phase IN ({', '.join(values)}))"
+        before = [p.value for p in Phase if PHASE_ORDER[p] < PHASE_ORDER[report.phase]]
+        values = {f":pp{i}": p for i, p in enumerate(before)}
+        earlier = f" OR phase IN ({', '.join(values)})" if values else ""
+        cond = f"({guard[0]}) AND (attribute_not_exists(phase){earlier})"
         try:
             return self.store.transition(
-                build_id, Status.RUNNING, expect=[Status.RUNNING], phase=report.phase, message=message,
-                fields={"heartbeat_at": now_iso()}, record_event=current != report.phase.value,
-                extra_condition=(cond, {**guard[1], **values}),
+                build_id, Status.RUNNING, expect=list(_REPORTABLE), phase=report.phase, message=message,
+                fields={"heartbeat_at": now_iso()}, extra_condition=(cond, {**guard[1], **values}),
             )
-        except InvalidTransition:
-            latest = self.store.get_record(build_id)
-            if latest.get("phase") and PHASE_ORDER[Phase(latest["phase"])] > PHASE_ORDER[report.phase]:
-                raise Conflict(
-                    f"phase: the build is already {latest['phase']}; {report.phase.value} would move it backwards"
-                ) from None
-            raise
+        except InvalidTransition as e:
+            old = self._lost(e, build_id, hashed)
+        current = old.get("phase")
+        if current and PHASE_ORDER[Phase(current)] > PHASE_ORDER[report.phase]:
+            raise Conflict(f"phase: the build is already {current}; {report.phase.value} would move it backwards")
+        if current != report.phase.value:
+            raise self._moved_on(build_id)
+        try:
+            return self.store.transition(
+                build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
+                fields={"heartbeat_at": now_iso()},
+                extra_condition=(f"({guard[0]}) AND phase = :same", {**guard[1], ":same": current}),
+            )
+        except InvalidTransition as e:
+            self._lost(e, build_id, hashed)
+            raise self._moved_on(build_id) from None
 
-    def _heartbeat(self, record: dict, guard: tuple) -> dict:
-        build_id = record["id"]
-        if record["status"] == Status.LAUNCHING:
-            return self._running(build_id, guard, "the instance reported in")
-        return self.store.transition(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
-                                     fields={"heartbeat_at": now_iso()}, extra_condition=guard)
+    def _heartbeat(self, build_id: str, hashed: str, guard: tuple) -> dict:
+        try:
+            return self.store.transition(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
+                                         fields={"heartbeat_at": now_iso()}, extra_condition=guard)
+        except InvalidTransition as e:
+            old = self._lost(e, build_id, hashed)
+        if old["status"] != Status.LAUNCHING:
+            raise self._moved_on(build_id)
+        return self._running(build_id, hashed, guard, "the instance reported in")
 
-    def _result(self, record: dict, report: ResultReport, guard: tuple) -> dict:
-        build_id = record["id"]
-        if record["status"] == Status.LAUNCHING and report.status == "SUCCEEDED":
-            record = self._running(build_id, guard, "the instance reported in")
+    def _result(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
         if report.status == "SUCCEEDED":
-            image = {**record["image"], "digest": report.digest}
-            return self.transitions.move(
-                build_id, Status.SUCCEEDED, expect=[Status.RUNNING],
-                message=report.message or f"pushed {report.digest}",
-                fields={"image": image, "heartbeat_at": now_iso()}, remove=["token_hash"], extra_condition=guard,
-            )
+            return self._succeeded(build_id, report, hashed, guard)
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
-        if record.get("cancel_requested"):
-            # a cancel terminates the instance, whose trap then reports a failure: that
-            # failure is the cancel taking effect, and may beat the EC2 event here
+        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
+        try:
+            return self.transitions.move(
+                build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
+                fields={"reason": reason[-6000:]}, remove=["token_hash"],
+                extra_condition=(cond, {**guard[1], **NOT_CANCELLED[1]}),
+            )
+        except InvalidTransition as e:
+            old = self._lost(e, build_id, hashed)
+        if not old.get("cancel_requested"):
+            raise self._moved_on(build_id)
+        # a cancel terminates the instance, whose trap then reports a failure: that
+        # failure is the cancel taking effect, and may beat the EC2 event here
+        try:
             return self.transitions.move(
                 build_id, Status.CANCELLED, expect=list(_REPORTABLE), message="cancelled by request",
                 fields={"reason": f"cancelled by request; the instance stopped: {reason}"[:6000]},
                 remove=["token_hash"], extra_condition=guard,
             )
-        return self.transitions.move(
-            build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
-            fields={"reason": reason[-6000:]}, remove=["token_hash"], extra_condition=guard,
-        )
+        except InvalidTransition as e:
+            self._lost(e, build_id, hashed)
+            raise self._moved_on(build_id) from None
+
+    def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
+        def move() -> dict:
+            return self.transitions.move(
+                build_id, Status.SUCCEEDED, expect=[Status.RUNNING],
+                message=report.message or f"pushed {report.digest}",
+                fields={"image.digest": report.digest, "heartbeat_at": now_iso()}, remove=["token_hash"],
+                extra_condition=guard,
+            )
+
+        try:
+            return move()
+        except InvalidTransition as e:
+            old = self._lost(e, build_id, hashed)
+        if old["status"] != Status.LAUNCHING:
+            raise self._moved_on(build_id)
+        # no phase report came first: LAUNCHING -> RUNNING -> SUCCEEDED
+        self._running(build_id, hashed, guard, "the instance reported in")
+        try:
+            return move()
+        except InvalidTransition as e:
+            self._lost(e, build_id, hashed)
+            raise self._moved_on(build_id) from None

@@ -30,6 +30,8 @@ from chalicelib.schemas import Build, TimelineEvent
 from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
+# an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
+NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
 _ser = TypeSerializer()
 _deser = TypeDeserializer()
 
@@ -50,6 +52,26 @@ def to_av(value: Any) -> dict:
 
 def from_item(item: dict) -> dict:
     return {k: _plain(_deser.deserialize(v)) for k, v in item.items()}
+
+
+def _path(names: dict[str, str], placeholder: str, name: str) -> str:
+    """An attribute path for an update expression; ``a.b`` names attribute ``b`` of map ``a``."""
+    if "." not in name:
+        names[placeholder] = name
+        return placeholder
+    parts = [f"{placeholder}_{j}" for j in range(len(name.split(".")))]
+    names.update(zip(parts, name.split("."), strict=True))
+    return ".".join(parts)
+
+
+class ConditionFailed(InvalidTransition):
+    """A conditional write lost: ``old`` is the build as it was when the condition was
+    checked (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), so the caller can tell why
+    without another read."""
+
+    def __init__(self, message: str, old: dict) -> None:
+        super().__init__(message)
+        self.old = old
 
 
 @dataclass(frozen=True)
@@ -196,6 +218,20 @@ class BuildStore:
                 break
         return builds, (self._encode_cursor(start, index) if start else None)
 
+    def recent_records(self, status: Status, limit: int) -> list[dict]:
+        """The newest ``limit`` builds in ``status`` as whole items, internal attributes
+        included (the ``by-status`` index projects ALL): one Query."""
+        resp = self._db.query(
+            TableName=self._table,
+            IndexName="by-status",
+            KeyConditionExpression="#k = :v",
+            ExpressionAttributeNames={"#k": "status"},
+            ExpressionAttributeValues={":v": {"S": status.value}},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [from_item(i) for i in resp.get("Items", [])]
+
     def active_records(self) -> Iterator[dict]:
         """Every build that is not final (the sparse ``by-active`` index), oldest first."""
         kwargs: dict[str, Any] = {
@@ -251,9 +287,11 @@ class BuildStore:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
         the table allows ``to`` from). One conditional UpdateItem; returns the new item.
 
-        Raises InvalidTransition when the build was not in an expected state (a
-        duplicate, late or out-of-order event): the caller decides whether that is an
-        error or something to ignore.
+        A field name with a dot sets an attribute of a map (``image.digest``).
+
+        Raises InvalidTransition (a :class:`ConditionFailed` carrying the old item) when
+        the build was not in an expected state (a duplicate, late or out-of-order event):
+        the caller decides whether that is an error or something to ignore.
         """
         sources = set(expect) if expect is not None else set(sources_for(to))
         sources = {s for s in sources if allowed(s, to)}
@@ -275,10 +313,10 @@ class BuildStore:
         if to in FINAL:
             sets.append("finished_at = :now")
             removes.append("active")
-        for i, (_name, value) in enumerate((fields or {}).items()):
+        names = {"#s": "status"}
+        for i, (name, value) in enumerate((fields or {}).items()):
             values[f":f{i}"] = value
-            sets.append(f"#f{i} = :f{i}")
-        names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields or {})}}
+            sets.append(f"{_path(names, f'#f{i}', name)} = :f{i}")
         src = sorted(s.value for s in sources)
         cond = "#s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
         values.update({f":src{i}": s for i, s in enumerate(src)})
@@ -305,9 +343,9 @@ class BuildStore:
             old = e.response.get("Item")
             if not old:
                 raise BuildNotFound(f"no build with id {build_id!r}") from None
-            current = from_item(old).get("status")
-            raise InvalidTransition(
-                f"build {build_id} is {current}; it cannot move to {to.value}"
+            item = from_item(old)
+            raise ConditionFailed(
+                f"build {build_id} is {item.get('status')}; it cannot move to {to.value}", item
             ) from None
         return from_item(resp["Attributes"])
 
@@ -326,8 +364,10 @@ class BuildStore:
         )
 
     def update_fields(self, build_id: str, fields: dict[str, Any], *,
-                      expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = ()) -> dict:
-        """Set fields on a build that is still in one of ``expect`` (no timeline entry)."""
+                      expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = (),
+                      extra_condition: tuple[str, dict[str, Any]] | None = None) -> dict:
+        """Set fields on a build that is still in one of ``expect`` (no timeline entry) and,
+        with ``extra_condition``, for which that condition holds too."""
         names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields)}}
         values = {f":f{i}": v for i, v in enumerate(fields.values())}
         src = sorted(s.value for s in expect)
@@ -337,13 +377,16 @@ class BuildStore:
         rm = list(remove)
         if rm:
             expr += " REMOVE " + ", ".join(rm)
+        cond = "attribute_exists(id) AND #s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
+        if extra_condition:
+            cond = f"{cond} AND ({extra_condition[0]})"
+            values.update(extra_condition[1])
         try:
             resp = self._db.update_item(
                 TableName=self._table,
                 Key={"id": {"S": build_id}},
                 UpdateExpression=expr,
-                ConditionExpression="attribute_exists(id) AND #s IN ("
-                + ", ".join(f":src{i}" for i in range(len(src))) + ")",
+                ConditionExpression=cond,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues={k: to_av(v) for k, v in values.items()},
                 ReturnValues="ALL_NEW",
@@ -355,7 +398,8 @@ class BuildStore:
             old = e.response.get("Item")
             if not old:
                 raise BuildNotFound(f"no build with id {build_id!r}") from None
-            raise InvalidTransition(f"build {build_id} is {from_item(old).get('status')}") from None
+            item = from_item(old)
+            raise ConditionFailed(f"build {build_id} is {item.get('status')}", item) from None
         return from_item(resp["Attributes"])
 
     def set_if(self, build_id: str, attribute: str, value: Any, *, condition: str,

@@ -265,3 +265,75 @@ def test_a_token_replaced_between_check_and_write_changes_nothing(api, build_id,
     resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "late"})
     assert resp.status_code == 403, resp.body
     assert real_get(build_id) == before
+
+
+# ---- AWS calls: the token check is the write's condition --------------------------------------
+class Calls:
+    """The app's AWS API calls as ``service.Operation`` (botocore's before-call event)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        for name in ("dynamodb", "sqs"):
+            wiring.client(name).meta.events.register(
+                "before-call", lambda model, **_: self.seen.append(f"{model.service_model.service_name}.{model.name}"))
+
+    def take(self) -> list[str]:
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def test_each_report_is_one_conditional_write(api, aws, build_id):
+    calls = Calls()
+    # the first report moves LAUNCHING -> RUNNING in the same write
+    assert post(api, build_id, phase("PREPARING")).status_code == 202
+    assert calls.take() == ["dynamodb.UpdateItem"]
+    assert post(api, build_id, phase("BUILDING")).status_code == 202
+    assert calls.take() == ["dynamodb.UpdateItem"]
+    assert post(api, build_id, {"type": "heartbeat"}).status_code == 202
+    assert calls.take() == ["dynamodb.UpdateItem"]
+    resp = post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST})
+    assert resp.status_code == 202
+    assert calls.take() == ["dynamodb.UpdateItem", "sqs.SendMessage"]  # the write, the notify message
+    rec = record(build_id)
+    assert rec["status"] == "SUCCEEDED" and rec["image"]["digest"] == DIGEST
+    assert rec["image"]["tags"] == ["1.0", "latest"], "the rest of the image is kept"
+    # a forged token: the write's condition refuses it, and its old item tells why (no second read)
+    other = _launching(aws, token="t2-" + "q" * 40)
+    before = record(other)
+    calls.take()
+    assert post(api, other, phase("BUILDING"), token="forged-" + "y" * 40).status_code == 403
+    assert calls.take() == ["dynamodb.UpdateItem"]
+    assert record(other) == before
+
+
+def test_a_failure_is_one_write_and_the_notify_message(api, aws, build_id):
+    post(api, build_id, phase("BUILDING"))
+    calls = Calls()
+    assert post(api, build_id, {"type": "result", "status": "FAILED", "reason": "x"}).status_code == 202
+    assert calls.take() == ["dynamodb.UpdateItem", "sqs.SendMessage"]
+
+
+def test_success_straight_from_launching_passes_through_running(api, aws, build_id):
+    resp = post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST})
+    assert resp.status_code == 202, resp.body
+    rec = record(build_id)
+    assert rec["status"] == "SUCCEEDED" and rec["image"]["digest"] == DIGEST
+    assert [e["status"] for e in rec["events"]] == ["QUEUED", "LAUNCHING", "RUNNING", "SUCCEEDED"]
+    assert aws.messages("NotifyQueue") == [{"build_id": build_id, "status": "SUCCEEDED"}]
+
+
+def test_heartbeat_from_launching_moves_it_to_running(api, build_id):
+    assert post(api, build_id, {"type": "heartbeat"}).status_code == 202
+    rec = record(build_id)
+    assert rec["status"] == "RUNNING" and rec["heartbeat_at"]
+    assert rec["events"][-1]["message"] == "the instance reported in"
+
+
+def test_a_result_after_the_build_was_requeued_is_403(api, build_id):
+    post(api, build_id, phase("BUILDING"))
+    wiring.transitions().move(build_id, Status.QUEUED, expect=[Status.RUNNING], fields={"attempt": 2},
+                              remove=["token_hash"])
+    before = record(build_id)
+    for body in ({"type": "result", "status": "FAILED", "reason": "x"}, {"type": "heartbeat"}, phase("PUSHING")):
+        assert post(api, build_id, body).status_code == 403
+    assert record(build_id) == before

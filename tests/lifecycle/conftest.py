@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from lifecycle_helpers import FakeClock, World
+from lifecycle_helpers import CallLog, FakeClock, World
 
 
 @pytest.fixture
@@ -28,3 +28,9 @@ def fire(api):
         return api.lambda_.invoke(handler, event).payload["outcome"]
 
     return deliver
+
+
+@pytest.fixture
+def aws_calls(aws):
+    """Counts the app's AWS API calls; ``aws_calls.take()`` returns those since the last take."""
+    return CallLog()

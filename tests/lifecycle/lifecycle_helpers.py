@@ -109,3 +109,25 @@ class World:
     def final_notifications(self) -> list[dict]:
         return [m for m in self.aws.messages("NotifyQueue") if m.get("status") in
                 ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")]
+
+
+class CallLog:
+    """The AWS API calls the app's clients make, as ``service.Operation`` (botocore's
+    ``before-call`` event: one per call, SDK retries not counted)."""
+
+    SERVICES = ("dynamodb", "sqs", "ec2", "logs", "ecr", "ssm")
+
+    def __init__(self) -> None:
+        from chalicelib import wiring
+
+        self.calls: list[str] = []
+        for name in self.SERVICES:
+            wiring.client(name).meta.events.register("before-call", self._on_call)
+
+    def _on_call(self, model, **_kwargs) -> None:
+        self.calls.append(f"{model.service_model.service_name}.{model.name}")
+
+    def take(self) -> list[str]:
+        """The calls since the last take."""
+        calls, self.calls = self.calls, []
+        return calls

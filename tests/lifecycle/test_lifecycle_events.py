@@ -247,3 +247,113 @@ def test_local_registry_push_is_matched_by_repository_name(world, fire, monkeypa
     fire("on_instance_state", state_event(world.launch(other), "running"))
     assert world.get(other)["status"] == "RUNNING"
     assert fire("on_image_pushed", load_event("ecr-image-push", **{"image-tag": "x1"})) == "not ours"
+
+
+# ---- AWS calls per event: decided on the index's copy, the checks inside the write -------
+def running_build(world, fire) -> tuple[str, str]:
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    return bid, iid
+
+
+def stale_index(monkeypatch, world, copy: dict) -> None:
+    """The by-instance index still returns ``copy`` (an index lags the table a moment)."""
+    monkeypatch.setattr(type(world.store), "find_by_instance",
+                        lambda self, i: dict(copy) if copy.get("instance_id") == i else None)
+
+
+def test_running_is_one_query_and_one_conditional_write(world, fire, aws_calls):
+    bid = world.submit()
+    iid = world.launch(bid)
+    aws_calls.take()
+    assert fire("on_instance_state", state_event(iid, "running")) == "running"
+    assert aws_calls.take() == ["dynamodb.Query", "dynamodb.UpdateItem"]
+    # the duplicate: the index already says RUNNING, nothing is written
+    assert fire("on_instance_state", state_event(iid, "running")) == "ignored"
+    assert aws_calls.take() == ["dynamodb.Query"]
+    assert statuses(world.get(bid)) == ["QUEUED", "LAUNCHING", "RUNNING"]
+
+
+def test_spot_interruption_is_query_write_and_the_launch_message(world, fire, aws, aws_calls):
+    bid, iid = running_build(world, fire)
+    aws.messages("LaunchQueue")
+    aws_calls.take()
+    assert fire("on_spot_interruption", spot_event(iid)) == "relaunched"
+    assert aws_calls.take() == ["dynamodb.Query", "dynamodb.UpdateItem", "sqs.SendMessage"]
+    assert aws.messages("LaunchQueue") == [{"build_id": bid, "attempt": 2}]
+
+
+def test_termination_of_a_finished_build_reads_nothing_more(world, fire, aws_calls):
+    bid, iid = running_build(world, fire)
+    world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed")
+    aws_calls.take()
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+    assert aws_calls.take() == ["dynamodb.Query"]  # no spot-reclaim check, no log tail
+
+
+def test_lost_build_makes_no_consistent_read(world, fire, aws_calls):
+    bid, iid = running_build(world, fire)
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    aws_calls.take()
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "failed"
+    calls = aws_calls.take()
+    assert "dynamodb.GetItem" not in calls
+    assert calls[:2] == ["dynamodb.Query", "ec2.DescribeInstances"]
+    assert calls[-2:] == ["dynamodb.UpdateItem", "sqs.SendMessage"]
+
+
+def test_a_cancel_the_index_has_not_seen_still_wins(world, fire, monkeypatch, aws_calls):
+    # GIVEN a running build cancelled a moment ago, the index still showing it uncancelled
+    bid, iid = running_build(world, fire)
+    stale_index(monkeypatch, world, world.get(bid))
+    world.store.update_fields(bid, {"cancel_requested": True})
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    aws_calls.take()
+    # WHEN its instance's termination arrives
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "cancelled"
+    # THEN the write made on the stale copy lost, one consistent read found the cancel
+    calls = aws_calls.take()
+    assert calls.count("dynamodb.GetItem") == 1 and calls.count("sqs.SendMessage") == 1
+    record = world.get(bid)
+    assert record["status"] == "CANCELLED" and statuses(record).count("FAILED") == 0
+    assert [n["status"] for n in world.final_notifications()] == ["CANCELLED"]
+
+
+def test_running_after_a_cancel_the_index_has_not_seen(world, fire, monkeypatch):
+    bid = world.submit()
+    iid = world.launch(bid)
+    stale_index(monkeypatch, world, world.get(bid))
+    world.store.update_fields(bid, {"cancel_requested": True})
+    assert fire("on_instance_state", state_event(iid, "running")) == "terminated"
+    assert world.state(iid) == "terminated"
+    assert world.get(bid)["status"] == "LAUNCHING"
+
+
+def test_stale_index_copy_of_an_earlier_attempt_changes_nothing(world, fire, monkeypatch, aws):
+    # GIVEN a build relaunched after a spot interruption; the index still maps the old instance to it
+    bid, iid = running_build(world, fire)
+    copy = world.get(bid)
+    fire("on_spot_interruption", spot_event(iid))
+    stale_index(monkeypatch, world, copy)
+    aws.messages("LaunchQueue")
+    before = world.get(bid)
+    # WHEN the old instance's late events arrive (a duplicate "running" is dropped without a write)
+    assert fire("on_spot_interruption", spot_event(iid)) == "not ours"
+    assert fire("on_instance_state", state_event(iid, "running")) == "ignored"
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "not ours"
+    # THEN the queued attempt 2 is untouched and no second launch was asked for
+    assert world.get(bid) == before
+    assert aws.messages("LaunchQueue") == []
+
+
+def test_push_seen_after_the_success_report_is_one_query_and_one_write(world, fire, aws_calls):
+    bid, _ = running_build(world, fire)
+    digest = "sha256:" + "f" * 64
+    image = dict(world.get(bid)["image"], digest=digest)
+    world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], fields={"image": image})
+    event = push_event(world, bid, digest)
+    aws_calls.take()
+    assert fire("on_image_pushed", event) == "recorded"
+    assert aws_calls.take() == ["dynamodb.Query", "dynamodb.UpdateItem"]
+    assert world.get(bid)["ecr_digest"] == digest

@@ -176,3 +176,48 @@ def test_an_instance_the_launcher_has_not_recorded_yet_is_not_an_orphan(world, a
     clock.advance(minutes=5)
     assert tick(api) == {}
     assert world.state(iid) == "running"
+
+
+def _succeeded_in_ecr_account(world, monkeypatch, digests: list[str]) -> list[str]:
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
+    world.wiring.reset()
+    ids = []
+    for i, digest in enumerate(digests):
+        bid = world.submit(tags=[f"t{i}"])
+        iid = world.launch(bid)
+        world.wiring.transitions().move(bid, Status.RUNNING, expect=[Status.LAUNCHING])
+        image = dict(world.get(bid)["image"], digest=digest)
+        world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], fields={"image": image})
+        world.ec2.terminate_instances(InstanceIds=[iid])  # the instance ends itself after its report
+        ids.append(bid)
+    return ids
+
+
+def test_digest_check_reads_no_build_again(world, api, clock, monkeypatch):
+    from lifecycle_helpers import CallLog
+
+    seen, unseen = _succeeded_in_ecr_account(world, monkeypatch, ["sha256:" + "1" * 64, "sha256:" + "2" * 64])
+    world.store.update_fields(seen, {"ecr_digest": "sha256:" + "1" * 64}, expect=[Status.SUCCEEDED])
+    tick(api)  # gives the quota slots back
+    calls = CallLog()
+    clock.advance(minutes=16)
+    assert tick(api) == {"digests_checked": 1, "digests_flagged": 1}
+    # the index query's items are used as they are: only the build ECR never reported is asked about
+    assert calls.take() == ["dynamodb.Query", "ec2.DescribeInstances", "dynamodb.GetItem",
+                            "dynamodb.Query", "ecr.DescribeImages", "dynamodb.UpdateItem"]
+    assert "ECR has no image" in world.get(unseen)["reason"] and not world.get(seen).get("reason")
+
+
+def test_digest_recorded_after_the_index_read_is_not_flagged(world, api, clock, monkeypatch):
+    # GIVEN the index's copy of a SUCCEEDED build without an ECR digest...
+    (bid,) = _succeeded_in_ecr_account(world, monkeypatch, ["sha256:" + "3" * 64])
+    copy = world.get(bid)
+    monkeypatch.setattr(type(world.store), "recent_records", lambda self, status, limit: [dict(copy)])
+    # ...while the push event recorded it in the table meanwhile
+    world.store.update_fields(bid, {"ecr_digest": "sha256:" + "3" * 64}, expect=[Status.SUCCEEDED])
+    clock.advance(minutes=16)
+    # WHEN the reaper checks (ECR has no such image: moto's repository is empty)
+    report = tick(api)
+    # THEN its conditional write loses: the build is not flagged
+    assert "digests_flagged" not in report and "digests_checked" not in report
+    assert not world.get(bid).get("reason") and "digest_checked" not in world.get(bid)
