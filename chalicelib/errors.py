@@ -52,3 +52,9 @@ class PayloadTooLarge(VoltabuildError):
 
 class QuotaExceeded(VoltabuildError):
     status = 429
+
+
+class Busy(VoltabuildError):
+    """A transient conflict that outlasted our retries: the client should retry soon."""
+
+    status = 503

@@ -13,14 +13,15 @@ from chalicelib.errors import BadRequest, PayloadTooLarge, VoltabuildError
 
 MAX_BODY = 64 * 1024
 _CODES = {400: "BadRequestError", 401: "UnauthorizedError", 403: "ForbiddenError", 404: "NotFoundError",
-          409: "ConflictError", 413: "RequestEntityTooLargeError", 429: "TooManyRequestsError"}
+          409: "ConflictError", 413: "RequestEntityTooLargeError", 429: "TooManyRequestsError",
+          503: "ServiceUnavailableError"}
 
 
 def error_response(status: int, message: str) -> Response:
     return Response(
         body={"Code": _CODES.get(status, "Error"), "Message": message},
         status_code=status,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **({"Retry-After": "1"} if status == 503 else {})},
     )
 
 

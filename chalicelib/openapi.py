@@ -109,6 +109,7 @@ def document(frameworks: list[str] | None = None) -> dict:
                         "413": _err("body over 64 KiB"),
                         "415": _err("not application/json"),
                         "429": _err("too many active builds"),
+                        "503": _err("a burst of concurrent submissions outlasted the retries: retry"),
                     },
                 },
                 "get": {

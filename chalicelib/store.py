@@ -16,6 +16,8 @@ import binascii
 import hashlib
 import hmac
 import json
+import random
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,11 +27,19 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from chalicelib.clock import epoch_in, now_iso
-from chalicelib.errors import BadRequest, BuildNotFound, IdempotencyConflict, InvalidTransition, QuotaExceeded
+from chalicelib.errors import (
+    BadRequest,
+    BuildNotFound,
+    Busy,
+    IdempotencyConflict,
+    InvalidTransition,
+    QuotaExceeded,
+)
 from chalicelib.schemas import Build, TimelineEvent
 from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
+CONFLICT_RETRIES = 5
 # an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
 NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
 _ser = TypeSerializer()
@@ -136,21 +146,27 @@ class BuildStore:
                     "ConditionExpression": "attribute_not_exists(id)",
                 }
             })
-        try:
-            self._db.transact_write_items(TransactItems=items)
-        except ClientError as e:
-            if e.response["Error"]["Code"] != "TransactionCanceledException":
-                raise
-            reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
-            if idempotency and len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
-                return self._replay(idempotency), False
-            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-                raise QuotaExceeded(
-                    f"too many active builds: the limit is {self.max_active}; "
-                    "wait for one to finish or cancel one"
-                ) from None
-            raise
-        return build, True
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._db.transact_write_items(TransactItems=items)
+                return build, True
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                if idempotency and len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                    return self._replay(idempotency), False
+                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                    raise QuotaExceeded(
+                        f"too many active builds: the limit is {self.max_active}; "
+                        "wait for one to finish or cancel one"
+                    ) from None
+                if "TransactionConflict" not in reasons:
+                    raise
+            # every submit's transaction touches the quota item, so concurrent submits
+            # conflict (DynamoDB cancels all but one): try again after a short jitter
+            time.sleep(random.uniform(0, 0.025 * 2**attempt))
+        raise Busy("too many builds are being submitted at this moment; retry in a second")
 
     def _replay(self, idem: Idempotency) -> Build:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)

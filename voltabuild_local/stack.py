@@ -172,7 +172,6 @@ class Stack:
         from infra.local import create_resources, stage_environment
 
         py = sys.executable
-        bindir = Path(py).parent
         base_env = {
             k: v for k, v in os.environ.items()
             if not k.startswith(("AWS_", "VOLTABUILD_")) and k not in ("LOCAL_API_KEY",)
@@ -187,7 +186,7 @@ class Stack:
         }
 
         # 1. emulated AWS
-        self._start(state, "moto", [str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", str(ports["moto"])],
+        self._start(state, "moto", [py, "-m", "voltabuild_local.moto_server", "--port", str(ports["moto"])],
                     {**base_env, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}, f"{moto_url}/moto-api/")
         session = _EndpointSession(moto_url)
         resources = create_resources(session, STAGE)

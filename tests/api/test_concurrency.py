@@ -2,8 +2,8 @@
 
 DynamoDB applies the writes to one item one at a time; moto's in-process backend does
 not (its condition check and write are not atomic across threads). So the racing
-clients here talk over HTTP to moto served by a single-threaded WSGI server, which
-applies requests one at a time as DynamoDB does, while the clients race freely.
+clients here talk over HTTP to moto as the local stack serves it (voltabuild_local.
+moto_server: one request at a time, as DynamoDB applies them), while they race freely.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import threading
 
 import boto3
 import pytest
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
 
 from chalicelib.builds import BuildService
 from chalicelib.catalog import load_catalog
@@ -25,6 +23,7 @@ from chalicelib.states import Status
 from chalicelib.store import BuildStore
 from chalicelib.transitions import Transitions
 from infra.local import create_resources, stage_environment
+from voltabuild_local import moto_server
 
 
 class _Session:
@@ -39,8 +38,7 @@ class _Session:
 
 @pytest.fixture(scope="module")
 def serial_moto():
-    server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), False,
-                         request_handler=MotoRequestHandler)
+    server = moto_server.server("127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
