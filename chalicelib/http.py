@@ -50,7 +50,7 @@ def parse_body(raw: bytes | None, model: type[BaseModel]) -> Any:
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw)  # JSON mode: strict models still take JSON objects
     except ValidationError as e:
         raise BadRequest(describe_validation(e)) from None
 

@@ -21,7 +21,7 @@ ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,6
 
 
 class NotifyOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     slack: bool = Field(True, description="send a Slack message when the build ends")
     channel: ChannelName | None = Field(
@@ -30,9 +30,10 @@ class NotifyOptions(BaseModel):
 
 
 class BuildRequest(BaseModel):
-    """Body of ``POST /builds``. Omitted fields take the buildspec's defaults."""
+    """Body of ``POST /builds``. Omitted fields take the buildspec's defaults. Strict:
+    a number sent as a string, or 0 for false, is refused as the schema says."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     framework: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")] = Field(
         description="a framework from GET /frameworks"

@@ -103,6 +103,11 @@ BAD = [
     ({"version": "2.5.1"}, 400, "framework: Field required"),
     ({"framework": "pytorch", "notify": {"channel": "ops"}}, 400, "configured channels: default"),
     ({"framework": "pytorch", "notify": {"webhook": "https://hooks.slack.com/x"}}, 400, "unknown field"),
+    ({"framework": "pytorch", "timeout_minutes": "30"}, 400, "timeout_minutes"),
+    ({"framework": "pytorch", "timeout_minutes": 30.5}, 400, "timeout_minutes"),
+    ({"framework": "pytorch", "notify": "yes"}, 400, "notify"),
+    ({"framework": "pytorch", "notify": {"slack": 0}}, 400, "notify"),
+    ({"framework": "pytorch", "tags": "latest"}, 400, "tags"),
 ]
 
 
