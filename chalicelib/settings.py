@@ -76,7 +76,7 @@ class Settings:
             notify_queue_url=env.get("NOTIFY_QUEUE_URL", ""),
             registry=env.get("IMAGE_REGISTRY", f"000000000000.dkr.ecr.{region}.amazonaws.com"),
             api_url=env.get("PUBLIC_API_URL", "").rstrip("/"),
-            cursor_key=env.get("CURSOR_KEY", f"voltabuild-{stage}-cursor-key"),
+            cursor_key=env.get("CURSOR_KEY") or f"voltabuild-{stage}-cursor-key",
             local_api_key=env.get("LOCAL_API_KEY", ""),
             max_active_builds=int(env.get("MAX_ACTIVE_BUILDS", "20")),
             max_attempts=int(env.get("MAX_ATTEMPTS", "3")),

@@ -82,7 +82,7 @@ cfn_deploy() {
     --parameter-overrides
     "Stage=$STAGE" "VpcId=$VPC_ID" "SubnetIds=$SUBNET_IDS"
     "SharedResources=${SHARED_RESOURCES:-create}" "LogRetentionDays=${LOG_RETENTION_DAYS:-30}"
-    "PublicApiUrl=$api_url")
+    "PublicApiUrl=$api_url" "CursorKey=$CURSOR_KEY")
   "${cmd[@]}" >&2   # its progress is not the script's output
 }
 
@@ -117,6 +117,8 @@ main() {
   command -v aws >/dev/null || die "the AWS CLI (aws) is not installed"
   DIST="$ROOT/dist/$STAGE"
   STACK="voltabuild-$STAGE"
+  # signs the API's list cursors; a new one each deployment (see infra/deploy.yaml)
+  CURSOR_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
   [[ -f "$DIST/sam.json" && -f "$DIST/deployment.zip" ]] || die "no package in $DIST: run make package STAGE=$STAGE"
 
   local account api_url new_url

@@ -111,9 +111,12 @@ def test_first_deployment_creates_the_stack_then_tells_the_lambdas_their_url(pro
     deploys = [c for c in made if c[:2] == ["cloudformation", "deploy"]]
     assert len(deploys) == 2
     first, second = overrides(deploys[0]), overrides(deploys[1])
+    key = first.pop("CursorKey")
     assert first == {"Stage": "dev", "VpcId": "vpc-0abc", "SubnetIds": "subnet-a,subnet-b,subnet-c",
                      "SharedResources": "create", "LogRetentionDays": "30", "PublicApiUrl": ""}
     assert second["PublicApiUrl"] == URL
+    # a random 256-bit cursor-signing key, never the guessable default
+    assert len(key) == 64 and int(key, 16) and second["CursorKey"] == key
     caps = deploys[0][deploys[0].index("--capabilities") + 1:deploys[0].index("--no-fail-on-empty-changeset")]
     assert caps == ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
     assert deploys[0][deploys[0].index("--stack-name") + 1] == "voltabuild-dev"
