@@ -50,6 +50,7 @@ class HostConfig:
     log_group: str = "/voltabuild/builds"
     heartbeat_seconds: int = 60
     vcs_ref: str = "unknown"
+    vcs_url: str = ""
 
 
 def _check(name: str, value: str, pattern: re.Pattern[str]) -> str:
@@ -108,7 +109,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
     build_id = _check("build id", record["id"], _BUILD_ID)
     resolved = spec.resolve(record["version"], record["cuda"], record["python"])
     args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
-    args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref)
+    args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
     arg_list = []
     for name, value in args.items():
         _check("build arg name", name, _ARG_NAME)

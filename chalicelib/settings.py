@@ -63,6 +63,7 @@ class Settings:
     spot_price_table: tuple[tuple[str, float], ...] = ()
     heartbeat_seconds: int = 60
     vcs_ref: str = "unknown"
+    vcs_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -100,5 +101,6 @@ class Settings:
             launch_max_retries=int(env.get("LAUNCH_MAX_RETRIES", "5")),
             spot_price_table=_prices(env.get("SPOT_PRICE_TABLE", DEFAULT_SPOT_PRICES)),
             heartbeat_seconds=int(env.get("HEARTBEAT_SECONDS", "60")),
-            vcs_ref=env.get("VCS_REF", "unknown"),
+            vcs_ref=env.get("VCS_REF") or "unknown",
+            vcs_url=env.get("VCS_URL", ""),
         )

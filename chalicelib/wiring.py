@@ -132,7 +132,8 @@ def launcher():
 
     s = settings()
     host = HostConfig(api_url=s.api_url, region=s.region, stage=s.stage, registry=s.registry,
-                      log_group=s.build_log_group, heartbeat_seconds=s.heartbeat_seconds, vcs_ref=s.vcs_ref)
+                      log_group=s.build_log_group, heartbeat_seconds=s.heartbeat_seconds, vcs_ref=s.vcs_ref,
+                      vcs_url=s.vcs_url)
     cfg = LaunchConfig(
         stage=s.stage, host=host, ami_id=s.ami_id, ami_parameter=s.ami_parameter, subnet_ids=s.subnet_ids,
         security_group_id=s.security_group_id, instance_profile=s.instance_profile,

@@ -82,7 +82,7 @@ cfn_deploy() {
     --parameter-overrides
     "Stage=$STAGE" "VpcId=$VPC_ID" "SubnetIds=$SUBNET_IDS"
     "SharedResources=${SHARED_RESOURCES:-create}" "LogRetentionDays=${LOG_RETENTION_DAYS:-30}"
-    "PublicApiUrl=$api_url" "CursorKey=$CURSOR_KEY")
+    "PublicApiUrl=$api_url" "CursorKey=$CURSOR_KEY" "VcsRef=$VCS_REF" "VcsUrl=$VCS_URL")
   "${cmd[@]}" >&2   # its progress is not the script's output
 }
 
@@ -119,6 +119,10 @@ main() {
   STACK="voltabuild-$STAGE"
   # signs the API's list cursors; a new one each deployment (see infra/deploy.yaml)
   CURSOR_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+  # the images' revision and source labels; an https URL without credentials, or nothing
+  VCS_REF=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+  VCS_URL=$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)
+  [[ $VCS_URL =~ ^https://[A-Za-z0-9./_~+-]+$ ]] || VCS_URL=""
   [[ -f "$DIST/sam.json" && -f "$DIST/deployment.zip" ]] || die "no package in $DIST: run make package STAGE=$STAGE"
 
   local account api_url new_url

@@ -202,6 +202,7 @@ class Stack:
             "PUBLIC_API_URL": api_url,
             "IMAGE_REGISTRY": registry,
             "MAX_ACTIVE_BUILDS": "50",
+            "VCS_REF": _git_revision(),
         }
         self._slack_parameters(session, sink_url, app_env)
 
@@ -305,6 +306,15 @@ class Stack:
         for path in (self.state_file, self.env_file):
             path.unlink(missing_ok=True)
         return stopped
+
+
+def _git_revision() -> str:
+    """The checkout's commit, for the images' org.opencontainers.image.revision label."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def prepare_local_base() -> None:

@@ -3,6 +3,7 @@ real with buildah/docker -> pushed to the local registry -> final state -> Slack
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,7 @@ def test_canary_from_post_to_succeeded_with_the_image_in_the_registry(stack):
         assert summary is not None, f"{tag} is not in the registry"
         digests.add(summary["digest"])
         assert summary["labels"]["io.voltabuild.build-id"] == build["id"]
+        assert re.fullmatch(r"[0-9a-f]{40}", summary["labels"]["org.opencontainers.image.revision"])
     assert digests == {build["image"]["digest"]}
     # AND one Slack message said so
     messages = stack.slack_messages(build["id"])

@@ -17,7 +17,8 @@ SHIMS = Path(__file__).resolve().parent / "shims"
 BUILD_ID = "b-0123456789abcdef0123"
 TOKEN = "tok_" + "A" * 40
 CFG = HostConfig(api_url="https://api.example.test/api", region="us-east-1", stage="dev",
-                 registry="123456789012.dkr.ecr.us-east-1.amazonaws.com", heartbeat_seconds=3600)
+                 registry="123456789012.dkr.ecr.us-east-1.amazonaws.com", heartbeat_seconds=3600,
+                 vcs_ref="0123abc", vcs_url="https://example.test/voltabuild.git")
 
 
 def record_for(catalog: Catalog, framework: str = "pytorch", **over) -> dict:

@@ -114,7 +114,7 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
     args = [build[i + 1] for i, a in enumerate(build) if a == "--build-arg"]
     assert "MAX_JOBS=4" in args and "PYTORCH_VERSION=2.5.1" in args
     assert f"VOLTABUILD_BUILD_ID={BUILD_ID}" in args and "BUILD_DATE=2026-11-28T15:00:00Z" in args
-    assert any(a.startswith("VCS_REF=") for a in args)
+    assert "VCS_REF=0123abc" in args and "VCS_URL=https://example.test/voltabuild.git" in args
     assert [build[i + 1] for i, a in enumerate(build) if a == "--tag"] == [
         f"{image}:2.5.1-cu124-py311", f"{image}:latest"]
     assert "--push" in push

@@ -1,7 +1,10 @@
 # sourced by every shim: append this call (name, args) to $SHIM_CALLS, \x1f between
-# fields and \x1e after each call, so arguments with newlines survive.
+# fields and \x1e after each call, so arguments with newlines survive. One write per
+# call: the host script runs shims concurrently (the log shipper in the background), and
+# separate writes from two shims would interleave.
 shim_record() {
-  local name=${0##*/}
-  { printf '%s' "$name"; printf '\037%s' "$@"; printf '\036'; } >>"${SHIM_CALLS:?}"
+  local name=${0##*/} record
+  record=$(printf '%s' "$name"; printf '\037%s' "$@"; printf '\036')
+  printf '%s' "$record" >>"${SHIM_CALLS:?}"
 }
 shim_record "$@"
