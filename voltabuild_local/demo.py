@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 
 from voltabuild_local.registry import image_summary
@@ -79,7 +80,7 @@ def run_demo(stack: Stack, keep: bool = False) -> int:
             payload = msg["payload"]
             print(f"  channel: {msg['channel']}   ({len(payload.get('blocks', []))} Block Kit blocks; "
                   f"all of it in {stack.slack_file})")
-            print("  " + payload.get("text", "").replace(" · ", "\n  "))
+            print(textwrap.fill(payload.get("text", ""), width=100, initial_indent="  ", subsequent_indent="  "))
         return proc.returncode
     finally:
         if keep or not started_here:
