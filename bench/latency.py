@@ -14,7 +14,6 @@ in front of it); its boto3 clients reach moto server over HTTP via ``AWS_ENDPOIN
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import tempfile
 import time
@@ -53,19 +52,9 @@ def moto_server() -> Iterator[tuple[dict, dict]]:
         state = stack.up()
         try:
             env = {**state["app_env"], "MAX_ACTIVE_BUILDS": world.BASE_ENV["MAX_ACTIVE_BUILDS"]}
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)
-            wiring.reset()
-            wiring.settings()
-            try:
+            with wiring.environment(env):
+                wiring.settings()
                 yield env, state["resources"]
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-                wiring.reset()
         finally:
             stack.down()
 

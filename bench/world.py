@@ -114,19 +114,9 @@ def moto_in_process(*, slack_url: str | None = None) -> Iterator[dict[str, str]]
         if slack_url:
             session.client("ssm").put_parameter(Name="/voltabuild/dev/slack/default", Value=slack_url,
                                                 Type="SecureString", Overwrite=True)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        wiring.reset()
-        wiring.settings()  # cached now: chalice.test.Client's stage variables cannot change it
-        try:
+        with wiring.environment(env):
+            wiring.settings()  # cached now: chalice.test.Client's stage variables cannot change it
             yield resources
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            wiring.reset()
 
 
 def api_client():

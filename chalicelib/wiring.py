@@ -5,8 +5,10 @@ The only place that reads ``os.environ``: everything else gets what it needs pas
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
+from collections.abc import Iterator, Mapping
 from functools import cache
 
 import boto3
@@ -168,3 +170,21 @@ def reset() -> None:
         fn.cache_clear()
     for fn in (launcher, reports, build_logs):  # issue 4
         fn.cache_clear()
+
+
+@contextlib.contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Run with these environment variables and freshly made objects, then put both back
+    (tests, benchmarks and local tools that point the app at an emulated AWS)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reset()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset()

@@ -37,19 +37,8 @@ def moto_aws():
     with mock_aws():
         session = boto3.session.Session(region_name="us-east-1")
         resources = create_resources(session)
-        env = stage_environment(resources)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        wiring.reset()
-        try:
+        with wiring.environment(stage_environment(resources)):
             yield Aws(session, resources)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            wiring.reset()
 
 
 @pytest.fixture
@@ -140,6 +129,6 @@ class Live:
 
     def session(self):
         """A boto3 session on the stack's emulated AWS."""
-        from voltabuild_local.stack import _EndpointSession
+        from voltabuild_local.stack import EndpointSession
 
-        return _EndpointSession(self.env["AWS_ENDPOINT_URL"])
+        return EndpointSession(self.env["AWS_ENDPOINT_URL"])

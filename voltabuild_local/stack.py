@@ -60,7 +60,7 @@ def _wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = 
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-class _EndpointSession:
+class EndpointSession:
     """A boto3 session whose clients all talk to the emulated AWS endpoint."""
 
     def __init__(self, endpoint: str) -> None:
@@ -188,7 +188,7 @@ class Stack:
         # 1. emulated AWS
         self._start(state, "moto", [py, "-m", "voltabuild_local.moto_server", "--port", str(ports["moto"])],
                     {**base_env, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}, f"{moto_url}/moto-api/")
-        session = _EndpointSession(moto_url)
+        session = EndpointSession(moto_url)
         resources = create_resources(session, STAGE)
         ec2_env = self._ec2_prerequisites(session)
 
@@ -236,7 +236,7 @@ class Stack:
             + "".join(f"{k}={v}\n" for k, v in client_env.items())
         )
 
-    def _ec2_prerequisites(self, session: _EndpointSession) -> dict[str, str]:
+    def _ec2_prerequisites(self, session: EndpointSession) -> dict[str, str]:
         """What a real account has before the first launch: an AMI, subnets, the
         builder security group (no inbound rules) and instance profile."""
         ec2 = session.client("ec2")
@@ -260,7 +260,7 @@ class Stack:
         return {"AMI_ID": ami, "SUBNET_IDS": ",".join(subnets), "SECURITY_GROUP_ID": sg,
                 "INSTANCE_PROFILE": "voltabuild-dev-builder"}
 
-    def _slack_parameters(self, session: _EndpointSession, sink_url: str, app_env: dict[str, str]) -> None:
+    def _slack_parameters(self, session: EndpointSession, sink_url: str, app_env: dict[str, str]) -> None:
         ssm = session.client("ssm")
         for channel in app_env.get("SLACK_CHANNELS", "default").split(","):
             ssm.put_parameter(Name=f"/voltabuild/{STAGE}/slack/{channel}", Type="SecureString",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 
-import boto3
 import pytest
 
 from chalicelib.builds import BuildService
@@ -24,16 +23,7 @@ from chalicelib.store import BuildStore
 from chalicelib.transitions import Transitions
 from infra.local import create_resources, stage_environment
 from voltabuild_local import moto_server
-
-
-class _Session:
-    def __init__(self, endpoint: str) -> None:
-        self._s = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1")
-        self.region_name = "us-east-1"
-        self.endpoint = endpoint
-
-    def client(self, name: str):
-        return self._s.client(name, endpoint_url=self.endpoint)
+from voltabuild_local.stack import EndpointSession
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,7 @@ def serial_moto():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield _Session(f"http://127.0.0.1:{server.server_address[1]}")
+        yield EndpointSession(f"http://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()
 

@@ -36,9 +36,9 @@ class Client:
         self.headers = {"x-api-key": self.env["VOLTABUILD_API_KEY"]}
 
     def stack_session(self):
-        from voltabuild_local.stack import _EndpointSession
+        from voltabuild_local.stack import EndpointSession
 
-        return _EndpointSession(self.env["AWS_ENDPOINT_URL"])
+        return EndpointSession(self.env["AWS_ENDPOINT_URL"])
 
     def instances_left_running(self, wait: float = 0.0) -> list[str]:
         """Instances tagged ours that are not terminated, after waiting up to ``wait`` s."""
