@@ -239,10 +239,6 @@ class BuildSpec(_Frozen):
                 return v
         raise KeyError(version)
 
-    @property
-    def deprecated_note(self) -> str | None:
-        return self.deprecated
-
     def combinations(self) -> list[Resolved]:
         return [
             Resolved(framework=self.framework, version=v.version, cuda=c, python=p)

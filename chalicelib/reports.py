@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints,
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
 from chalicelib.http import parse_body
-from chalicelib.states import PHASE_ORDER, Phase, Status
+from chalicelib.states import PHASE_ORDER, Phase, Status, phase_forward
 from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
 from chalicelib.transitions import Transitions
 
@@ -159,7 +159,7 @@ class Reports:
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
         current = old.get("phase")
-        if current and PHASE_ORDER[Phase(current)] > PHASE_ORDER[report.phase]:
+        if not phase_forward(Phase(current) if current else None, report.phase):
             raise Conflict(f"phase: the build is already {current}; {report.phase.value} would move it backwards")
         if current != report.phase.value:
             raise self._moved_on(build_id)

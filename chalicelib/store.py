@@ -365,20 +365,6 @@ class BuildStore:
             ) from None
         return from_item(resp["Attributes"])
 
-    def advance_phase(self, build_id: str, phase: Phase, *, message: str = "",
-                      heartbeat_only: bool = False) -> dict:
-        """RUNNING -> RUNNING with a phase that never moves backwards."""
-        order = [p.value for p in Phase]
-        allowed_prev = order[: order.index(phase.value) + 1]
-        cond_vals = {f":pp{i}": p for i, p in enumerate(allowed_prev)}
-        cond = "attribute_not_exists(phase) OR phase IN (" + ", ".join(cond_vals) + ")"
-        if heartbeat_only:
-            return self.update_fields(build_id, {"heartbeat_at": now_iso()}, expect=[Status.RUNNING])
-        return self.transition(
-            build_id, Status.RUNNING, expect=[Status.RUNNING], phase=phase, message=message,
-            fields={"heartbeat_at": now_iso()}, extra_condition=(cond, cond_vals),
-        )
-
     def update_fields(self, build_id: str, fields: dict[str, Any], *,
                       expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = (),
                       extra_condition: tuple[str, dict[str, Any]] | None = None) -> dict:
