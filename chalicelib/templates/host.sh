@@ -23,6 +23,9 @@
 #                            [A-Za-z0-9._/:@+-]*, anything else stops the script.
 #   VOLTABUILD_WORKDIR=DIR   where the context, the log and state files go
 #                            (default /var/lib/voltabuild/<build id>).
+#   VOLTABUILD_RETRY_SECONDS=N
+#                            the first wait before retrying a failed push (default 10,
+#                            doubling; a push is tried 3 times).
 set -euo pipefail
 set -o errtrace
 umask 077
@@ -36,6 +39,9 @@ export PATH=$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LOCAL=${VOLTABUILD_LOCAL:-0}
 BUILDER=${VOLTABUILD_BUILDER:-docker}
 WORK=${VOLTABUILD_WORKDIR:-/var/lib/voltabuild/$BUILD_ID}
+RETRY_SECONDS=${VOLTABUILD_RETRY_SECONDS:-10}
+[[ $RETRY_SECONDS =~ ^[0-9]{1,3}$ ]] || RETRY_SECONDS=10
+PUSH_TRIES=3
 LOG_FILE=$WORK/build.log
 AUTH_HEADER=$WORK/auth.header
 PHASE=STARTING
@@ -298,22 +304,37 @@ smoke_test() {
   fi
 }
 
+# Registries drop an upload now and then (ECR throttling, a network blip, two pushes of
+# one layer racing): a push is tried again, after a wait that doubles, before the build
+# is given up. Rebuilding costs far more than waiting.
+retry() {
+  local tries=$1 n=1 wait=$RETRY_SECONDS
+  shift
+  until run "$@"; do
+    ((n < tries)) || return 1
+    log "attempt $n of $tries failed; trying again in ${wait} s"
+    run sleep "$wait"
+    n=$((n + 1))
+    wait=$((wait * 2))
+  done
+}
+
 push_image() {
   local t digest=""
   if [[ $BUILDER == buildah ]]; then
     for t in "${TAGS[@]}"; do
-      run buildah --storage-driver vfs push --tls-verify=false --digestfile "$WORK/digest" \
+      retry "$PUSH_TRIES" buildah --storage-driver vfs push --tls-verify=false --digestfile "$WORK/digest" \
         "$IMAGE:$t" "docker://$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
     digest=$(cat "$WORK/digest")
   elif is_local; then
     for t in "${TAGS[@]}"; do
-      run docker push "$IMAGE:$t" || die "pushing $IMAGE:$t failed"
+      retry "$PUSH_TRIES" docker push "$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
     digest=$(docker inspect --format '{{index .RepoDigests 0}}' "$IMAGE:${TAGS[0]}")
     digest=${digest##*@}
   else
-    run "${BUILD_CMD[@]}" --push --metadata-file "$WORK/metadata.json" "$WORK/context" ||
+    retry "$PUSH_TRIES" "${BUILD_CMD[@]}" --push --metadata-file "$WORK/metadata.json" "$WORK/context" ||
       die "pushing $IMAGE failed"
     digest=$(grep -o '"containerimage.digest": *"sha256:[0-9a-f]*"' "$WORK/metadata.json" | grep -o 'sha256:[0-9a-f]*')
   fi

@@ -80,7 +80,8 @@ def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
     work = tmp / "work"
     full_env = {
         "PATH": f"{SHIMS}:{os.environ['PATH']}", "HOME": str(tmp), "SHIM_CALLS": str(calls),
-        "SHIM_LOGS_DIR": str(logs_dir), "VOLTABUILD_WORKDIR": str(work), **(env or {}),
+        "SHIM_LOGS_DIR": str(logs_dir), "VOLTABUILD_WORKDIR": str(work), "VOLTABUILD_RETRY_SECONDS": "0",
+        **(env or {}),
     }
     with open(tmp / "console.log", "wb") as out:
         proc = subprocess.Popen(["bash", str(path)], env=full_env, stdout=out, stderr=subprocess.STDOUT,

@@ -149,6 +149,15 @@ def test_failed_push_reports_failure(catalog, tmp_path):
     run = run_script(tmp_path, render_for(record_for(catalog), catalog), {"SHIM_FAIL": "push"})
     assert run.rc == 1
     _failed_with(run, "pushing 123456789012.dkr.ecr.us-east-1.amazonaws.com/voltabuild/pytorch failed")
+    pushes = [c for c in run.named("docker") if "--push" in c]
+    assert len(pushes) == 3  # tried three times before giving the build up
+
+
+def test_a_push_that_fails_once_is_retried_and_the_build_succeeds(catalog, tmp_path):
+    run = run_script(tmp_path, render_for(record_for(catalog), catalog), {"SHIM_FAIL_ONCE": "push"})
+    assert run.rc == 0
+    assert run.result()["status"] == "SUCCEEDED"
+    assert len([c for c in run.named("docker") if "--push" in c]) == 2
 
 
 def test_sigterm_in_the_middle_of_the_build_reports_and_ends_the_instance(catalog, tmp_path):
