@@ -138,7 +138,7 @@ class Reports:
     def _running(self, build_id: str, hashed: str, guard: tuple, message: str) -> dict:
         """LAUNCHING -> RUNNING: the instance spoke before EC2's 'running' event arrived."""
         try:
-            return self.store.transition(build_id, Status.RUNNING, expect=[Status.LAUNCHING], message=message,
+            return self.transitions.move(build_id, Status.RUNNING, expect=[Status.LAUNCHING], message=message,
                                          fields={"heartbeat_at": now_iso()}, extra_condition=guard)
         except InvalidTransition as e:
             return self._lost(e, build_id, hashed)  # the EC2 event won: it is RUNNING now
@@ -152,7 +152,7 @@ class Reports:
         earlier = f" OR phase IN ({', '.join(values)})" if values else ""
         cond = f"({guard[0]}) AND (attribute_not_exists(phase){earlier})"
         try:
-            return self.store.transition(
+            return self.transitions.move(
                 build_id, Status.RUNNING, expect=list(_REPORTABLE), phase=report.phase, message=message,
                 fields={"heartbeat_at": now_iso()}, extra_condition=(cond, {**guard[1], **values}),
             )

@@ -1,27 +1,40 @@
 """The one way a build changes state: a conditional write, then — when the build just
 became final — a message on the notify queue (its consumer sends Slack and gives the
-quota slot back). Every handler, route and the reaper moves builds through here."""
+quota slot back), and, with NOTIFY_ON_START, one when it just became RUNNING. Every
+handler, route and the reaper moves builds through here."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.notify import enqueue_started
 from chalicelib.queues import Queue
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
 
 
+def just_started(item: dict) -> bool:
+    """True when the move that returned ``item`` was the one out of LAUNCHING: its
+    timeline entry is the first RUNNING one after something else."""
+    events = item.get("events") or []
+    return (len(events) >= 2 and events[-1].get("status") == Status.RUNNING.value
+            and events[-2].get("status") != Status.RUNNING.value)
+
+
 class Transitions:
-    def __init__(self, store: BuildStore, notify_queue: Queue) -> None:
+    def __init__(self, store: BuildStore, notify_queue: Queue, *, notify_on_start: bool = False) -> None:
         self.store = store
         self.notify_queue = notify_queue
+        self.notify_on_start = notify_on_start
 
     def move(self, build_id: str, to: Status, **kwargs: Any) -> dict:
-        """``BuildStore.transition`` plus the final-state notification. Raises
-        InvalidTransition when the build was not in a state that allows ``to``: only
-        the caller that won the conditional write sends the notification, so a duplicate
-        event can never produce a second one."""
+        """``BuildStore.transition`` plus the notifications. Raises InvalidTransition
+        when the build was not in a state that allows ``to``: only the caller that won
+        the conditional write sends a notification, so a duplicate event can never
+        produce a second one."""
         item = self.store.transition(build_id, to, **kwargs)
         if to in FINAL:
             self.notify_queue.send({"build_id": build_id, "status": to.value})
+        elif to == Status.RUNNING and kwargs.get("record_event", True) and just_started(item):
+            enqueue_started(self.notify_queue, build_id, enabled=self.notify_on_start)
         return item

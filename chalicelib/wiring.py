@@ -59,7 +59,7 @@ def notify_queue() -> Queue:
 
 @cache
 def transitions() -> Transitions:
-    return Transitions(store(), notify_queue())
+    return Transitions(store(), notify_queue(), notify_on_start=settings().notify_on_start)
 
 
 @cache
