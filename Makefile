@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed-stamp
 help:
 	@echo "make demo     start the local stack and build the canary image end to end"
 	@echo "make test     lint and run every test (creates .venv, installs Debian packages as root)"
-	@echo "make up/down  start/stop the local stack (moto server, chalice local, registry, worker)"
+	@echo "make up/down  start/stop the local stack (moto, chalice local, registry, Slack sink, worker)"
+	@echo "make status   what the local stack runs and where"
+	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
+	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
 	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
 	@echo "make deploy   package and deploy to the AWS account of your credentials (STAGE=dev|prod)"
 
