@@ -119,7 +119,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         raise RenderError("image.tags: a build needs at least one tag")
     cuda = _check("cuda", resolved.cuda, _VERSION)
     release = hw.cuda[cuda]
-    health = "" if cuda == "none" else f"nvidia/cuda:{release.full}-base-ubuntu22.04"
+    health = release.health_image
     timeout = int(record["timeout_minutes"])
     config = "\n".join([
         _assign("BUILD_ID", build_id),
