@@ -46,6 +46,7 @@ LOG_FILE=$WORK/build.log
 AUTH_HEADER=$WORK/auth.header
 PHASE=STARTING
 REASON=""
+CAUSE=""
 RESULT_SENT=0
 CHILD=""
 HEARTBEAT_PID=""
@@ -165,7 +166,7 @@ on_exit() {
     else
       log "FAILED: $REASON"
       tail_lines=$(tail -n 30 "$LOG_FILE" 2>/dev/null | tail -c 3000)
-      report "{\"type\":\"result\",\"status\":\"FAILED\",\"reason\":$(json_str "$REASON"),\"log_tail\":$(json_str "$tail_lines")}"
+      report "{\"type\":\"result\",\"status\":\"FAILED\",\"reason\":$(json_str "$REASON"),\"log_tail\":$(json_str "$tail_lines")${CAUSE:+,\"cause\":\"$CAUSE\"}}"
     fi
   fi
   ship_logs
@@ -189,18 +190,33 @@ install_docker() {
   apt-get update -q && apt-get install -yq docker.io docker-buildx && systemctl enable --now docker
 }
 
-install_nvidia() {
+# A stock Ubuntu host (no nvidia-smi): Ubuntu's proprietary server driver of the branch the
+# hardware table names for this instance family (R580 for Volta, which NVIDIA's open kernel
+# modules do not support), with nvidia-utils so nvidia-smi exists. DKMS builds the module for
+# the running kernel, so no reboot is needed; a module that does not load is a host failure.
+install_driver() {
+  local pkgs=("nvidia-driver-$DRIVER_BRANCH-server" "nvidia-utils-$DRIVER_BRANCH-server" "linux-headers-$(uname -r)")
+  log "no NVIDIA driver: installing the proprietary $DRIVER_BRANCH server driver (${pkgs[*]})"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends "${pkgs[@]}" || return 1
+  modprobe nvidia || { log "the nvidia kernel module did not load"; return 1; }
+}
+
+install_toolkit() {
   local key=/usr/share/keyrings/nvidia-container-toolkit.gpg url=https://nvidia.github.io/libnvidia-container
-  if ! command -v nvidia-smi >/dev/null; then
-    log "no NVIDIA driver: installing the recommended server driver"
-    apt-get install -yq ubuntu-drivers-common && ubuntu-drivers install --gpgpu && modprobe nvidia
-  fi
   log "no NVIDIA container toolkit: installing it"
   curl -fsSL "$url/gpgkey" | gpg --batch --yes --dearmor -o "$key"
   curl -fsSL "$url/stable/deb/nvidia-container-toolkit.list" |
     sed "s#deb https://#deb [signed-by=$key] https://#" >/etc/apt/sources.list.d/nvidia-container-toolkit.list
   apt-get update -q && apt-get install -yq nvidia-container-toolkit &&
     nvidia-ctk runtime configure --runtime=docker && systemctl restart docker
+}
+
+# A failure of this host (its driver, its GPU) rather than of the build: reported with
+# cause "host", so the service tries the next instance type as a new attempt.
+host_fail() {
+  CAUSE=host
+  die "$@"
 }
 
 prepare_host() {
@@ -211,15 +227,19 @@ prepare_host() {
   if ! command -v docker >/dev/null || ! docker buildx version >/dev/null 2>&1; then
     install_docker || die "could not install docker and docker buildx"
   fi
-  if ! command -v nvidia-smi >/dev/null || ! command -v nvidia-ctk >/dev/null; then
-    install_nvidia || die "could not install the NVIDIA driver and container toolkit"
+  if ! command -v nvidia-smi >/dev/null; then
+    [[ -n $DRIVER_BRANCH ]] || host_fail "no nvidia-smi on this $INSTANCE_TYPE host and no driver branch to install"
+    install_driver || host_fail "could not install the NVIDIA $DRIVER_BRANCH driver on this $INSTANCE_TYPE host"
+  fi
+  if ! command -v nvidia-ctk >/dev/null; then
+    install_toolkit || die "could not install the NVIDIA container toolkit"
   fi
   docker info >/dev/null || die "the docker engine does not answer"
-  nvidia-smi || die "nvidia-smi sees no GPU on this host"
+  nvidia-smi || host_fail "nvidia-smi sees no GPU on this $INSTANCE_TYPE host"
   check_driver
   if [[ $CUDA != none ]]; then
     run docker run --rm --gpus all "$HEALTH_IMAGE" nvidia-smi ||
-      die "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU"
+      host_fail "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU of this $INSTANCE_TYPE host"
   fi
   aws logs create-log-stream --region "$REGION" --log-group-name "$LOG_GROUP" \
     --log-stream-name "$BUILD_ID" 2>/dev/null || true
@@ -231,9 +251,9 @@ check_driver() {
   [[ $CUDA == none ]] && return 0
   local have
   have=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1 | tr -d ' ')
-  [[ $have =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "could not read the NVIDIA driver version (got '$have')"
+  [[ $have =~ ^[0-9]+(\.[0-9]+)*$ ]] || host_fail "could not read the NVIDIA driver version (got '$have')"
   if [[ $(printf '%s\n%s\n' "$MIN_DRIVER" "$have" | sort -V | head -n 1) != "$MIN_DRIVER" ]]; then
-    die "NVIDIA driver $have is too old for CUDA $CUDA, which needs $MIN_DRIVER or newer; use an AMI with a newer driver"
+    host_fail "NVIDIA driver $have is too old for CUDA $CUDA, which needs $MIN_DRIVER or newer; use an AMI with a newer driver"
   fi
   log "NVIDIA driver $have (CUDA $CUDA needs $MIN_DRIVER or newer)"
 }
