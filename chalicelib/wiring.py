@@ -150,7 +150,7 @@ def launcher():
 def reports():
     from chalicelib.reports import Reports
 
-    return Reports(store(), transitions())
+    return Reports(store(), transitions(), relaunch=lifecycle().relaunch)
 
 
 @cache
