@@ -79,3 +79,17 @@ def test_frameworks_shows_each_familys_ami_path_and_driver_branch():
         "description": "stock Ubuntu 22.04; the host script installs the proprietary R580 server driver "
                        "(the last branch for Volta)"}
     assert fams["g6e"]["ami"]["name"] == "dlami-base-oss-ubuntu-22.04"
+
+
+def test_the_cli_shows_each_familys_ami_and_driver(root_with_g3):
+    from voltabuild_cli.render import frameworks_text
+
+    text = frameworks_text(load_catalog(root_with_g3).summary)
+    lines = text.splitlines()
+    p3 = next(line for line in lines if line.strip().startswith("p3 "))
+    assert "NVIDIA V100" in p3 and "R580 (installed by the host script)" in p3
+    assert "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id" in p3
+    g5 = next(line for line in lines if line.strip().startswith("g5 "))
+    assert "R580 (in the AMI)" in g5 and "base-oss-nvidia-driver-gpu-ubuntu-22.04" in g5
+    g3 = next(line for line in lines if line.strip().startswith("g3 "))
+    assert f"no AMI: {WHY}" in g3
