@@ -93,3 +93,19 @@ def test_the_cli_shows_each_familys_ami_and_driver(root_with_g3):
     assert "R580 (in the AMI)" in g5 and "base-oss-nvidia-driver-gpu-ubuntu-22.04" in g5
     g3 = next(line for line in lines if line.strip().startswith("g3 "))
     assert f"no AMI: {WHY}" in g3
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_the_launcher_may_read_every_ami_parameter_of_the_table(stage):
+    import fnmatch
+    import json
+
+    policy = json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text())
+    readable = []
+    for st in policy["Statement"]:
+        if "ssm:GetParameter" in st["Action"]:
+            for res in st["Resource"]:
+                arn = res["Fn::Sub"] if isinstance(res, dict) else res
+                readable.append(arn.split(":parameter", 1)[1])
+    for name, ami in load_catalog(ROOT).hardware.amis.items():
+        assert any(fnmatch.fnmatch(ami.parameter, pattern) for pattern in readable), (name, ami.parameter)
