@@ -190,6 +190,13 @@ install_docker() {
   apt-get update -q && apt-get install -yq docker.io docker-buildx && systemctl enable --now docker
 }
 
+# Stock Ubuntu has no AWS CLI (the DLAMIs do): Ubuntu's awscli has `ecr get-login-password`.
+install_awscli() {
+  log "no AWS CLI: installing awscli"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends awscli
+}
+
 # A stock Ubuntu host (no nvidia-smi): Ubuntu's proprietary server driver of the branch the
 # hardware table names for this instance family (R580 for Volta, which NVIDIA's open kernel
 # modules do not support), with nvidia-utils so nvidia-smi exists. DKMS builds the module for
@@ -226,6 +233,9 @@ prepare_host() {
   fi
   if ! command -v docker >/dev/null || ! docker buildx version >/dev/null 2>&1; then
     install_docker || die "could not install docker and docker buildx"
+  fi
+  if ! command -v aws >/dev/null; then
+    install_awscli || die "could not install the AWS CLI"
   fi
   if ! command -v nvidia-smi >/dev/null; then
     [[ -n $DRIVER_BRANCH ]] || host_fail "no nvidia-smi on this $INSTANCE_TYPE host and no driver branch to install"

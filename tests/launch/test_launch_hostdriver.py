@@ -24,14 +24,26 @@ def catalog():
     return load_catalog()
 
 
-def _bare_host(tmp_path: Path) -> dict[str, str]:
-    """Shims on PATH without nvidia-smi: a stock Ubuntu host before its driver is installed."""
+def _bare_host(tmp_path: Path, missing: tuple[str, ...] = ("nvidia-smi",)) -> dict[str, str]:
+    """Shims on PATH without ``missing``: a stock Ubuntu host before its driver is installed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
     for shim in SHIMS.iterdir():
-        if shim.name != "nvidia-smi":
+        if shim.name not in missing:
             shutil.copy2(shim, bin_dir / shim.name)
-    path = ":".join(p for p in os.environ["PATH"].split(":") if not (Path(p) / "nvidia-smi").exists())
+    # a system directory holding a real one (a GPU machine's nvidia-smi) is replaced by links to
+    # everything else in it
+    dirs = []
+    for i, d in enumerate(os.environ["PATH"].split(":")):
+        if d and any((Path(d) / m).exists() for m in missing):
+            clean = tmp_path / f"sys{i}"
+            clean.mkdir()
+            for entry in Path(d).iterdir():
+                if entry.name not in missing:
+                    (clean / entry.name).symlink_to(entry)
+            d = str(clean)
+        dirs.append(d)
+    path = ":".join(dirs)
     return {"PATH": f"{bin_dir}:{path}", "SHIM_DIR": str(SHIMS), "SHIM_INSTALL_DIR": str(bin_dir)}
 
 
@@ -70,6 +82,15 @@ def test_stock_ubuntu_installs_the_families_proprietary_branch_then_checks_the_g
     assert run.result()["status"] == "SUCCEEDED"
     order = [c[0] for c in run.calls]
     assert order.index("apt-get") < order.index("modprobe") < order.index("nvidia-smi")
+
+
+def test_stock_ubuntu_without_the_aws_cli_gets_it_before_logging_in(catalog, tmp_path):
+    script = render_for(record_for(catalog, "canary"), catalog, instance_type="p3.2xlarge")
+    run = run_script(tmp_path / "run", script, _bare_host(tmp_path, ("nvidia-smi", "aws")))
+    assert run.rc == 0, run.output
+    installs = [a for a in run.named("apt-get") if a[0] == "install"]
+    assert installs[0][-1] == "awscli" and installs[1][3] == "nvidia-driver-580-server"
+    assert ["ecr", "get-login-password", "--region", "us-east-1"] in run.named("aws")
 
 
 @pytest.mark.parametrize("fail,words", [
