@@ -148,16 +148,15 @@ class Launcher:
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
 
-        hosts: dict[str, tuple[str, str, bytes]] = {}  # per family: AMI id, root device, user-data
+        hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
 
         def host(itype: str) -> tuple[str, str, bytes]:
-            family = self.catalog.hardware.family_of(itype)
-            if family not in hosts:
+            if itype not in hosts:
                 image_id = self._ami(itype)
                 data = render(record, self.catalog, self.cfg.host, token=token, build_date=iso(started),
                               instance_type=itype)
-                hosts[family] = (image_id, self._root_device(image_id), user_data(data))
-            return hosts[family]
+                hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
+            return hosts[itype]
 
         rounds = int(record.get("launch_rounds", 0))
         tried: list[str] = []
