@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv system-deps lint test demo up down status bench fuzz package deploy clean
+.PHONY: help venv system-deps lint test test-flaky demo up down status bench fuzz package deploy clean
 
 help:
 	@echo "make demo     start the local stack and build the canary image end to end"
 	@echo "make test     lint and run every test (creates .venv, installs Debian packages as root)"
+	@echo "make test-flaky N=5  the end-to-end and concurrency tests N times in a row; fails on any failure"
 	@echo "make up/down  start/stop the local stack (moto, chalice local, registry, Slack sink, worker)"
 	@echo "make status   what the local stack runs and where"
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
@@ -32,6 +33,18 @@ lint: venv
 
 test: venv system-deps lint
 	$(PY) -m pytest -q
+
+# `make test-flaky N=5`: the end-to-end and concurrency tests N times in a row; any failure
+# in any round fails the target, and each round's summary is printed.
+N ?= 5
+FLAKY_TESTS ?= tests/e2e tests/api/test_concurrency.py tests/notify/test_consumer_races.py
+test-flaky: venv system-deps
+	@fails=0; for i in $$(seq 1 $(N)); do \
+	  echo "== round $$i of $(N)"; \
+	  $(PY) -m pytest -q -p no:cacheprovider $(FLAKY_TESTS) 2>&1 | tail -n 3; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || fails=$$((fails + 1)); \
+	done; \
+	echo "$$fails of $(N) rounds failed"; [ $$fails -eq 0 ]
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
