@@ -10,8 +10,14 @@
 # this very script on a developer machine):
 #   VOLTABUILD_LOCAL=1       skip only the cloud-only steps: host preparation and driver
 #                            install, the nvidia-smi health check and driver-version check,
-#                            ECR login, the shutdown watchdog and self-termination, CloudWatch
-#                            log shipping; the smoke test runs without --gpus all.
+#                            ECR login, the shutdown watchdog and self-termination; the smoke
+#                            test runs without --gpus all. The log still goes to CloudWatch
+#                            Logs (the emulated one, through AWS_ENDPOINT_URL) exactly as here.
+#   VOLTABUILD_PUSH_LOCK=FILE
+#                            push while holding flock(1) on FILE: the local executor passes one
+#                            file for every instance it plays, because Debian's docker-registry
+#                            loses a blob when two pushes upload the same layer at once (ECR
+#                            does not; unset in the cloud).
 #   VOLTABUILD_BUILDER=      docker (default): BuildKit via docker buildx, registry cache;
 #                            buildah: buildah --storage-driver vfs bud --isolation chroot,
 #                            smoke test in buildah from + buildah run, buildah push.
@@ -108,7 +114,6 @@ heartbeat_loop() {
 
 # Ship the log lines not shipped yet to CloudWatch Logs (one stream per build).
 ship_logs() {
-  is_local && return 0
   local done_n total ms f
   done_n=$(cat "$WORK/shipped" 2>/dev/null || echo 0)
   total=$(wc -l <"$LOG_FILE")
@@ -226,7 +231,14 @@ host_fail() {
   die "$@"
 }
 
+# One CloudWatch Logs stream per build, named after it; a relaunch finds it there already.
+create_log_stream() {
+  aws logs create-log-stream --region "$REGION" --log-group-name "$LOG_GROUP" \
+    --log-stream-name "$BUILD_ID" >/dev/null 2>&1 || true
+}
+
 prepare_host() {
+  create_log_stream
   if is_local; then
     log "local mode: no host preparation, GPU check or ECR login"
     return 0
@@ -236,6 +248,7 @@ prepare_host() {
   fi
   if ! command -v aws >/dev/null; then
     install_awscli || die "could not install the AWS CLI"
+    create_log_stream  # the first try had no AWS CLI to make it
   fi
   if ! command -v nvidia-smi >/dev/null; then
     [[ -n $DRIVER_BRANCH ]] || host_fail "no nvidia-smi on this $INSTANCE_TYPE host and no driver branch to install"
@@ -251,8 +264,6 @@ prepare_host() {
     run docker run --rm --gpus all "$HEALTH_IMAGE" nvidia-smi ||
       host_fail "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU of this $INSTANCE_TYPE host"
   fi
-  aws logs create-log-stream --region "$REGION" --log-group-name "$LOG_GROUP" \
-    --log-stream-name "$BUILD_ID" 2>/dev/null || true
   aws ecr get-login-password --region "$REGION" |
     docker login --username AWS --password-stdin "$REGISTRY" || die "docker login to $REGISTRY failed"
 }
@@ -350,6 +361,19 @@ retry() {
 }
 
 push_image() {
+  local lock_fd
+  if [[ -z ${VOLTABUILD_PUSH_LOCK:-} ]]; then
+    push_tags
+    return
+  fi
+  exec {lock_fd}>>"$VOLTABUILD_PUSH_LOCK" || die "cannot open the push lock $VOLTABUILD_PUSH_LOCK"
+  log "waiting for the push lock"
+  flock "$lock_fd" || die "cannot take the push lock $VOLTABUILD_PUSH_LOCK"
+  push_tags
+  exec {lock_fd}>&-
+}
+
+push_tags() {
   local t digest=""
   if [[ $BUILDER == buildah ]]; then
     for t in "${TAGS[@]}"; do

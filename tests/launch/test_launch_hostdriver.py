@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hostrun import SHIMS, record_for, render_for, run_script
+from hostrun import BUILD_ID, SHIMS, record_for, render_for, run_script
 
 from chalicelib.catalog import load_catalog
 
@@ -91,6 +91,9 @@ def test_stock_ubuntu_without_the_aws_cli_gets_it_before_logging_in(catalog, tmp
     installs = [a for a in run.named("apt-get") if a[0] == "install"]
     assert installs[0][-1] == "awscli" and installs[1][3] == "nvidia-driver-580-server"
     assert ["ecr", "get-login-password", "--region", "us-east-1"] in run.named("aws")
+    # the build's log stream is made once there is an AWS CLI to make it
+    assert ["logs", "create-log-stream", "--region", "us-east-1", "--log-group-name", "/voltabuild/builds",
+            "--log-stream-name", BUILD_ID] in run.named("aws")
 
 
 @pytest.mark.parametrize("fail,words", [
