@@ -82,8 +82,16 @@ def run_module(module: str, known: dict[str, str]) -> dict:
     with open(work / "pyproject.toml", "a") as f:
         f.write(_config(module))
     print(f"==> {module}: mutmut run in {work.relative_to(ROOT)}", file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=work,
-                   stdout=subprocess.DEVNULL, check=True)
+    # tests that call tools from the venv (shellcheck, hadolint) look for ROOT/.venv
+    (work / "mutants").mkdir()
+    (work / "mutants" / ".venv").symlink_to(ROOT / ".venv")
+    log = work / "mutmut.log"
+    with open(log, "wb") as out:
+        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=work,
+                              stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"mutmut failed on {module} (exit {done.returncode}); the end of {log}:\n{tail}")
     listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work,
                              capture_output=True, text=True, check=True).stdout
     results = {}
