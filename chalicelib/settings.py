@@ -25,6 +25,26 @@ def _prices(value: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+class ConfigurationError(RuntimeError):
+    """The deployment's settings are unsafe or broken: the function refuses to serve."""
+
+
+# ---- abuse, integrity and blast radius (issue 17) ----
+MIN_CURSOR_KEY_HEX = 32  # 128 bits, as hex (scripts/deploy.sh draws 256)
+
+
+def check_cursor_key(value: str) -> bytes:
+    """The list-cursor signing key as bytes; a missing, short or non-hex key is refused
+    (a guessable key lets anyone forge cursors)."""
+    v = value.strip()
+    if len(v) < MIN_CURSOR_KEY_HEX or any(c not in "0123456789abcdefABCDEF" for c in v):
+        raise ConfigurationError(
+            f"CURSOR_KEY must be at least {MIN_CURSOR_KEY_HEX} random hex characters "
+            "(scripts/deploy.sh and the local stack draw one); refusing to start without it"
+        )
+    return v.encode()
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str = "dev"
@@ -34,7 +54,7 @@ class Settings:
     notify_queue_url: str = ""
     registry: str = "000000000000.dkr.ecr.us-east-1.amazonaws.com"
     api_url: str = ""
-    cursor_key: str = "voltabuild-dev-cursor-key"
+    cursor_key: str = ""  # required where cursors are signed: see check_cursor_key
     local_api_key: str = ""
     max_active_builds: int = 20
     max_attempts: int = 3
@@ -77,7 +97,7 @@ class Settings:
             notify_queue_url=env.get("NOTIFY_QUEUE_URL", ""),
             registry=env.get("IMAGE_REGISTRY", f"000000000000.dkr.ecr.{region}.amazonaws.com"),
             api_url=env.get("PUBLIC_API_URL", "").rstrip("/"),
-            cursor_key=env.get("CURSOR_KEY") or f"voltabuild-{stage}-cursor-key",
+            cursor_key=env.get("CURSOR_KEY", ""),
             local_api_key=env.get("LOCAL_API_KEY", ""),
             max_active_builds=int(env.get("MAX_ACTIVE_BUILDS", "20")),
             max_attempts=int(env.get("MAX_ATTEMPTS", "3")),

@@ -11,10 +11,7 @@ Item layout (table keyed by ``id``):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import json
 import random
 import time
@@ -27,8 +24,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from chalicelib.clock import epoch_in, now_iso
+from chalicelib.cursor import CursorCodec
 from chalicelib.errors import (
-    BadRequest,
     BuildNotFound,
     Busy,
     IdempotencyConflict,
@@ -39,6 +36,12 @@ from chalicelib.schemas import Build, TimelineEvent
 from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
+# the key attributes of each index a listing pages (a cursor must name exactly these)
+LIST_INDEX_KEYS = {
+    "by-created": frozenset({"id", "kind", "created_key"}),
+    "by-status": frozenset({"id", "status", "created_key"}),
+    "by-framework": frozenset({"id", "framework", "created_key"}),
+}
 CONFLICT_RETRIES = 5
 # an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
 NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
@@ -100,7 +103,7 @@ class BuildStore:
     def __init__(self, client, table_name: str, *, cursor_key: bytes, max_active: int) -> None:
         self._db = client
         self._table = table_name
-        self._cursor_key = cursor_key
+        self._cursors = CursorCodec(cursor_key, LIST_INDEX_KEYS)
         self.max_active = max_active
 
     # ---- create -----------------------------------------------------------------
@@ -265,26 +268,11 @@ class BuildStore:
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     # ---- cursors ----------------------------------------------------------------
-    def _sign(self, payload: bytes) -> str:
-        return hmac.new(self._cursor_key, payload, hashlib.sha256).hexdigest()[:32]
-
     def _encode_cursor(self, key: dict, index: str) -> str:
-        payload = json.dumps({"i": index, "k": from_item(key)}, sort_keys=True, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
+        return self._cursors.encode(index, from_item(key))
 
     def _decode_cursor(self, cursor: str, index: str) -> dict:
-        bad = BadRequest("next: not a cursor this API issued; start again without it", field="next")
-        body, _, sig = cursor.partition(".")
-        try:
-            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        except (binascii.Error, ValueError):
-            raise bad from None
-        if not sig or not hmac.compare_digest(sig, self._sign(payload)):
-            raise bad
-        data = json.loads(payload)
-        if data.get("i") != index:
-            raise BadRequest("next: this cursor belongs to a listing with other filters", field="next")
-        return {k: {"S": v} for k, v in data["k"].items()}
+        return {k: {"S": v} for k, v in self._cursors.decode(cursor, index).items()}
 
     # ---- transitions ------------------------------------------------------------
     def transition(
