@@ -43,6 +43,9 @@ LIST_INDEX_KEYS = {
     "by-framework": frozenset({"id", "framework", "created_key"}),
 }
 CONFLICT_RETRIES = 5
+# the most index items one listing request reads (a status+framework filter skips the
+# others' builds after reading them); when reached, the page ends early with a cursor
+MAX_ITEMS_READ = 200
 # an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
 NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
 _ser = TypeSerializer()
@@ -206,7 +209,9 @@ class BuildStore:
 
     def list(self, *, status: Status | None = None, framework: str | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[Build], str | None]:
-        """Newest first, one index query a page (a status+framework filter may read more)."""
+        """Newest first. A status+framework listing filters the status index, so it reads at
+        most MAX_ITEMS_READ items a request (in one query where it can); reaching that ends the
+        page early, even empty, with a cursor to go on from."""
         if status:
             index, key, value = "by-status", "status", status.value
         elif framework:
@@ -221,20 +226,32 @@ class BuildStore:
             "ExpressionAttributeValues": {":v": {"S": value}},
             "ScanIndexForward": False,
         }
-        if status and framework:
+        filtered = bool(status and framework)
+        if filtered:
             kwargs["FilterExpression"] = "framework = :f"
             kwargs["ExpressionAttributeValues"][":f"] = {"S": framework}
         start = self._decode_cursor(cursor, index) if cursor else None
         builds: list[Build] = []
+        last: dict | None = None  # the index key of the last build returned
+        reads_left = MAX_ITEMS_READ
         while True:
-            kwargs["Limit"] = limit - len(builds)
+            # DynamoDB applies Limit before the filter: a filtered listing asks for its whole
+            # remaining read budget at once, not for the few items the page still needs
+            kwargs["Limit"] = reads_left if filtered else limit - len(builds)
             if start:
                 kwargs["ExclusiveStartKey"] = start
             resp = self._db.query(**kwargs)
-            builds.extend(Build.model_validate(from_item(i)) for i in resp.get("Items", []))
+            items = resp.get("Items", [])
+            for n, item in enumerate(items):
+                builds.append(Build.model_validate(from_item(item)))
+                last = {k: item[k] for k in LIST_INDEX_KEYS[index]}
+                if len(builds) >= limit and (n + 1 < len(items) or "LastEvaluatedKey" in resp):
+                    return builds, self._encode_cursor(last, index)  # more may follow this one
             start = resp.get("LastEvaluatedKey")
-            if not start or len(builds) >= limit:
+            reads_left -= resp.get("ScannedCount", len(items))
+            if not start or len(builds) >= limit or reads_left <= 0:
                 break
+        # the read budget ran out: the page may be short (even empty) but still has a cursor
         return builds, (self._encode_cursor(start, index) if start else None)
 
     def recent_records(self, status: Status, limit: int) -> list[dict]:
