@@ -245,9 +245,11 @@ def build_message(build: Build, *, api_url: str = "", started: bool = False) -> 
     if reason and not started:
         parts.append(f"reason: {reason}")
     parts.append(f"see `{cli}`" + (f" or {api}" if api else ""))
-    text = " · ".join(parts)
+    # the fallback is mrkdwn too (notifications, clients without blocks): escaped like the
+    # blocks, so `<!channel>` or `<https://evil|click>` from a log or a reason stays text
+    text = escape(" · ".join(parts))
     if log_tail and not started:
-        text += "\nLast log lines:\n" + log_tail[-1500:]
+        text += "\nLast log lines:\n" + escape(log_tail[-1500:])
     return {"text": text, "blocks": blocks}
 
 
