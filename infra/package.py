@@ -15,7 +15,9 @@
    queue the template does not create, or a queue whose visibility timeout is shorter than
    the function's timeout (AWS refuses that mapping), fails the packaging here, not the
    deployment.
-4. The zip is checked: boto3/botocore come with the Lambda runtime and must not be in it.
+4. ``POST /builds/{build_id}/events``, the one route without an API key, gets a function
+   of its own with reserved concurrency (:func:`split_events_handler`).
+5. The zip is checked: boto3/botocore come with the Lambda runtime and must not be in it.
 """
 
 from __future__ import annotations
@@ -166,6 +168,40 @@ def wire_queue_triggers(template: dict, stage: str) -> dict[str, str]:
     return wired
 
 
+EVENTS_PATH = "/builds/{build_id}/events"
+EVENTS_FUNCTION = "EventsHandler"
+
+
+def split_events_handler(template: dict) -> str:
+    """Serve ``POST /builds/{build_id}/events`` (no API key: anyone can call it) from a
+    function of its own, a copy of Chalice's API handler (same code: the app routes by
+    path) with reserved concurrency, so a flood of it cannot take the concurrency the
+    other functions need. Returns the new function's logical id."""
+    resources = template["Resources"]
+    api_fn = resources["APIHandler"]
+    paths = resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    integration = paths[EVENTS_PATH]["post"]["x-amazon-apigateway-integration"]
+    if "${APIHandler.Arn}" not in integration["uri"]["Fn::Sub"]:
+        raise PackagingError(f"{EVENTS_PATH} is not served by APIHandler: cannot split it off")
+    fn = json.loads(json.dumps(api_fn))
+    fn["Properties"]["ReservedConcurrentExecutions"] = {
+        "Fn::If": ["ReserveEventsConcurrency", {"Ref": "EventsConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    resources[EVENTS_FUNCTION] = fn
+    integration["uri"] = {"Fn::Sub": integration["uri"]["Fn::Sub"].replace("${APIHandler.Arn}",
+                                                                           f"${{{EVENTS_FUNCTION}.Arn}}")}
+    resources[f"{EVENTS_FUNCTION}InvokePermission"] = {
+        "Type": "AWS::Lambda::Permission",
+        "Properties": {
+            "FunctionName": {"Ref": EVENTS_FUNCTION},
+            "Action": "lambda:InvokeFunction",
+            "Principal": "apigateway.amazonaws.com",
+            "SourceArn": {"Fn::Sub": ["arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
+                                      "${RestAPIId}/*/POST/builds/*/events", {"RestAPIId": {"Ref": "RestAPI"}}]},
+        },
+    }
+    return EVENTS_FUNCTION
+
+
 def check_zip(path: Path) -> None:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -194,6 +230,7 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
     template_path = out_dir / "sam.json"
     template = json.loads(template_path.read_text())
     wire_queue_triggers(template, stage)
+    split_events_handler(template)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     result = Package(stage=stage, template=template_path, zip=out_dir / "deployment.zip")
     check_zip(result.zip)
