@@ -132,10 +132,33 @@ class Hardware(_Frozen):
                 "cuda": {c: r.describe() for c, r in self.cuda.items()}}
 
 
+class AllowedImage(_Frozen):
+    """One base image a request may choose (issue 17): pinned by the digest recorded with
+    its source and the date read, or, where no digest could be confirmed, marked so."""
+
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    source: str = Field(min_length=1)
+    unconfirmed: str | None = None
+
+    @model_validator(mode="after")
+    def _pinned_or_says_why(self) -> AllowedImage:
+        if not self.digest and not self.unconfirmed:
+            raise ValueError(f"{self.image}: record its digest, or say in `unconfirmed` why none is recorded")
+        return self
+
+    @property
+    def reference(self) -> str:
+        """What the build pulls: ``image@digest`` where a digest is recorded."""
+        return f"{self.image}@{self.digest}" if self.digest else self.image
+
+
 class BuildArgSpec(_Frozen):
     pattern: str
     default: str
     help: str = ""
+    # for an argument that chooses a base image: the only values allowed (issue 17)
+    images: list[AllowedImage] | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -149,7 +172,20 @@ class BuildArgSpec(_Frozen):
     def _default_matches(self) -> BuildArgSpec:
         if not re.fullmatch(self.pattern, self.default):
             raise ValueError(f"default {self.default!r} does not match its own pattern {self.pattern}")
+        if self.images is not None and self.default not in self.image_names:
+            raise ValueError(f"default {self.default!r} is not one of its allowed images {self.image_names}")
         return self
+
+    @property
+    def image_names(self) -> list[str]:
+        return [i.image for i in self.images or ()]
+
+    def reference(self, value: str) -> str:
+        """The value passed to the build: an allowed image becomes its pinned reference."""
+        for i in self.images or ():
+            if i.image == value:
+                return i.reference
+        return value
 
 
 class VersionSpec(_Frozen):
@@ -221,6 +257,9 @@ class BuildSpec(_Frozen):
         bad = [n for n in names if not _ARG_NAME.match(n)]
         if bad:
             raise ValueError(f"build arg names must be UPPER_SNAKE_CASE: {bad}")
+        free_images = [n for n, a in self.build_args.items() if n.endswith("IMAGE") and a.images is None]
+        if free_images:
+            raise ValueError(f"build args that choose an image need an `images` allow-list: {free_images}")
         clash = set(self.fixed_args) & set(self.build_args)
         if clash:
             raise ValueError(f"build_args may not override fixed_args: {sorted(clash)}")
@@ -309,6 +348,11 @@ class BuildSpec(_Frozen):
                     f"build_args.{name}: {value!r} does not match {spec.pattern}",
                     field=f"build_args.{name}",
                 )
+            if spec.images is not None and value not in spec.image_names:
+                raise BadRequest(
+                    f"build_args.{name}: {value!r} is not an allowed image; allowed: {', '.join(spec.image_names)}",
+                    field=f"build_args.{name}",
+                )
             out[name] = value
         return out
 
@@ -319,7 +363,7 @@ class BuildSpec(_Frozen):
         fields = r.fields(hardware)
         args = {k: v.format(**fields) for k, v in self.fixed_args.items()}
         args.update(self.version(r.version).args)
-        args.update(self.check_build_args(build_args or {}))
+        args.update({k: self.build_args[k].reference(v) for k, v in self.check_build_args(build_args or {}).items()})
         args["VOLTABUILD_BUILDSPEC_HASH"] = self.source_hash
         return args
 
@@ -365,7 +409,8 @@ def describe(spec: BuildSpec, hardware: Hardware) -> dict:
             }
             for v in spec.versions
         ],
-        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help}
+        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help,
+                           **({"allowed": a.image_names} if a.images is not None else {})}
                        for k, a in spec.build_args.items()},
         "instance_types": spec.instance_types,
         "timeout_minutes": spec.timeout_minutes.model_dump(),
