@@ -90,7 +90,7 @@ class BuildService:
             notify=notify,
             image=ImageInfo(
                 repository=f"{self.settings.registry}/{spec.repository}",
-                tags=spec.tags_for(resolved, hw, req.tags),
+                tags=spec.tags_for(resolved, hw, req.tags, build_args),
             ),
             max_attempts=self.settings.max_attempts,
             warnings=warnings,

@@ -26,6 +26,10 @@ ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# what each tag-template field can hold, for telling a canonical tag when a request sends one
+_PLACEHOLDERS = {"version": r"[0-9][0-9A-Za-z.+]*", "cuda": r"[0-9][0-9.]*", "python": r"[0-9][0-9.]*",
+                 "cuda_nodot": r"[0-9]+", "python_nodot": r"[0-9]+", "cuda_full": r"[0-9][0-9.]*",
+                 "framework": r"[a-z][a-z0-9-]*"}
 
 
 class _Frozen(BaseModel):
@@ -159,6 +163,9 @@ class BuildArgSpec(_Frozen):
     help: str = ""
     # for an argument that chooses a base image: the only values allowed (issue 17)
     images: list[AllowedImage] | None = None
+    # False for an argument that does not change what is built (parallelism, a sleep): a
+    # non-default value of any other makes the build a variant, with tags of its own
+    variant: bool = True
 
     @field_validator("pattern")
     @classmethod
@@ -322,14 +329,50 @@ class BuildSpec(_Frozen):
         d = self.defaults
         return (r.version, r.cuda, r.python) == (d.version, d.cuda, d.python)
 
-    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = ()) -> list[str]:
+    def variant_suffix(self, build_args: dict[str, str] | None) -> str:
+        """``-v<hash>`` of the non-default build args that change what is built, or "" for
+        the default build: a variant never wears the tags of the default build (issue 17)."""
+        changed = sorted((k, v) for k, v in (build_args or {}).items()
+                         if k in self.build_args and self.build_args[k].variant and v != self.build_args[k].default)
+        if not changed:
+            return ""
+        return "-v" + hashlib.sha256("\n".join(f"{k}={v}" for k, v in changed).encode()).hexdigest()[:10]
+
+    @cached_property
+    def _canonical(self) -> re.Pattern:
+        """What this spec's tag templates can produce for any version (the reserved forms)."""
+        alts = []
+        for template in self.tags:
+            rx = re.escape(template)
+            for name, pat in _PLACEHOLDERS.items():
+                rx = rx.replace(re.escape("{" + name + "}"), pat)
+            alts.append(rx + r"(?:-v[0-9a-f]{10})?")
+        return re.compile("^(?:" + "|".join(alts) + ")$")
+
+    def reserved(self, tag: str) -> bool:
+        """A tag only the catalog gives: ``latest``, ``buildcache*``, the canonical forms."""
+        return tag == "latest" or tag.startswith("buildcache") or bool(self._canonical.match(tag))
+
+    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = (),
+                 build_args: dict[str, str] | None = None) -> list[str]:
+        """The build's tags: the canonical ones (with the variant suffix), ``latest`` for the
+        default build of the default combination, then the request's own. A requested tag
+        the catalog reserves and this build does not produce is a 400."""
         fields = r.fields(hardware)
-        tags = [t.format(**fields) for t in self.tags]
-        if self.latest and self.is_default(r):
+        suffix = self.variant_suffix(build_args)
+        tags = [t.format(**fields) + suffix for t in self.tags]
+        if self.latest and self.is_default(r) and not suffix:
             tags.append("latest")
         for t in extra:
-            if t not in tags:
-                tags.append(t)
+            if t in tags:
+                continue
+            if self.reserved(t):
+                raise BadRequest(
+                    f"tags: {t!r} is reserved (latest, buildcache* and the canonical version tags belong "
+                    f"to the builds that produce them); this build's own tags are {', '.join(tags)}",
+                    field="tags",
+                )
+            tags.append(t)
         return tags
 
     def check_build_args(self, given: dict[str, str]) -> dict[str, str]:
