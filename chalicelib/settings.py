@@ -85,6 +85,14 @@ class Settings:
     vcs_ref: str = "unknown"
     vcs_url: str = ""
 
+    # ---- spend guards (issue 17): stage ceilings and per-API-key quotas ----
+    # MAX_INSTANCE_SIZES: "family=size,...", "*" for every other family (e.g. "*=2xlarge,p5=4xlarge")
+    max_instance_sizes: tuple[tuple[str, str], ...] = ()
+    max_price_ceiling: float | None = None
+    max_timeout_minutes: int | None = None
+    max_active_builds_per_key: int | None = None  # None: no per-key limit (the stages set them)
+    max_gpu_hours_per_key_day: float | None = None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         stage = env.get("VOLTABUILD_STAGE", "dev")
@@ -123,4 +131,23 @@ class Settings:
             heartbeat_seconds=int(env.get("HEARTBEAT_SECONDS", "60")),
             vcs_ref=env.get("VCS_REF") or "unknown",
             vcs_url=env.get("VCS_URL", ""),
+            **_spend_from_env(env),
         )
+
+
+def _spend_from_env(env: Mapping[str, str]) -> dict:
+    """The spend settings (issue 17); a malformed value is a deployment error: it raises."""
+    sizes = []
+    for item in _list(env.get("MAX_INSTANCE_SIZES")):
+        family, _, size = item.partition("=")
+        if not family.strip() or not size.strip():
+            raise ConfigurationError(f"MAX_INSTANCE_SIZES: {item!r} is not family=size")
+        sizes.append((family.strip(), size.strip()))
+    price, timeout = env.get("MAX_PRICE_CEILING"), env.get("MAX_TIMEOUT_MINUTES")
+    return {
+        "max_instance_sizes": tuple(sizes),
+        "max_price_ceiling": float(price) if price else None,
+        "max_timeout_minutes": int(timeout) if timeout else None,
+        "max_active_builds_per_key": int(v) if (v := env.get("MAX_ACTIVE_BUILDS_PER_KEY")) else None,
+        "max_gpu_hours_per_key_day": float(v) if (v := env.get("MAX_GPU_HOURS_PER_KEY_DAY")) else None,
+    }
