@@ -23,6 +23,20 @@ BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
+STAGE_TAG_SEPARATOR = "__"  # between a stage's tag prefix and the tag (issue 17)
+
+
+def stage_tags(prefix: str, tags: list[str]) -> list[str]:
+    """A stage that shares its repositories with another pushes every tag under its own
+    prefix (``dev__2.5.1-cu124-py311``, ``dev__latest``); no request may send a tag that
+    looks prefixed, so no stage can take another's tags."""
+    for t in tags:
+        if STAGE_TAG_SEPARATOR in t:
+            raise BadRequest(f"tags: {t!r} contains {STAGE_TAG_SEPARATOR!r}, which marks a stage's tags",
+                             field="tags")
+    return [prefix + t for t in tags]
+
+
 def new_build_id() -> str:
     return "b-" + secrets.token_hex(10)
 
@@ -95,7 +109,7 @@ class BuildService:
             notify=notify,
             image=ImageInfo(
                 repository=f"{self.settings.registry}/{spec.repository}",
-                tags=spec.tags_for(resolved, hw, req.tags, build_args),
+                tags=stage_tags(self.settings.image_tag_prefix, spec.tags_for(resolved, hw, req.tags, build_args)),
             ),
             max_attempts=self.settings.max_attempts,
             warnings=warnings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -90,6 +91,9 @@ class Settings:
     max_instance_sizes: tuple[tuple[str, str], ...] = ()
     max_price_ceiling: float | None = None
     max_timeout_minutes: int | None = None
+    # every tag of this stage's builds starts with it ("dev__"); the deployment sets it for
+    # every stage but prod, which shares the ECR repositories (infra/deploy.yaml)
+    image_tag_prefix: str = ""
     max_active_builds_per_key: int | None = None  # None: no per-key limit (the stages set them)
     max_gpu_hours_per_key_day: float | None = None
 
@@ -144,7 +148,11 @@ def _spend_from_env(env: Mapping[str, str]) -> dict:
             raise ConfigurationError(f"MAX_INSTANCE_SIZES: {item!r} is not family=size")
         sizes.append((family.strip(), size.strip()))
     price, timeout = env.get("MAX_PRICE_CEILING"), env.get("MAX_TIMEOUT_MINUTES")
+    prefix = env.get("IMAGE_TAG_PREFIX", "")
+    if prefix and not re.fullmatch(r"[a-z][a-z0-9]{0,15}__", prefix):
+        raise ConfigurationError(f"IMAGE_TAG_PREFIX: {prefix!r} is not <stage>__")
     return {
+        "image_tag_prefix": prefix,
         "max_instance_sizes": tuple(sizes),
         "max_price_ceiling": float(price) if price else None,
         "max_timeout_minutes": int(timeout) if timeout else None,

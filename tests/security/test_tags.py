@@ -72,3 +72,38 @@ def test_every_repository_states_its_tag_mutability():
 
     repos = {k: r for k, r in load_template()["Resources"].items() if r["Type"] == "AWS::ECR::Repository"}
     assert repos and all(r["Properties"]["ImageTagMutability"] == "MUTABLE" for r in repos.values())
+
+
+# ---- stages that share the repositories ------------------------------------------------
+def test_a_non_prod_stage_tags_everything_under_its_own_prefix(aws, monkeypatch):
+    from chalicelib import wiring
+    from chalicelib.schemas import BuildRequest
+
+    monkeypatch.setenv("IMAGE_TAG_PREFIX", "dev__")
+    wiring.reset()
+    build, _ = wiring.builds().submit(BuildRequest(framework="pytorch", tags=["nightly"]))
+    assert build.image.tags == ["dev__2.5.1-cu124-py311", "dev__latest", "dev__nightly"]
+
+
+def test_no_request_may_send_a_tag_that_looks_like_another_stages(api, aws):
+    code, body = submit(api, {"framework": "pytorch", "tags": ["dev__2.5.1-cu124-py311"]})
+    assert code == 400 and "'__'" in body["Message"]
+    code, body = submit(api, {"framework": "canary", "tags": ["a__b"]})
+    assert code == 400
+
+
+def test_the_deployment_prefixes_every_stage_but_prod(templates):
+    for stage in ("dev", "prod"):
+        tpl = templates[stage]
+        env = tpl["Globals"]["Function"]["Environment"]["Variables"]
+        assert env["IMAGE_TAG_PREFIX"] == {"Fn::If": ["IsProd", "", {"Fn::Sub": "${Stage}__"}]}
+        assert tpl["Conditions"]["IsProd"] == {"Fn::Equals": [{"Ref": "Stage"}, "prod"]}
+
+
+@pytest.mark.parametrize("prefix", ["dev", "dev-", "DEV__", "d" * 20 + "__"])
+def test_a_malformed_prefix_is_a_deployment_error(prefix):
+    from chalicelib.settings import ConfigurationError, Settings
+
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({"IMAGE_TAG_PREFIX": prefix})
+    assert Settings.from_env({"IMAGE_TAG_PREFIX": "dev__"}).image_tag_prefix == "dev__"
