@@ -27,6 +27,10 @@ ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# what each tag-template field can hold, for telling a canonical tag when a request sends one
+_PLACEHOLDERS = {"version": r"[0-9][0-9A-Za-z.+]*", "cuda": r"[0-9][0-9.]*", "python": r"[0-9][0-9.]*",
+                 "cuda_nodot": r"[0-9]+", "python_nodot": r"[0-9]+", "cuda_full": r"[0-9][0-9.]*",
+                 "framework": r"[a-z][a-z0-9-]*"}
 
 
 class _Frozen(BaseModel):
@@ -188,10 +192,36 @@ class Hardware(_Frozen):
         return {"families": families, "cuda": {c: r.describe() for c, r in self.cuda.items()}}
 
 
+class AllowedImage(_Frozen):
+    """One base image a request may choose (issue 17): pinned by the digest recorded with
+    its source and the date read, or, where no digest could be confirmed, marked so."""
+
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    source: str = Field(min_length=1)
+    unconfirmed: str | None = None
+
+    @model_validator(mode="after")
+    def _pinned_or_says_why(self) -> AllowedImage:
+        if not self.digest and not self.unconfirmed:
+            raise ValueError(f"{self.image}: record its digest, or say in `unconfirmed` why none is recorded")
+        return self
+
+    @property
+    def reference(self) -> str:
+        """What the build pulls: ``image@digest`` where a digest is recorded."""
+        return f"{self.image}@{self.digest}" if self.digest else self.image
+
+
 class BuildArgSpec(_Frozen):
     pattern: str
     default: str
     help: str = ""
+    # for an argument that chooses a base image: the only values allowed (issue 17)
+    images: list[AllowedImage] | None = None
+    # False for an argument that does not change what is built (parallelism, a sleep): a
+    # non-default value of any other makes the build a variant, with tags of its own
+    variant: bool = True
 
     @field_validator("pattern")
     @classmethod
@@ -205,7 +235,20 @@ class BuildArgSpec(_Frozen):
     def _default_matches(self) -> BuildArgSpec:
         if not re.fullmatch(self.pattern, self.default):
             raise ValueError(f"default {self.default!r} does not match its own pattern {self.pattern}")
+        if self.images is not None and self.default not in self.image_names:
+            raise ValueError(f"default {self.default!r} is not one of its allowed images {self.image_names}")
         return self
+
+    @property
+    def image_names(self) -> list[str]:
+        return [i.image for i in self.images or ()]
+
+    def reference(self, value: str) -> str:
+        """The value passed to the build: an allowed image becomes its pinned reference."""
+        for i in self.images or ():
+            if i.image == value:
+                return i.reference
+        return value
 
 
 class VersionSpec(_Frozen):
@@ -279,6 +322,9 @@ class BuildSpec(_Frozen):
         bad = [n for n in names if not _ARG_NAME.match(n)]
         if bad:
             raise ValueError(f"build arg names must be UPPER_SNAKE_CASE: {bad}")
+        free_images = [n for n, a in self.build_args.items() if n.endswith("IMAGE") and a.images is None]
+        if free_images:
+            raise ValueError(f"build args that choose an image need an `images` allow-list: {free_images}")
         clash = set(self.fixed_args) & set(self.build_args)
         if clash:
             raise ValueError(f"build_args may not override fixed_args: {sorted(clash)}")
@@ -341,14 +387,50 @@ class BuildSpec(_Frozen):
         d = self.defaults
         return (r.version, r.cuda, r.python) == (d.version, d.cuda, d.python)
 
-    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = ()) -> list[str]:
+    def variant_suffix(self, build_args: dict[str, str] | None) -> str:
+        """``-v<hash>`` of the non-default build args that change what is built, or "" for
+        the default build: a variant never wears the tags of the default build (issue 17)."""
+        changed = sorted((k, v) for k, v in (build_args or {}).items()
+                         if k in self.build_args and self.build_args[k].variant and v != self.build_args[k].default)
+        if not changed:
+            return ""
+        return "-v" + hashlib.sha256("\n".join(f"{k}={v}" for k, v in changed).encode()).hexdigest()[:10]
+
+    @cached_property
+    def _canonical(self) -> re.Pattern:
+        """What this spec's tag templates can produce for any version (the reserved forms)."""
+        alts = []
+        for template in self.tags:
+            rx = re.escape(template)
+            for name, pat in _PLACEHOLDERS.items():
+                rx = rx.replace(re.escape("{" + name + "}"), pat)
+            alts.append(rx + r"(?:-v[0-9a-f]{10})?")
+        return re.compile("^(?:" + "|".join(alts) + ")$")
+
+    def reserved(self, tag: str) -> bool:
+        """A tag only the catalog gives: ``latest``, ``buildcache*``, the canonical forms."""
+        return tag == "latest" or tag.startswith("buildcache") or bool(self._canonical.match(tag))
+
+    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = (),
+                 build_args: dict[str, str] | None = None) -> list[str]:
+        """The build's tags: the canonical ones (with the variant suffix), ``latest`` for the
+        default build of the default combination, then the request's own. A requested tag
+        the catalog reserves and this build does not produce is a 400."""
         fields = r.fields(hardware)
-        tags = [t.format(**fields) for t in self.tags]
-        if self.latest and self.is_default(r):
+        suffix = self.variant_suffix(build_args)
+        tags = [t.format(**fields) + suffix for t in self.tags]
+        if self.latest and self.is_default(r) and not suffix:
             tags.append("latest")
         for t in extra:
-            if t not in tags:
-                tags.append(t)
+            if t in tags:
+                continue
+            if self.reserved(t):
+                raise BadRequest(
+                    f"tags: {t!r} is reserved (latest, buildcache* and the canonical version tags belong "
+                    f"to the builds that produce them); this build's own tags are {', '.join(tags)}",
+                    field="tags",
+                )
+            tags.append(t)
         return tags
 
     def check_build_args(self, given: dict[str, str]) -> dict[str, str]:
@@ -367,6 +449,11 @@ class BuildSpec(_Frozen):
                     f"build_args.{name}: {value!r} does not match {spec.pattern}",
                     field=f"build_args.{name}",
                 )
+            if spec.images is not None and value not in spec.image_names:
+                raise BadRequest(
+                    f"build_args.{name}: {value!r} is not an allowed image; allowed: {', '.join(spec.image_names)}",
+                    field=f"build_args.{name}",
+                )
             out[name] = value
         return out
 
@@ -377,7 +464,7 @@ class BuildSpec(_Frozen):
         fields = r.fields(hardware)
         args = {k: v.format(**fields) for k, v in self.fixed_args.items()}
         args.update(self.version(r.version).args)
-        args.update(self.check_build_args(build_args or {}))
+        args.update({k: self.build_args[k].reference(v) for k, v in self.check_build_args(build_args or {}).items()})
         args["VOLTABUILD_BUILDSPEC_HASH"] = self.source_hash
         return args
 
@@ -423,7 +510,8 @@ def describe(spec: BuildSpec, hardware: Hardware) -> dict:
             }
             for v in spec.versions
         ],
-        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help}
+        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help,
+                           **({"allowed": a.image_names} if a.images is not None else {})}
                        for k, a in spec.build_args.items()},
         "instance_types": spec.instance_types,
         "timeout_minutes": spec.timeout_minutes.model_dump(),

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
+from chalicelib.builds import BUILD_ID
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
 from chalicelib.http import parse_body
@@ -28,6 +30,9 @@ from chalicelib.transitions import Transitions
 Text = Annotated[str, StringConstraints(max_length=2000)]
 _FORBIDDEN = "missing, wrong or stale build token: send the token of this build attempt as 'Authorization: Bearer <token>'"
 _REPORTABLE = (Status.LAUNCHING, Status.RUNNING)
+# the launcher draws secrets.token_urlsafe(32): 43 URL-safe characters; anything far from
+# that shape is refused before any I/O (issue 17)
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
 
 class _Report(BaseModel):
@@ -98,7 +103,8 @@ class Reports:
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
         token = bearer(authorization)
-        if not token:
+        # shapes first, so a malformed id or token (an anonymous flood) costs no DynamoDB call
+        if not token or not TOKEN_SHAPE.match(token) or not BUILD_ID.match(build_id or ""):
             raise Forbidden(_FORBIDDEN)
         hashed = hash_token(token)
         try:

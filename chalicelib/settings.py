@@ -37,6 +37,26 @@ def _ami_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+class ConfigurationError(RuntimeError):
+    """The deployment's settings are unsafe or broken: the function refuses to serve."""
+
+
+# ---- abuse, integrity and blast radius (issue 17) ----
+MIN_CURSOR_KEY_HEX = 32  # 128 bits, as hex (scripts/deploy.sh draws 256)
+
+
+def check_cursor_key(value: str) -> bytes:
+    """The list-cursor signing key as bytes; a missing, short or non-hex key is refused
+    (a guessable key lets anyone forge cursors)."""
+    v = value.strip()
+    if len(v) < MIN_CURSOR_KEY_HEX or any(c not in "0123456789abcdefABCDEF" for c in v):
+        raise ConfigurationError(
+            f"CURSOR_KEY must be at least {MIN_CURSOR_KEY_HEX} random hex characters "
+            "(scripts/deploy.sh and the local stack draw one); refusing to start without it"
+        )
+    return v.encode()
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str = "dev"
@@ -46,7 +66,7 @@ class Settings:
     notify_queue_url: str = ""
     registry: str = "000000000000.dkr.ecr.us-east-1.amazonaws.com"
     api_url: str = ""
-    cursor_key: str = "voltabuild-dev-cursor-key"
+    cursor_key: str = ""  # required where cursors are signed: see check_cursor_key
     local_api_key: str = ""
     max_active_builds: int = 20
     max_attempts: int = 3
@@ -80,6 +100,17 @@ class Settings:
     vcs_ref: str = "unknown"
     vcs_url: str = ""
 
+    # ---- spend guards (issue 17): stage ceilings and per-API-key quotas ----
+    # MAX_INSTANCE_SIZES: "family=size,...", "*" for every other family (e.g. "*=2xlarge,p5=4xlarge")
+    max_instance_sizes: tuple[tuple[str, str], ...] = ()
+    max_price_ceiling: float | None = None
+    max_timeout_minutes: int | None = None
+    # every tag of this stage's builds starts with it ("dev__"); the deployment sets it for
+    # every stage but prod, which shares the ECR repositories (infra/deploy.yaml)
+    image_tag_prefix: str = ""
+    max_active_builds_per_key: int | None = None  # None: no per-key limit (the stages set them)
+    max_gpu_hours_per_key_day: float | None = None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         stage = env.get("VOLTABUILD_STAGE", "dev")
@@ -92,7 +123,7 @@ class Settings:
             notify_queue_url=env.get("NOTIFY_QUEUE_URL", ""),
             registry=env.get("IMAGE_REGISTRY", f"000000000000.dkr.ecr.{region}.amazonaws.com"),
             api_url=env.get("PUBLIC_API_URL", "").rstrip("/"),
-            cursor_key=env.get("CURSOR_KEY") or f"voltabuild-{stage}-cursor-key",
+            cursor_key=env.get("CURSOR_KEY", ""),
             local_api_key=env.get("LOCAL_API_KEY", ""),
             max_active_builds=int(env.get("MAX_ACTIVE_BUILDS", "20")),
             max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
@@ -119,4 +150,27 @@ class Settings:
             heartbeat_seconds=int(env.get("HEARTBEAT_SECONDS", "60")),
             vcs_ref=env.get("VCS_REF") or "unknown",
             vcs_url=env.get("VCS_URL", ""),
+            **_spend_from_env(env),
         )
+
+
+def _spend_from_env(env: Mapping[str, str]) -> dict:
+    """The spend settings (issue 17); a malformed value is a deployment error: it raises."""
+    sizes = []
+    for item in _list(env.get("MAX_INSTANCE_SIZES")):
+        family, _, size = item.partition("=")
+        if not family.strip() or not size.strip():
+            raise ConfigurationError(f"MAX_INSTANCE_SIZES: {item!r} is not family=size")
+        sizes.append((family.strip(), size.strip()))
+    price, timeout = env.get("MAX_PRICE_CEILING"), env.get("MAX_TIMEOUT_MINUTES")
+    prefix = env.get("IMAGE_TAG_PREFIX", "")
+    if prefix and not re.fullmatch(r"[a-z][a-z0-9]{0,15}__", prefix):
+        raise ConfigurationError(f"IMAGE_TAG_PREFIX: {prefix!r} is not <stage>__")
+    return {
+        "image_tag_prefix": prefix,
+        "max_instance_sizes": tuple(sizes),
+        "max_price_ceiling": float(price) if price else None,
+        "max_timeout_minutes": int(timeout) if timeout else None,
+        "max_active_builds_per_key": int(v) if (v := env.get("MAX_ACTIVE_BUILDS_PER_KEY")) else None,
+        "max_gpu_hours_per_key_day": float(v) if (v := env.get("MAX_GPU_HOURS_PER_KEY_DAY")) else None,
+    }

@@ -18,7 +18,7 @@ from chalicelib.builds import BuildService
 from chalicelib.catalog import Catalog, load_catalog
 from chalicelib.notify import Notifier, SlackSender, WebhookDirectory
 from chalicelib.queues import Queue
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, check_cursor_key
 from chalicelib.store import BuildStore
 from chalicelib.transitions import Transitions
 
@@ -43,7 +43,7 @@ def catalog() -> Catalog:
 @cache
 def store() -> BuildStore:
     s = settings()
-    return BuildStore(client("dynamodb"), s.table_name, cursor_key=s.cursor_key.encode(),
+    return BuildStore(client("dynamodb"), s.table_name, cursor_key=check_cursor_key(s.cursor_key),
                       max_active=s.max_active_builds)
 
 

@@ -340,7 +340,8 @@ smoke_test() {
     fi
     buildah --storage-driver vfs rm "$ctr" >/dev/null || true
   else
-    is_local && gpus=()
+    # only an image built for CUDA gets the GPUs (the canary, cuda none, runs without them)
+    if is_local || [[ $CUDA == none ]]; then gpus=(); fi
     run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "the smoke test failed: nothing was pushed"
   fi
 }
