@@ -242,6 +242,9 @@ def scope_function_roles(template: dict, stage: str) -> dict[str, str]:
 
     calls = function_calls()
     resources = template["Resources"]
+    # the stage's roles as written, before any is cut down: a copied function's role starts
+    # from these, not from another function's already scoped role
+    stage_roles = {k: json.loads(json.dumps(v)) for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
     roles = {}
     for logical, fn in list(resources.items()):
         if fn["Type"] != "AWS::Serverless::Function":
@@ -249,7 +252,7 @@ def scope_function_roles(template: dict, stage: str) -> dict[str, str]:
         role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
         if role in roles.values():  # a copied function (EventsHandler): a role of its own
             new = f"{logical}Role"
-            resources[new] = json.loads(json.dumps(resources[role]))
+            resources[new] = json.loads(json.dumps(stage_roles[role]))
             fn["Properties"]["Role"] = {"Fn::GetAtt": [new, "Arn"]}
             role = new
         roles[logical] = role
