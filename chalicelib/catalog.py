@@ -157,6 +157,8 @@ class VersionSpec(_Frozen):
     cuda: list[str] = Field(min_length=1)
     python: list[str] = Field(min_length=1)
     args: dict[str, str] = {}
+    # why this version is out of its framework's support window (still buildable)
+    deprecated: str | None = None
 
 
 class Timeouts(_Frozen):
