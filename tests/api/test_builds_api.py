@@ -188,6 +188,14 @@ def test_health_needs_no_key_and_frameworks_lists_the_catalog(api, aws):
     assert [v["version"] for v in names["tensorflow"]["versions"] if v["newest"]] == ["2.21.0"]
 
 
+def test_a_deprecated_version_builds_with_a_warning_saying_why(api, aws):
+    status, build = post(api, {"framework": "pytorch", "version": "2.5.1"})
+    assert status == 202
+    assert any(w.startswith("pytorch 2.5.1 is deprecated: PyTorch 2.5") for w in build["warnings"])
+    status, current = post(api, {"framework": "pytorch", "version": "2.14.1"})
+    assert status == 202 and not [w for w in current["warnings"] if "deprecated" in w]
+
+
 def test_openapi_document_is_valid_and_describes_the_request(api, aws):
     from openapi_spec_validator import validate
 
