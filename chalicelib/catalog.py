@@ -12,6 +12,7 @@ import re
 from datetime import date
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,9 +43,26 @@ def cc_str(cc: tuple[int, int]) -> str:
     return f"{cc[0]}.{cc[1]}"
 
 
+class AmiPath(_Frozen):
+    """Where a family's host comes from: an SSM public parameter holding the AMI id, and the
+    NVIDIA driver branch the host runs (brought by the AMI, or installed by the host script)."""
+
+    parameter: str = Field(pattern=r"^/aws/service/[A-Za-z0-9_./-]+$")
+    driver_branch: str = Field(pattern=r"^[0-9]{3}$")
+    driver: Literal["preinstalled", "install"]
+    description: str = ""
+
+    def describe(self) -> dict:
+        return {"parameter": self.parameter, "driver_branch": self.driver_branch, "driver": self.driver,
+                "description": self.description}
+
+
 class GpuFamily(_Frozen):
     gpu: str
     compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
+    # a key of Hardware.amis; None (with no_ami saying why) for a family nothing can boot
+    ami: str | None = None
+    no_ami: str | None = None
     gpu_memory_gib: int = Field(gt=0)
     sizes: dict[str, int] = Field(min_length=1)
 
@@ -64,6 +82,9 @@ class GpuFamily(_Frozen):
 
 class CudaRelease(_Frozen):
     full: str
+    # the cuDNN and OS parts of this release's nvidia/cuda tags (see _hardware.yaml)
+    cudnn: str = Field("cudnn", pattern=r"^cudnn[0-9]*$")
+    os: str = Field("ubuntu22.04", pattern=r"^[a-z]+[0-9.]+$")
     min_compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
     # newest architecture the release's nvcc compiles; None: no compiler (the canary's "none")
     max_compute_capability: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]$")
@@ -84,12 +105,23 @@ class CudaRelease(_Frozen):
                              f"min_compute_capability {self.min_compute_capability}")
         return self
 
+    @property
+    def min_branch(self) -> int:
+        """The driver branch (major version) of ``min_driver``."""
+        return int(self.min_driver.split(".", 1)[0])
+
+    @property
+    def health_image(self) -> str:
+        """The image the host runs ``nvidia-smi`` in before building ("" for no CUDA)."""
+        return "" if self.full == "none" else f"nvidia/cuda:{self.full}-base-{self.os}"
+
     def describe(self) -> dict:
         return {"full": self.full, "min_compute_capability": self.min_compute_capability,
                 "max_compute_capability": self.max_compute_capability, "min_driver": self.min_driver}
 
 
 class Hardware(_Frozen):
+    amis: dict[str, AmiPath] = Field(min_length=1)
     families: dict[str, GpuFamily] = Field(min_length=1)
     cuda: dict[str, CudaRelease] = Field(min_length=1)
 
@@ -104,6 +136,11 @@ class Hardware(_Frozen):
             few = [t for t, n in fam.sizes.items() if n < 1]
             if few:
                 raise ValueError(f"families.{name}.sizes: {few} need a GPU count of 1 or more")
+            if fam.ami is None and not fam.no_ami:
+                raise ValueError(f"families.{name}: name its ami (one of {sorted(self.amis)}) or say in "
+                                 "no_ami why none works")
+            if fam.ami is not None and fam.ami not in self.amis:
+                raise ValueError(f"families.{name}.ami: {fam.ami!r} is not one of amis: {sorted(self.amis)}")
         return self
 
     def family_of(self, instance_type: str) -> str:
@@ -116,21 +153,40 @@ class Hardware(_Frozen):
     def family(self, instance_type: str) -> GpuFamily:
         return self.families[self.family_of(instance_type)]
 
+    def ami_of(self, instance_type: str) -> AmiPath | None:
+        """The AMI path of ``instance_type``'s family (None: no AMI boots it)."""
+        fam = self.family(instance_type)
+        return self.amis[fam.ami] if fam.ami else None
+
+    def bootable(self, instance_type: str) -> bool:
+        return self.family(instance_type).ami is not None
+
+    def _family_runs(self, fam: GpuFamily, cuda: str) -> bool:
+        release = self.cuda[cuda]
+        if fam.cc < release.min_cc:
+            return False
+        # the family's driver branch must run the release natively (see min_driver)
+        return fam.ami is None or int(self.amis[fam.ami].driver_branch) >= release.min_branch
+
     def runs(self, instance_type: str, cuda: str) -> bool:
-        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU.
+        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU and driver.
 
         A release runs on every GPU of at least its ``min_compute_capability``; newer GPUs
         than its nvcc knows run its PTX through the driver's JIT (see chalicelib/gpu.py).
+        The family's driver branch must be at least the release's ``min_driver`` branch.
         """
-        return self.family(instance_type).cc >= self.cuda[cuda].min_cc
+        return self._family_runs(self.family(instance_type), cuda)
 
     def families_for(self, cuda: str) -> list[str]:
-        """The instance families whose GPU runs ``cuda``, in _hardware.yaml order."""
-        return [name for name, fam in self.families.items() if fam.cc >= self.cuda[cuda].min_cc]
+        """The bootable instance families whose GPU runs ``cuda``, in _hardware.yaml order."""
+        return [name for name, fam in self.families.items() if fam.ami and self._family_runs(fam, cuda)]
 
     def describe(self) -> dict:
-        return {"families": {n: f.describe() for n, f in self.families.items()},
-                "cuda": {c: r.describe() for c, r in self.cuda.items()}}
+        families = {}
+        for name, fam in self.families.items():
+            ami = {"name": fam.ami, **self.amis[fam.ami].describe()} if fam.ami else None
+            families[name] = {**fam.describe(), "ami": ami, **({"no_ami": fam.no_ami} if fam.no_ami else {})}
+        return {"families": families, "cuda": {c: r.describe() for c, r in self.cuda.items()}}
 
 
 class BuildArgSpec(_Frozen):
@@ -198,6 +254,8 @@ class Resolved(_Frozen):
             "cuda_nodot": self.cuda.replace(".", ""),
             "python_nodot": self.python.replace(".", ""),
             "cuda_full": hardware.cuda[self.cuda].full,
+            "cudnn": hardware.cuda[self.cuda].cudnn,
+            "cuda_os": hardware.cuda[self.cuda].os,
         }
 
 
@@ -465,6 +523,10 @@ def _check_against_hardware(path: Path, spec: BuildSpec, hw: Hardware) -> None:
     bad = [t for t in spec.instance_types if not hw.is_known_instance_type(t)]
     if bad:
         raise CatalogError(f"{path}: instance_types: {bad} not in _hardware.yaml families")
+    unbootable = [t for t in spec.instance_types if not hw.bootable(t)]
+    if unbootable:
+        why = "; ".join(f"{t}: {hw.family(t).no_ami}" for t in unbootable)
+        raise CatalogError(f"{path}: instance_types: no AMI boots {why}")
     d = spec.defaults
     first = spec.instance_types[0]
     if not hw.runs(first, d.cuda):

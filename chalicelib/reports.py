@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
@@ -50,11 +51,15 @@ class ResultReport(_Report):
     message: Text = ""
     reason: Text = ""
     log_tail: Annotated[str, StringConstraints(max_length=8000)] = ""
+    # "host": the host failed (driver, GPU), not the build: the service tries the next instance type
+    cause: Literal["host"] | None = None
 
     @model_validator(mode="after")
     def _digest_iff_succeeded(self) -> ResultReport:
         if self.status == "SUCCEEDED" and not self.digest:
             raise ValueError("digest: required when status is SUCCEEDED (sha256:<64 hex>)")
+        if self.status == "SUCCEEDED" and self.cause:
+            raise ValueError("cause: only a FAILED result has a cause")
         return self
 
 
@@ -83,9 +88,12 @@ class Reports:
     bad token (403) from a report that came too late (409), or to take the rarer path:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
-    def __init__(self, store: BuildStore, transitions: Transitions) -> None:
+    def __init__(self, store: BuildStore, transitions: Transitions,
+                 relaunch: Callable[..., dict | None] | None = None) -> None:
         self.store = store
         self.transitions = transitions
+        # Lifecycle.relaunch: a host failure queues the build again as a new attempt
+        self.relaunch = relaunch
 
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
@@ -186,6 +194,8 @@ class Reports:
     def _result(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
         if report.status == "SUCCEEDED":
             return self._succeeded(build_id, report, hashed, guard)
+        if report.cause == "host" and self.relaunch is not None:
+            return self._host_failed(build_id, report, hashed)
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
@@ -211,6 +221,21 @@ class Reports:
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
+
+    def _host_failed(self, build_id: str, report: ResultReport, hashed: str) -> dict:
+        """The host failed (no driver, driver too old, GPU not visible): record it and queue
+        the build again as a new attempt, which the launcher starts on another instance type
+        (Lifecycle.relaunch; its write holds only for this attempt and instance, so a report
+        that lost a race changes nothing). Out of attempts, the build fails with the cause."""
+        old = self._authenticate(build_id, hashed)
+        itype = (old.get("instance") or {}).get("type")
+        reason = report.reason or "the host failed"
+        failure = {"attempt": int(old.get("attempt", 1)), "instance_type": itype, "reason": reason[:500]}
+        item = self.relaunch(old, f"host failure on {itype or 'the instance'}: {reason}"[:1500],
+                             fields={"host_failures": [*(old.get("host_failures") or []), failure]})
+        if item is None:
+            raise self._moved_on(build_id)
+        return item
 
     def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
         def move() -> dict:

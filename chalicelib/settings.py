@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,8 +11,8 @@ def _list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-# The AWS Deep Learning Base GPU AMI (Ubuntu 22.04), as its public SSM parameter (issue 4).
-DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+_AMI_SOURCE = re.compile(r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]{1,2000})$")
+_FAMILY = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 # Spot prices (USD/hour) recorded when spot price history has none: rough us-east-1 figures.
 DEFAULT_SPOT_PRICES = "p3.2xlarge=0.92,g4dn.xlarge=0.22,g5.xlarge=0.42,g6.xlarge=0.36"
 
@@ -22,6 +23,17 @@ def _prices(value: str | None) -> tuple[tuple[str, float], ...]:
     for item in _list(value):
         name, _, price = item.partition("=")
         out.append((name.strip(), float(price)))
+    return tuple(out)
+
+
+def _ami_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
+    """``family=ami-…|/ssm/parameter,…`` -> pairs (a malformed entry is a deployment error: it raises)."""
+    out = []
+    for item in _list(value):
+        family, _, source = (x.strip() for x in item.partition("="))
+        if not _FAMILY.match(family) or not _AMI_SOURCE.match(source):
+            raise ValueError(f"AMI_OVERRIDES: {item!r} is not FAMILY=ami-<hex> or FAMILY=/ssm/parameter/path")
+        out.append((family, source))
     return tuple(out)
 
 
@@ -53,8 +65,11 @@ class Settings:
 
     # launcher and host script (issue 4)
     build_log_group: str = "/voltabuild/builds"
-    ami_parameter: str = DLAMI_PARAMETER
+    # AMIs (issue 15): each family's AMI comes from buildspecs/_hardware.yaml unless a
+    # deployment overrides it: ami_overrides per family, else ami_id / ami_parameter for all
+    ami_parameter: str = ""
     ami_id: str = ""
+    ami_overrides: tuple[tuple[str, str], ...] = ()
     subnet_ids: tuple[str, ...] = ()
     security_group_id: str = ""
     instance_profile: str = ""
@@ -92,8 +107,9 @@ class Settings:
             orphan_grace_minutes=int(env.get("ORPHAN_GRACE_MINUTES", "4")),
             digest_grace_minutes=int(env.get("DIGEST_GRACE_MINUTES", "15")),
             build_log_group=env.get("BUILD_LOG_GROUP", "/voltabuild/builds"),
-            ami_parameter=env.get("AMI_PARAMETER", DLAMI_PARAMETER),
+            ami_parameter=env.get("AMI_PARAMETER", ""),
             ami_id=env.get("AMI_ID", ""),
+            ami_overrides=_ami_overrides(env.get("AMI_OVERRIDES")),
             subnet_ids=_list(env.get("SUBNET_IDS")),
             security_group_id=env.get("SECURITY_GROUP_ID", ""),
             instance_profile=env.get("INSTANCE_PROFILE", ""),

@@ -138,6 +138,7 @@ def launcher():
                       vcs_url=s.vcs_url)
     cfg = LaunchConfig(
         stage=s.stage, host=host, ami_id=s.ami_id, ami_parameter=s.ami_parameter, subnet_ids=s.subnet_ids,
+        ami_overrides=dict(s.ami_overrides),
         security_group_id=s.security_group_id, instance_profile=s.instance_profile,
         on_demand_fallback=s.on_demand_fallback, max_retries=s.launch_max_retries,
         price_table=dict(s.spot_price_table),
@@ -149,7 +150,7 @@ def launcher():
 def reports():
     from chalicelib.reports import Reports
 
-    return Reports(store(), transitions())
+    return Reports(store(), transitions(), relaunch=lifecycle().relaunch)
 
 
 @cache

@@ -8,7 +8,8 @@ declare (wheel tags, read with ``packaging.utils.parse_wheel_filename``) and the
 can tell: the CUDA of the build PyPI serves (from the newest release's ``requires_dist``) and,
 for torch, the ``+cuXYZ`` builds on download.pytorch.org when that index can be reached.
 
-It writes ``dist/catalog-refresh/catalog.patch`` (``git apply`` it after review): new lines in
+A release ``wheels.yaml`` already records with ``not_offered: <why>`` is reported as held back,
+not proposed. It writes ``dist/catalog-refresh/catalog.patch`` (``git apply`` it after review): new lines in
 ``releases.yaml``, new ``confirmed: false`` entries in ``wheels.yaml`` and a new ``versions:``
 entry at the top of the buildspec. It never changes a default and never removes a version, and
 the catalog tests fail until someone confirms the proposed facts. It says which sources it could
@@ -316,6 +317,7 @@ def unified(path: str, before: str, after: str) -> str:
 @dataclass
 class Outcome:
     new: dict[str, list[Release]]
+    held_back: dict[str, dict[str, str]]  # framework -> version -> why wheels.yaml leaves it out
     unchecked: list[str]  # frameworks whose PyPI project could not be read
     unreachable: dict[str, str]
     patch: str
@@ -325,6 +327,7 @@ def refresh(root: Path, sources: Sources, today: dt.date) -> Outcome:
     wheels = load_wheels(root)
     released = load_releases(root)
     unchecked: list[str] = []
+    held_back: dict[str, dict[str, str]] = {}
     texts = {p: (root / p).read_text() for p in ("buildspecs/facts/releases.yaml", "buildspecs/facts/wheels.yaml")}
     proposed = dict(texts)
     new: dict[str, list[Release]] = {}
@@ -339,6 +342,12 @@ def refresh(root: Path, sources: Sources, today: dt.date) -> Outcome:
         if spec.get("deprecated"):  # the whole framework is retired: no patch is worth proposing
             offered = [{**v, "deprecated": v.get("deprecated") or spec["deprecated"]} for v in offered]
         wanted = newer_than_catalog(project.get("releases", {}), offered)
+        known = facts.get("versions", {})
+        held = {v: " ".join(str(known[v]["not_offered"]).split()) for v in wanted
+                if (known.get(v) or {}).get("not_offered")}
+        if held:
+            held_back[framework] = held
+        wanted = [v for v in wanted if v not in held]
         found = releases_from(project, facts["package"], wanted, sources)
         if not found:
             continue
@@ -352,7 +361,8 @@ def refresh(root: Path, sources: Sources, today: dt.date) -> Outcome:
         texts[spec_path] = spec_text
         proposed[spec_path] = propose_buildspec(spec_text, found, spec["versions"][0])
     patch = "".join(unified(p, texts[p], proposed[p]) for p in texts if texts[p] != proposed[p])
-    return Outcome(new=new, unchecked=unchecked, unreachable=dict(sources.unreachable), patch=patch)
+    return Outcome(new=new, held_back=held_back, unchecked=unchecked, unreachable=dict(sources.unreachable),
+                   patch=patch)
 
 
 def report(outcome: Outcome, patch_path: Path | None) -> str:
@@ -361,10 +371,14 @@ def report(outcome: Outcome, patch_path: Path | None) -> str:
         for r in found:
             cuda = ", ".join(r.cuda) if r.cuda else "unknown (confirm from the release matrix / wheel index)"
             lines.append(f"{framework} {r.version} (released {r.released}): Python {', '.join(r.python)}; CUDA {cuda}")
+    for framework, held in outcome.held_back.items():
+        for version, why in held.items():
+            lines.append(f"{framework} {version}: known, held back (buildspecs/facts/wheels.yaml not_offered): {why}")
     if outcome.unchecked:
         lines.append(f"not checked (PyPI unreachable): {', '.join(outcome.unchecked)}")
     if not outcome.new and not outcome.unchecked:
-        lines.append("up to date: no release on PyPI is newer than the catalog")
+        held = " apart from the held-back versions above" if outcome.held_back else ""
+        lines.append(f"up to date: no release on PyPI is newer than the catalog{held}")
     elif patch_path is not None:
         lines.append(f"proposed change for review: {patch_path} (git apply it, confirm the facts, run the catalog tests)")
     for url, why in outcome.unreachable.items():

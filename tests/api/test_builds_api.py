@@ -182,8 +182,8 @@ def test_health_needs_no_key_and_frameworks_lists_the_catalog(api, aws):
     assert names["pytorch"]["defaults"] == {"version": "2.14.1", "cuda": "12.6", "python": "3.12"}
     # each version's release date, the newest marked, and why old ones are deprecated
     torch = {v["version"]: v for v in names["pytorch"]["versions"]}
-    assert torch["2.15.0"]["released"] == "2026-10-28" and torch["2.15.0"]["newest"] is True
-    assert torch["2.14.1"]["released"] == "2026-09-30" and torch["2.14.1"]["newest"] is False
+    assert torch["2.14.1"]["released"] == "2026-09-30" and torch["2.14.1"]["newest"] is True
+    assert torch["2.13.0"]["released"] == "2026-07-08" and torch["2.13.0"]["newest"] is False
     assert torch["2.14.1"]["deprecated"] is None and "2.9" in torch["2.9.1"]["deprecated"]
     assert [v["version"] for v in names["tensorflow"]["versions"] if v["newest"]] == ["2.21.0"]
 

@@ -24,11 +24,11 @@ MIN_CC_BY_MAJOR = {"11": "3.5", "12": "5.0", "13": "7.5"}
 # "CUDA X.Y GA" rows of NVIDIA's "CUDA Toolkit and Corresponding Driver Versions" table.
 GA_DRIVER = {"11.2": "460.27.03", "11.8": "520.61.05", "12.1": "530.30.02", "12.3": "545.23.06",
              "12.4": "550.54.14", "12.5": "555.42.02", "12.6": "560.28.03", "12.8": "570.26",
-             "13.0": "580.65.06", "13.2": "595.45.04"}
+             "13.0": "580.65.06"}
 # Newest sm_XY each release's nvcc compiles (sm_86 in 11.1, sm_90 in 11.8, sm_120 in 12.8,
 # sm_121 in 12.9).
 MAX_CC = {"11.2": "8.6", "11.8": "9.0", "12.1": "9.0", "12.3": "9.0", "12.4": "9.0", "12.5": "9.0",
-          "12.6": "9.0", "12.8": "12.0", "13.0": "12.1", "13.2": "12.1"}
+          "12.6": "9.0", "12.8": "12.0", "13.0": "12.1"}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_GPU))
@@ -127,7 +127,7 @@ def test_a_combination_no_default_instance_type_runs_fails_to_load(catalog_copy)
     spec = catalog_copy / "buildspecs" / "pytorch.yaml"
     _edit(spec, "instance_types: [p3.2xlarge, g5.xlarge, g4dn.xlarge, g6.xlarge]",
           "instance_types: [p3.2xlarge, p3.8xlarge]")
-    with pytest.raises(CatalogError, match=r"versions\.2\.15\.0\.cuda: CUDA 13\.2 runs on none .*g4dn, g5"):
+    with pytest.raises(CatalogError, match=r"versions\.2\.14\.1\.cuda: CUDA 13\.0 runs on none .*g4dn, g5"):
         load_catalog(catalog_copy)
 
 

@@ -48,7 +48,7 @@ def test_defaults_and_version_alone():
 
 def test_unsupported_combination_lists_what_is_supported():
     spec = CATALOG.frameworks["pytorch"]
-    with pytest.raises(BadRequest, match="supported versions: 2.15.0, 2.14.1"):
+    with pytest.raises(BadRequest, match="supported versions: 2.14.1, 2.13.0"):
         spec.resolve("0.1", None, None)
     with pytest.raises(BadRequest, match="built for CUDA 12.4, 12.1, 11.8"):
         spec.resolve("2.5.1", "10.0", None)
