@@ -15,6 +15,7 @@ help:
 	@echo "make mutate  mutation testing of the core modules (MODULE=name for one); not part of make test"
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
 	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
+	@echo "make catalog-refresh  list PyPI releases newer than the catalog; writes dist/catalog-refresh/catalog.patch"
 	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
 	@echo "make deploy   package and deploy to the AWS account of your credentials (STAGE=dev|prod)"
 
@@ -88,3 +89,9 @@ bench: venv
 FUZZ_EXAMPLES ?= 300
 fuzz: venv
 	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
+# ---- the catalog (issue 25) -----------------------------------------------------------
+# `make catalog-refresh`: releases on PyPI newer than the catalog, as a patch for review
+.PHONY: catalog-refresh
+catalog-refresh: venv
+	$(PY) -m infra.catalog_refresh

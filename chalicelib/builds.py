@@ -94,6 +94,9 @@ class BuildService:
 
         now = now_iso()
         warnings = [f"{spec.framework} is deprecated: {spec.deprecated}"] if spec.deprecated else []
+        vdeprecated = spec.version(resolved.version).deprecated
+        if vdeprecated:
+            warnings.append(f"{spec.framework} {resolved.version} is deprecated: {vdeprecated}")
         warnings += placement.warnings
         return Build(
             id=new_build_id(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -256,6 +257,10 @@ class VersionSpec(_Frozen):
     cuda: list[str] = Field(min_length=1)
     python: list[str] = Field(min_length=1)
     args: dict[str, str] = {}
+    # why this version is out of its framework's support window (still buildable)
+    deprecated: str | None = None
+    # set by the loader from buildspecs/facts/releases.yaml: when PyPI first served it
+    released: date | None = None
 
 
 class Timeouts(_Frozen):
@@ -507,6 +512,9 @@ def describe(spec: BuildSpec, hardware: Hardware) -> dict:
                 "cuda": v.cuda,
                 "python": v.python,
                 "instance_families": {c: hardware.families_for(c) for c in v.cuda},
+                "released": v.released.isoformat() if v.released else None,
+                "newest": v.version == newest_version(spec),
+                "deprecated": v.deprecated,
             }
             for v in spec.versions
         ],
@@ -517,6 +525,29 @@ def describe(spec: BuildSpec, hardware: Hardware) -> dict:
         "timeout_minutes": spec.timeout_minutes.model_dump(),
         "tags": spec.tags,
     }
+
+
+def newest_version(spec: BuildSpec) -> str:
+    """The newest version the buildspec offers (by release date, then by version order)."""
+    def key(v: VersionSpec) -> tuple:
+        nums = tuple(int(p) if p.isdigit() else -1 for p in re.split(r"[.+-]", v.version))
+        return (v.released or date.min, nums)
+    return max(spec.versions, key=key).version
+
+
+def _release_dates(path: Path) -> dict[str, dict[str, date]]:
+    """framework -> version -> release date, from buildspecs/facts/releases.yaml (if present)."""
+    if not path.is_file():
+        return {}
+    data = _load_yaml(path).get("frameworks") or {}
+    out: dict[str, dict[str, date]] = {}
+    for framework, facts in data.items():
+        for version, fact in ((facts or {}).get("versions") or {}).items():
+            released = (fact or {}).get("released")
+            if not isinstance(released, date):
+                raise CatalogError(f"{path}: frameworks.{framework}.versions.{version}.released: not a date")
+            out.setdefault(framework, {})[str(version)] = released
+    return out
 
 
 def _load_yaml(path: Path) -> dict:
@@ -545,6 +576,7 @@ def load_catalog(root: Path | str | None = None) -> Catalog:
         hardware = Hardware.model_validate(_load_yaml(hw_path))
     except ValidationError as e:
         raise _fail(hw_path, e) from None
+    released = _release_dates(spec_dir / "facts" / "releases.yaml")
     frameworks: dict[str, BuildSpec] = {}
     for path in sorted(spec_dir.glob("*.yaml")):
         if path.name.startswith("_"):
@@ -552,6 +584,10 @@ def load_catalog(root: Path | str | None = None) -> Catalog:
         raw = path.read_bytes()
         data = _load_yaml(path)
         data["source_hash"] = hashlib.sha256(raw).hexdigest()[:16]
+        dates = released.get(str(data.get("framework")), {})
+        for v in data.get("versions") or []:
+            if isinstance(v, dict) and "released" not in v and str(v.get("version")) in dates:
+                v["released"] = dates[str(v.get("version"))]
         try:
             spec = BuildSpec.model_validate(data)
         except ValidationError as e:

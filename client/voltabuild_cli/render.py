@@ -118,10 +118,18 @@ def frameworks_text(catalog: dict) -> str:
             out.append(f"  DEPRECATED: {fw['deprecated']}")
         out.append(f"  default    {d.get('version')}  CUDA {d.get('cuda')}  Python {d.get('python')}"
                    f"   (voltabuild submit {fw.get('framework')})")
-        out.append("  versions   (* = default; GPU families that run each CUDA build)")
+        out.append("  versions   (* = default; released on; GPU families that run each CUDA build)")
         for v in fw.get("versions", []):
             mark = "*" if v.get("version") == d.get("version") else " "
-            out.append(f"   {mark}{v.get('version'):<10} Python {', '.join(v.get('python', []))}")
+            notes = [f"released {v['released']}" if v.get("released") else "release date unknown"]
+            if v.get("newest"):
+                notes.append("newest")
+            if v.get("deprecated"):
+                notes.append("deprecated")
+            out.append(f"   {mark}{v.get('version'):<10} Python {', '.join(v.get('python', []))}"
+                       f"   ({', '.join(notes)})")
+            if v.get("deprecated"):
+                out.append(f"      {v['deprecated']}")
             families = v.get("instance_families") or {}
             for cuda in v.get("cuda", []):
                 cmark = "*" if mark == "*" and cuda == d.get("cuda") else " "

@@ -7,6 +7,10 @@
 #                       (PyTorch's prebuilt tarball) and the system NCCL, MAX_JOBS at a time
 #
 # PYTORCH_VERSION, TORCHVISION_VERSION, TORCHAUDIO_VERSION, CUDA_VERSION (12.4 or 12.4.1) are required.
+# TORCHVISION_FROM / TORCHAUDIO_FROM (default cuda): `cuda` takes the package from the index of the
+# build's CUDA (or, in source mode, compiles it); `pypi` installs PyPI's CUDA-independent py3 wheel
+# after torch (torchaudio 2.11.1 serves every torch from 2.11 on; torchvision 0.29.2 every torch
+# from 2.14 on), keeping the installed torch.
 set -euo pipefail
 
 WHEEL_INDEX=${WHEEL_INDEX:-https://download.pytorch.org/whl}
@@ -32,13 +36,39 @@ cuda_nodot() {
   printf '%s%s\n' "$major" "$minor"
 }
 
-install_wheels() {
-  local index
-  index="${WHEEL_INDEX}/cu$(cuda_nodot)"
-  log "installing torch ${PYTORCH_VERSION}, torchvision ${TORCHVISION_VERSION}, torchaudio ${TORCHAUDIO_VERSION} from ${index}"
-  local cmd=(uv pip install --index-url "$index"
-    "torch==${PYTORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" "torchaudio==${TORCHAUDIO_VERSION}")
+# Where a companion package comes from: "cuda" or "pypi".
+from_of() {
+  local name=$1 value=${!1:-cuda}
+  [[ $value == cuda || $value == pypi ]] || die "${name}=${value} is not one of: cuda, pypi"
+  printf '%s\n' "$value"
+}
+
+# The companions (torchvision, torchaudio) whose *_FROM is $1, as requirement strings.
+companions_from() {
+  local want=$1 out=()
+  [[ $(from_of TORCHVISION_FROM) == "$want" ]] && out+=("torchvision==${TORCHVISION_VERSION}")
+  [[ $(from_of TORCHAUDIO_FROM) == "$want" ]] && out+=("torchaudio==${TORCHAUDIO_VERSION}")
+  ((${#out[@]} == 0)) || printf '%s\n' "${out[@]}"
+}
+
+# PyPI's py3 companions, after torch: uv keeps the installed torch, which satisfies them.
+install_pypi_companions() {
+  local pkgs=()
+  mapfile -t pkgs < <(companions_from pypi)
+  ((${#pkgs[@]} > 0)) || return 0
+  log "installing ${pkgs[*]} from PyPI (CUDA-independent wheels)"
+  local cmd=(uv pip install "${pkgs[@]}")
   "${cmd[@]}"
+}
+
+install_wheels() {
+  local index pkgs=()
+  index="${WHEEL_INDEX}/cu$(cuda_nodot)"
+  mapfile -t pkgs < <(companions_from cuda)
+  log "installing torch ${PYTORCH_VERSION} ${pkgs[*]} from ${index}"
+  local cmd=(uv pip install --index-url "$index" "torch==${PYTORCH_VERSION}" "${pkgs[@]}")
+  "${cmd[@]}"
+  install_pypi_companions
 }
 
 # Keeps the architectures of TORCH_CUDA_ARCH_LIST this nvcc can compile for (CUDA 13 dropped
@@ -94,16 +124,21 @@ install_source() {
   log "compiling torch ${PYTORCH_VERSION} for '${TORCH_CUDA_ARCH_LIST}' with ${MAX_JOBS} jobs"
   (cd "${SRC_DIR}/pytorch" && python -m pip install --no-cache-dir --no-build-isolation .)
 
-  clone vision "v${TORCHVISION_VERSION}" "${SRC_DIR}/vision"
-  log "compiling torchvision ${TORCHVISION_VERSION}"
-  (cd "${SRC_DIR}/vision" && FORCE_CUDA=1 BUILD_VERSION=$TORCHVISION_VERSION \
-    python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+  if [[ $(from_of TORCHVISION_FROM) == cuda ]]; then
+    clone vision "v${TORCHVISION_VERSION}" "${SRC_DIR}/vision"
+    log "compiling torchvision ${TORCHVISION_VERSION}"
+    (cd "${SRC_DIR}/vision" && FORCE_CUDA=1 BUILD_VERSION=$TORCHVISION_VERSION \
+      python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+  fi
 
-  clone audio "v${TORCHAUDIO_VERSION}" "${SRC_DIR}/audio"
-  log "compiling torchaudio ${TORCHAUDIO_VERSION}"
-  (cd "${SRC_DIR}/audio" && BUILD_VERSION=$TORCHAUDIO_VERSION \
-    python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+  if [[ $(from_of TORCHAUDIO_FROM) == cuda ]]; then
+    clone audio "v${TORCHAUDIO_VERSION}" "${SRC_DIR}/audio"
+    log "compiling torchaudio ${TORCHAUDIO_VERSION}"
+    (cd "${SRC_DIR}/audio" && BUILD_VERSION=$TORCHAUDIO_VERSION \
+      python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+  fi
 
+  install_pypi_companions
   rm -rf "$SRC_DIR"
 }
 
@@ -126,6 +161,8 @@ PY
 
 main() {
   require PYTORCH_VERSION TORCHVISION_VERSION TORCHAUDIO_VERSION CUDA_VERSION
+  from_of TORCHVISION_FROM >/dev/null
+  from_of TORCHAUDIO_FROM >/dev/null
   case ${BUILD_MODE:-wheels} in
     wheels) install_wheels ;;
     source) install_source ;;

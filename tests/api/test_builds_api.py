@@ -27,8 +27,8 @@ def test_submit_takes_the_buildspec_defaults_and_queues_for_launch(api, aws):
     # THEN 202 with the resolved build, recorded and queued
     assert status == 202
     assert build["status"] == "QUEUED"
-    assert (build["version"], build["cuda"], build["python"]) == ("2.5.1", "12.4", "3.11")
-    assert build["image"]["tags"] == ["2.5.1-cu124-py311", "latest"]
+    assert (build["version"], build["cuda"], build["python"]) == ("2.14.1", "12.6", "3.12")
+    assert build["image"]["tags"] == ["2.14.1-cu126-py312", "latest"]
     assert build["image"]["repository"].endswith("/voltabuild/pytorch")
     assert build["instance_types"][0] == "p3.2xlarge"
     assert build["timeout_minutes"] == 90
@@ -179,7 +179,21 @@ def test_health_needs_no_key_and_frameworks_lists_the_catalog(api, aws):
     assert set(names) == {"pytorch", "tensorflow", "mxnet", "canary"}
     assert names["mxnet"]["deprecated"]
     assert "BUILD_MODE" in names["pytorch"]["build_args"]
-    assert names["pytorch"]["defaults"] == {"version": "2.5.1", "cuda": "12.4", "python": "3.11"}
+    assert names["pytorch"]["defaults"] == {"version": "2.14.1", "cuda": "12.6", "python": "3.12"}
+    # each version's release date, the newest marked, and why old ones are deprecated
+    torch = {v["version"]: v for v in names["pytorch"]["versions"]}
+    assert torch["2.14.1"]["released"] == "2026-09-30" and torch["2.14.1"]["newest"] is True
+    assert torch["2.13.0"]["released"] == "2026-07-08" and torch["2.13.0"]["newest"] is False
+    assert torch["2.14.1"]["deprecated"] is None and "2.9" in torch["2.9.1"]["deprecated"]
+    assert [v["version"] for v in names["tensorflow"]["versions"] if v["newest"]] == ["2.21.0"]
+
+
+def test_a_deprecated_version_builds_with_a_warning_saying_why(api, aws):
+    status, build = post(api, {"framework": "pytorch", "version": "2.5.1"})
+    assert status == 202
+    assert any(w.startswith("pytorch 2.5.1 is deprecated: PyTorch 2.5") for w in build["warnings"])
+    status, current = post(api, {"framework": "pytorch", "version": "2.14.1"})
+    assert status == 202 and not [w for w in current["warnings"] if "deprecated" in w]
 
 
 def test_openapi_document_is_valid_and_describes_the_request(api, aws):

@@ -219,6 +219,15 @@ def test_frameworks_shows_versions_defaults_and_gpu_families(cli, live_api):
     one = cli("frameworks", "pytorch").stdout
     assert f"CUDA {cuda:<6} runs on {', '.join(v['instance_families'][cuda])}" in one
     assert "tensorflow" not in one.split("\n", 1)[1]
+    # each version's age shows, the newest is marked, deprecated ones say why
+    for v in pytorch["versions"]:
+        assert v["released"], v
+        line = next(x for x in one.splitlines() if x.strip().lstrip("*").startswith(v["version"] + " "))
+        assert f"released {v['released']}" in line
+        assert ("newest" in line) is v["newest"]
+        if v["deprecated"]:
+            assert "deprecated" in line and v["deprecated"] in one
+    assert sum(v["newest"] for v in pytorch["versions"]) == 1
 
 
 def test_frameworks_unknown_name(cli):

@@ -77,7 +77,7 @@ def test_buildspec_defaults_stay_on_a_cuda_the_default_p3_runs(framework):
 # ---- the real case: PyTorch 2.9.1 on CUDA 13.0 ------------------------------------------
 
 def test_cuda_13_with_default_instance_types_drops_p3():
-    build = plan(framework="pytorch", version="2.9.1", cuda="13.0")
+    build = plan(framework="pytorch", version="2.14.1", cuda="13.0")
     assert build.instance_types == ["g5.xlarge", "g4dn.xlarge", "g6.xlarge"]
     (w,) = build.warnings
     assert "dropped p3.2xlarge (NVIDIA V100, compute capability 7.0)" in w
@@ -101,7 +101,7 @@ def test_every_named_type_must_run_not_just_one():
 
 
 def test_named_types_that_all_run_are_kept_in_order_without_duplicates():
-    build = plan(framework="pytorch", version="2.9.1", cuda="13.0",
+    build = plan(framework="pytorch", version="2.14.1", cuda="13.0",
                  instance_types=["p5.48xlarge", "g6e.xlarge", "p5.48xlarge"])
     assert build.instance_types == ["p5.48xlarge", "g6e.xlarge"]
     assert build.warnings == []

@@ -117,8 +117,8 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_a_buildspec_default_on_a_cuda_p3_cannot_run_fails_to_load(catalog_copy):
     spec = catalog_copy / "buildspecs" / "pytorch.yaml"
-    _edit(spec, 'defaults: {version: "2.5.1", cuda: "12.4", python: "3.11"}',
-          'defaults: {version: "2.9.1", cuda: "13.0", python: "3.12"}')
+    _edit(spec, 'defaults: {version: "2.14.1", cuda: "12.6", python: "3.12"}',
+          'defaults: {version: "2.14.1", cuda: "13.0", python: "3.12"}')
     with pytest.raises(CatalogError, match=r"defaults\.cuda: CUDA 13\.0 cannot run .*p3\.2xlarge.*NVIDIA V100"):
         load_catalog(catalog_copy)
 
@@ -127,7 +127,7 @@ def test_a_combination_no_default_instance_type_runs_fails_to_load(catalog_copy)
     spec = catalog_copy / "buildspecs" / "pytorch.yaml"
     _edit(spec, "instance_types: [p3.2xlarge, g5.xlarge, g4dn.xlarge, g6.xlarge]",
           "instance_types: [p3.2xlarge, p3.8xlarge]")
-    with pytest.raises(CatalogError, match=r"versions\.2\.9\.1\.cuda: CUDA 13\.0 runs on none .*g4dn, g5"):
+    with pytest.raises(CatalogError, match=r"versions\.2\.14\.1\.cuda: CUDA 13\.0 runs on none .*g4dn, g5"):
         load_catalog(catalog_copy)
 
 

@@ -145,3 +145,44 @@ def test_unknown_build_mode(install):
     result, _ = install(BUILD_MODE="conda")
     assert result.returncode == 1
     assert "BUILD_MODE=conda is not one of: wheels, source" in result.stderr
+
+
+def test_pypi_companions_are_installed_from_pypi_after_torch(install):
+    # torch 2.14+ : torchaudio 2.11.1 is a CUDA-independent py3 wheel on PyPI only
+    result, calls = install(BUILD_MODE="wheels", CUDA_VERSION="12.6.3", PYTORCH_VERSION="2.14.1",
+                            TORCHVISION_VERSION="0.29.1", TORCHAUDIO_VERSION="2.11.1", TORCHAUDIO_FROM="pypi")
+    assert result.returncode == 0, result.stderr
+    uv = [c["argv"] for c in calls if c["cmd"] == "uv"]
+    assert uv == [
+        ["pip", "install", "--index-url", "https://download.pytorch.org/whl/cu126", "torch==2.14.1",
+         "torchvision==0.29.1"],
+        ["pip", "install", "torchaudio==2.11.1"],
+    ]
+    assert calls[-1]["argv"] == ["-", "2.14.1", "126"]
+
+
+def test_both_companions_from_pypi(install):
+    result, calls = install(BUILD_MODE="wheels", CUDA_VERSION="13.2.1", PYTORCH_VERSION="2.15.0",
+                            TORCHVISION_VERSION="0.29.2", TORCHVISION_FROM="pypi",
+                            TORCHAUDIO_VERSION="2.11.1", TORCHAUDIO_FROM="pypi")
+    assert result.returncode == 0, result.stderr
+    uv = [c["argv"] for c in calls if c["cmd"] == "uv"]
+    assert uv == [
+        ["pip", "install", "--index-url", "https://download.pytorch.org/whl/cu132", "torch==2.15.0"],
+        ["pip", "install", "torchvision==0.29.2", "torchaudio==2.11.1"],
+    ]
+
+
+def test_source_build_takes_pypi_companions_from_pypi_instead_of_compiling(install):
+    result, calls = install(BUILD_MODE="source", TORCHAUDIO_VERSION="2.11.1", TORCHAUDIO_FROM="pypi")
+    assert result.returncode == 0, result.stderr
+    clones = [c["argv"][-2] for c in calls if c["cmd"] == "git"]
+    assert clones == ["https://github.com/pytorch/pytorch.git", "https://github.com/pytorch/vision.git"]
+    assert ["pip", "install", "torchaudio==2.11.1"] in [c["argv"] for c in calls if c["cmd"] == "uv"]
+
+
+def test_unknown_companion_source(install):
+    result, calls = install(TORCHAUDIO_FROM="conda")
+    assert result.returncode == 1
+    assert "TORCHAUDIO_FROM=conda is not one of: cuda, pypi" in result.stderr
+    assert calls == []

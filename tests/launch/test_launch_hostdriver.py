@@ -109,7 +109,7 @@ def test_a_driver_that_does_not_install_is_a_host_failure(catalog, tmp_path, fai
 
 def test_a_driver_below_the_cuda_minimum_is_a_host_failure(catalog, tmp_path):
     run = run_script(tmp_path, render_for(record_for(catalog), catalog), {"SHIM_DRIVER": "535.183.01"})
-    _host_failure(run, "NVIDIA driver 535.183.01 is too old for CUDA 12.4, which needs 550.54.14 or newer")
+    _host_failure(run, "NVIDIA driver 535.183.01 is too old for CUDA 12.6, which needs 560.28.03 or newer")
 
 
 def test_a_gpu_the_container_cannot_see_is_a_host_failure(catalog, tmp_path):

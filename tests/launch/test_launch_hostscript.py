@@ -91,7 +91,7 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
     phases = [r["phase"] for r in run.reports() if r["type"] == "phase"]
     assert phases == ["PREPARING", "BUILDING", "TESTING", "PUSHING"]
     assert run.result() == {"type": "result", "status": "SUCCEEDED", "digest": DIGEST,
-                            "message": "pushed 2.5.1-cu124-py311 latest"}
+                            "message": "pushed 2.14.1-cu126-py312 latest"}
     # every report carries the build's token, in a header file (never on the command line)
     assert ["Authorization: Bearer " + TOKEN] in run.named("header-file")
     assert all(TOKEN not in " ".join(a) for a in run.named("curl"))
@@ -102,7 +102,7 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
     assert run.calls[-1] == ["shutdown", "-h", "now"]
     # host checks: GPU, driver version, health check in a CUDA container, ECR login
     assert ["--query-gpu=driver_version", "--format=csv,noheader"] in run.named("nvidia-smi")
-    assert ["run", "--rm", "--gpus", "all", "nvidia/cuda:12.4.1-base-ubuntu22.04", "nvidia-smi"] in run.named("docker")
+    assert ["run", "--rm", "--gpus", "all", "nvidia/cuda:12.6.3-base-ubuntu22.04", "nvidia-smi"] in run.named("docker")
     assert ["ecr", "get-login-password", "--region", "us-east-1"] in run.named("aws")
     assert ["login", "--username", "AWS", "--password-stdin", CFG.registry] in run.named("docker")
 
@@ -115,13 +115,13 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
         f"type=registry,ref={image}:buildcache,mode=max,image-manifest=true,oci-mediatypes=true")
     assert f"type=registry,ref={image}:buildcache" in build
     args = [build[i + 1] for i, a in enumerate(build) if a == "--build-arg"]
-    assert "MAX_JOBS=4" in args and "PYTORCH_VERSION=2.5.1" in args
+    assert "MAX_JOBS=4" in args and "PYTORCH_VERSION=2.14.1" in args
     assert f"VOLTABUILD_BUILD_ID={BUILD_ID}" in args and "BUILD_DATE=2026-11-28T15:00:00Z" in args
     assert "VCS_REF=0123abc" in args and "VCS_URL=https://example.test/voltabuild.git" in args
     assert [build[i + 1] for i, a in enumerate(build) if a == "--tag"] == [
-        f"{image}:2.5.1-cu124-py311", f"{image}:latest"]
+        f"{image}:2.14.1-cu126-py312", f"{image}:latest"]
     assert "--push" in push
-    smoke = ["run", "--rm", "--gpus", "all", f"{image}:2.5.1-cu124-py311", "/usr/local/bin/entrypoint.sh", "--check"]
+    smoke = ["run", "--rm", "--gpus", "all", f"{image}:2.14.1-cu126-py312", "/usr/local/bin/entrypoint.sh", "--check"]
     order = [c[1:] for c in run.calls if c[0] == "docker"]
     assert order.index(build) < order.index(smoke) < order.index(push)
     # the log went to CloudWatch Logs, one stream per build
@@ -181,7 +181,7 @@ def test_sigterm_to_the_whole_process_group_still_reports_and_ends_the_instance(
 def test_too_old_driver_fails_fast_before_building(catalog, tmp_path):
     run = run_script(tmp_path, render_for(record_for(catalog), catalog), {"SHIM_DRIVER": "535.183.01"})
     assert run.rc == 1
-    _failed_with(run, "NVIDIA driver 535.183.01 is too old for CUDA 12.4, which needs 550.54.14 or newer")
+    _failed_with(run, "NVIDIA driver 535.183.01 is too old for CUDA 12.6, which needs 560.28.03 or newer")
     assert not run.docker("buildx", "build")
 
 

@@ -39,7 +39,7 @@ def test_every_combination_resolves_to_concrete_tags(framework, combo):
 def test_defaults_and_version_alone():
     spec = CATALOG.frameworks["pytorch"]
     d = spec.resolve(None, None, None)
-    assert (d.version, d.cuda, d.python) == ("2.5.1", "12.4", "3.11")
+    assert (d.version, d.cuda, d.python) == ("2.14.1", "12.6", "3.12")
     assert "latest" in spec.tags_for(d, CATALOG.hardware)
     other = spec.resolve("2.6.0", None, None)
     assert other.cuda == spec.version("2.6.0").cuda[0]
@@ -48,7 +48,7 @@ def test_defaults_and_version_alone():
 
 def test_unsupported_combination_lists_what_is_supported():
     spec = CATALOG.frameworks["pytorch"]
-    with pytest.raises(BadRequest, match="supported versions: 2.5.1"):
+    with pytest.raises(BadRequest, match="supported versions: 2.14.1, 2.13.0"):
         spec.resolve("0.1", None, None)
     with pytest.raises(BadRequest, match="built for CUDA 12.4, 12.1, 11.8"):
         spec.resolve("2.5.1", "10.0", None)
