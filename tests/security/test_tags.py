@@ -11,6 +11,8 @@ from chalicelib.catalog import load_catalog
 
 CATALOG = load_catalog()
 PYTORCH = CATALOG.frameworks["pytorch"]
+# the default build's canonical tag (the catalog's default version, CUDA and Python)
+DEFAULT_TAG = PYTORCH.tags_for(PYTORCH.resolve(None, None, None), CATALOG.hardware)[0]
 
 
 def submit(api, body):
@@ -32,9 +34,9 @@ def test_a_key_holder_cannot_take_a_reserved_tag(api, aws, tag):
 
 
 def test_own_canonical_tags_and_free_names_are_fine(api, aws):
-    code, body = submit(api, {"framework": "pytorch", "tags": ["2.5.1-cu124-py311", "team-a", "exp.7"]})
+    code, body = submit(api, {"framework": "pytorch", "tags": [DEFAULT_TAG, "team-a", "exp.7"]})
     assert code == 202, body
-    assert body["image"]["tags"] == ["2.5.1-cu124-py311", "latest", "team-a", "exp.7"]
+    assert body["image"]["tags"] == [DEFAULT_TAG, "latest", "team-a", "exp.7"]
 
 
 @pytest.mark.parametrize("args", [
@@ -46,9 +48,9 @@ def test_a_variant_build_gets_suffixed_tags_and_no_latest(api, aws, args):
     code, body = submit(api, {"framework": "pytorch", "build_args": args})
     assert code == 202, body
     (tag,) = body["image"]["tags"]
-    assert tag.startswith("2.5.1-cu124-py311-v") and len(tag) == len("2.5.1-cu124-py311-v") + 10
+    assert tag.startswith(f"{DEFAULT_TAG}-v") and len(tag) == len(f"{DEFAULT_TAG}-v") + 10
     # the same variant always gets the same suffix; another variant another one
-    assert PYTORCH.variant_suffix({**PYTORCH.check_build_args(args)}) == tag[len("2.5.1-cu124-py311"):]
+    assert PYTORCH.variant_suffix({**PYTORCH.check_build_args(args)}) == tag[len(DEFAULT_TAG):]
 
 
 def test_variant_suffixes_differ_per_variant_and_ignore_non_variant_args():
@@ -62,7 +64,7 @@ def test_variant_suffixes_differ_per_variant_and_ignore_non_variant_args():
 
 def test_the_default_build_keeps_its_canonical_tags(api, aws):
     code, body = submit(api, {"framework": "pytorch", "build_args": {"MAX_JOBS": "4"}})
-    assert code == 202 and body["image"]["tags"] == ["2.5.1-cu124-py311", "latest"]
+    assert code == 202 and body["image"]["tags"] == [DEFAULT_TAG, "latest"]
 
 
 def test_every_repository_states_its_tag_mutability():
@@ -82,11 +84,11 @@ def test_a_non_prod_stage_tags_everything_under_its_own_prefix(aws, monkeypatch)
     monkeypatch.setenv("IMAGE_TAG_PREFIX", "dev__")
     wiring.reset()
     build, _ = wiring.builds().submit(BuildRequest(framework="pytorch", tags=["nightly"]))
-    assert build.image.tags == ["dev__2.5.1-cu124-py311", "dev__latest", "dev__nightly"]
+    assert build.image.tags == [f"dev__{DEFAULT_TAG}", "dev__latest", "dev__nightly"]
 
 
 def test_no_request_may_send_a_tag_that_looks_like_another_stages(api, aws):
-    code, body = submit(api, {"framework": "pytorch", "tags": ["dev__2.5.1-cu124-py311"]})
+    code, body = submit(api, {"framework": "pytorch", "tags": [f"dev__{DEFAULT_TAG}"]})
     assert code == 400 and "'__'" in body["Message"]
     code, body = submit(api, {"framework": "canary", "tags": ["a__b"]})
     assert code == 400
