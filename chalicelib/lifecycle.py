@@ -43,8 +43,6 @@ ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "tok
 class MalformedEvent(VoltabuildError):
     """An event that does not have the shape AWS documents: logged and dropped."""
 
-    status = 400
-
 
 def _detail(event: dict[str, Any], detail_type: str) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("detail-type") != detail_type:
