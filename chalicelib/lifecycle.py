@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
-from chalicelib.instances import SPOT_RECLAIMED, TAG_STAGE, Instances
+from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.queues import Queue
 from chalicelib.states import Status
 from chalicelib.store import NOT_CANCELLED, BuildStore
@@ -196,16 +196,45 @@ class Lifecycle:
         inst = self.instances.describe(instance_id)
         if inst is None or not inst.build_id or inst.tags.get(TAG_STAGE) != self.config.stage:
             return None
-        record = self.current_build(inst.build_id, instance_id)
+        record = self.current_build(inst.build_id, instance_id, adopt=inst)
         return (record, True) if record is not None else None
 
-    def current_build(self, build_id: str, instance_id: str) -> dict | None:
-        """The build read consistently, if ``instance_id`` is still its current instance."""
+    def current_build(self, build_id: str, instance_id: str, *, adopt: TaggedInstance | None = None) -> dict | None:
+        """The build read consistently, if ``instance_id`` is still its current instance
+        (or, given the instance as ``adopt``, becomes it: see :meth:`adopt`)."""
         try:
             record = self.store.get_record(build_id)
         except BuildNotFound:
             return None
-        return record if record.get("instance_id") == instance_id else None
+        if record.get("instance_id") == instance_id:
+            return record
+        if adopt is not None and adopt.id == instance_id:
+            return self.adopt(record, adopt)
+        return None
+
+    def adopt(self, record: dict, inst: TaggedInstance) -> dict | None:
+        """Record ``inst`` as the build's instance when the launcher did not (it died after
+        RunInstances): only an instance of this stage tagged with the build's id and its
+        *current* attempt, only while the build is LAUNCHING or RUNNING with no instance
+        recorded (one conditional write, so a late launcher, an event and the reaper agree
+        on one instance). Returns the build as it is now, or None (not adoptable, or lost)."""
+        if (inst.build_id != record["id"] or inst.attempt != int(record.get("attempt", 1))
+                or inst.tags.get(TAG_STAGE) != self.config.stage or record.get("instance_id")
+                or Status(record["status"]) not in LAUNCHED or inst.state not in ALIVE):
+            return None
+        info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
+                "price": None, "launched_at": inst.launched_at}
+        try:
+            item = self.store.update_fields(
+                record["id"], {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
+                extra_condition=("attempt = :att AND attribute_not_exists(instance_id)",
+                                 {":att": int(record.get("attempt", 1))}))
+        except InvalidTransition as e:
+            log.info("not adopted: %s", e)
+            return None
+        log.warning("build %s: adopted instance %s of attempt %s (its launch was not recorded)",
+                    record["id"], inst.id, inst.attempt)
+        return item
 
     def _for_instance(self, instance_id: str, decide: Callable[[dict], str]) -> str:
         """``decide`` on the index's copy of the build; when a write it made lost (the copy

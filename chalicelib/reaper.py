@@ -3,6 +3,8 @@ were lost. One tick reads the active builds (the sparse ``by-active`` index: its
 with active builds, not with history), one paged DescribeInstances of this stage's live
 instances, the quota item and the newest SUCCEEDED builds, then:
 
+- a launched build with no instance recorded adopts the live instance tagged with its id
+  and current attempt (the launcher died after RunInstances);
 - builds past ``deadline_at``: instance terminated, TIMED_OUT;
 - cancelled builds whose instance is gone: CANCELLED (the instance is terminated first);
 - QUEUED or LAUNCHING past the launch grace: launched again as ``attempt + 1``, or FAILED;
@@ -35,6 +37,7 @@ _DAY = timedelta(days=1)
 
 @dataclass
 class ReapReport:
+    adopted: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     relaunched: list[str] = field(default_factory=list)
@@ -67,6 +70,7 @@ class Reaper:
         active = list(self.store.active_records())
         alive = {i.id: i for i in self.instances.alive()}
         terminated: set[str] = set()
+        active = [self._adopt(record, alive, report) for record in active]
         for record in active:
             self._reap_build(record, now, alive, terminated, report)
         self._reap_orphans(active, alive, terminated, now, report)
@@ -78,6 +82,23 @@ class Reaper:
         return report
 
     # ---- builds -----------------------------------------------------------------
+    def _adopt(self, record: dict, alive: dict[str, TaggedInstance], report: ReapReport) -> dict:
+        """A launched build with no instance recorded whose current attempt has a live
+        instance (the launcher died after RunInstances): record that instance instead of
+        reaping a healthy build and terminating its instance as an orphan."""
+        if record.get("instance_id") or Status(record["status"]) not in LAUNCHED:
+            return record
+        attempt = int(record.get("attempt", 1))
+        mine = sorted((i for i in alive.values() if i.build_id == record["id"] and i.attempt == attempt),
+                      key=lambda i: (i.launched_at or "", i.id))
+        if not mine:
+            return record
+        adopted = self.lifecycle.adopt(record, mine[0])
+        if adopted is None:
+            return record
+        report.adopted.append(record["id"])
+        return adopted
+
     def _terminate(self, iid: str | None, terminated: set[str]) -> None:
         if iid:
             self.instances.terminate([iid])

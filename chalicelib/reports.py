@@ -32,6 +32,9 @@ _REPORTABLE = (Status.LAUNCHING, Status.RUNNING)
 class _Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # the sender's instance id (IMDS): recorded when the build has none (its launch was not)
+    instance_id: Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")] | None = None
+
 
 class PhaseReport(_Report):
     type: Literal["phase"]
@@ -108,7 +111,20 @@ class Reports:
                 item = self._result(build_id, report, hashed, guard)
         except BuildNotFound:
             raise Forbidden(_FORBIDDEN) from None
+        if report.instance_id and not item.get("instance_id") and item["status"] in _REPORTABLE:
+            item = self._identify(build_id, report.instance_id, guard) or item
         return {"id": build_id, "status": item["status"], "phase": item.get("phase")}
+
+    def _identify(self, build_id: str, instance_id: str, guard: tuple) -> dict | None:
+        """Record the reporting instance on a build that has none (the launcher died after
+        RunInstances): the token proves it runs this attempt. Conditional on the token and
+        on no instance being recorded meanwhile; losing changes nothing."""
+        try:
+            return self.store.update_fields(
+                build_id, {"instance_id": instance_id}, expect=_REPORTABLE,
+                extra_condition=(f"({guard[0]}) AND attribute_not_exists(instance_id)", guard[1]))
+        except InvalidTransition:
+            return None
 
     # ---- auth -------------------------------------------------------------------------------
     @staticmethod

@@ -337,3 +337,38 @@ def test_a_result_after_the_build_was_requeued_is_403(api, build_id):
     for body in ({"type": "result", "status": "FAILED", "reason": "x"}, {"type": "heartbeat"}, phase("PUSHING")):
         assert post(api, build_id, body).status_code == 403
     assert record(build_id) == before
+
+
+# ---- the reporting instance's identity (issue 16) ------------------------------------------------
+def _launching_unrecorded(aws) -> str:
+    """LAUNCHING with the attempt's token, but the launcher died before recording its instance."""
+    build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
+    aws.messages("LaunchQueue")
+    wiring.transitions().move(build.id, Status.LAUNCHING, expect=[Status.QUEUED], fields={
+        "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest()})
+    return build.id
+
+
+def test_a_report_records_its_instance_on_a_build_that_has_none(api, aws):
+    bid = _launching_unrecorded(aws)
+    resp = post(api, bid, {**phase("PREPARING"), "instance_id": "i-0aaaaaaaaaaaaaaa1"})
+    assert resp.status_code == 202, resp.body
+    rec = record(bid)
+    assert (rec["status"], rec["instance_id"]) == ("RUNNING", "i-0aaaaaaaaaaaaaaa1")
+    # once recorded it is never replaced by what a report says
+    assert post(api, bid, {"type": "heartbeat", "instance_id": "i-0bbbbbbbbbbbbbbb2"}).status_code == 202
+    assert record(bid)["instance_id"] == "i-0aaaaaaaaaaaaaaa1"
+
+
+def test_a_recorded_instance_is_kept_and_a_bad_instance_id_is_400(api, build_id):
+    assert post(api, build_id, {"type": "heartbeat", "instance_id": "i-0bbbbbbbbbbbbbbb2"}).status_code in (202, 409)
+    assert record(build_id)["instance_id"] == "i-0123456789abcdef0"
+    resp = post(api, build_id, {**phase("PREPARING"), "instance_id": "i-; reboot"})
+    assert resp.status_code == 400 and "instance_id" in json.loads(resp.body)["Message"]
+
+
+def test_a_forged_token_records_no_instance(api, aws):
+    bid = _launching_unrecorded(aws)
+    resp = post(api, bid, {**phase("PREPARING"), "instance_id": "i-0aaaaaaaaaaaaaaa1"}, token="forged-" + "y" * 40)
+    assert resp.status_code == 403
+    assert "instance_id" not in record(bid)

@@ -165,17 +165,20 @@ def test_two_ticks_at_once_relaunch_only_once(world, api, clock, aws):
     assert aws.messages("LaunchQueue") == [{"build_id": bid, "attempt": 2}]
 
 
-def test_an_instance_the_launcher_has_not_recorded_yet_is_not_an_orphan(world, api, clock):
-    # the launcher moved the build to LAUNCHING and started the instance, but has not yet
-    # written instance_id: the instance carries the build's current attempt
+def test_an_instance_the_launcher_has_not_recorded_is_adopted_not_orphaned(world, api, clock):
+    # the launcher moved the build to LAUNCHING and started the instance, but has not
+    # written instance_id (it died, or is about to): the instance carries the build's current attempt
     bid = world.submit()
     world.wiring.transitions().move(bid, Status.LAUNCHING, expect=[Status.QUEUED],
                                     fields={"launch_started_at": clock_module.now_iso()})
     iid = world.run_instance(bid, 1)
-    assert tick(api) == {}
+    stale = world.run_instance(bid, 0)  # an earlier attempt's survivor is not adopted
+    assert tick(api) == {"adopted": 1, "orphans_marked": 1}
+    rec = world.get(bid)
+    assert (rec["status"], rec["instance_id"], rec["instance"]["type"]) == ("LAUNCHING", iid, "g5.xlarge")
     clock.advance(minutes=5)
-    assert tick(api) == {}
-    assert world.state(iid) == "running"
+    assert tick(api) == {"orphans_terminated": 1}
+    assert world.state(iid) == "running" and world.state(stale) in ("shutting-down", "terminated")
 
 
 def _succeeded_in_ecr_account(world, monkeypatch, digests: list[str]) -> list[str]:
