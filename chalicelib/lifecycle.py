@@ -142,6 +142,9 @@ class LifecycleConfig:
     stale_heartbeat: timedelta = timedelta(minutes=15)
     orphan_grace: timedelta = timedelta(minutes=4)
     digest_grace: timedelta = timedelta(minutes=15)
+    # a final build whose Slack delivery nobody claimed this long after it ended lost its
+    # notify message (the Lambda died between the final write and the send): send it again
+    notify_grace: timedelta = timedelta(minutes=10)
     log_lines: int = 20
 
 

@@ -13,7 +13,9 @@ instances, the quota item and the newest SUCCEEDED builds, then:
   ``voltabuild:orphan-seen-at`` on one tick, terminated on a later one if still orphaned;
   ``voltabuild:keep`` exempts an instance;
 - quota slots still held by final builds are given back;
-- SUCCEEDED builds whose image ECR never reported: checked in ECR, flagged in ``reason``.
+- SUCCEEDED builds whose image ECR never reported: checked in ECR, flagged in ``reason``;
+- final builds whose Slack delivery was never claimed after ``notify_grace``: their notify
+  message is sent again (lost between the final write and the send).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.instances import Instances, TaggedInstance
 from chalicelib.lifecycle import LAUNCHED, Lifecycle
-from chalicelib.states import Status
+from chalicelib.notify import FINAL_ATTR
+from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class ReapReport:
     slots_released: list[str] = field(default_factory=list)
     digests_checked: list[str] = field(default_factory=list)
     digests_flagged: list[str] = field(default_factory=list)
+    notifications_requeued: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items() if v}
@@ -75,8 +79,11 @@ class Reaper:
             self._reap_build(record, now, alive, terminated, report)
         self._reap_orphans(active, alive, terminated, now, report)
         self._release_slots({r["id"] for r in active}, report)
+        # the newest builds of each final state: one Query each, whole items (nothing read again)
+        recent = {status: self.store.recent_records(status, 20) for status in sorted(FINAL)}
         if self._ecr is not None:
-            self._check_digests(now, report)
+            self._check_digests(recent[Status.SUCCEEDED], now, report)
+        self._requeue_notifications(recent, now, report)
         if report.summary():
             log.info("reaper: %s", report.summary())
         return report
@@ -203,12 +210,28 @@ class Reaper:
                 self.store.release_slot(build_id)
                 report.slots_released.append(build_id)
 
+    # ---- notifications ----------------------------------------------------------
+    def _requeue_notifications(self, recent: dict[Status, list[dict]], now: datetime, report: ReapReport) -> None:
+        """The newest final builds of each final state whose Slack delivery was never
+        claimed (no ``notification``) ``notify_grace`` after they ended: their notify
+        message was lost between the final write and the send. The message goes on the
+        notify queue again; the consumer's conditional claim keeps it to one Slack
+        message however many copies arrive. A day after the end they are left alone."""
+        grace = self.config.notify_grace
+        for status, records in recent.items():
+            for record in records:
+                finished = _at(record.get("finished_at"))
+                if record.get(FINAL_ATTR) or finished is None or not grace <= now - finished <= grace + _DAY:
+                    continue
+                self.lifecycle.transitions.notify_queue.send({"build_id": record["id"], "status": status.value})
+                report.notifications_requeued.append(record["id"])
+
     # ---- digests ----------------------------------------------------------------
-    def _check_digests(self, now: datetime, report: ReapReport) -> None:
+    def _check_digests(self, succeeded: list[dict], now: datetime, report: ReapReport) -> None:
         """SUCCEEDED builds of the last while with no ECR push seen: ask ECR once each. The
         index query returns whole items, so nothing is read again; the write is conditional
         on what was checked (no digest recorded meanwhile, not checked by another tick)."""
-        for record in self.store.recent_records(Status.SUCCEEDED, 20):
+        for record in succeeded:
             finished = _at(record.get("finished_at"))
             # checked once, on the first tick past the grace; a day later it is left alone
             if finished is None or not self.config.digest_grace <= now - finished <= self.config.digest_grace + _DAY:

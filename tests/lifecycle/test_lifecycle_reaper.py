@@ -192,6 +192,7 @@ def _succeeded_in_ecr_account(world, monkeypatch, digests: list[str]) -> list[st
         image = dict(world.get(bid)["image"], digest=digest)
         world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], fields={"image": image})
         world.ec2.terminate_instances(InstanceIds=[iid])  # the instance ends itself after its report
+        world.store.set_if(bid, "notification", {"status": "sent"}, condition="attribute_not_exists(#a)")
         ids.append(bid)
     return ids
 
@@ -206,8 +207,9 @@ def test_digest_check_reads_no_build_again(world, api, clock, monkeypatch):
     clock.advance(minutes=16)
     assert tick(api) == {"digests_checked": 1, "digests_flagged": 1}
     # the index query's items are used as they are: only the build ECR never reported is asked about
+    # (one Query per final state: the newest SUCCEEDED for the digests, all four for lost notifications)
     assert calls.take() == ["dynamodb.Query", "ec2.DescribeInstances", "dynamodb.GetItem",
-                            "dynamodb.Query", "ecr.DescribeImages", "dynamodb.UpdateItem"]
+                            *["dynamodb.Query"] * 4, "ecr.DescribeImages", "dynamodb.UpdateItem"]
     assert "ECR has no image" in world.get(unseen)["reason"] and not world.get(seen).get("reason")
 
 
@@ -224,3 +226,23 @@ def test_digest_recorded_after_the_index_read_is_not_flagged(world, api, clock, 
     # THEN its conditional write loses: the build is not flagged
     assert "digests_flagged" not in report and "digests_checked" not in report
     assert not world.get(bid).get("reason") and "digest_checked" not in world.get(bid)
+
+
+# ---- lost notifications (issue 16) ---------------------------------------------------------
+def test_a_final_build_whose_notify_message_was_lost_is_notified_again_once(world, api, clock, aws):
+    from chalicelib.notify import FINAL_ATTR
+
+    bid = world.submit()
+    world.launch(bid)
+    world.wiring.transitions().move(bid, Status.CANCELLED, message="cancelled")
+    assert world.final_notifications() == [{"build_id": bid, "status": "CANCELLED"}]  # ... and then lost
+    clock.advance(minutes=9)
+    assert tick(api).get("notifications_requeued") is None, "within the grace the consumer may still be at it"
+    clock.advance(minutes=2)
+    assert tick(api)["notifications_requeued"] == 1
+    assert world.final_notifications() == [{"build_id": bid, "status": "CANCELLED"}]
+    # once the consumer claimed the delivery (here: Slack was off for it), it is never sent again
+    world.store.set_if(bid, FINAL_ATTR, {"status": "skipped"}, condition="attribute_not_exists(#a)")
+    clock.advance(minutes=5)
+    assert tick(api).get("notifications_requeued") is None
+    assert world.final_notifications() == []
