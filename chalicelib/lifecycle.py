@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
 from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
+from chalicelib.pushed import PushedImages, settle
 from chalicelib.queues import Queue
 from chalicelib.states import Status
 from chalicelib.store import NOT_CANCELLED, BuildStore
@@ -176,7 +177,9 @@ class Lifecycle:
     """Moves builds in answer to what happens to their instances and images."""
 
     def __init__(self, store: BuildStore, transitions: Transitions, instances: Instances,
-                 launch_queue: Queue, config: LifecycleConfig, logs: LogTail | None = None) -> None:
+                 launch_queue: Queue, config: LifecycleConfig, logs: LogTail | None = None,
+                 pushed: PushedImages | None = None) -> None:
+        self.pushed = pushed  # ECR, to settle a build that pushed but never reported (None: never)
         self.store = store
         self.transitions = transitions
         self.instances = instances
@@ -287,6 +290,26 @@ class Lifecycle:
         return self._move(record["id"], Status.CANCELLED, expect=expect, instance_id=instance_id,
                           message=msg, fields={"reason": "cancelled by request"})
 
+    def settle_pushed(self, record: dict, what: str) -> dict | None:
+        """A RUNNING build in PUSHING whose instance went silent or away (``what``): when
+        ECR holds every tag at the image this attempt pushed, SUCCEEDED with a note (see
+        chalicelib/pushed.py). Returns the new item, or None (not pushed, or the write lost:
+        the caller goes on to fail it, conditionally, as before)."""
+        if self.pushed is None or record.get("status") != Status.RUNNING or record.get("cancel_requested"):
+            return None
+        digest = self.pushed.digest(record)
+        if not digest:
+            return None
+        conds, values = [NOT_CANCELLED[0]], dict(NOT_CANCELLED[1])
+        if record.get("instance_id"):
+            conds.append("instance_id = :iid")
+            values[":iid"] = record["instance_id"]
+        try:
+            return settle(self.transitions, record, digest, what, extra_condition=(" AND ".join(conds), values))
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+
     def relaunch(self, record: dict, why: str, *, reclaimed: bool = False) -> dict | None:
         """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
         spent) and send the launch message. ``record`` is LAUNCHING or RUNNING; it may be
@@ -378,6 +401,8 @@ class Lifecycle:
         if inst is not None and inst.state_reason == SPOT_RECLAIMED:
             moved = self.relaunch(record, f"spot capacity reclaimed instance {iid}", reclaimed=True)
             return "relaunched" if moved else _LOST
+        if self.settle_pushed(record, f"instance {iid} was {state} before it reported the result"):
+            return "succeeded"
         reason = f"instance lost: {iid} was {state} before the build finished"
         lines = self.logs.last_lines(record["id"], self.config.log_lines) if self.logs else []
         if lines:

@@ -8,7 +8,8 @@ instances, the quota item and the newest SUCCEEDED builds, then:
 - builds past ``deadline_at``: instance terminated, TIMED_OUT;
 - cancelled builds whose instance is gone: CANCELLED (the instance is terminated first);
 - QUEUED or LAUNCHING past the launch grace: launched again as ``attempt + 1``, or FAILED;
-- RUNNING with a stale heartbeat: instance terminated, FAILED;
+- RUNNING with a stale heartbeat: instance terminated, FAILED (SUCCEEDED with a note when it
+  was pushing and ECR holds every tag at its image: see pushed.py);
 - orphans (tagged ours; build final, unknown or on another instance): tagged
   ``voltabuild:orphan-seen-at`` on one tick, terminated on a later one if still orphaned;
   ``voltabuild:keep`` exempts an instance;
@@ -51,6 +52,7 @@ class ReapReport:
     digests_checked: list[str] = field(default_factory=list)
     digests_flagged: list[str] = field(default_factory=list)
     notifications_requeued: list[str] = field(default_factory=list)
+    settled_pushed: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items() if v}
@@ -167,6 +169,9 @@ class Reaper:
         if now - beat > self.config.stale_heartbeat:
             self._terminate(iid, terminated)
             mins = int((now - beat).total_seconds() // 60)
+            if lc.settle_pushed(record, f"no report from instance {iid} for {mins} minutes after it began pushing"):
+                report.settled_pushed.append(bid)
+                return
             if lc.fail(record, f"no report from instance {iid} for {mins} minutes",
                        expect=[Status.RUNNING], instance_id=iid):
                 report.failed.append(bid)

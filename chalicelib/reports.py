@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints,
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
 from chalicelib.http import parse_body
+from chalicelib.pushed import PushedImages, settle
 from chalicelib.states import PHASE_ORDER, Phase, Status, phase_forward
 from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
 from chalicelib.transitions import Transitions
@@ -86,9 +87,10 @@ class Reports:
     bad token (403) from a report that came too late (409), or to take the rarer path:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
-    def __init__(self, store: BuildStore, transitions: Transitions) -> None:
+    def __init__(self, store: BuildStore, transitions: Transitions, pushed: PushedImages | None = None) -> None:
         self.store = store
         self.transitions = transitions
+        self.pushed = pushed  # ECR, to settle a failure reported after the push (None: never)
 
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
@@ -205,17 +207,27 @@ class Reports:
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
-        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
-        try:
+
+        def fail(cond: str, values: dict) -> dict:
             return self.transitions.move(
                 build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
                 fields={"reason": reason[-6000:]}, remove=["token_hash"],
-                extra_condition=(cond, {**guard[1], **NOT_CANCELLED[1]}),
+                extra_condition=(cond, {**guard[1], **values}),
             )
+
+        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
+        # a failure after the push may be a lost SUCCEEDED report: that is decided apart
+        not_pushing = (" AND (attribute_not_exists(phase) OR phase <> :pushing)", {":pushing": Phase.PUSHING.value})
+        try:
+            if self.pushed is None:
+                return fail(cond, NOT_CANCELLED[1])
+            return fail(cond + not_pushing[0], {**NOT_CANCELLED[1], **not_pushing[1]})
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
         if not old.get("cancel_requested"):
-            raise self._moved_on(build_id)
+            if self.pushed is None or old.get("phase") != Phase.PUSHING.value:
+                raise self._moved_on(build_id)
+            return self._failed_after_push(build_id, old, report, hashed, guard, fail, cond)
         # a cancel terminates the instance, whose trap then reports a failure: that
         # failure is the cancel taking effect, and may beat the EC2 event here
         try:
@@ -224,6 +236,23 @@ class Reports:
                 fields={"reason": f"cancelled by request; the instance stopped: {reason}"[:6000]},
                 remove=["token_hash"], extra_condition=guard,
             )
+        except InvalidTransition as e:
+            self._lost(e, build_id, hashed)
+            raise self._moved_on(build_id) from None
+
+    def _failed_after_push(self, build_id: str, old: dict, report: ResultReport, hashed: str, guard: tuple,
+                           fail, cond: str) -> dict:
+        """FAILED reported in PUSHING: SUCCEEDED with a note when ECR holds every tag at the
+        image this attempt pushed (its SUCCEEDED report was lost), else FAILED as reported.
+        See chalicelib/pushed.py for the choice."""
+        digest = self.pushed.digest(old)
+        try:
+            if digest:
+                what = f"the instance reported FAILED ({(report.reason or 'no reason given')[:300]})"
+                return settle(self.transitions, old, digest, what,
+                              extra_condition=(f"({guard[0]}) AND {NOT_CANCELLED[0]}",
+                                               {**guard[1], **NOT_CANCELLED[1]}))
+            return fail(cond, NOT_CANCELLED[1])
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None

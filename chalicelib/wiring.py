@@ -108,8 +108,10 @@ def lifecycle():
         orphan_grace=timedelta(minutes=s.orphan_grace_minutes),
         digest_grace=timedelta(minutes=s.digest_grace_minutes),
     )
+    from chalicelib.pushed import PushedImages
+
     return Lifecycle(store(), transitions(), instances(), launch_queue(), config,
-                     logs=LogTail(client("logs"), s.build_log_group))
+                     logs=LogTail(client("logs"), s.build_log_group), pushed=PushedImages(client("ecr")))
 
 
 @cache
@@ -147,9 +149,10 @@ def launcher():
 
 @cache
 def reports():
+    from chalicelib.pushed import PushedImages
     from chalicelib.reports import Reports
 
-    return Reports(store(), transitions())
+    return Reports(store(), transitions(), PushedImages(client("ecr")))
 
 
 @cache

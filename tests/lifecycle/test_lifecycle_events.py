@@ -393,3 +393,26 @@ def test_spot_warning_of_an_unrecorded_instance_relaunches_the_build(world, fire
     record = world.get(bid)
     assert (record["status"], record["attempt"]) == ("QUEUED", 2)
     assert aws.messages("LaunchQueue")[-1] == {"build_id": bid, "attempt": 2}
+
+
+# ---- pushed, then the instance went away without its result (issue 16) ------------------
+def test_instance_gone_after_pushing_every_tag_succeeds_with_a_note(world, fire, monkeypatch, aws):
+    from chalicelib.states import Phase
+
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
+    world.wiring.reset()
+    bid = world.submit(tags=["nightly"])
+    iid = world.launch(bid)
+    world.wiring.transitions().move(bid, Status.RUNNING, expect=[Status.LAUNCHING], phase=Phase.PUSHING)
+    image = world.get(bid)["image"]
+    ecr = aws.client("ecr")
+    manifest = ('{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", '
+                '"layers": []}')
+    digest = {ecr.put_image(repositoryName=image["repository"].split("/", 1)[1], imageManifest=manifest,
+                            imageTag=t)["image"]["imageId"]["imageDigest"] for t in image["tags"]}.pop()
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "succeeded"
+    record = world.get(bid)
+    assert record["status"] == "SUCCEEDED" and record["image"]["digest"] == digest
+    assert f"instance {iid} was terminated before it reported the result; but ECR holds every tag" in \
+        record["events"][-1]["message"]
