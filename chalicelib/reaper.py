@@ -125,10 +125,13 @@ class Reaper:
                  or record.get("updated_at"))
 
         deadline = _at(record.get("deadline_at"))
+        # a healthy build's instance is terminated only once the build is final (or queued
+        # again): the write first, so a tick that dies between the two leaves an orphan the
+        # next tick terminates, never a live build without its instance
         if status in LAUNCHED and deadline and now >= deadline:
-            self._terminate(iid, terminated)
             reason = f"timed out: still {status.value.lower()} at its deadline ({record.get('timeout_minutes')} minutes)"
             if lc.fail(record, reason, expect=[status], to=Status.TIMED_OUT):
+                self._terminate(iid, terminated)
                 report.timed_out.append(bid)
             return
 
@@ -157,23 +160,23 @@ class Reaper:
 
         if status == Status.LAUNCHING:
             if now - (_at(since) or now) > self.config.launch_grace:
-                self._terminate(iid, terminated)
                 mins = int(self.config.launch_grace.total_seconds() // 60)
                 item = lc.relaunch(record, f"instance {iid or '(none)'} did not start within {mins} minutes")
                 if item is not None:
+                    self._terminate(iid, terminated)
                     (report.relaunched if item["status"] == Status.QUEUED else report.failed).append(bid)
             return
 
         # RUNNING
         beat = _at(record.get("heartbeat_at") or since) or now
         if now - beat > self.config.stale_heartbeat:
-            self._terminate(iid, terminated)
             mins = int((now - beat).total_seconds() // 60)
             if lc.settle_pushed(record, f"no report from instance {iid} for {mins} minutes after it began pushing"):
+                self._terminate(iid, terminated)
                 report.settled_pushed.append(bid)
-                return
-            if lc.fail(record, f"no report from instance {iid} for {mins} minutes",
-                       expect=[Status.RUNNING], instance_id=iid):
+            elif lc.fail(record, f"no report from instance {iid} for {mins} minutes",
+                         expect=[Status.RUNNING], instance_id=iid):
+                self._terminate(iid, terminated)
                 report.failed.append(bid)
 
     # ---- orphans ----------------------------------------------------------------
