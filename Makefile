@@ -4,13 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv system-deps lint test demo up down status bench fuzz package deploy clean
+.PHONY: help venv system-deps lint test test-flaky mutate demo up down status bench fuzz package deploy clean
 
 help:
 	@echo "make demo     start the local stack and build the canary image end to end"
 	@echo "make test     lint and run every test (creates .venv, installs Debian packages as root)"
+	@echo "make test-flaky N=5  the end-to-end and concurrency tests N times in a row; fails on any failure"
 	@echo "make up/down  start/stop the local stack (moto, chalice local, registry, Slack sink, worker)"
 	@echo "make status   what the local stack runs and where"
+	@echo "make mutate  mutation testing of the core modules (MODULE=name for one); not part of make test"
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
 	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
 	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
@@ -32,6 +34,18 @@ lint: venv
 
 test: venv system-deps lint
 	$(PY) -m pytest -q
+
+# `make test-flaky N=5`: the end-to-end and concurrency tests N times in a row; any failure
+# in any round fails the target, and each round's summary is printed.
+N ?= 5
+FLAKY_TESTS ?= tests/e2e tests/api/test_concurrency.py tests/notify/test_consumer_races.py
+test-flaky: venv system-deps
+	@fails=0; for i in $$(seq 1 $(N)); do \
+	  echo "== round $$i of $(N)"; \
+	  $(PY) -m pytest -q -p no:cacheprovider $(FLAKY_TESTS) 2>&1 | tail -n 3; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || fails=$$((fails + 1)); \
+	done; \
+	echo "$$fails of $(N) rounds failed"; [ $$fails -eq 0 ]
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
@@ -57,6 +71,13 @@ package: venv
 
 deploy: package
 	STAGE=$(STAGE) bash scripts/deploy.sh
+
+# ---- mutation testing ------------------------------------------------------------------
+# `make mutate` (every core module) or `make mutate MODULE=hostscript`: mutmut per module,
+# scores and surviving mutants; equivalents are listed in tests/mutation/equivalents.txt.
+mutate: venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-mutate.txt
+	$(PY) scripts/mutate.py $(MODULE)
 
 # ---- benchmarks (issue 10) -----------------------------------------------------------
 # `make bench`: API calls per operation, latency ratios, scale, cold start (bench/results.json)

@@ -26,6 +26,13 @@ def require_api_key(event, get_response):
     return get_response(event)
 
 
+def api_key_id(req) -> str:
+    """The caller's API key id as API Gateway puts it in the request context (the quotas'
+    owner); locally, where LOCAL_API_KEY is the one key, "local"."""
+    identity = (req.context or {}).get("identity") or {}
+    return identity.get("apiKeyId") or "local"
+
+
 @app.route("/health", methods=["GET"])
 def health():
     return {"status": "ok"}
@@ -46,7 +53,8 @@ def openapi():
 def submit_build():
     req = app.current_request
     body = parse_body(req.raw_body, BuildRequest)
-    build, created = wiring.builds().submit(body, idempotency_key=req.headers.get("idempotency-key"))
+    build, created = wiring.builds().submit(body, idempotency_key=req.headers.get("idempotency-key"),
+                                            api_key_id=api_key_id(req))
     return json_response(build, 202 if created else 200, {"Location": f"/builds/{build.id}"})
 
 

@@ -4,6 +4,9 @@ The host script ships its log to the group ``/voltabuild/builds``, one stream pe
 (named by the build id; a relaunched attempt appends to the same stream). Lines come
 oldest first; ``next`` is CloudWatch's forward token: pass it back to get the lines written
 since. It is returned even when no new lines were there yet, so a client can poll with it.
+A read that found no line leaves the cursor where it was (none, for a first read): the token
+of an empty stream points at nothing (moto spells it with a negative index), and the next
+poll must still find the first lines.
 """
 
 from __future__ import annotations
@@ -66,4 +69,5 @@ class BuildLogs:
             if lines or not moved:
                 break
             kwargs["nextToken"] = token
-        return {"build_id": build.id, "status": build.status.value, "lines": lines, "next": token}
+        return {"build_id": build.id, "status": build.status.value, "lines": lines,
+                "next": token if lines else cursor}

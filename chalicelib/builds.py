@@ -14,12 +14,27 @@ from chalicelib.errors import BadRequest, Conflict, InvalidTransition
 from chalicelib.queues import Queue
 from chalicelib.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, TimelineEvent
 from chalicelib.settings import Settings
+from chalicelib.spend import Ceilings, KeyQuota, gpu_hours
 from chalicelib.states import Status
 from chalicelib.store import BuildStore, Idempotency
 from chalicelib.transitions import Transitions
 
 BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+STAGE_TAG_SEPARATOR = "__"  # between a stage's tag prefix and the tag (issue 17)
+
+
+def stage_tags(prefix: str, tags: list[str]) -> list[str]:
+    """A stage that shares its repositories with another pushes every tag under its own
+    prefix (``dev__2.5.1-cu124-py311``, ``dev__latest``); no request may send a tag that
+    looks prefixed, so no stage can take another's tags."""
+    for t in tags:
+        if STAGE_TAG_SEPARATOR in t:
+            raise BadRequest(f"tags: {t!r} contains {STAGE_TAG_SEPARATOR!r}, which marks a stage's tags",
+                             field="tags")
+    return [prefix + t for t in tags]
 
 
 def new_build_id() -> str:
@@ -43,6 +58,8 @@ class BuildService:
         self.catalog = catalog
         self.settings = settings
         self.launch_queue = launch_queue
+        self.ceilings = Ceilings(settings.max_instance_sizes, settings.max_price_ceiling,
+                                 settings.max_timeout_minutes)
 
     # ---- submit -----------------------------------------------------------------
     def plan(self, req: BuildRequest) -> Build:
@@ -64,6 +81,8 @@ class BuildService:
                 f"timeout_minutes: {timeout} is over the {spec.framework} limit; allowed 5 to {limits.max}",
                 field="timeout_minutes",
             )
+
+        self.ceilings.check(hw, instance_types, req.max_price, timeout)
 
         notify = req.notify if isinstance(req.notify, NotifyOptions) else NotifyOptions(slack=req.notify)
         if notify.channel and notify.channel not in self.settings.slack_channels:
@@ -90,7 +109,7 @@ class BuildService:
             notify=notify,
             image=ImageInfo(
                 repository=f"{self.settings.registry}/{spec.repository}",
-                tags=spec.tags_for(resolved, hw, req.tags),
+                tags=stage_tags(self.settings.image_tag_prefix, spec.tags_for(resolved, hw, req.tags, build_args)),
             ),
             max_attempts=self.settings.max_attempts,
             warnings=warnings,
@@ -99,8 +118,11 @@ class BuildService:
             events=[TimelineEvent(at=now, status=Status.QUEUED, message="accepted")],
         )
 
-    def submit(self, req: BuildRequest, *, idempotency_key: str | None = None) -> tuple[Build, bool]:
-        """Record a new build and queue it for launch. Returns ``(build, created)``."""
+    def submit(self, req: BuildRequest, *, idempotency_key: str | None = None,
+               api_key_id: str = "local") -> tuple[Build, bool]:
+        """Record a new build and queue it for launch. Returns ``(build, created)``.
+        ``api_key_id`` (API Gateway's id of the caller's key) owns the build for the
+        per-key quotas."""
         idem = None
         if idempotency_key is not None:
             if not IDEMPOTENCY_KEY.match(idempotency_key):
@@ -111,7 +133,10 @@ class BuildService:
             body = json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()
             idem = Idempotency(idempotency_key, hashlib.sha256(body).hexdigest())
         build = self.plan(req)
-        build, created = self.store.create(build, idempotency=idem)
+        quota = KeyQuota(api_key_id, self.settings.max_active_builds_per_key,
+                         self.settings.max_gpu_hours_per_key_day)
+        hours = gpu_hours(self.catalog.hardware, build.instance_types, build.timeout_minutes)
+        build, created = self.store.create(build, idempotency=idem, quota=quota, gpu_hours=hours)
         if created:
             self.launch_queue.send({"build_id": build.id, "attempt": build.attempt})
         return build, created

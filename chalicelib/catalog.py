@@ -11,6 +11,7 @@ import hashlib
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +27,10 @@ ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+# what each tag-template field can hold, for telling a canonical tag when a request sends one
+_PLACEHOLDERS = {"version": r"[0-9][0-9A-Za-z.+]*", "cuda": r"[0-9][0-9.]*", "python": r"[0-9][0-9.]*",
+                 "cuda_nodot": r"[0-9]+", "python_nodot": r"[0-9]+", "cuda_full": r"[0-9][0-9.]*",
+                 "framework": r"[a-z][a-z0-9-]*"}
 
 
 class _Frozen(BaseModel):
@@ -41,9 +46,26 @@ def cc_str(cc: tuple[int, int]) -> str:
     return f"{cc[0]}.{cc[1]}"
 
 
+class AmiPath(_Frozen):
+    """Where a family's host comes from: an SSM public parameter holding the AMI id, and the
+    NVIDIA driver branch the host runs (brought by the AMI, or installed by the host script)."""
+
+    parameter: str = Field(pattern=r"^/aws/service/[A-Za-z0-9_./-]+$")
+    driver_branch: str = Field(pattern=r"^[0-9]{3}$")
+    driver: Literal["preinstalled", "install"]
+    description: str = ""
+
+    def describe(self) -> dict:
+        return {"parameter": self.parameter, "driver_branch": self.driver_branch, "driver": self.driver,
+                "description": self.description}
+
+
 class GpuFamily(_Frozen):
     gpu: str
     compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
+    # a key of Hardware.amis; None (with no_ami saying why) for a family nothing can boot
+    ami: str | None = None
+    no_ami: str | None = None
     gpu_memory_gib: int = Field(gt=0)
     sizes: dict[str, int] = Field(min_length=1)
 
@@ -63,6 +85,9 @@ class GpuFamily(_Frozen):
 
 class CudaRelease(_Frozen):
     full: str
+    # the cuDNN and OS parts of this release's nvidia/cuda tags (see _hardware.yaml)
+    cudnn: str = Field("cudnn", pattern=r"^cudnn[0-9]*$")
+    os: str = Field("ubuntu22.04", pattern=r"^[a-z]+[0-9.]+$")
     min_compute_capability: str = Field(pattern=r"^[0-9]+\.[0-9]$")
     # newest architecture the release's nvcc compiles; None: no compiler (the canary's "none")
     max_compute_capability: str | None = Field(None, pattern=r"^[0-9]+\.[0-9]$")
@@ -83,12 +108,23 @@ class CudaRelease(_Frozen):
                              f"min_compute_capability {self.min_compute_capability}")
         return self
 
+    @property
+    def min_branch(self) -> int:
+        """The driver branch (major version) of ``min_driver``."""
+        return int(self.min_driver.split(".", 1)[0])
+
+    @property
+    def health_image(self) -> str:
+        """The image the host runs ``nvidia-smi`` in before building ("" for no CUDA)."""
+        return "" if self.full == "none" else f"nvidia/cuda:{self.full}-base-{self.os}"
+
     def describe(self) -> dict:
         return {"full": self.full, "min_compute_capability": self.min_compute_capability,
                 "max_compute_capability": self.max_compute_capability, "min_driver": self.min_driver}
 
 
 class Hardware(_Frozen):
+    amis: dict[str, AmiPath] = Field(min_length=1)
     families: dict[str, GpuFamily] = Field(min_length=1)
     cuda: dict[str, CudaRelease] = Field(min_length=1)
 
@@ -103,6 +139,11 @@ class Hardware(_Frozen):
             few = [t for t, n in fam.sizes.items() if n < 1]
             if few:
                 raise ValueError(f"families.{name}.sizes: {few} need a GPU count of 1 or more")
+            if fam.ami is None and not fam.no_ami:
+                raise ValueError(f"families.{name}: name its ami (one of {sorted(self.amis)}) or say in "
+                                 "no_ami why none works")
+            if fam.ami is not None and fam.ami not in self.amis:
+                raise ValueError(f"families.{name}.ami: {fam.ami!r} is not one of amis: {sorted(self.amis)}")
         return self
 
     def family_of(self, instance_type: str) -> str:
@@ -115,27 +156,72 @@ class Hardware(_Frozen):
     def family(self, instance_type: str) -> GpuFamily:
         return self.families[self.family_of(instance_type)]
 
+    def ami_of(self, instance_type: str) -> AmiPath | None:
+        """The AMI path of ``instance_type``'s family (None: no AMI boots it)."""
+        fam = self.family(instance_type)
+        return self.amis[fam.ami] if fam.ami else None
+
+    def bootable(self, instance_type: str) -> bool:
+        return self.family(instance_type).ami is not None
+
+    def _family_runs(self, fam: GpuFamily, cuda: str) -> bool:
+        release = self.cuda[cuda]
+        if fam.cc < release.min_cc:
+            return False
+        # the family's driver branch must run the release natively (see min_driver)
+        return fam.ami is None or int(self.amis[fam.ami].driver_branch) >= release.min_branch
+
     def runs(self, instance_type: str, cuda: str) -> bool:
-        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU.
+        """True when an image built for ``cuda`` can run on ``instance_type``'s GPU and driver.
 
         A release runs on every GPU of at least its ``min_compute_capability``; newer GPUs
         than its nvcc knows run its PTX through the driver's JIT (see chalicelib/gpu.py).
+        The family's driver branch must be at least the release's ``min_driver`` branch.
         """
-        return self.family(instance_type).cc >= self.cuda[cuda].min_cc
+        return self._family_runs(self.family(instance_type), cuda)
 
     def families_for(self, cuda: str) -> list[str]:
-        """The instance families whose GPU runs ``cuda``, in _hardware.yaml order."""
-        return [name for name, fam in self.families.items() if fam.cc >= self.cuda[cuda].min_cc]
+        """The bootable instance families whose GPU runs ``cuda``, in _hardware.yaml order."""
+        return [name for name, fam in self.families.items() if fam.ami and self._family_runs(fam, cuda)]
 
     def describe(self) -> dict:
-        return {"families": {n: f.describe() for n, f in self.families.items()},
-                "cuda": {c: r.describe() for c, r in self.cuda.items()}}
+        families = {}
+        for name, fam in self.families.items():
+            ami = {"name": fam.ami, **self.amis[fam.ami].describe()} if fam.ami else None
+            families[name] = {**fam.describe(), "ami": ami, **({"no_ami": fam.no_ami} if fam.no_ami else {})}
+        return {"families": families, "cuda": {c: r.describe() for c, r in self.cuda.items()}}
+
+
+class AllowedImage(_Frozen):
+    """One base image a request may choose (issue 17): pinned by the digest recorded with
+    its source and the date read, or, where no digest could be confirmed, marked so."""
+
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
+    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    source: str = Field(min_length=1)
+    unconfirmed: str | None = None
+
+    @model_validator(mode="after")
+    def _pinned_or_says_why(self) -> AllowedImage:
+        if not self.digest and not self.unconfirmed:
+            raise ValueError(f"{self.image}: record its digest, or say in `unconfirmed` why none is recorded")
+        return self
+
+    @property
+    def reference(self) -> str:
+        """What the build pulls: ``image@digest`` where a digest is recorded."""
+        return f"{self.image}@{self.digest}" if self.digest else self.image
 
 
 class BuildArgSpec(_Frozen):
     pattern: str
     default: str
     help: str = ""
+    # for an argument that chooses a base image: the only values allowed (issue 17)
+    images: list[AllowedImage] | None = None
+    # False for an argument that does not change what is built (parallelism, a sleep): a
+    # non-default value of any other makes the build a variant, with tags of its own
+    variant: bool = True
 
     @field_validator("pattern")
     @classmethod
@@ -149,7 +235,20 @@ class BuildArgSpec(_Frozen):
     def _default_matches(self) -> BuildArgSpec:
         if not re.fullmatch(self.pattern, self.default):
             raise ValueError(f"default {self.default!r} does not match its own pattern {self.pattern}")
+        if self.images is not None and self.default not in self.image_names:
+            raise ValueError(f"default {self.default!r} is not one of its allowed images {self.image_names}")
         return self
+
+    @property
+    def image_names(self) -> list[str]:
+        return [i.image for i in self.images or ()]
+
+    def reference(self, value: str) -> str:
+        """The value passed to the build: an allowed image becomes its pinned reference."""
+        for i in self.images or ():
+            if i.image == value:
+                return i.reference
+        return value
 
 
 class VersionSpec(_Frozen):
@@ -193,6 +292,8 @@ class Resolved(_Frozen):
             "cuda_nodot": self.cuda.replace(".", ""),
             "python_nodot": self.python.replace(".", ""),
             "cuda_full": hardware.cuda[self.cuda].full,
+            "cudnn": hardware.cuda[self.cuda].cudnn,
+            "cuda_os": hardware.cuda[self.cuda].os,
         }
 
 
@@ -221,6 +322,9 @@ class BuildSpec(_Frozen):
         bad = [n for n in names if not _ARG_NAME.match(n)]
         if bad:
             raise ValueError(f"build arg names must be UPPER_SNAKE_CASE: {bad}")
+        free_images = [n for n, a in self.build_args.items() if n.endswith("IMAGE") and a.images is None]
+        if free_images:
+            raise ValueError(f"build args that choose an image need an `images` allow-list: {free_images}")
         clash = set(self.fixed_args) & set(self.build_args)
         if clash:
             raise ValueError(f"build_args may not override fixed_args: {sorted(clash)}")
@@ -283,14 +387,50 @@ class BuildSpec(_Frozen):
         d = self.defaults
         return (r.version, r.cuda, r.python) == (d.version, d.cuda, d.python)
 
-    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = ()) -> list[str]:
+    def variant_suffix(self, build_args: dict[str, str] | None) -> str:
+        """``-v<hash>`` of the non-default build args that change what is built, or "" for
+        the default build: a variant never wears the tags of the default build (issue 17)."""
+        changed = sorted((k, v) for k, v in (build_args or {}).items()
+                         if k in self.build_args and self.build_args[k].variant and v != self.build_args[k].default)
+        if not changed:
+            return ""
+        return "-v" + hashlib.sha256("\n".join(f"{k}={v}" for k, v in changed).encode()).hexdigest()[:10]
+
+    @cached_property
+    def _canonical(self) -> re.Pattern:
+        """What this spec's tag templates can produce for any version (the reserved forms)."""
+        alts = []
+        for template in self.tags:
+            rx = re.escape(template)
+            for name, pat in _PLACEHOLDERS.items():
+                rx = rx.replace(re.escape("{" + name + "}"), pat)
+            alts.append(rx + r"(?:-v[0-9a-f]{10})?")
+        return re.compile("^(?:" + "|".join(alts) + ")$")
+
+    def reserved(self, tag: str) -> bool:
+        """A tag only the catalog gives: ``latest``, ``buildcache*``, the canonical forms."""
+        return tag == "latest" or tag.startswith("buildcache") or bool(self._canonical.match(tag))
+
+    def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = (),
+                 build_args: dict[str, str] | None = None) -> list[str]:
+        """The build's tags: the canonical ones (with the variant suffix), ``latest`` for the
+        default build of the default combination, then the request's own. A requested tag
+        the catalog reserves and this build does not produce is a 400."""
         fields = r.fields(hardware)
-        tags = [t.format(**fields) for t in self.tags]
-        if self.latest and self.is_default(r):
+        suffix = self.variant_suffix(build_args)
+        tags = [t.format(**fields) + suffix for t in self.tags]
+        if self.latest and self.is_default(r) and not suffix:
             tags.append("latest")
         for t in extra:
-            if t not in tags:
-                tags.append(t)
+            if t in tags:
+                continue
+            if self.reserved(t):
+                raise BadRequest(
+                    f"tags: {t!r} is reserved (latest, buildcache* and the canonical version tags belong "
+                    f"to the builds that produce them); this build's own tags are {', '.join(tags)}",
+                    field="tags",
+                )
+            tags.append(t)
         return tags
 
     def check_build_args(self, given: dict[str, str]) -> dict[str, str]:
@@ -309,6 +449,11 @@ class BuildSpec(_Frozen):
                     f"build_args.{name}: {value!r} does not match {spec.pattern}",
                     field=f"build_args.{name}",
                 )
+            if spec.images is not None and value not in spec.image_names:
+                raise BadRequest(
+                    f"build_args.{name}: {value!r} is not an allowed image; allowed: {', '.join(spec.image_names)}",
+                    field=f"build_args.{name}",
+                )
             out[name] = value
         return out
 
@@ -319,7 +464,7 @@ class BuildSpec(_Frozen):
         fields = r.fields(hardware)
         args = {k: v.format(**fields) for k, v in self.fixed_args.items()}
         args.update(self.version(r.version).args)
-        args.update(self.check_build_args(build_args or {}))
+        args.update({k: self.build_args[k].reference(v) for k, v in self.check_build_args(build_args or {}).items()})
         args["VOLTABUILD_BUILDSPEC_HASH"] = self.source_hash
         return args
 
@@ -365,7 +510,8 @@ def describe(spec: BuildSpec, hardware: Hardware) -> dict:
             }
             for v in spec.versions
         ],
-        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help}
+        "build_args": {k: {"pattern": a.pattern, "default": a.default, "help": a.help,
+                           **({"allowed": a.image_names} if a.images is not None else {})}
                        for k, a in spec.build_args.items()},
         "instance_types": spec.instance_types,
         "timeout_minutes": spec.timeout_minutes.model_dump(),
@@ -429,6 +575,10 @@ def _check_against_hardware(path: Path, spec: BuildSpec, hw: Hardware) -> None:
     bad = [t for t in spec.instance_types if not hw.is_known_instance_type(t)]
     if bad:
         raise CatalogError(f"{path}: instance_types: {bad} not in _hardware.yaml families")
+    unbootable = [t for t in spec.instance_types if not hw.bootable(t)]
+    if unbootable:
+        why = "; ".join(f"{t}: {hw.family(t).no_ami}" for t in unbootable)
+        raise CatalogError(f"{path}: instance_types: no AMI boots {why}")
     d = spec.defaults
     first = spec.instance_types[0]
     if not hw.runs(first, d.cuda):

@@ -113,6 +113,15 @@ def check_known(hw: Hardware, instance_types: list[str]) -> None:
             f"builds on: {known}",
             field="instance_types",
         )
+    unbootable = [t for t in instance_types if not hw.bootable(t)]
+    if unbootable:
+        bootable = [name for name, fam in hw.families.items() if fam.ami]
+        raise BadRequest(
+            f"instance_types: voltabuild has no AMI that boots "
+            f"{'; '.join(f'{t} ({hw.family(t).gpu}): {hw.family(t).no_ami}' for t in unbootable)}; "
+            f"instance families it can boot: {', '.join(bootable)}",
+            field="instance_types",
+        )
 
 
 @dataclass(frozen=True)

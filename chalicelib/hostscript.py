@@ -100,12 +100,19 @@ def _array(name: str, values: list[str]) -> str:
     return f"readonly -a {name}=(" + " ".join(shlex.quote(v) for v in values) + ")"
 
 
-def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str) -> str:
-    """The host script for one attempt of one build (``record`` is the stored build item)."""
+def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
+           instance_type: str | None = None) -> str:
+    """The host script for one attempt of one build (``record`` is the stored build item) on
+    ``instance_type`` (default: the build's first): its family sets the driver branch the
+    script installs on a host that has none."""
     if not cfg.api_url:
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
     spec = catalog.spec(record["framework"])
     hw = catalog.hardware
+    itype = instance_type or (record.get("instance_types") or spec.instance_types)[0]
+    if not hw.is_known_instance_type(itype) or hw.ami_of(itype) is None:
+        raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
+    driver_branch = hw.ami_of(itype).driver_branch
     build_id = _check("build id", record["id"], _BUILD_ID)
     resolved = spec.resolve(record["version"], record["cuda"], record["python"])
     args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
@@ -119,7 +126,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         raise RenderError("image.tags: a build needs at least one tag")
     cuda = _check("cuda", resolved.cuda, _VERSION)
     release = hw.cuda[cuda]
-    health = "" if cuda == "none" else f"nvidia/cuda:{release.full}-base-ubuntu22.04"
+    health = release.health_image
     timeout = int(record["timeout_minutes"])
     config = "\n".join([
         _assign("BUILD_ID", build_id),
@@ -134,6 +141,8 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("CUDA", cuda),
         _assign("MIN_DRIVER", _check("min driver", release.min_driver, re.compile(r"^[0-9]+(\.[0-9]+)*$"))),
         _assign("HEALTH_IMAGE", health),
+        _assign("INSTANCE_TYPE", _check("instance type", itype, re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$"))),
+        _assign("DRIVER_BRANCH", _check("driver branch", driver_branch, re.compile(r"^[0-9]{3}$"))),
         _assign("WATCHDOG_MINUTES", timeout + 5),
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),

@@ -83,6 +83,7 @@ class LaunchConfig:
     host: HostConfig
     ami_id: str = ""
     ami_parameter: str = ""
+    ami_overrides: dict[str, str] = field(default_factory=dict)  # family -> AMI id or SSM parameter
     subnet_ids: tuple[str, ...] = ()
     security_group_id: str = ""
     instance_profile: str = ""
@@ -189,17 +190,24 @@ class Launcher:
         return self._start(record, msg, token, resumed=True)
 
     def _start(self, record: dict, msg: LaunchMessage, token: str, *, resumed: bool = False) -> Outcome:
-        """RunInstances for a LAUNCHING attempt whose ``token_hash`` is ``token``'s."""
+        """RunInstances for a LAUNCHING attempt whose ``token_hash`` is ``token``'s.
+
+        Catalog and rendering errors (the catalog changed since the build was accepted, or
+        the deployment is broken) are permanent: the build fails now with the reason."""
         try:
             spec = self.catalog.spec(record["framework"])
-            image_id = self._ami()
-            root_device = self._root_device(image_id)
-            data = user_data(render(record, self.catalog, self.cfg.host, token=token,
-                                    build_date=record.get("launch_started_at") or iso(now())))
-        except (_Permanent, RenderError, BadRequest, CatalogError) as e:
-            # the catalog changed since the build was accepted, or the deployment is broken:
-            # no retry can fix it, so the build fails now with the reason
+        except (BadRequest, CatalogError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}")
+        build_date = record.get("launch_started_at") or iso(now())
+        hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
+
+        def host(itype: str) -> tuple[str, str, bytes]:
+            if itype not in hosts:
+                image_id = self._ami(itype)
+                data = render(record, self.catalog, self.cfg.host, token=token, build_date=build_date,
+                              instance_type=itype)
+                hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
+            return hosts[itype]
 
         rounds = int(record.get("launch_rounds", 0))
         # a resumed launch renders another token: its ClientTokens must differ from the
@@ -209,7 +217,11 @@ class Launcher:
         i = 0
         markets = ["spot", "on-demand"] if self.cfg.on_demand_fallback else ["spot"]
         for market in markets:
-            for itype in record["instance_types"]:
+            for itype in self._order(record):
+                try:
+                    image_id, root_device, data = host(itype)
+                except (_Permanent, RenderError, BadRequest, CatalogError) as e:
+                    return self._fail(msg.build_id, f"launch failed: {itype}: {e}")
                 for subnet in self.cfg.subnet_ids or (None,):
                     where = f"{itype} in {subnet or 'the default subnet'} ({market})"
                     client_token = f"{msg.build_id}-{msg.attempt}" + (f"-{rounds}-{i}" if rounds or i else "") + suffix
@@ -344,14 +356,38 @@ class Launcher:
         return self._note(Outcome("cancelled", msg.build_id))
 
     # ---- lookups -------------------------------------------------------------------------
-    def _ami(self) -> str:
-        if self.cfg.ami_id:
-            return self.cfg.ami_id
+    @staticmethod
+    def _order(record: dict) -> list[str]:
+        """The build's instance types, those whose host failed an earlier attempt last: a
+        host failure moves on to the next type (and comes back to it only when all failed)."""
+        failed = {f.get("instance_type") for f in record.get("host_failures") or []}
+        types = list(record["instance_types"])
+        return [t for t in types if t not in failed] + [t for t in types if t in failed]
+
+    def ami_source(self, instance_type: str) -> str:
+        """Where ``instance_type``'s AMI comes from: an AMI id or an SSM parameter. A family's
+        AMI_OVERRIDES entry first, then AMI_ID, then AMI_PARAMETER (both for every family),
+        then the hardware table's path for the family."""
+        hw = self.catalog.hardware
+        family = hw.family_of(instance_type)
+        if family in self.cfg.ami_overrides:
+            return self.cfg.ami_overrides[family]
+        if self.cfg.ami_id or self.cfg.ami_parameter:
+            return self.cfg.ami_id or self.cfg.ami_parameter
+        path = hw.ami_of(instance_type) if hw.is_known_instance_type(instance_type) else None
+        if path is None:
+            raise _Permanent(f"no AMI boots instance family {family}")
+        return path.parameter
+
+    def _ami(self, instance_type: str) -> str:
+        source = self.ami_source(instance_type)
+        if not source.startswith("/"):
+            return source
         try:
-            return self.ssm.get_parameter(Name=self.cfg.ami_parameter)["Parameter"]["Value"]
+            return self.ssm.get_parameter(Name=source)["Parameter"]["Value"]
         except ClientError as e:
             err = e.response.get("Error", {})
-            raise _Permanent(f"AMI parameter {self.cfg.ami_parameter}: {err.get('Code')}: {err.get('Message', '')}") from None
+            raise _Permanent(f"AMI parameter {source}: {err.get('Code')}: {err.get('Message', '')}") from None
 
     def _root_device(self, image_id: str) -> str:
         try:

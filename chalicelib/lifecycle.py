@@ -280,9 +280,10 @@ class Lifecycle:
             return None
 
     def fail(self, record: dict, reason: str, *, expect: Iterable[Status], to: Status = Status.FAILED,
-             instance_id: str | None = None, unless_cancelled: bool = False) -> dict | None:
+             instance_id: str | None = None, unless_cancelled: bool = False,
+             fields: dict[str, Any] | None = None) -> dict | None:
         return self._move(record["id"], to, expect=expect, instance_id=instance_id, message=reason,
-                          fields={"reason": reason}, unless_cancelled=unless_cancelled)
+                          fields={"reason": reason, **(fields or {})}, unless_cancelled=unless_cancelled)
 
     def cancelled(self, record: dict, *, expect: Iterable[Status], instance_id: str | None = None,
                   note: str = "") -> dict | None:
@@ -310,11 +311,13 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
 
-    def relaunch(self, record: dict, why: str, *, reclaimed: bool = False) -> dict | None:
+    def relaunch(self, record: dict, why: str, *, reclaimed: bool = False,
+                 fields: dict[str, Any] | None = None) -> dict | None:
         """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
         spent) and send the launch message. ``record`` is LAUNCHING or RUNNING; it may be
         an index's copy: the write holds only for its attempt and instance, and only while
-        no cancel was requested (a cancel it did not see makes the write lose)."""
+        no cancel was requested (a cancel it did not see makes the write lose). ``fields``
+        are written with the move (a host failure's record)."""
         attempt = int(record.get("attempt", 1))
         max_attempts = int(record.get("max_attempts", 1))
         iid = record.get("instance_id")
@@ -324,14 +327,16 @@ class Lifecycle:
         if attempt >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
                       else f"{why}; gave up after {attempt} attempts")
-            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
+                             fields=fields)
         cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "") + f" AND {NOT_CANCELLED[0]}"
         values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {}), **NOT_CANCELLED[1]}
         try:
             item = self.transitions.move(
                 record["id"], Status.QUEUED, expect=list(LAUNCHED),
                 message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
-                fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims},
+                fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
+                        **(fields or {})},
                 remove=ATTEMPT_FIELDS, extra_condition=(cond, values),
             )
         except InvalidTransition as e:

@@ -245,15 +245,30 @@ def build_message(build: Build, *, api_url: str = "", started: bool = False) -> 
     if reason and not started:
         parts.append(f"reason: {reason}")
     parts.append(f"see `{cli}`" + (f" or {api}" if api else ""))
-    text = " · ".join(parts)
+    # the fallback is mrkdwn too (notifications, clients without blocks): escaped like the
+    # blocks, so `<!channel>` or `<https://evil|click>` from a log or a reason stays text
+    text = escape(" · ".join(parts))
     if log_tail and not started:
-        text += "\nLast log lines:\n" + log_tail[-1500:]
+        text += "\nLast log lines:\n" + escape(log_tail[-1500:])
     return {"text": text, "blocks": blocks}
 
 
 # ---- webhook URLs (SSM Parameter Store) -------------------------------------------
 class WebhookNotConfigured(Exception):
     """No SSM parameter holds a webhook URL for this channel (a deployment error)."""
+
+
+class WebhookInvalid(WebhookNotConfigured):
+    """The parameter exists but does not hold a well-formed webhook URL."""
+
+
+# What a webhook URL may look like (issue 17): https to any host, or http to loopback (the
+# local stack's and the tests' sinks); printable path characters only, nothing to trim.
+WEBHOOK_URL = re.compile(
+    r"^(?:https://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+    r"|http://(?:127\.0\.0\.1|localhost|\[::1\]))"
+    r"(?::[0-9]{1,5})?/[A-Za-z0-9._~/%+-]{0,1024}\Z"
+)
 
 
 class WebhookDirectory:
@@ -284,10 +299,12 @@ class WebhookDirectory:
                     f"no webhook for Slack channel {channel!r}: SSM parameter {name} does not exist"
                 ) from None
             raise
-        value = resp["Parameter"]["Value"].strip()
-        if not value.startswith(("https://", "http://")):  # e.g. the placeholder "unset"
-            raise WebhookNotConfigured(
-                f"no webhook for Slack channel {channel!r}: SSM parameter {name} does not hold a URL"
+        value = resp["Parameter"]["Value"]
+        if not WEBHOOK_URL.match(value):  # e.g. the placeholder "unset", a stray space or newline
+            # the message names the parameter, never its value: a near-URL is still a secret
+            raise WebhookInvalid(
+                f"the webhook for Slack channel {channel!r} (SSM parameter {name}) is not a valid "
+                "webhook URL: https://host/path with no spaces or control characters"
             )
         self._cache[channel] = (self._clock() + self._ttl, value)
         return value
@@ -375,12 +392,51 @@ class _RateLimited(_InjectedSleep, RateLimitErrorRetryHandler):
         return 1.0 if wait is None else wait
 
 
+# A failed delivery is recorded as a type from this list, the HTTP status and Slack's own
+# error code (snake_case, as Slack's webhooks answer): never as free text, which could hold
+# the webhook URL (issue 17).
+ERROR_TYPES = frozenset({"webhook_missing", "webhook_invalid", "ssm_error", "http_status", "timeout",
+                         "connection", "request_rejected"})
+_SLACK_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def slack_code(body: str | None) -> str | None:
+    """Slack's error code from a webhook answer's body (``no_service``), or None."""
+    text = (body or "").strip()
+    return text if _SLACK_CODE.match(text) else None
+
+
 @dataclass(frozen=True)
 class Delivery:
     ok: bool
     retryable: bool = False
-    error: str = ""
+    error_type: str = ""
+    http_status: int | None = None
+    slack_error: str | None = None
     retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ok and self.error_type not in ERROR_TYPES:
+            raise ValueError(f"unknown delivery error type {self.error_type!r}")
+
+    def error_fields(self) -> dict[str, Any]:
+        """What the build record keeps about the failure."""
+        out: dict[str, Any] = {"error": self.error_type}
+        if self.http_status is not None:
+            out["error_status"] = self.http_status
+        if self.slack_error:
+            out["error_code"] = self.slack_error
+        return out
+
+    @property
+    def error(self) -> str:
+        """A one-line description for logs, made of the recorded fields only."""
+        parts = [self.error_type]
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        if self.slack_error:
+            parts.append(self.slack_error)
+        return " ".join(parts)
 
 
 class SlackSender:
@@ -402,15 +458,16 @@ class SlackSender:
         client = WebhookClient(url, timeout=self.timeout, retry_handlers=self.handlers, logger=_SDK_LOG)
         try:
             resp = client.send(text=message["text"], blocks=message.get("blocks"), unfurl_links=False)
-        except SlackRequestError as e:
-            return Delivery(ok=False, error=f"webhook rejected by the client: {redact(e)}")
-        except (OSError, HTTPException) as e:
-            return Delivery(ok=False, retryable=True, error=f"{type(e).__name__}: {redact(e)}")
+        except SlackRequestError:
+            return Delivery(ok=False, error_type="request_rejected")
+        except (TimeoutError, OSError, HTTPException) as e:
+            timed_out = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+            return Delivery(ok=False, retryable=True, error_type="timeout" if timed_out else "connection")
         if resp.status_code == 200:
             return Delivery(ok=True)
-        body = redact((resp.body or "").strip())[:200]
         retryable = resp.status_code == 429 or resp.status_code >= 500
-        return Delivery(ok=False, retryable=retryable, error=f"HTTP {resp.status_code} {body}".strip(),
+        return Delivery(ok=False, retryable=retryable, error_type="http_status", http_status=resp.status_code,
+                        slack_error=slack_code(resp.body),
                         retry_after=retry_after_seconds(resp.headers) if resp.status_code == 429 else None)
 
 
@@ -483,21 +540,24 @@ class Notifier:
         """The channel's webhook URL, or the failed Delivery that reading it amounts to."""
         try:
             return self.webhooks.url(channel)
+        except WebhookInvalid as e:
+            log.error("notify: %s", e)
+            return Delivery(ok=False, error_type="webhook_invalid")
         except WebhookNotConfigured as e:
-            return Delivery(ok=False, error=str(e))
+            log.error("notify: %s", e)
+            return Delivery(ok=False, error_type="webhook_missing")
         except (ClientError, BotoCoreError) as e:
-            return Delivery(ok=False, retryable=True, error=f"reading the webhook from SSM: {redact(e)}")
+            log.warning("notify: reading the webhook from SSM failed: %s", type(e).__name__)
+            return Delivery(ok=False, retryable=True, error_type="ssm_error")
 
     def _unconfirmed(self, build_id: str, attr: str, prev: dict, started: bool) -> str:
         """A claim whose worker died (its lease ran out) before recording the outcome. It
         claimed only once the webhook was in hand, so it died posting or after posting:
         the message is *not* sent again. Slack shows each outcome at most once; the rare
         cost is a message lost with a worker that died mid-post (logged, and recorded as
-        ``unconfirmed``, never as sent)."""
+        ``unconfirmed`` with error ``worker_died``, never as sent)."""
         value = {"status": "unconfirmed", "channel": prev.get("channel"), "attempts": prev.get("attempts", 1),
-                 "token": secrets.token_hex(8), "updated_at": now_iso(),
-                 "error": "the worker that was posting this message stopped before recording the outcome; "
-                          "not sent again (at most one message per outcome)"}
+                 "token": secrets.token_hex(8), "updated_at": now_iso(), "error": "worker_died"}
         if not self._write(build_id, attr, value, prev, started):
             return "duplicate"
         log.error("notify: build %s: a worker died while posting its %s message; not sending it again",
@@ -531,14 +591,14 @@ class Notifier:
         if result.retryable and claim["attempts"] < self.max_attempts:
             delay = self.retry_base_seconds * 2 ** (claim["attempts"] - 1)
             delay = int(min(900, max(delay, result.retry_after or 0)))
-            if not self._write(build_id, attr, {**base, "status": "retrying", "error": result.error,
+            if not self._write(build_id, attr, {**base, "status": "retrying", **result.error_fields(),
                                                 "retry_in_seconds": delay}, claim, started):
                 return "duplicate"
             self.queue.send(ev.model_copy(update={"attempt": ev.attempt + 1}).body(), delay_seconds=delay)
             log.warning("notify: build %s %s message not delivered (attempt %d of %d: %s); retrying in %ds",
                         build_id, ev.event, claim["attempts"], self.max_attempts, result.error, delay)
             return "retrying"
-        self._write(build_id, attr, {**base, "status": "failed", "error": result.error}, claim, started)
+        self._write(build_id, attr, {**base, "status": "failed", **result.error_fields()}, claim, started)
         log.error("notify: build %s %s message to Slack channel %s failed after %d attempt(s): %s",
                   build_id, ev.event, claim["channel"], claim["attempts"], result.error)
         return "failed"

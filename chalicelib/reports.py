@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
+from chalicelib.builds import BUILD_ID
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
 from chalicelib.http import parse_body
@@ -28,6 +31,9 @@ from chalicelib.transitions import Transitions
 Text = Annotated[str, StringConstraints(max_length=2000)]
 _FORBIDDEN = "missing, wrong or stale build token: send the token of this build attempt as 'Authorization: Bearer <token>'"
 _REPORTABLE = (Status.LAUNCHING, Status.RUNNING)
+# the launcher draws secrets.token_urlsafe(32): 43 URL-safe characters; anything far from
+# that shape is refused before any I/O (issue 17)
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
 
 class _Report(BaseModel):
@@ -54,11 +60,15 @@ class ResultReport(_Report):
     message: Text = ""
     reason: Text = ""
     log_tail: Annotated[str, StringConstraints(max_length=8000)] = ""
+    # "host": the host failed (driver, GPU), not the build: the service tries the next instance type
+    cause: Literal["host"] | None = None
 
     @model_validator(mode="after")
     def _digest_iff_succeeded(self) -> ResultReport:
         if self.status == "SUCCEEDED" and not self.digest:
             raise ValueError("digest: required when status is SUCCEEDED (sha256:<64 hex>)")
+        if self.status == "SUCCEEDED" and self.cause:
+            raise ValueError("cause: only a FAILED result has a cause")
         return self
 
 
@@ -87,15 +97,19 @@ class Reports:
     bad token (403) from a report that came too late (409), or to take the rarer path:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
-    def __init__(self, store: BuildStore, transitions: Transitions, pushed: PushedImages | None = None) -> None:
+    def __init__(self, store: BuildStore, transitions: Transitions,
+                 relaunch: Callable[..., dict | None] | None = None, pushed: PushedImages | None = None) -> None:
         self.store = store
         self.transitions = transitions
+        # Lifecycle.relaunch: a host failure queues the build again as a new attempt
+        self.relaunch = relaunch
         self.pushed = pushed  # ECR, to settle a failure reported after the push (None: never)
 
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
         token = bearer(authorization)
-        if not token:
+        # shapes first, so a malformed id or token (an anonymous flood) costs no DynamoDB call
+        if not token or not TOKEN_SHAPE.match(token) or not BUILD_ID.match(build_id or ""):
             raise Forbidden(_FORBIDDEN)
         hashed = hash_token(token)
         try:
@@ -204,6 +218,8 @@ class Reports:
     def _result(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
         if report.status == "SUCCEEDED":
             return self._succeeded(build_id, report, hashed, guard)
+        if report.cause == "host" and self.relaunch is not None:
+            return self._host_failed(build_id, report, hashed)
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
@@ -256,6 +272,21 @@ class Reports:
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
+
+    def _host_failed(self, build_id: str, report: ResultReport, hashed: str) -> dict:
+        """The host failed (no driver, driver too old, GPU not visible): record it and queue
+        the build again as a new attempt, which the launcher starts on another instance type
+        (Lifecycle.relaunch; its write holds only for this attempt and instance, so a report
+        that lost a race changes nothing). Out of attempts, the build fails with the cause."""
+        old = self._authenticate(build_id, hashed)
+        itype = (old.get("instance") or {}).get("type")
+        reason = report.reason or "the host failed"
+        failure = {"attempt": int(old.get("attempt", 1)), "instance_type": itype, "reason": reason[:500]}
+        item = self.relaunch(old, f"host failure on {itype or 'the instance'}: {reason}"[:1500],
+                             fields={"host_failures": [*(old.get("host_failures") or []), failure]})
+        if item is None:
+            raise self._moved_on(build_id)
+        return item
 
     def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
         def move() -> dict:

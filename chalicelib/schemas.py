@@ -82,7 +82,11 @@ class NotificationInfo(BaseModel):
     status: str = Field(description="sending, sent, retrying, failed or skipped")
     channel: str | None = None
     attempts: int | None = None
-    error: str | None = None
+    error: str | None = Field(None, description=(
+        "why the last try failed, a type: webhook_missing, webhook_invalid, ssm_error, http_status, "
+        "timeout, connection or request_rejected"))
+    error_status: int | None = Field(None, description="the webhook's HTTP status, for http_status")
+    error_code: str | None = Field(None, description="Slack's error code (no_service, invalid_token, ...)")
     reason: str | None = None
     sent_at: str | None = None
 

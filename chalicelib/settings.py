@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,8 +11,8 @@ def _list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
-# The AWS Deep Learning Base GPU AMI (Ubuntu 22.04), as its public SSM parameter (issue 4).
-DLAMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+_AMI_SOURCE = re.compile(r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]{1,2000})$")
+_FAMILY = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 # Spot prices (USD/hour) recorded when spot price history has none: rough us-east-1 figures.
 DEFAULT_SPOT_PRICES = "p3.2xlarge=0.92,g4dn.xlarge=0.22,g5.xlarge=0.42,g6.xlarge=0.36"
 
@@ -25,6 +26,37 @@ def _prices(value: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def _ami_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
+    """``family=ami-…|/ssm/parameter,…`` -> pairs (a malformed entry is a deployment error: it raises)."""
+    out = []
+    for item in _list(value):
+        family, _, source = (x.strip() for x in item.partition("="))
+        if not _FAMILY.match(family) or not _AMI_SOURCE.match(source):
+            raise ValueError(f"AMI_OVERRIDES: {item!r} is not FAMILY=ami-<hex> or FAMILY=/ssm/parameter/path")
+        out.append((family, source))
+    return tuple(out)
+
+
+class ConfigurationError(RuntimeError):
+    """The deployment's settings are unsafe or broken: the function refuses to serve."""
+
+
+# ---- abuse, integrity and blast radius (issue 17) ----
+MIN_CURSOR_KEY_HEX = 32  # 128 bits, as hex (scripts/deploy.sh draws 256)
+
+
+def check_cursor_key(value: str) -> bytes:
+    """The list-cursor signing key as bytes; a missing, short or non-hex key is refused
+    (a guessable key lets anyone forge cursors)."""
+    v = value.strip()
+    if len(v) < MIN_CURSOR_KEY_HEX or any(c not in "0123456789abcdefABCDEF" for c in v):
+        raise ConfigurationError(
+            f"CURSOR_KEY must be at least {MIN_CURSOR_KEY_HEX} random hex characters "
+            "(scripts/deploy.sh and the local stack draw one); refusing to start without it"
+        )
+    return v.encode()
+
+
 @dataclass(frozen=True)
 class Settings:
     stage: str = "dev"
@@ -34,7 +66,7 @@ class Settings:
     notify_queue_url: str = ""
     registry: str = "000000000000.dkr.ecr.us-east-1.amazonaws.com"
     api_url: str = ""
-    cursor_key: str = "voltabuild-dev-cursor-key"
+    cursor_key: str = ""  # required where cursors are signed: see check_cursor_key
     local_api_key: str = ""
     max_active_builds: int = 20
     max_attempts: int = 3
@@ -53,8 +85,11 @@ class Settings:
 
     # launcher and host script (issue 4)
     build_log_group: str = "/voltabuild/builds"
-    ami_parameter: str = DLAMI_PARAMETER
+    # AMIs (issue 15): each family's AMI comes from buildspecs/_hardware.yaml unless a
+    # deployment overrides it: ami_overrides per family, else ami_id / ami_parameter for all
+    ami_parameter: str = ""
     ami_id: str = ""
+    ami_overrides: tuple[tuple[str, str], ...] = ()
     subnet_ids: tuple[str, ...] = ()
     security_group_id: str = ""
     instance_profile: str = ""
@@ -64,6 +99,17 @@ class Settings:
     heartbeat_seconds: int = 60
     vcs_ref: str = "unknown"
     vcs_url: str = ""
+
+    # ---- spend guards (issue 17): stage ceilings and per-API-key quotas ----
+    # MAX_INSTANCE_SIZES: "family=size,...", "*" for every other family (e.g. "*=2xlarge,p5=4xlarge")
+    max_instance_sizes: tuple[tuple[str, str], ...] = ()
+    max_price_ceiling: float | None = None
+    max_timeout_minutes: int | None = None
+    # every tag of this stage's builds starts with it ("dev__"); the deployment sets it for
+    # every stage but prod, which shares the ECR repositories (infra/deploy.yaml)
+    image_tag_prefix: str = ""
+    max_active_builds_per_key: int | None = None  # None: no per-key limit (the stages set them)
+    max_gpu_hours_per_key_day: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -77,7 +123,7 @@ class Settings:
             notify_queue_url=env.get("NOTIFY_QUEUE_URL", ""),
             registry=env.get("IMAGE_REGISTRY", f"000000000000.dkr.ecr.{region}.amazonaws.com"),
             api_url=env.get("PUBLIC_API_URL", "").rstrip("/"),
-            cursor_key=env.get("CURSOR_KEY") or f"voltabuild-{stage}-cursor-key",
+            cursor_key=env.get("CURSOR_KEY", ""),
             local_api_key=env.get("LOCAL_API_KEY", ""),
             max_active_builds=int(env.get("MAX_ACTIVE_BUILDS", "20")),
             max_attempts=int(env.get("MAX_ATTEMPTS", "3")),
@@ -92,8 +138,9 @@ class Settings:
             orphan_grace_minutes=int(env.get("ORPHAN_GRACE_MINUTES", "4")),
             digest_grace_minutes=int(env.get("DIGEST_GRACE_MINUTES", "15")),
             build_log_group=env.get("BUILD_LOG_GROUP", "/voltabuild/builds"),
-            ami_parameter=env.get("AMI_PARAMETER", DLAMI_PARAMETER),
+            ami_parameter=env.get("AMI_PARAMETER", ""),
             ami_id=env.get("AMI_ID", ""),
+            ami_overrides=_ami_overrides(env.get("AMI_OVERRIDES")),
             subnet_ids=_list(env.get("SUBNET_IDS")),
             security_group_id=env.get("SECURITY_GROUP_ID", ""),
             instance_profile=env.get("INSTANCE_PROFILE", ""),
@@ -103,4 +150,27 @@ class Settings:
             heartbeat_seconds=int(env.get("HEARTBEAT_SECONDS", "60")),
             vcs_ref=env.get("VCS_REF") or "unknown",
             vcs_url=env.get("VCS_URL", ""),
+            **_spend_from_env(env),
         )
+
+
+def _spend_from_env(env: Mapping[str, str]) -> dict:
+    """The spend settings (issue 17); a malformed value is a deployment error: it raises."""
+    sizes = []
+    for item in _list(env.get("MAX_INSTANCE_SIZES")):
+        family, _, size = item.partition("=")
+        if not family.strip() or not size.strip():
+            raise ConfigurationError(f"MAX_INSTANCE_SIZES: {item!r} is not family=size")
+        sizes.append((family.strip(), size.strip()))
+    price, timeout = env.get("MAX_PRICE_CEILING"), env.get("MAX_TIMEOUT_MINUTES")
+    prefix = env.get("IMAGE_TAG_PREFIX", "")
+    if prefix and not re.fullmatch(r"[a-z][a-z0-9]{0,15}__", prefix):
+        raise ConfigurationError(f"IMAGE_TAG_PREFIX: {prefix!r} is not <stage>__")
+    return {
+        "image_tag_prefix": prefix,
+        "max_instance_sizes": tuple(sizes),
+        "max_price_ceiling": float(price) if price else None,
+        "max_timeout_minutes": int(timeout) if timeout else None,
+        "max_active_builds_per_key": int(v) if (v := env.get("MAX_ACTIVE_BUILDS_PER_KEY")) else None,
+        "max_gpu_hours_per_key_day": float(v) if (v := env.get("MAX_GPU_HOURS_PER_KEY_DAY")) else None,
+    }

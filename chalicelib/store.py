@@ -11,10 +11,7 @@ Item layout (table keyed by ``id``):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import json
 import random
 import time
@@ -27,8 +24,8 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from chalicelib.clock import epoch_in, now_iso
+from chalicelib.cursor import CursorCodec
 from chalicelib.errors import (
-    BadRequest,
     BuildNotFound,
     Busy,
     IdempotencyConflict,
@@ -36,10 +33,22 @@ from chalicelib.errors import (
     QuotaExceeded,
 )
 from chalicelib.schemas import Build, TimelineEvent
+from chalicelib.spend import KeyQuota
 from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
+QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids (issue 17)
+QUOTA_GPU_PREFIX = "quota#gpuh#"  # + API key id + "#" + UTC day: GPU-hours booked that day
+# the key attributes of each index a listing pages (a cursor must name exactly these)
+LIST_INDEX_KEYS = {
+    "by-created": frozenset({"id", "kind", "created_key"}),
+    "by-status": frozenset({"id", "status", "created_key"}),
+    "by-framework": frozenset({"id", "framework", "created_key"}),
+}
 CONFLICT_RETRIES = 5
+# the most index items one listing request reads (a status+framework filter skips the
+# others' builds after reading them); when reached, the page ends early with a cursor
+MAX_ITEMS_READ = 200
 # an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
 NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
 _ser = TypeSerializer()
@@ -100,12 +109,14 @@ class BuildStore:
     def __init__(self, client, table_name: str, *, cursor_key: bytes, max_active: int) -> None:
         self._db = client
         self._table = table_name
-        self._cursor_key = cursor_key
+        self._cursors = CursorCodec(cursor_key, LIST_INDEX_KEYS)
         self.max_active = max_active
 
     # ---- create -----------------------------------------------------------------
-    def create(self, build: Build, *, idempotency: Idempotency | None = None) -> tuple[Build, bool]:
-        """Write a new QUEUED build and take a quota slot, in one transaction.
+    def create(self, build: Build, *, idempotency: Idempotency | None = None, quota: KeyQuota | None = None,
+               gpu_hours: float = 0.0) -> tuple[Build, bool]:
+        """Write a new QUEUED build and take a quota slot, in one transaction; with
+        ``quota``, also a slot of its API key's and ``gpu_hours`` of the key's day.
 
         Returns ``(build, created)``; ``created`` is False when an Idempotency-Key
         matched an earlier request with the same body, whose build is returned.
@@ -117,6 +128,8 @@ class BuildStore:
             created_key=f"{build.created_at}#{build.id}",
             active="1",
         )
+        if quota is not None:
+            record["owner_key"] = quota.key_id
         items: list[dict] = [{
             "Put": {
                 "TableName": self._table,
@@ -146,6 +159,10 @@ class BuildStore:
                     "ConditionExpression": "attribute_not_exists(id)",
                 }
             })
+        key_limits: list[tuple[int, str]] = []  # (position in the transaction, limit)
+        for limit, item in self._key_quota_items(build, quota, gpu_hours) if quota is not None else ():
+            key_limits.append((len(items), limit))
+            items.append(item)
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 self._db.transact_write_items(TransactItems=items)
@@ -161,12 +178,61 @@ class BuildStore:
                         f"too many active builds: the limit is {self.max_active}; "
                         "wait for one to finish or cancel one"
                     ) from None
+                for at, limit in key_limits:
+                    if len(reasons) > at and reasons[at] == "ConditionalCheckFailed":
+                        self._raise_key_quota(quota, gpu_hours, limit)
                 if "TransactionConflict" not in reasons:
                     raise
             # every submit's transaction touches the quota item, so concurrent submits
             # conflict (DynamoDB cancels all but one): try again after a short jitter
             time.sleep(random.uniform(0, 0.025 * 2**attempt))
         raise Busy("too many builds are being submitted at this moment; retry in a second")
+
+    # ---- per-key quotas (issue 17) --------------------------------------------------
+    def _key_quota_items(self, build: Build, quota: KeyQuota, hours: float) -> list[tuple[str, dict]]:
+        """The key's active-build set and its GPU-hours booked today (UTC), each conditional,
+        as ``(limit, transaction item)`` for the limits the deployment sets."""
+        out: list[tuple[str, dict]] = []
+        if quota.max_active is not None:
+            out.append(("active", {"Update": {
+                "TableName": self._table,
+                "Key": {"id": {"S": f"{QUOTA_KEY_PREFIX}{quota.key_id}"}},
+                "UpdateExpression": "ADD ids :me",
+                "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
+                "ExpressionAttributeValues": {":me": {"SS": [build.id]}, ":max": {"N": str(quota.max_active)}},
+            }}))
+        if quota.max_gpu_hours_per_day is not None:
+            if hours > quota.max_gpu_hours_per_day:
+                self._raise_key_quota(quota, hours, "gpu")
+            out.append(("gpu", {"Update": {
+                "TableName": self._table,
+                "Key": {"id": {"S": f"{QUOTA_GPU_PREFIX}{quota.key_id}#{build.created_at[:10]}"}},
+                "UpdateExpression": "ADD used :h SET expires_at = :exp",
+                "ConditionExpression": "attribute_not_exists(used) OR used <= :room",
+                "ExpressionAttributeValues": {
+                    ":h": to_av(hours), ":room": to_av(round(quota.max_gpu_hours_per_day - hours, 4)),
+                    ":exp": {"N": str(epoch_in(days=2))},
+                },
+            }}))
+        return out
+
+    @staticmethod
+    def _raise_key_quota(quota: KeyQuota, hours: float, limit: str) -> None:
+        if limit == "active":
+            raise QuotaExceeded(
+                f"too many active builds for this API key: the limit per key is {quota.max_active}; "
+                "wait for one to finish or cancel one"
+            )
+        raise QuotaExceeded(
+            f"daily GPU-hour quota of this API key reached: this build books {hours:g} GPU-hours "
+            f"(its timeout on its largest instance type) and the key may book {quota.max_gpu_hours_per_day:g} "
+            "per UTC day; ask for a shorter timeout_minutes or smaller instance_types, or wait until tomorrow"
+        )
+
+    def key_gpu_hours(self, key_id: str, day: str) -> float:
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": f"{QUOTA_GPU_PREFIX}{key_id}#{day}"}},
+                                 ConsistentRead=True)
+        return float(from_item(resp.get("Item", {})).get("used", 0))
 
     def _replay(self, idem: Idempotency) -> Build:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)
@@ -203,7 +269,9 @@ class BuildStore:
 
     def list(self, *, status: Status | None = None, framework: str | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[Build], str | None]:
-        """Newest first, one index query a page (a status+framework filter may read more)."""
+        """Newest first. A status+framework listing filters the status index, so it reads at
+        most MAX_ITEMS_READ items a request (in one query where it can); reaching that ends the
+        page early, even empty, with a cursor to go on from."""
         if status:
             index, key, value = "by-status", "status", status.value
         elif framework:
@@ -218,20 +286,32 @@ class BuildStore:
             "ExpressionAttributeValues": {":v": {"S": value}},
             "ScanIndexForward": False,
         }
-        if status and framework:
+        filtered = bool(status and framework)
+        if filtered:
             kwargs["FilterExpression"] = "framework = :f"
             kwargs["ExpressionAttributeValues"][":f"] = {"S": framework}
         start = self._decode_cursor(cursor, index) if cursor else None
         builds: list[Build] = []
+        last: dict | None = None  # the index key of the last build returned
+        reads_left = MAX_ITEMS_READ
         while True:
-            kwargs["Limit"] = limit - len(builds)
+            # DynamoDB applies Limit before the filter: a filtered listing asks for its whole
+            # remaining read budget at once, not for the few items the page still needs
+            kwargs["Limit"] = reads_left if filtered else limit - len(builds)
             if start:
                 kwargs["ExclusiveStartKey"] = start
             resp = self._db.query(**kwargs)
-            builds.extend(Build.model_validate(from_item(i)) for i in resp.get("Items", []))
+            items = resp.get("Items", [])
+            for n, item in enumerate(items):
+                builds.append(Build.model_validate(from_item(item)))
+                last = {k: item[k] for k in LIST_INDEX_KEYS[index]}
+                if len(builds) >= limit and (n + 1 < len(items) or "LastEvaluatedKey" in resp):
+                    return builds, self._encode_cursor(last, index)  # more may follow this one
             start = resp.get("LastEvaluatedKey")
-            if not start or len(builds) >= limit:
+            reads_left -= resp.get("ScannedCount", len(items))
+            if not start or len(builds) >= limit or reads_left <= 0:
                 break
+        # the read budget ran out: the page may be short (even empty) but still has a cursor
         return builds, (self._encode_cursor(start, index) if start else None)
 
     def recent_records(self, status: Status, limit: int) -> list[dict]:
@@ -265,26 +345,11 @@ class BuildStore:
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
     # ---- cursors ----------------------------------------------------------------
-    def _sign(self, payload: bytes) -> str:
-        return hmac.new(self._cursor_key, payload, hashlib.sha256).hexdigest()[:32]
-
     def _encode_cursor(self, key: dict, index: str) -> str:
-        payload = json.dumps({"i": index, "k": from_item(key)}, sort_keys=True, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._sign(payload)
+        return self._cursors.encode(index, from_item(key))
 
     def _decode_cursor(self, cursor: str, index: str) -> dict:
-        bad = BadRequest("next: not a cursor this API issued; start again without it", field="next")
-        body, _, sig = cursor.partition(".")
-        try:
-            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        except (binascii.Error, ValueError):
-            raise bad from None
-        if not sig or not hmac.compare_digest(sig, self._sign(payload)):
-            raise bad
-        data = json.loads(payload)
-        if data.get("i") != index:
-            raise BadRequest("next: this cursor belongs to a listing with other filters", field="next")
-        return {k: {"S": v} for k, v in data["k"].items()}
+        return {k: {"S": v} for k, v in self._cursors.decode(cursor, index).items()}
 
     # ---- transitions ------------------------------------------------------------
     def transition(
@@ -432,13 +497,28 @@ class BuildStore:
 
     # ---- quota ------------------------------------------------------------------
     def release_slot(self, build_id: str) -> None:
-        """Give a finished build's quota slot back (idempotent)."""
+        """Give a finished build's quota slots back, the stage's and its API key's (idempotent)."""
         self._db.update_item(
             TableName=self._table,
             Key={"id": {"S": QUOTA_ID}},
             UpdateExpression="DELETE ids :me",
             ExpressionAttributeValues={":me": {"SS": [build_id]}},
         )
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
+                                 ProjectionExpression="owner_key", ConsistentRead=True)
+        owner = resp.get("Item", {}).get("owner_key", {}).get("S")
+        if owner:
+            self._db.update_item(
+                TableName=self._table,
+                Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{owner}"}},
+                UpdateExpression="DELETE ids :me",
+                ExpressionAttributeValues={":me": {"SS": [build_id]}},
+            )
+
+    def key_slot_holders(self, key_id: str) -> set[str]:
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{key_id}"}},
+                                 ConsistentRead=True)
+        return set(from_item(resp.get("Item", {})).get("ids", []))
 
     def slot_holders(self) -> set[str]:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": QUOTA_ID}}, ConsistentRead=True)

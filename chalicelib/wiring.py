@@ -18,7 +18,7 @@ from chalicelib.builds import BuildService
 from chalicelib.catalog import Catalog, load_catalog
 from chalicelib.notify import Notifier, SlackSender, WebhookDirectory
 from chalicelib.queues import Queue
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, check_cursor_key
 from chalicelib.store import BuildStore
 from chalicelib.transitions import Transitions
 
@@ -43,7 +43,7 @@ def catalog() -> Catalog:
 @cache
 def store() -> BuildStore:
     s = settings()
-    return BuildStore(client("dynamodb"), s.table_name, cursor_key=s.cursor_key.encode(),
+    return BuildStore(client("dynamodb"), s.table_name, cursor_key=check_cursor_key(s.cursor_key),
                       max_active=s.max_active_builds)
 
 
@@ -140,6 +140,7 @@ def launcher():
                       vcs_url=s.vcs_url)
     cfg = LaunchConfig(
         stage=s.stage, host=host, ami_id=s.ami_id, ami_parameter=s.ami_parameter, subnet_ids=s.subnet_ids,
+        ami_overrides=dict(s.ami_overrides),
         security_group_id=s.security_group_id, instance_profile=s.instance_profile,
         on_demand_fallback=s.on_demand_fallback, max_retries=s.launch_max_retries,
         price_table=dict(s.spot_price_table),
@@ -152,7 +153,7 @@ def reports():
     from chalicelib.pushed import PushedImages
     from chalicelib.reports import Reports
 
-    return Reports(store(), transitions(), PushedImages(client("ecr")))
+    return Reports(store(), transitions(), relaunch=lifecycle().relaunch, pushed=PushedImages(client("ecr")))
 
 
 @cache

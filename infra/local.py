@@ -17,6 +17,7 @@ import copy
 import functools
 import json
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,8 @@ def stage_environment(resources: dict[str, str], stage: str = "dev") -> dict[str
         "BUILDS_TABLE": resources["BuildsTable"],
         "LAUNCH_QUEUE_URL": resources["LaunchQueue"],
         "NOTIFY_QUEUE_URL": resources["NotifyQueue"],
+        # a fresh random key per stack: the app refuses to start without one (issue 17)
+        "CURSOR_KEY": secrets.token_hex(32),
     }
     if "BuildLogGroup" in resources:
         env["BUILD_LOG_GROUP"] = resources["BuildLogGroup"]

@@ -15,7 +15,11 @@
    queue the template does not create, or a queue whose visibility timeout is shorter than
    the function's timeout (AWS refuses that mapping), fails the packaging here, not the
    deployment.
-4. The zip is checked: boto3/botocore come with the Lambda runtime and must not be in it.
+4. ``POST /builds/{build_id}/events``, the one route without an API key, gets a function
+   of its own with reserved concurrency (:func:`split_events_handler`).
+5. Each function gets a role of its own granting only what its code calls
+   (:func:`scope_function_roles`).
+6. The zip is checked: boto3/botocore come with the Lambda runtime and must not be in it.
 """
 
 from __future__ import annotations
@@ -166,6 +170,111 @@ def wire_queue_triggers(template: dict, stage: str) -> dict[str, str]:
     return wired
 
 
+EVENTS_PATH = "/builds/{build_id}/events"
+EVENTS_FUNCTION = "EventsHandler"
+
+
+def split_events_handler(template: dict) -> str:
+    """Serve ``POST /builds/{build_id}/events`` (no API key: anyone can call it) from a
+    function of its own, a copy of Chalice's API handler (same code: the app routes by
+    path) with reserved concurrency, so a flood of it cannot take the concurrency the
+    other functions need. Returns the new function's logical id."""
+    resources = template["Resources"]
+    api_fn = resources["APIHandler"]
+    paths = resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    integration = paths[EVENTS_PATH]["post"]["x-amazon-apigateway-integration"]
+    if "${APIHandler.Arn}" not in integration["uri"]["Fn::Sub"]:
+        raise PackagingError(f"{EVENTS_PATH} is not served by APIHandler: cannot split it off")
+    fn = json.loads(json.dumps(api_fn))
+    fn["Properties"]["ReservedConcurrentExecutions"] = {
+        "Fn::If": ["ReserveEventsConcurrency", {"Ref": "EventsConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    resources[EVENTS_FUNCTION] = fn
+    integration["uri"] = {"Fn::Sub": integration["uri"]["Fn::Sub"].replace("${APIHandler.Arn}",
+                                                                           f"${{{EVENTS_FUNCTION}.Arn}}")}
+    resources[f"{EVENTS_FUNCTION}InvokePermission"] = {
+        "Type": "AWS::Lambda::Permission",
+        "Properties": {
+            "FunctionName": {"Ref": EVENTS_FUNCTION},
+            "Action": "lambda:InvokeFunction",
+            "Principal": "apigateway.amazonaws.com",
+            "SourceArn": {"Fn::Sub": ["arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
+                                      "${RestAPIId}/*/POST/builds/*/events", {"RestAPIId": {"Ref": "RestAPI"}}]},
+        },
+    }
+    return EVENTS_FUNCTION
+
+
+# what the Lambda platform does with a function's role, not its code
+OWN_LOGS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+SQS_POLLING = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+# what an action needs besides itself: RunInstances tags what it makes and passes the builder role
+IMPLIED = {"ec2:RunInstances": {"ec2:CreateTags", "iam:PassRole"}}
+
+
+def function_actions(template: dict, logical: str, calls: dict[str, list]) -> set[str]:
+    """Every IAM action function ``logical`` needs: its code's calls, what they imply, its
+    own logs and, for a queue consumer, the polling of its queue."""
+    fn = template["Resources"][logical]
+    actions = {c.action for c in calls.get(logical, [])}
+    for a in list(actions):
+        actions |= IMPLIED.get(a, set())
+    actions |= OWN_LOGS
+    if any(e["Type"] == "SQS" for e in (fn["Properties"].get("Events") or {}).values()):
+        actions |= SQS_POLLING
+    return actions
+
+
+def _consumed_queue_names(template: dict, fn: dict, stage: str) -> set[str]:
+    names = set()
+    for e in (fn["Properties"].get("Events") or {}).values():
+        if e["Type"] == "SQS":
+            logical = e["Properties"]["Queue"]["Fn::GetAtt"][0]
+            names.add(template["Resources"][logical]["Properties"]["QueueName"]["Fn::Sub"].replace("${Stage}", stage))
+    return names
+
+
+def scope_function_roles(template: dict, stage: str) -> dict[str, str]:
+    """One role per function, each granting only the actions that function's code calls
+    (``infra.permissions.function_calls``), cut from the stage's policy (which keeps the
+    resources and conditions): the internet-facing API cannot launch instances or pass
+    the builder role, the reports function cannot touch EC2. Returns function -> role."""
+    from infra.permissions import function_calls
+
+    calls = function_calls()
+    resources = template["Resources"]
+    roles = {}
+    for logical, fn in list(resources.items()):
+        if fn["Type"] != "AWS::Serverless::Function":
+            continue
+        role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+        if role in roles.values():  # a copied function (EventsHandler): a role of its own
+            new = f"{logical}Role"
+            resources[new] = json.loads(json.dumps(resources[role]))
+            fn["Properties"]["Role"] = {"Fn::GetAtt": [new, "Arn"]}
+            role = new
+        roles[logical] = role
+        needed = function_actions(template, logical, calls)
+        queues = _consumed_queue_names(template, fn, stage)
+        for policy in resources[role]["Properties"]["Policies"]:
+            kept = []
+            for stmt in policy["PolicyDocument"]["Statement"]:
+                actions = [a for a in stmt["Action"] if a in needed]
+                if not actions:
+                    continue
+                stmt = {**stmt, "Action": actions}
+                if set(actions) <= SQS_POLLING:  # a consumer polls its own queue only
+                    stmt["Resource"] = [r for r in stmt["Resource"]
+                                        if any(r["Fn::Sub"].endswith(f":{q}") for q in queues)]
+                kept.append(stmt)
+            policy["PolicyDocument"]["Statement"] = kept
+        granted = {a for p in resources[role]["Properties"]["Policies"]
+                   for st in p["PolicyDocument"]["Statement"] for a in st["Action"]}
+        if needed - granted:
+            raise PackagingError(f"{logical} needs {sorted(needed - granted)}, which policy-{stage}.json "
+                                 "does not grant")
+    return roles
+
+
 def check_zip(path: Path) -> None:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -194,6 +303,8 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
     template_path = out_dir / "sam.json"
     template = json.loads(template_path.read_text())
     wire_queue_triggers(template, stage)
+    split_events_handler(template)
+    scope_function_roles(template, stage)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     result = Package(stage=stage, template=template_path, zip=out_dir / "deployment.zip")
     check_zip(result.zip)

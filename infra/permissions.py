@@ -158,6 +158,132 @@ def aws_calls(files: Iterable[Path] | None = None, *, root: Path = ROOT) -> list
     return sorted(calls)
 
 
+# ---- per function (issue 17): which handler reaches which calls ----------------------
+_HANDLER_DECORATORS = {"route", "on_sqs_message", "on_cw_event", "schedule", "middleware"}
+# the route Chalice's API handler serves but infra/package.py gives a function of its own
+SPLIT_ROUTES = {"/builds/{build_id}/events": "EventsHandler"}
+
+
+def _cfn_name(name: str) -> str:
+    """Chalice's logical id for a function name (``notify_consumer`` -> ``NotifyConsumer``)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def _handler_function(fn: ast.FunctionDef) -> str | None:
+    """The logical id of the Lambda function that runs ``fn`` (None: not a handler)."""
+    for dec in fn.decorator_list:
+        if not (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Attribute)
+                and dec.func.attr in _HANDLER_DECORATORS):
+            continue
+        if dec.func.attr in ("route", "middleware"):
+            path = _literal_arg(dec) if dec.func.attr == "route" else None
+            return SPLIT_ROUTES.get(path or "", "APIHandler")
+        name = next((k.value.value for k in dec.keywords if k.arg == "name" and isinstance(k.value, ast.Constant)),
+                    fn.name)
+        return _cfn_name(name)
+    return None
+
+
+def _getter_calls(node: ast.AST, getters: set[str], *, qualified: bool) -> set[str]:
+    """Names of wiring getters called in ``node``: ``wiring.x()`` (app.py) or ``x()`` (wiring.py)."""
+    out = set()
+    for n in ast.walk(node):
+        if not isinstance(n, ast.Call):
+            continue
+        f = n.func
+        if qualified and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "wiring":
+            out.add(f.attr)
+        elif not qualified and isinstance(f, ast.Name) and f.id in getters:
+            out.add(f.id)
+    return out & getters
+
+
+def _constructed(getter: ast.FunctionDef) -> list[tuple[str, set[str]]]:
+    """(class name, services of the clients passed to it) for each object a getter makes."""
+    out = []
+    for n in ast.walk(getter):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id[:1].isupper():
+            services = {_literal_arg(a) for a in [*n.args, *(k.value for k in n.keywords)]
+                        if isinstance(a, ast.Call) and _called_name(a) == "client"}
+            out.append((n.func.id, {x for x in services if x}))
+    return out
+
+
+def function_calls(root: Path = ROOT) -> dict[str, list[Call]]:
+    """Lambda function (logical id) -> the AWS calls its code can make.
+
+    From each handler in app.py: the wiring getters it calls (and app.py helpers it calls),
+    the getters those call, the chalicelib objects they make and the clients each object
+    is given; an object's calls are the operations of *its* clients' services in its class
+    and in its module's functions. Over-approximates within a class, never across: a
+    function gets no permission for an object it never makes."""
+    trees = _parse(lambda_sources(root))
+    app_tree, wiring_tree = trees[root / "app.py"], trees[root / "chalicelib" / "wiring.py"]
+    getters = {f.name: f for f in wiring_tree.body if isinstance(f, ast.FunctionDef)}
+    classes: dict[str, tuple[Path, ast.ClassDef]] = {}
+    for path, tree in trees.items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, (path, node))
+    app_functions = {f.name: f for f in app_tree.body if isinstance(f, ast.FunctionDef)}
+
+    def reached_getters(fn: ast.FunctionDef) -> set[str]:
+        seen_fns, todo, found = set(), [fn], set()
+        while todo:
+            f = todo.pop()
+            if f.name in seen_fns:
+                continue
+            seen_fns.add(f.name)
+            found |= _getter_calls(f, set(getters), qualified=True)
+            todo += [app_functions[n.func.id] for n in ast.walk(f) if isinstance(n, ast.Call)
+                     and isinstance(n.func, ast.Name) and n.func.id in app_functions]
+        todo, out = list(found), set()
+        while todo:
+            g = todo.pop()
+            if g in out:
+                continue
+            out.add(g)
+            todo += _getter_calls(getters[g], set(getters), qualified=False)
+        return out
+
+    def calls_of(cls: str, services: set[str]) -> set[Call]:
+        if cls not in classes or not services:
+            return set()
+        path, node = classes[cls]
+        scopes = [node, *(f for f in trees[path].body if isinstance(f, ast.FunctionDef))]
+        rel = path.relative_to(root)
+        out = set()
+        for scope in scopes:
+            for n in ast.walk(scope):
+                if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)):
+                    continue
+                method = n.func.attr
+                if method in ("get_paginator", "can_paginate"):
+                    method = _literal_arg(n) or ""
+                for svc in services:
+                    op = _operations(svc).get(method)
+                    if op is None:
+                        continue
+                    if (svc, op) == ("dynamodb", "TransactWriteItems"):
+                        kinds = [k for k in _TRANSACT_ITEM_ACTIONS if k in _dict_keys(scope)]
+                        actions = [_TRANSACT_ITEM_ACTIONS[k] for k in kinds or _TRANSACT_ITEM_ACTIONS]
+                    else:
+                        actions = list(iam_actions(svc, op))
+                    out |= {Call(a, svc, op, f"{rel}:{n.lineno}") for a in actions}
+        return out
+
+    result: dict[str, set[Call]] = {}
+    for fn in app_functions.values():
+        logical = _handler_function(fn)
+        if logical is None:
+            continue
+        calls = result.setdefault(logical, set())
+        for g in reached_getters(fn):
+            for cls, services in _constructed(getters[g]):
+                calls |= calls_of(cls, services)
+    return {k: sorted(v) for k, v in result.items()}
+
+
 # AWS CLI commands that are client-side customisations over an API operation
 _CLI_CUSTOM = {("ecr", "get-login-password"): "GetAuthorizationToken"}
 _AWS_CLI = re.compile(r"(?:^|[\s;|&(])aws\s+(?P<service>[a-z0-9-]+)\s+(?P<command>[a-z0-9-]+)")

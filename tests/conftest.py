@@ -55,6 +55,49 @@ def aws_module():
         yield a
 
 
+@contextlib.contextmanager
+def serial_moto_server():
+    """moto served over HTTP one request at a time, as the local stack serves it
+    (voltabuild_local.moto_server): writes to one item are applied whole, as DynamoDB
+    applies them. In-process moto is not atomic across threads (a conditional write and
+    a transaction can both win), so every "exactly one winner" test races against this.
+    Yields the endpoint session; a fresh server (no state) each time, started in < 1 s."""
+    import threading
+
+    from voltabuild_local import moto_server
+    from voltabuild_local.stack import EndpointSession
+
+    server = moto_server.server("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield EndpointSession(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def serial_moto():
+    with serial_moto_server() as session:
+        yield session
+
+
+@pytest.fixture
+def serial_aws():
+    """Like ``aws``, but on a serialized moto server: the app's clients reach it through
+    AWS_ENDPOINT_URL. A module whose races need atomic writes overrides ``aws`` with it,
+    and every fixture built on ``aws`` follows."""
+    from chalicelib import wiring
+    from infra.local import create_resources, stage_environment
+
+    with serial_moto_server() as session:
+        resources = create_resources(session)
+        env = {**stage_environment(resources), "AWS_ENDPOINT_URL": session.endpoint}
+        with wiring.environment(env):
+            yield Aws(session, resources)
+
+
 class Aws:
     def __init__(self, session, resources: dict[str, str]) -> None:
         self.session = session

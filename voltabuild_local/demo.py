@@ -1,5 +1,5 @@
 """`make demo`: the whole service on this machine — submit the canary, watch it build,
-show the image in the registry and the Slack message that said how it ended."""
+show its log, the image in the registry and the Slack message that said how it ended."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def run_demo(stack: Stack, keep: bool = False) -> int:
               f"(CLI exit code {proc.returncode})")
         if build.get("reason"):
             print(f"reason: {build['reason']}")
+
+        _say(f"voltabuild logs {build.get('id')}   (the instance's log, from CloudWatch Logs; the last lines)")
+        logs = subprocess.run([cli, "logs", str(build.get("id"))], env=env, stdout=subprocess.PIPE, text=True)
+        lines = logs.stdout.splitlines()
+        if len(lines) > 12:
+            print(f"  ... {len(lines) - 12} earlier lines")
+        for line in lines[-12:]:
+            print(f"  {line}")
 
         _say("the image in the local registry")
         registry = env["VOLTABUILD_REGISTRY"]

@@ -7,15 +7,27 @@ between, and conditions are checked apart from the write. So the local stack ser
 behind one lock: connections are still accepted concurrently, each request runs whole.
 
     python -m voltabuild_local.moto_server --host 127.0.0.1 --port 5100
+
+It answers no CORS preflight: moto server would otherwise let any web page open in the
+developer's browser call the emulated AWS (and so start "instances" that the local executor
+plays). moto reads ``MOTO_DISABLE_GLOBAL_CORS`` when first imported, so it is set here,
+before the import, and by the local stack for the process it starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
+os.environ.setdefault("MOTO_DISABLE_GLOBAL_CORS", "true")
+
+from moto.moto_server.werkzeug_app import (  # noqa: E402 — after the CORS switch above
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server  # noqa: E402
 
 
 class Serialized:

@@ -187,7 +187,7 @@ class Stack:
 
         # 1. emulated AWS
         self._start(state, "moto", [py, "-m", "voltabuild_local.moto_server", "--port", str(ports["moto"])],
-                    {**base_env, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}, f"{moto_url}/moto-api/")
+                    {**base_env, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_DISABLE_GLOBAL_CORS": "true"}, f"{moto_url}/moto-api/")
         session = EndpointSession(moto_url)
         resources = create_resources(session, STAGE)
         ec2_env = self._ec2_prerequisites(session)

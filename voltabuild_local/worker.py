@@ -6,7 +6,9 @@
 - the executor plays each EC2 instance the launcher started in moto: it runs that
   instance's own user-data on this machine (``VOLTABUILD_LOCAL=1``: only the cloud-only
   steps are skipped) and turns what actually happened into the events AWS would send
-  (instance running, image pushed, instance terminated).
+  (instance running, image pushed, instance terminated). It plays only instances the
+  launcher recorded on their build: anything else that appears in moto (a hand-made or
+  hostile ``RunInstances``) is terminated without its user-data ever running here.
 
 Handlers are discovered from ``app.event_sources``: nothing here names them.
 """
@@ -22,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -168,12 +171,14 @@ class Executor:
     """Plays the EC2 instances: runs each one's user-data as the instance would."""
 
     def __init__(self, session, dispatcher: Dispatcher, state_dir: Path, builder: str | None,
-                 registry: str, parallel: int = 2) -> None:
+                 registry: str, parallel: int = 2, record_wait_s: float = 30.0) -> None:
         self.ec2 = session.client("ec2")
         self.dispatcher = dispatcher
         self.dir = state_dir / "instances"
         self.builder = builder
         self.registry = registry
+        self.push_lock = state_dir / "registry-push.lock"
+        self.record_wait_s = record_wait_s
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="instance")
         self.seen: set[str] = set()
         self.procs: set[subprocess.Popen] = set()
@@ -218,10 +223,30 @@ class Executor:
         finally:
             self._terminate(iid)
 
-    def _run_instance(self, iid: str, tags: dict[str, str]) -> None:
+    def _recorded(self, iid: str, build_id: str) -> dict | None:
+        """The build record once the launcher has recorded ``iid`` on it (it does so right
+        after RunInstances), or None when it never does within ``record_wait_s``."""
         from chalicelib import wiring
+        from chalicelib.errors import BuildNotFound
 
+        deadline = time.monotonic() + self.record_wait_s
+        while True:
+            try:
+                record = wiring.store().get_record(build_id)
+            except BuildNotFound:
+                record = {}
+            if record.get("instance_id") == iid:
+                return record
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
+
+    def _run_instance(self, iid: str, tags: dict[str, str]) -> None:
         build_id = tags.get("voltabuild:build-id", "")
+        record = self._recorded(iid, build_id)
+        if record is None:
+            log.warning("%s is not recorded on build %r by the launcher: not running its user-data", iid, build_id)
+            return
         workdir = self.dir / iid
         workdir.mkdir(parents=True, exist_ok=True)
         script = workdir / "user-data"
@@ -230,11 +255,12 @@ class Executor:
         if self.builder is None:
             log.error("%s: neither a Docker engine nor buildah (as root) is available; the build cannot run", iid)
             return
-        record = wiring.store().get_record(build_id)
         repo = record["image"]["repository"].split("/", 1)[1]
         before = {t: self._digest(repo, t) for t in record["image"]["tags"]}
-        env = {**os.environ, "VOLTABUILD_LOCAL": "1", "VOLTABUILD_BUILDER": self.builder,
-               "VOLTABUILD_WORKDIR": str(workdir)}
+        # the venv's bin first: the script's `aws` (CloudWatch Logs) is the AWS CLI installed there
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, "VOLTABUILD_LOCAL": "1", "VOLTABUILD_BUILDER": self.builder,
+               "VOLTABUILD_WORKDIR": str(workdir), "VOLTABUILD_PUSH_LOCK": str(self.push_lock)}
         with open(workdir / "console.log", "wb") as out:
             proc = subprocess.Popen(["bash", str(script)], cwd=workdir, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

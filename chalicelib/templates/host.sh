@@ -10,8 +10,14 @@
 # this very script on a developer machine):
 #   VOLTABUILD_LOCAL=1       skip only the cloud-only steps: host preparation and driver
 #                            install, the nvidia-smi health check and driver-version check,
-#                            ECR login, the shutdown watchdog and self-termination, CloudWatch
-#                            log shipping; the smoke test runs without --gpus all.
+#                            ECR login, the shutdown watchdog and self-termination; the smoke
+#                            test runs without --gpus all. The log still goes to CloudWatch
+#                            Logs (the emulated one, through AWS_ENDPOINT_URL) exactly as here.
+#   VOLTABUILD_PUSH_LOCK=FILE
+#                            push while holding flock(1) on FILE: the local executor passes one
+#                            file for every instance it plays, because Debian's docker-registry
+#                            loses a blob when two pushes upload the same layer at once (ECR
+#                            does not; unset in the cloud).
 #   VOLTABUILD_BUILDER=      docker (default): BuildKit via docker buildx, registry cache;
 #                            buildah: buildah --storage-driver vfs bud --isolation chroot,
 #                            smoke test in buildah from + buildah run, buildah push.
@@ -46,6 +52,7 @@ LOG_FILE=$WORK/build.log
 AUTH_HEADER=$WORK/auth.header
 PHASE=STARTING
 REASON=""
+CAUSE=""
 RESULT_SENT=0
 CHILD=""
 HEARTBEAT_PID=""
@@ -112,7 +119,6 @@ heartbeat_loop() {
 
 # Ship the log lines not shipped yet to CloudWatch Logs (one stream per build).
 ship_logs() {
-  is_local && return 0
   local done_n total ms f
   done_n=$(cat "$WORK/shipped" 2>/dev/null || echo 0)
   total=$(wc -l <"$LOG_FILE")
@@ -182,7 +188,7 @@ on_exit() {
     else
       log "FAILED: $REASON"
       tail_lines=$(tail -n 30 "$LOG_FILE" 2>/dev/null | tail -c 3000)
-      report "{\"type\":\"result\",\"status\":\"FAILED\",\"reason\":$(json_str "$REASON"),\"log_tail\":$(json_str "$tail_lines")}"
+      report "{\"type\":\"result\",\"status\":\"FAILED\",\"reason\":$(json_str "$REASON"),\"log_tail\":$(json_str "$tail_lines")${CAUSE:+,\"cause\":\"$CAUSE\"}}"
     fi
   fi
   ship_logs
@@ -206,12 +212,27 @@ install_docker() {
   apt-get update -q && apt-get install -yq docker.io docker-buildx && systemctl enable --now docker
 }
 
-install_nvidia() {
+# Stock Ubuntu has no AWS CLI (the DLAMIs do): Ubuntu's awscli has `ecr get-login-password`.
+install_awscli() {
+  log "no AWS CLI: installing awscli"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends awscli
+}
+
+# A stock Ubuntu host (no nvidia-smi): Ubuntu's proprietary server driver of the branch the
+# hardware table names for this instance family (R580 for Volta, which NVIDIA's open kernel
+# modules do not support), with nvidia-utils so nvidia-smi exists. DKMS builds the module for
+# the running kernel, so no reboot is needed; a module that does not load is a host failure.
+install_driver() {
+  local pkgs=("nvidia-driver-$DRIVER_BRANCH-server" "nvidia-utils-$DRIVER_BRANCH-server" "linux-headers-$(uname -r)")
+  log "no NVIDIA driver: installing the proprietary $DRIVER_BRANCH server driver (${pkgs[*]})"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends "${pkgs[@]}" || return 1
+  modprobe nvidia || { log "the nvidia kernel module did not load"; return 1; }
+}
+
+install_toolkit() {
   local key=/usr/share/keyrings/nvidia-container-toolkit.gpg url=https://nvidia.github.io/libnvidia-container
-  if ! command -v nvidia-smi >/dev/null; then
-    log "no NVIDIA driver: installing the recommended server driver"
-    apt-get install -yq ubuntu-drivers-common && ubuntu-drivers install --gpgpu && modprobe nvidia
-  fi
   log "no NVIDIA container toolkit: installing it"
   curl -fsSL "$url/gpgkey" | gpg --batch --yes --dearmor -o "$key"
   curl -fsSL "$url/stable/deb/nvidia-container-toolkit.list" |
@@ -220,7 +241,21 @@ install_nvidia() {
     nvidia-ctk runtime configure --runtime=docker && systemctl restart docker
 }
 
+# A failure of this host (its driver, its GPU) rather than of the build: reported with
+# cause "host", so the service tries the next instance type as a new attempt.
+host_fail() {
+  CAUSE=host
+  die "$@"
+}
+
+# One CloudWatch Logs stream per build, named after it; a relaunch finds it there already.
+create_log_stream() {
+  aws logs create-log-stream --region "$REGION" --log-group-name "$LOG_GROUP" \
+    --log-stream-name "$BUILD_ID" >/dev/null 2>&1 || true
+}
+
 prepare_host() {
+  create_log_stream
   if is_local; then
     log "local mode: no host preparation, GPU check or ECR login"
     return 0
@@ -228,18 +263,24 @@ prepare_host() {
   if ! command -v docker >/dev/null || ! docker buildx version >/dev/null 2>&1; then
     install_docker || die "could not install docker and docker buildx"
   fi
-  if ! command -v nvidia-smi >/dev/null || ! command -v nvidia-ctk >/dev/null; then
-    install_nvidia || die "could not install the NVIDIA driver and container toolkit"
+  if ! command -v aws >/dev/null; then
+    install_awscli || die "could not install the AWS CLI"
+    create_log_stream  # the first try had no AWS CLI to make it
+  fi
+  if ! command -v nvidia-smi >/dev/null; then
+    [[ -n $DRIVER_BRANCH ]] || host_fail "no nvidia-smi on this $INSTANCE_TYPE host and no driver branch to install"
+    install_driver || host_fail "could not install the NVIDIA $DRIVER_BRANCH driver on this $INSTANCE_TYPE host"
+  fi
+  if ! command -v nvidia-ctk >/dev/null; then
+    install_toolkit || die "could not install the NVIDIA container toolkit"
   fi
   docker info >/dev/null || die "the docker engine does not answer"
-  nvidia-smi || die "nvidia-smi sees no GPU on this host"
+  nvidia-smi || host_fail "nvidia-smi sees no GPU on this $INSTANCE_TYPE host"
   check_driver
   if [[ $CUDA != none ]]; then
     run docker run --rm --gpus all "$HEALTH_IMAGE" nvidia-smi ||
-      die "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU"
+      host_fail "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU of this $INSTANCE_TYPE host"
   fi
-  aws logs create-log-stream --region "$REGION" --log-group-name "$LOG_GROUP" \
-    --log-stream-name "$BUILD_ID" 2>/dev/null || true
   aws ecr get-login-password --region "$REGION" |
     docker login --username AWS --password-stdin "$REGISTRY" || die "docker login to $REGISTRY failed"
 }
@@ -248,9 +289,9 @@ check_driver() {
   [[ $CUDA == none ]] && return 0
   local have
   have=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1 | tr -d ' ')
-  [[ $have =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "could not read the NVIDIA driver version (got '$have')"
+  [[ $have =~ ^[0-9]+(\.[0-9]+)*$ ]] || host_fail "could not read the NVIDIA driver version (got '$have')"
   if [[ $(printf '%s\n%s\n' "$MIN_DRIVER" "$have" | sort -V | head -n 1) != "$MIN_DRIVER" ]]; then
-    die "NVIDIA driver $have is too old for CUDA $CUDA, which needs $MIN_DRIVER or newer; use an AMI with a newer driver"
+    host_fail "NVIDIA driver $have is too old for CUDA $CUDA, which needs $MIN_DRIVER or newer; use an AMI with a newer driver"
   fi
   log "NVIDIA driver $have (CUDA $CUDA needs $MIN_DRIVER or newer)"
 }
@@ -316,7 +357,8 @@ smoke_test() {
     fi
     buildah --storage-driver vfs rm "$ctr" >/dev/null || true
   else
-    is_local && gpus=()
+    # only an image built for CUDA gets the GPUs (the canary, cuda none, runs without them)
+    if is_local || [[ $CUDA == none ]]; then gpus=(); fi
     run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "the smoke test failed: nothing was pushed"
   fi
 }
@@ -337,6 +379,19 @@ retry() {
 }
 
 push_image() {
+  local lock_fd
+  if [[ -z ${VOLTABUILD_PUSH_LOCK:-} ]]; then
+    push_tags
+    return
+  fi
+  exec {lock_fd}>>"$VOLTABUILD_PUSH_LOCK" || die "cannot open the push lock $VOLTABUILD_PUSH_LOCK"
+  log "waiting for the push lock"
+  flock "$lock_fd" || die "cannot take the push lock $VOLTABUILD_PUSH_LOCK"
+  push_tags
+  exec {lock_fd}>&-
+}
+
+push_tags() {
   local t digest=""
   if [[ $BUILDER == buildah ]]; then
     for t in "${TAGS[@]}"; do

@@ -6,12 +6,13 @@ Precedence, for the API URL and the API key each:
 2. ``VOLTABUILD_API_URL`` / ``VOLTABUILD_API_KEY``
 3. the config file: ``$VOLTABUILD_CONFIG``, else ``$XDG_CONFIG_HOME/voltabuild/config.toml``
    (``~/.config/voltabuild/config.toml``), with ``api_url = "..."`` and ``api_key = "..."``
-4. only when none of the above sets either value: the local stack's
-   ``.voltabuild/local.env`` (written by ``make up``), looked for in the current
-   directory and each parent.
+4. the local stack's ``.voltabuild/local.env`` (written by ``make up``), looked for in the
+   current directory and each parent.
 
-The local stack's file is never mixed with the other sources: a URL from the environment
-never gets the local stack's key, and the other way round.
+Each setting comes from its own first source: ``voltabuild --api-key KEY status ID`` with
+the local stack up takes the key from the flag and the URL from ``local.env``. One rule
+on top: the local stack's key is only ever sent to the local stack's URL, so a URL from
+anywhere else never gets it.
 """
 
 from __future__ import annotations
@@ -128,13 +129,13 @@ def resolve(
                 values[key], sources[key] = value, source
                 break
 
-    if not values:
+    if "api_url" not in values or "api_key" not in values:
         local = find_local_env(cwd)
-        if local is not None:
-            data = parse_env_file(local)
-            for key in CONFIG_KEYS:
-                if data.get(ENV_NAMES[key]):
-                    values[key], sources[key] = data[ENV_NAMES[key]], str(local)
+        data = parse_env_file(local) if local is not None else {}
+        if "api_url" not in values and data.get(ENV_NAMES["api_url"]):
+            values["api_url"], sources["api_url"] = data[ENV_NAMES["api_url"]], str(local)
+        if "api_key" not in values and data.get(ENV_NAMES["api_key"]) and sources.get("api_url") == str(local):
+            values["api_key"], sources["api_key"] = data[ENV_NAMES["api_key"]], str(local)
 
     url = values.get("api_url")
     return Config(api_url=url.rstrip("/") if url else None, api_key=values.get("api_key"), sources=sources)

@@ -28,6 +28,7 @@ from voltabuild_cli.waiting import (
     Waiter,
     elapsed_of,
     follow_logs,
+    is_final,
 )
 
 
@@ -387,7 +388,7 @@ def logs(ctx: click.Context, build_id: str, follow: bool, as_json: bool) -> None
     """
     rt = _rt(ctx)
     api = rt.api()
-    api.get_build(build_id)  # an unknown id is a clear 404 before anything else
+    build = api.get_build(build_id)  # an unknown id is a clear 404 before anything else
 
     def show(line: dict) -> None:
         if as_json:
@@ -404,8 +405,13 @@ def logs(ctx: click.Context, build_id: str, follow: bool, as_json: bool) -> None
             lines = LogTail(api, build_id).read()
             for line in lines:
                 show(line)
-            if not lines:
-                click.echo(f"no log lines for {build_id} yet", err=True)
+            if not lines and is_final(build):
+                click.echo(f"{build_id} is {build['status']} and has no log: its instance shipped no lines "
+                           "(it never started its build, or could not reach CloudWatch Logs); "
+                           f"`voltabuild status {build_id}` shows its timeline and reason", err=True)
+            elif not lines:
+                click.echo(f"no log lines for {build_id} yet (it is {build['status']}); "
+                           f"`voltabuild logs --follow {build_id}` waits for them", err=True)
     except LogsUnavailable as e:
         raise CliError(f"{e}; use `voltabuild status {build_id}` for its timeline", Exit.BUILD_FAILED) from None
 

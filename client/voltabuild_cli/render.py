@@ -138,4 +138,16 @@ def frameworks_text(catalog: dict) -> str:
                 out.append(f"      {arg['help']}")
         if fw.get("tags"):
             out.append(f"  tags       {', '.join(fw['tags'])}")
+    families = (catalog.get("hardware") or {}).get("families") or {}
+    if families:
+        out += ["", "GPU families — the AMI each instance family boots and its NVIDIA driver branch"]
+        rows = []
+        for name, fam in families.items():
+            ami = fam.get("ami")
+            if ami:
+                how = "in the AMI" if ami.get("driver") == "preinstalled" else "installed by the host script"
+                rows.append([name, fam.get("gpu", ""), f"R{ami.get('driver_branch')} ({how})", ami.get("parameter", "")])
+            else:
+                rows.append([name, fam.get("gpu", ""), "-", f"no AMI: {fam.get('no_ami', '')}"])
+        out += ["  " + line for line in table(["FAMILY", "GPU", "DRIVER", "AMI"], rows).splitlines()]
     return "\n".join(out)

@@ -2,8 +2,8 @@
 
 DynamoDB applies the writes to one item one at a time; moto's in-process backend does
 not (its condition check and write are not atomic across threads). So the racing
-clients here talk over HTTP to moto as the local stack serves it (voltabuild_local.
-moto_server: one request at a time, as DynamoDB applies them), while they race freely.
+clients here talk over HTTP to moto as the local stack serves it (the ``serial_moto``
+fixture: one request at a time, as DynamoDB applies them), while they race freely.
 """
 
 from __future__ import annotations
@@ -22,19 +22,6 @@ from chalicelib.states import Status
 from chalicelib.store import BuildStore
 from chalicelib.transitions import Transitions
 from infra.local import create_resources, stage_environment
-from voltabuild_local import moto_server
-from voltabuild_local.stack import EndpointSession
-
-
-@pytest.fixture(scope="module")
-def serial_moto():
-    server = moto_server.server("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield EndpointSession(f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,22 @@ def test_config_file_beats_local_env_and_is_never_mixed_with_it(project, home):
     assert cfg.api_key is None  # the local stack's key is not sent to another API
 
 
+def test_each_setting_comes_from_its_own_first_source(project, home):
+    # GIVEN the local stack's file, WHEN only the key is given on the command line
+    cfg = resolve(flags={"api_key": "flag-key"}, env={}, cwd=project, home=home)
+    # THEN the key is the flag's and the URL is still the local stack's
+    assert (cfg.api_url, cfg.api_key) == ("http://127.0.0.1:8001", "flag-key")
+    assert cfg.sources["api_key"] == "--api-key" and cfg.sources["api_url"].endswith(".voltabuild/local.env")
+    # and the same with the key from the environment
+    cfg = resolve(flags={}, env={"VOLTABUILD_API_KEY": "env-key"}, cwd=project, home=home)
+    assert (cfg.api_url, cfg.api_key) == ("http://127.0.0.1:8001", "env-key")
+
+
+def test_the_local_key_never_goes_to_a_url_from_elsewhere(project, home):
+    cfg = resolve(flags={}, env={"VOLTABUILD_API_URL": "https://prod.example/api"}, cwd=project, home=home)
+    assert cfg.api_url == "https://prod.example/api" and cfg.api_key is None
+
+
 def test_environment_beats_config_file(project, home):
     write(home / ".config" / "voltabuild" / "config.toml", 'api_url = "https://file/api"\napi_key = "file-key"\n')
     cfg = resolve(flags={}, env={"VOLTABUILD_API_URL": "https://env/api"}, cwd=project, home=home)
@@ -94,6 +110,16 @@ def test_cli_uses_the_local_stacks_file_with_nothing_set(cli, live_api, tmp_path
     shown = json.loads(cli("config", "--json", url="", key="").stdout)
     assert shown["api_url"] == live_api.url and shown["sources"]["api_key"].endswith("local.env")
     assert live_api.api_key not in json.dumps(shown)  # the key is masked
+
+
+def test_cli_api_key_flag_keeps_the_local_stacks_url(cli, live_api, tmp_path):
+    # GIVEN `make up` wrote the local stack's file (its key is stale here: a restarted stack)
+    write(tmp_path / ".voltabuild" / "local.env", f"VOLTABUILD_API_URL={live_api.url}\nVOLTABUILD_API_KEY=stale\n")
+    # WHEN only the key is given, as a flag
+    r = cli("--api-key", live_api.api_key, "list", "--limit", "1", "--json", url="", key="")
+    # THEN the URL still comes from the local stack's file and the flag's key is used
+    assert r.exit_code == 0, r.stderr
+    assert set(json.loads(r.stdout)) == {"builds", "next"}
 
 
 def test_cli_config_file_key_is_used(cli, live_api, tmp_path):

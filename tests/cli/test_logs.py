@@ -171,3 +171,19 @@ def test_logs_from_cloudwatch_through_the_live_api(cli, builds, live_api):
     r = cli("logs", b["id"], "--json")
     assert r.exit_code == 0, r.stderr
     assert [json.loads(ln)["message"] for ln in r.stdout.splitlines()] == ["line 0", "line 1", "line 2"]
+
+
+@pytest.mark.parametrize("status, says", [
+    ("FAILED", "is FAILED and has no log"),
+    ("RUNNING", "no log lines for " + BID + " yet (it is RUNNING)"),
+])
+def test_logs_with_no_lines_says_whether_more_can_come(cli, fake_api, status, says):
+    # GIVEN a build whose instance shipped nothing
+    api = fake_api()
+    api.status = status
+    # WHEN its log is asked for
+    r = cli("logs", BID, url=api.url)
+    # THEN a final build says plainly that none will come; a running one that they may
+    assert r.exit_code == 0 and r.stdout == ""
+    assert says in r.stderr
+    assert ("yet" in r.stderr) == (status == "RUNNING")

@@ -107,7 +107,7 @@ def test_merged_template_holds_every_resource_and_pins_the_stage(templates, stag
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_lambda_runs_with_the_stage_policy_and_the_deployments_resources(templates, stage):
+def test_every_lambda_runs_with_a_cut_of_the_stage_policy_and_the_deployments_resources(templates, stage):
     tpl = templates[stage]
     env = tpl["Globals"]["Function"]["Environment"]["Variables"]
     assert env["LAUNCH_QUEUE_URL"] == {"Ref": "LaunchQueue"}
@@ -121,7 +121,14 @@ def test_every_lambda_runs_with_the_stage_policy_and_the_deployments_resources(t
         assert variables["VOLTABUILD_STAGE"] == stage, name
         assert variables["BUILDS_TABLE"] == f"voltabuild-{stage}-builds", name
         role = tpl["Resources"][fn["Properties"]["Role"]["Fn::GetAtt"][0]]
-        assert [p["PolicyDocument"] for p in role["Properties"]["Policies"]] == [policy_file(stage)], name
+        # its own cut of the stage policy: only statements of it, each narrowed (issue 17)
+        (doc,) = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
+        stage_statements = {st["Sid"]: st for st in policy_file(stage)["Statement"]}
+        for st in doc["Statement"]:
+            whole = stage_statements[st["Sid"]]
+            assert set(st["Action"]) <= set(whole["Action"]), (name, st["Sid"])
+            assert st.get("Condition") == whole.get("Condition"), (name, st["Sid"])
+            assert all(r in whole["Resource"] for r in st["Resource"]), (name, st["Sid"])
         assert not role["Properties"].get("ManagedPolicyArns"), name
 
 

@@ -248,8 +248,8 @@ def test_builder_role_can_do_nothing_else(stage):
     assert actions == {
         "ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
         "ecr:GetDownloadUrlForLayer", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-        "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:DescribeImages",
-        "logs:CreateLogStream", "logs:PutLogEvents", "ec2:TerminateInstances",
+        "ecr:CompleteLayerUpload", "ecr:PutImage",
+        "logs:CreateLogStream", "logs:PutLogEvents",
     }
     assert allows(policy, "logs:PutLogEvents", arn("logs", "log-group:/voltabuild/builds:log-stream:b-1"))
     assert not allows(policy, "logs:PutLogEvents", arn("logs", "log-group:/other:log-stream:b-1"))
@@ -278,10 +278,88 @@ def test_the_host_script_scan_sees_a_new_aws_cli_call(tmp_path):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_builder_terminates_only_itself(stage):
-    (stmt,) = [s for s in builder_policy(stage)["Statement"] if "ec2:TerminateInstances" in s["Action"]]
-    assert stmt["Condition"]["StringEquals"]["aws:ARN"] == "${ec2:SourceInstanceARN}"
-    assert stmt["Condition"]["StringEquals"]["ec2:ResourceTag/voltabuild:stage"] == stage
+def test_builder_has_no_ec2_permission_and_no_condition_it_does_not_need(stage):
+    # the instance ends itself by halting (InstanceInitiatedShutdownBehavior=terminate), so
+    # the old TerminateInstances statement (on the aws:ARN = ec2:SourceInstanceARN trick) went
+    policy = builder_policy(stage)
+    assert not any(a.startswith("ec2:") for s in policy["Statement"] for a in s["Action"])
+    assert all("Condition" not in s for s in policy["Statement"])
+    # what the host script's aws CLI calls need, plus docker's registry protocol for push/pull
+    used = {c.action for c in host_script_calls()} | {
+        "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+        "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage"}
+    assert {a for s in policy["Statement"] for a in s["Action"]} == used
+
+
+# ---- one role per function (issue 17) -----------------------------------------------------
+
+
+def function_roles(template: dict, stage: str) -> dict[str, dict]:
+    res = template["Resources"]
+    out = {}
+    for logical, fn in res.items():
+        if fn["Type"] == "AWS::Serverless::Function":
+            role = res[fn["Properties"]["Role"]["Fn::GetAtt"][0]]["Properties"]
+            (policy,) = role["Policies"]
+            out[logical] = resolve(policy["PolicyDocument"])
+    return out
+
+
+def granted(policy: dict) -> set[str]:
+    return {a for s in policy["Statement"] for a in s["Action"]}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_function_has_its_own_role_with_exactly_its_own_calls(templates, stage):
+    from infra.package import function_actions
+    from infra.permissions import function_calls
+
+    tpl = templates[stage]
+    calls = function_calls()
+    roles = {logical: fn["Properties"]["Role"]["Fn::GetAtt"][0] for logical, fn in tpl["Resources"].items()
+             if fn["Type"] == "AWS::Serverless::Function"}
+    assert len(set(roles.values())) == len(roles) == 8, roles
+    for logical, policy in function_roles(tpl, stage).items():
+        # every call its code makes is granted ...
+        assert missing_actions(policy, calls[logical]) == {}, logical
+        # ... and nothing else (its own logs, its queue's polling, RunInstances' tagging/PassRole)
+        assert granted(policy) == function_actions(tpl, logical, calls), logical
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_internet_facing_functions_cannot_launch_or_read_secrets(templates, stage):
+    roles = function_roles(templates[stage], stage)
+    api, events = granted(roles["APIHandler"]), granted(roles["EventsHandler"])
+    for forbidden in ("ec2:RunInstances", "iam:PassRole", "ssm:GetParameter"):
+        assert forbidden not in api and forbidden not in events, forbidden
+    assert not any(a.startswith("ec2:") for a in events), "the anonymous route touches no instance"
+    assert "ec2:RunInstances" in granted(roles["Launcher"]) and "iam:PassRole" in granted(roles["Launcher"])
+    assert "ssm:GetParameter" in granted(roles["NotifyConsumer"])
+    # a queue consumer polls its own queue only
+    (poll,) = [s for s in roles["NotifyConsumer"]["Statement"] if "sqs:ReceiveMessage" in s["Action"]]
+    assert poll["Resource"] == [arn("sqs", f"voltabuild-{stage}-notify")]
+
+
+def test_the_call_graph_attributes_every_call_to_some_function():
+    # the per-function scan must not lose a call site the whole-code scan finds (it may drop
+    # the whole-code scan's guesses of another service: describe_images on the ecr client)
+    from infra.permissions import function_calls
+
+    per_function = {c.where for calls in function_calls().values() for c in calls}
+    everywhere = {c.where for c in aws_calls()}
+    assert everywhere - per_function == set()
+    reaper = {c.action for c in function_calls()["Reaper"] if c.where.startswith("chalicelib/reaper.py")}
+    assert "ecr:DescribeImages" in reaper and "ec2:DescribeImages" not in reaper
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_run_instances_requires_imdsv2_by_iam(stage):
+    policy = lambda_policy(stage)
+    instance = arn("ec2", "instance/*")
+    granting = [s for s in policy["Statement"] if "ec2:RunInstances" in s["Action"] and instance in s["Resource"]]
+    assert granting
+    for stmt in granting:
+        assert stmt["Condition"]["StringEquals"]["ec2:MetadataHttpTokens"] == "required", stmt["Sid"]
 
 
 def test_a_repository_for_every_framework_scanned_on_push_with_a_lifecycle():

@@ -3,9 +3,13 @@ real with buildah/docker -> pushed to the local registry -> final state -> Slack
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,7 @@ from voltabuild_local.registry import image_summary
 
 pytestmark = pytest.mark.e2e
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
+VOLTABUILD = str(Path(sys.executable).parent / "voltabuild")  # the CLI as installed by `make`
 
 
 def test_canary_from_post_to_succeeded_with_the_image_in_the_registry(stack):
@@ -66,17 +71,57 @@ def test_cancelling_a_running_build_stops_its_instance(stack):
 
 
 def test_twenty_concurrent_submissions_all_reach_a_final_state(stack):
+    # GIVEN twenty builds at once: each pushes a tag of its own, and every other one also
+    # pushes the same shared tag (the registry sees the same layers and the same tag at once)
+    def body(i: int) -> dict:
+        return {"framework": "canary", "tags": [f"many-{i}"] + (["many-shared"] if i % 2 else [])}
+
     with ThreadPoolExecutor(max_workers=20) as pool:
-        responses = list(pool.map(lambda i: stack.post({"framework": "canary", "tags": [f"many-{i}"]}), range(20)))
+        responses = list(pool.map(lambda i: stack.post(body(i)), range(20)))
     assert [r.status_code for r in responses] == [202] * 20
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == 20
+    # WHEN they run  THEN every one succeeds: no push is lost
     finals = [stack.wait_final(i, timeout=600) for i in ids]
     assert {b["status"] for b in finals} <= FINAL
     failed = [(b["id"], b["status"], b.get("reason")) for b in finals if b["status"] != "SUCCEEDED"]
     assert failed == []
+    # AND each tag of its own points at that build's digest; the shared tag at one of theirs
+    repo = finals[0]["image"]["repository"].split("/", 1)[1]
+    for b in finals:
+        own = next(t for t in b["image"]["tags"] if t.startswith("many-") and t != "many-shared")
+        assert image_summary(stack.registry, repo, own)["digest"] == b["image"]["digest"]
+    shared = image_summary(stack.registry, repo, "many-shared")
+    assert shared["digest"] in {b["image"]["digest"] for b in finals if "many-shared" in b["image"]["tags"]}
     # nothing left running: an instance reports its result, then goes away
     assert stack.instances_left_running(wait=60) == []
+
+
+def test_voltabuild_logs_follows_a_build_and_shows_its_own_lines_once_finished(stack, tmp_path):
+    # GIVEN a canary build that takes a few seconds
+    resp = stack.post({"framework": "canary", "build_args": {"CANARY_SLEEP": "3"}})
+    build_id = resp.json()["id"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLTABUILD_")}
+    env.update(VOLTABUILD_API_URL=stack.url, VOLTABUILD_API_KEY=stack.headers["x-api-key"],
+               XDG_CONFIG_HOME=str(tmp_path))
+    # WHEN a user follows its log with the CLI, from the moment it was accepted
+    follow = subprocess.run([VOLTABUILD, "logs", "--follow", build_id], env=env, capture_output=True, text=True,
+                            timeout=240)
+    # THEN the lines come from the instance, as it shipped them to CloudWatch Logs, until the end
+    assert follow.returncode == 0, follow.stderr
+    assert f"build {build_id} attempt 1" in follow.stdout
+    assert "sleeping 3 s as requested (CANARY_SLEEP)" in follow.stdout
+    assert "pushed " in follow.stdout
+    build = stack.wait_final(build_id)
+    assert build["status"] == "SUCCEEDED", build.get("reason")
+    # AND on the finished build, `voltabuild logs` shows exactly the lines that were followed:
+    # none shown twice while following, none missed
+    again = subprocess.run([VOLTABUILD, "logs", build_id], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == follow.stdout.splitlines()
+    # AND the API serves them too
+    page = stack.get(f"/builds/{build_id}/logs").json()
+    assert any("pushed " in line["message"] for line in page["lines"])
 
 
 def test_api_errors_over_real_http(stack):

@@ -44,7 +44,8 @@ def buildah(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def build_args(**overrides: str) -> list[str]:
     """What a real build passes: the buildspec's rendering plus the host script's three."""
     resolved = SPEC.resolve(None, None, None)
-    args = SPEC.docker_build_args(resolved, CATALOG.hardware, {"BASE_IMAGE": LOCAL_BASE, **overrides})
+    args = SPEC.docker_build_args(resolved, CATALOG.hardware, overrides)
+    args["BASE_IMAGE"] = LOCAL_BASE  # stands in for the allowed image (no request may choose it)
     args.update(BUILD_DATE="2026-11-28T12:00:00Z", VOLTABUILD_BUILD_ID="b-test", VCS_REF="0123abcd")
     return [f"--build-arg={k}={v}" for k, v in args.items()]
 

@@ -192,7 +192,9 @@ def test_pytorch_base_image_is_the_cudnn_devel_family():
     spec = CATALOG.frameworks["pytorch"]
     for r in spec.combinations():
         base = spec.docker_build_args(r, HW, {})["BASE_IMAGE"]
-        assert re.fullmatch(rf"nvidia/cuda:{re.escape(HW.cuda[r.cuda].full)}-cudnn-devel-ubuntu22\.04", base)
+        release = HW.cuda[r.cuda]  # cudnn8 (11.8, 12.1), cudnn9 (12.3), bare cudnn from 12.4.1
+        assert base == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
+        assert re.fullmatch(r"nvidia/cuda:[0-9.]+-cudnn[0-9]*-devel-ubuntu22\.04", base)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)

@@ -57,10 +57,18 @@ class Run:
     calls: list[str]
 
 
+def _reachable_by_all(path: Path) -> bool:
+    """Every folder from / down to ``path`` lets other users through (o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+
+
 @pytest.fixture
 def tmp_path():
-    """A scratch folder every user can reach (the canary tests drop root; pytest's own is 0700)."""
-    with tempfile.TemporaryDirectory(prefix="voltabuild-images-") as name:
+    """A scratch folder every user can reach: the canary tests drop root, and pytest's own
+    folder is 0700, as is a private TMPDIR (CI may clone and run under one): then /tmp."""
+    base = Path(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix="voltabuild-images-",
+                                     dir=base if _reachable_by_all(base) else "/tmp") as name:
         path = Path(name)
         path.chmod(0o755)
         yield path
@@ -77,6 +85,15 @@ def shims(tmp_path):
     log = tmp_path / "calls.log"
 
     def run(script: Path, *args: str, gpu: bool = True, shell: str = "bash", wrap=(), **env: str) -> Run:
+        if wrap:
+            # another user runs it: a copy it can read (the checkout may sit in a 0700 folder)
+            copy = tmp_path / "scripts" / script.parent.name / script.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            for folder in (copy.parent, copy.parent.parent):
+                folder.chmod(0o755)
+            shutil.copy2(script, copy)
+            copy.chmod(0o755)
+            script = copy
         if not gpu:
             (bin_dir / "nvidia-smi").unlink(missing_ok=True)
         log.write_text("")

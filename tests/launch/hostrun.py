@@ -104,5 +104,7 @@ def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
     return Run(rc, _calls(calls), (tmp / "console.log").read_text(errors="replace"), work, shipped)
 
 
-def render_for(record: dict, catalog: Catalog | None = None, cfg: HostConfig = CFG) -> str:
-    return render(record, catalog or load_catalog(), cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z")
+def render_for(record: dict, catalog: Catalog | None = None, cfg: HostConfig = CFG,
+               instance_type: str | None = None) -> str:
+    return render(record, catalog or load_catalog(), cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z",
+                  instance_type=instance_type)

@@ -7,8 +7,11 @@ instance.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -198,8 +201,11 @@ def test_local_mode_with_buildah_skips_only_cloud_steps(catalog, tmp_path):
            "VOLTABUILD_BUILD_ARG_OVERRIDES": "BASE_IMAGE=localhost/voltabuild/busybox:local\n"}
     run = run_script(tmp_path, render_for(rec, catalog), env)
     assert run.rc == 0, run.output
-    assert not run.named("shutdown") and not run.named("aws") and not run.named("nvidia-smi")
+    assert not run.named("shutdown") and not run.named("nvidia-smi")
     assert not run.named("docker")
+    # no ECR login; the log goes to CloudWatch Logs as on an instance (the emulated one locally)
+    assert {tuple(a[:2]) for a in run.named("aws")} == {("logs", "create-log-stream"), ("logs", "put-log-events")}
+    assert any("voltabuild[PUSHING]" in ev["message"] for ev in run.logs)
     bud = next(a for a in run.named("buildah") if "bud" in a)
     assert bud[:5] == ["--storage-driver", "vfs", "bud", "--isolation", "chroot"]
     assert "BASE_IMAGE=localhost/voltabuild/busybox:local" in bud
@@ -211,6 +217,36 @@ def test_local_mode_with_buildah_skips_only_cloud_steps(catalog, tmp_path):
                                        "docker://127.0.0.1:5055/voltabuild/canary:latest"]
     assert all("--tls-verify=false" in p for p in pushes)
     assert run.result()["digest"] == "sha256:" + "b" * 64
+
+
+def test_local_mode_pushes_only_while_holding_the_push_lock(catalog, tmp_path):
+    # GIVEN another instance of the local executor holds the registry's push lock
+    lock = tmp_path / "push.lock"
+    holder = open(lock, "a")  # noqa: SIM115 — held across the run on purpose
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    env = {"VOLTABUILD_LOCAL": "1", "VOLTABUILD_BUILDER": "buildah", "VOLTABUILD_PUSH_LOCK": str(lock)}
+    done: list = []
+    runner = threading.Thread(target=lambda: done.append(run_script(tmp_path / "run", render_for(
+        record_for(catalog, "canary"), catalog), env)))
+    runner.start()
+    try:
+        # WHEN this build reaches its push  THEN it waits: nothing is pushed while the lock is held
+        console = tmp_path / "run" / "console.log"
+        deadline = time.monotonic() + 60
+        while "waiting for the push lock" not in (console.read_text() if console.exists() else ""):
+            assert runner.is_alive() and time.monotonic() < deadline, "never reached the push"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        calls = [c.split("\x1f") for c in (tmp_path / "run" / "calls").read_text().split("\x1e") if c]
+        assert [c for c in calls if c[0] == "buildah" and "push" in c] == []
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        holder.close()
+    # AND once the lock is free it pushes and succeeds
+    runner.join(timeout=60)
+    (run,) = done
+    assert run.rc == 0, run.output
+    assert [a for a in run.named("buildah") if "push" in a]
 
 
 def test_local_mode_smoke_failure_pushes_nothing(catalog, tmp_path):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.settings import DLAMI_PARAMETER, Settings
+from chalicelib.settings import Settings
 
 
-def test_defaults_launch_spot_only_from_the_deep_learning_ami():
+def test_defaults_launch_spot_only_from_the_hardware_tables_amis():
     s = Settings.from_env({})
-    assert s.ami_parameter == DLAMI_PARAMETER and s.ami_id == ""
+    assert s.ami_parameter == "" and s.ami_id == "" and s.ami_overrides == ()
     assert s.on_demand_fallback is False and s.launch_max_retries == 5
     assert dict(s.spot_price_table)["p3.2xlarge"] > 0
     assert s.build_log_group == "/voltabuild/builds"

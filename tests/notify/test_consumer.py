@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
 import pytest
 
@@ -86,24 +85,6 @@ def test_duplicate_final_events_send_one_message(api, aws, slack, sink, make_bui
     assert build_id not in wiring.store().slot_holders()
 
 
-def test_concurrent_duplicates_send_one_message(aws, slack, sink, make_build, notifier_factory):
-    build_id = make_build(Status.FAILED, reason="boom")
-    ev = final_event(aws)
-    sink.then(Reply(hang=0.2, status=200))  # keep the first sender busy while the duplicate arrives
-    sink.then(Reply())
-    notifier = notifier_factory(timeout=2.0)
-    outcomes: list[str] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(notifier.handle(ev))) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # one worker won the claim (its first try hung up, its retry got through); the rest sent nothing
-    assert sorted(outcomes) == ["duplicate", "duplicate", "duplicate", "sent"]
-    assert len(sink.received) == 2 and len(sink.posted()) == 1
-    assert record(build_id)["notification"]["status"] == "sent"
-
-
 def test_server_errors_rate_limit_and_timeouts_then_success_deliver_exactly_one(aws, slack, sink, make_build,
                                                                               notifier_factory, sleeps):
     # GIVEN Slack answers 500, then 429 Retry-After: 1, then hangs past the client timeout, then works
@@ -122,7 +103,7 @@ def test_server_errors_rate_limit_and_timeouts_then_success_deliver_exactly_one(
     assert sink.posted() == []
     note = record(build_id)["notification"]
     assert note["status"] == "retrying" and note["attempts"] == 1
-    assert "TimeoutError" in note["error"] or "timed out" in note["error"]
+    assert note["error"] == "timeout"
     (body, delay), = queue.sent
     assert body == {**ev.body(), "attempt": 2} and delay == 30
     # the slot came back at once: Slack's trouble delays nothing else
@@ -175,7 +156,7 @@ def test_when_retries_run_out_the_failure_is_recorded(aws, slack, sink, make_bui
     assert outcomes == ["retrying", "retrying", "failed"]
     note = record(build_id)["notification"]
     assert note["status"] == "failed" and note["attempts"] == 3
-    assert "HTTP 500 internal_error" in note["error"]
+    assert (note["error"], note["error_status"], note["error_code"]) == ("http_status", 500, "internal_error")
     assert sink.posted() == []
     assert build_id not in wiring.store().slot_holders()
     # a late duplicate changes nothing
@@ -193,7 +174,8 @@ def test_a_rejected_webhook_fails_at_once_without_retrying(aws, slack, sink, mak
     queue = RecordingQueue()
     assert notifier_factory(queue=queue).handle(final_event(aws)) == "failed"
     assert queue.sent == [] and len(sink.received) == 1
-    assert record(build_id)["notification"]["error"] == "HTTP 404 no_service"
+    note = record(build_id)["notification"]
+    assert (note["error"], note["error_status"], note["error_code"]) == ("http_status", 404, "no_service")
 
 
 def test_notify_slack_false_sends_nothing_but_still_releases_the_slot(api, aws, slack, sink, make_build):
@@ -221,7 +203,7 @@ def test_a_channel_without_a_webhook_parameter_is_recorded_as_failed(aws, slack,
     build_id = make_build(Status.SUCCEEDED, notify={"channel": "alerts"})
     assert notifier_factory().handle(final_event(aws)) == "failed"
     note = record(build_id)["notification"]
-    assert "SSM parameter /voltabuild/dev/slack/alerts does not exist" in note["error"]
+    assert note["error"] == "webhook_missing"
     assert sink.received == []
 
 
@@ -242,7 +224,7 @@ def test_a_claim_left_by_a_dead_worker_is_never_sent_again(aws, slack, sink, mak
     assert notifier.handle(ev) == "duplicate"
     assert sink.received == []
     shown = record(build_id)["notification"]
-    assert shown["status"] == "unconfirmed" and "not sent again" in shown["error"]
+    assert (shown["status"], shown["error"]) == ("unconfirmed", "worker_died")
 
 
 def test_a_worker_that_dies_before_claiming_leaves_the_message_to_its_redelivery(aws, slack, sink, make_build,

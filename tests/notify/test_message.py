@@ -143,6 +143,22 @@ def test_user_text_cannot_inject_slack_markup():
     assert "&lt;!channel&gt; &amp; &lt;https://evil.test|click&gt;" in blob
 
 
+
+@pytest.mark.parametrize("ping", ["<!channel>", "<!here>", "<!everyone>", "<@U0123ABC>", "<#C0123|general>",
+                                  "<https://evil.test|click here>"])
+def test_the_plain_text_fallback_is_escaped_like_the_blocks(ping):
+    # GIVEN a failed build whose reason and log tail (text the build controls) hold Slack markup
+    build = a_build(Status.FAILED, reason=f"step failed {ping}\nlog line {ping}\nexit status 1")
+    # WHEN the message is built
+    msg = build_message(build, api_url=API)
+    # THEN neither the blocks nor the fallback `text` (what notifications show) carry it live
+    assert ping not in msg["text"] and ping not in json.dumps(msg["blocks"])
+    escaped = ping.replace("<", "&lt;").replace(">", "&gt;")
+    assert f"reason: step failed {escaped}" in msg["text"]
+    assert f"log line {escaped}" in msg["text"]
+    # the service's own link is still a link
+    assert f"{API}/builds/{build.id}" in msg["text"]
+
 def test_without_an_api_url_the_cli_command_is_still_there():
     msg = build_message(a_build(Status.SUCCEEDED), api_url="")
     assert "voltabuild status b-0123456789abcdef0123" in msg["text"]
