@@ -242,6 +242,7 @@ def scope_function_roles(template: dict, stage: str) -> dict[str, str]:
 
     calls = function_calls()
     resources = template["Resources"]
+    uncut = json.loads(json.dumps(resources))  # a copied function's role starts from the stage policy
     roles = {}
     for logical, fn in list(resources.items()):
         if fn["Type"] != "AWS::Serverless::Function":
@@ -249,7 +250,7 @@ def scope_function_roles(template: dict, stage: str) -> dict[str, str]:
         role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
         if role in roles.values():  # a copied function (EventsHandler): a role of its own
             new = f"{logical}Role"
-            resources[new] = json.loads(json.dumps(resources[role]))
+            resources[new] = json.loads(json.dumps(uncut[role]))
             fn["Properties"]["Role"] = {"Fn::GetAtt": [new, "Arn"]}
             role = new
         roles[logical] = role
