@@ -120,6 +120,8 @@ class Host:
         w = self.world
         if w.seen_state.get(self.iid) not in ALIVE:  # terminated under it: its trap reports FAILED
             self.done = True
+            if self.iid in w.interrupted:
+                return True  # ... unless IMDS shows a spot interruption: the service retries
             w.report(self.token, self.iid, {"type": "result", "status": "FAILED",
                                             "reason": "interrupted by SIGTERM"})
             return True
@@ -150,7 +152,8 @@ class Sim:
     """One build's world; see the module doc."""
 
     def __init__(self, aws, api, sink, clock, hook: CallHook, *, script: HostScript,
-                 cancel_after_phases: int | None = None, timeout_minutes: int | None = None) -> None:
+                 cancel_after_phases: int | None = None, timeout_minutes: int | None = None,
+                 interrupt_after_phases: int | None = None) -> None:
         from chalicelib import wiring
 
         self.aws = aws
@@ -165,6 +168,8 @@ class Sim:
         self.cancel_after_phases = cancel_after_phases
         self.cancel_done = False
         self.timeout_minutes = timeout_minutes
+        self.interrupt_after_phases = interrupt_after_phases
+        self.interrupted: set[str] = set()  # instances EC2 reclaimed (spot): not the system's doing
         self.hosts: dict[str, Host] = {}
         self.events: list[tuple[str, dict]] = []
         self.seen_state: dict[str, str] = {}
@@ -246,7 +251,7 @@ class Sim:
     def _check_termination(self, iid: str) -> None:
         """The system may terminate an instance only once its build is final, cancelled, or
         no longer on it (a relaunch, an orphan)."""
-        if iid in self.self_terminated:
+        if iid in self.self_terminated or iid in self.interrupted:
             return
         rec = self.record()
         current = rec.get("instance_id") == iid or (
@@ -296,6 +301,20 @@ class Sim:
                 break
         return True
 
+    def _spot(self) -> bool:
+        """EC2 reclaims the first instance once its host reported ``interrupt_after_phases``
+        phases: the two-minute warning, then the instance goes."""
+        if self.interrupt_after_phases is None or self.interrupted:
+            return False
+        host = next(iter(self.hosts.values()), None)
+        if host is None or host.step < self.interrupt_after_phases:
+            return False
+        self.interrupted.add(host.iid)
+        self.events.append(("on_spot_interruption",
+                            load_event("ec2-spot-interruption", **{"instance-id": host.iid})))
+        self.ec2.terminate_instances(InstanceIds=[host.iid])
+        return True
+
     def tick(self) -> None:
         scheduled = self.api.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={},
                                                       resources=[], region="us-east-1")
@@ -318,6 +337,7 @@ class Sim:
             self._watch_instances()
             did = self._fire_events() or did
             did = self._user() or did
+            did = self._spot() or did
             for host in list(self.hosts.values()):
                 did = host.turn() or did
             self._watch_instances()

@@ -28,6 +28,7 @@ class Scenario:
     expect: str
     cancel_after_phases: int | None = None
     timeout_minutes: int | None = None
+    interrupt_after_phases: int | None = None
 
 
 SCENARIOS = {
@@ -35,6 +36,8 @@ SCENARIOS = {
     "succeeds": Scenario(HostScript(), "SUCCEEDED"),
     # ... plus the cancel route, the host's trap reporting after the terminate
     "cancelled": Scenario(HostScript(), "CANCELLED", cancel_after_phases=1),
+    # spot reclaims the first instance: the interruption warning, a relaunch, attempt 2 succeeds
+    "interrupted": Scenario(HostScript(), "SUCCEEDED", interrupt_after_phases=2),
     # the host hangs after its first phase: the reaper's stale-heartbeat path
     "hangs": Scenario(HostScript(hang_after=1), "FAILED", timeout_minutes=60),
     # ... and one that hangs until its deadline: TIMED_OUT
@@ -42,14 +45,15 @@ SCENARIOS = {
 }
 # handlers every crash point must come from, between them (the suite fails if one of them
 # stops making two consecutive AWS calls: then it is no longer covered)
-HANDLERS = {"launcher", "report_event", "on_instance_state", "on_image_pushed", "notify_consumer", "cancel_build",
-            "reaper"}
+HANDLERS = {"launcher", "report_event", "on_instance_state", "on_spot_interruption", "on_image_pushed",
+            "notify_consumer", "cancel_build", "reaper"}
 
 
 def run(env, scenario: Scenario, crash: tuple[int, int] | None = None) -> Sim:
     env.fresh()
     sim = Sim(env.aws, env.api, env.sink, env.clock, env.hook, script=scenario.script,
-              cancel_after_phases=scenario.cancel_after_phases, timeout_minutes=scenario.timeout_minutes)
+              cancel_after_phases=scenario.cancel_after_phases, timeout_minutes=scenario.timeout_minutes,
+              interrupt_after_phases=scenario.interrupt_after_phases)
     sim.submit()
     env.hook.crash = crash
     sim.settled_in_time = sim.run()
