@@ -246,3 +246,32 @@ def test_a_final_build_whose_notify_message_was_lost_is_notified_again_once(worl
     clock.advance(minutes=5)
     assert tick(api).get("notifications_requeued") is None
     assert world.final_notifications() == []
+
+
+# ---- pushed, then silent (issue 16) ----------------------------------------------------------
+def test_a_silent_build_that_pushed_every_tag_succeeds_and_one_that_did_not_fails(world, api, clock, monkeypatch,
+                                                                                 aws):
+    from chalicelib.states import Phase
+
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
+    world.wiring.reset()
+    pushed, partial = world.submit(tags=["a1"], timeout_minutes=60), world.submit(tags=["b1"], timeout_minutes=60)
+    iids = {}
+    for bid in (pushed, partial):
+        iids[bid] = world.launch(bid, timeout_minutes=60)
+        world.wiring.transitions().move(bid, Status.RUNNING, expect=[Status.LAUNCHING], phase=Phase.PUSHING,
+                                        fields={"heartbeat_at": clock_module.now_iso()})
+    ecr = aws.client("ecr")
+    manifest = ('{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", '
+                '"layers": []}')
+    image = world.get(pushed)["image"]
+    for tag in image["tags"]:
+        ecr.put_image(repositoryName=image["repository"].split("/", 1)[1], imageManifest=manifest, imageTag=tag)
+    # the other build's shared tags (its version, latest) are in ECR, its own "b1" never got there
+    clock.advance(minutes=16)
+    assert tick(api) == {"settled_pushed": 1, "failed": 1}
+    done, failed = world.get(pushed), world.get(partial)
+    assert done["status"] == "SUCCEEDED" and "no report from instance" in done["events"][-1]["message"]
+    assert "but ECR holds every tag" in done["events"][-1]["message"]
+    assert failed["status"] == "FAILED" and failed["reason"].startswith("no report from instance")
+    assert world.state(iids[pushed]) == world.state(iids[partial]) == "terminated"
