@@ -153,7 +153,17 @@ def reports():
     from chalicelib.pushed import PushedImages
     from chalicelib.reports import Reports
 
-    return Reports(store(), transitions(), relaunch=lifecycle().relaunch, pushed=PushedImages(client("ecr")))
+    return Reports(store(), transitions(), relaunch=relauncher(), pushed=PushedImages(client("ecr")))
+
+
+@cache
+def relauncher():
+    """``Lifecycle.relaunch`` for the reports function (a host failure queues the build
+    again): the lifecycle's moves only, made without its EC2 and log clients, so the
+    anonymous reports route's role touches no instance (infra/permissions)."""
+    from chalicelib.lifecycle import Lifecycle, LifecycleConfig
+
+    return Lifecycle(store(), transitions(), None, launch_queue(), LifecycleConfig(stage=settings().stage)).relaunch
 
 
 @cache
@@ -172,7 +182,7 @@ def reset() -> None:
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
                openapi_document, notifier, instances, lifecycle, reaper):
         fn.cache_clear()
-    for fn in (launcher, reports, build_logs):  # issue 4
+    for fn in (launcher, reports, build_logs, relauncher):  # issue 4
         fn.cache_clear()
 
 
