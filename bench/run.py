@@ -9,6 +9,7 @@ bench/results.json.
 2. Latency through the app against moto server, as ratios to raw DynamoDB calls (interleaved).
 3. Scale: list page and get with 100 and 10,000 builds in the table.
 4. Cold start (``import app`` vs ``import boto3``) and the deployment zip.
+5. Crash points (tests/crash): how many, and whether every one recovers.
 
 Targets are judged on the counts as measured; a missed one is reported as missed.
 """
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import calls, coldstart, latency, world
+from bench import calls, coldstart, crash, latency, world
 
 OUT = Path(__file__).resolve().parent / "results.json"
 
@@ -135,6 +136,12 @@ def table(results: dict) -> str:
         lines.append(f"  deployment zip {z['bytes'] / 1e6:.2f} MB ({z['files']} files; {z['how']})")
     else:
         lines.append(f"  deployment zip: not built ({z.get('error', '')[:200]})")
+    cp = results["crash_points"]
+    lines += ["", "Crash points (a Lambda dying between two AWS calls; tests/crash)", "",
+              f"  {cp['crash_points']} crash points, {cp['recovered']} recovered: "
+              f"{'all recover' if cp['all_recover'] else 'NOT ALL RECOVER'} ({cp['seconds']} s; {cp['pytest']})"]
+    for name, sc_ in cp["scenarios"].items():
+        lines.append(f"  {name:<12} {sc_['crash_points']:>3} new crash points, {sc_['recovered']:>3} recovered")
     lines.append("")
     return "\n".join(lines)
 
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     cold = coldstart.import_times(imports)
     log("deployment zip (infra.package)")
     zip_info = coldstart.deployment_zip()
+    log("crash points (tests/crash)")
+    crashes = crash.crash_points()
 
     results = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": sc,
         "cold_start": cold,
         "deployment_zip": zip_info,
+        "crash_points": crashes,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
     results["targets"] = [
@@ -183,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in ops if m.target is not None and m.target > 0
     ] + [{"what": "reaper tick vs finished builds", "target": "no growth",
           "measured": results["api_calls"]["reaper_verdict"]["growth_100_to_10000_finished"],
-          "met": results["api_calls"]["reaper_verdict"]["met"]}]
+          "met": results["api_calls"]["reaper_verdict"]["met"]},
+        {"what": "every crash point recovers", "target": "all",
+         "measured": f"{crashes['recovered']} of {crashes['crash_points']}", "met": crashes["all_recover"]}]
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     missed = [t["what"] for t in results["targets"] if not t["met"]]

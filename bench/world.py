@@ -176,8 +176,9 @@ def finished_item(i: int) -> dict:
     events.append({"at": finished, "status": status.value, "phase": None, "message": "benchmark history"})
     extra = {"status": status.value, "created_at": created, "updated_at": finished, "finished_at": finished,
              "created_key": f"{created}#{build.id}", "image": image, "events": events}
+    extra["notification"] = {"status": "sent", "channel": "default"}
     if status == Status.SUCCEEDED:
-        extra.update(ecr_digest=digest, notification={"status": "sent", "channel": "default"})
+        extra["ecr_digest"] = digest
     elif status == Status.FAILED:
         extra["reason"] = "benchmark history: the build failed"
     return build_item(build, active=False, extra=extra)

@@ -1,12 +1,12 @@
-"""Domain errors. ``app.py`` maps each to one HTTP status in one place."""
+"""Domain errors. They say what went wrong, never how to answer it: ``chalicelib/http.py``
+alone maps each to an HTTP status (the launcher, consumers and the reaper raise and catch
+the same errors and have no HTTP in them)."""
 
 from __future__ import annotations
 
 
 class VoltabuildError(Exception):
     """Base of every error the domain raises on purpose."""
-
-    status = 500
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -19,23 +19,23 @@ class CatalogError(VoltabuildError):
 
 
 class BadRequest(VoltabuildError):
-    status = 400
+    """The request (or what it names) is not allowed; the message says what is."""
 
 
 class Unauthorized(VoltabuildError):
-    status = 401
+    """Missing or wrong credentials."""
 
 
 class Forbidden(VoltabuildError):
-    status = 403
+    """Credentials that do not open this resource."""
 
 
 class BuildNotFound(VoltabuildError):
-    status = 404
+    """No build with that id."""
 
 
 class Conflict(VoltabuildError):
-    status = 409
+    """The request is fine but the build's state does not allow it."""
 
 
 class IdempotencyConflict(Conflict):
@@ -47,14 +47,13 @@ class InvalidTransition(Conflict):
 
 
 class PayloadTooLarge(VoltabuildError):
-    status = 413
+    """A body over the size limit."""
 
 
 class QuotaExceeded(VoltabuildError):
-    status = 429
+    """Too many active builds."""
 
 
 class Busy(VoltabuildError):
     """A transient conflict that outlasted our retries: the client should retry soon."""
 
-    status = 503

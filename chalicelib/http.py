@@ -9,12 +9,47 @@ from typing import Any
 from chalice import Response
 from pydantic import BaseModel, ValidationError
 
-from chalicelib.errors import BadRequest, PayloadTooLarge, VoltabuildError
+from chalicelib.errors import (
+    BadRequest,
+    BuildNotFound,
+    Busy,
+    CatalogError,
+    Conflict,
+    Forbidden,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unauthorized,
+    VoltabuildError,
+)
 
 MAX_BODY = 64 * 1024
 _CODES = {400: "BadRequestError", 401: "UnauthorizedError", 403: "ForbiddenError", 404: "NotFoundError",
           409: "ConflictError", 413: "RequestEntityTooLargeError", 429: "TooManyRequestsError",
           503: "ServiceUnavailableError"}
+
+
+# The one map from domain errors to HTTP statuses (the errors themselves know no HTTP).
+# Looked up along the error's class hierarchy, most specific first; a VoltabuildError
+# not listed (CatalogError: a broken deployment, not the caller's fault) is a 500.
+STATUS: dict[type[VoltabuildError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    BuildNotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    QuotaExceeded: 429,
+    Busy: 503,
+    CatalogError: 500,
+}
+
+
+def status_of(error: VoltabuildError) -> int:
+    """The HTTP status for a domain error (its nearest mapped class), 500 if none is mapped."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
 
 
 def error_response(status: int, message: str) -> Response:
@@ -64,7 +99,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except VoltabuildError as e:
-            return error_response(e.status, e.message)
+            return error_response(status_of(e), e.message)
 
     return wrapper
 

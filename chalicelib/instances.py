@@ -34,6 +34,10 @@ class TaggedInstance:
     state: str
     tags: dict[str, str] = field(default_factory=dict)
     state_reason: str | None = None
+    type: str | None = None
+    az: str | None = None
+    lifecycle: str = "on-demand"
+    launched_at: str | None = None
 
     @property
     def build_id(self) -> str | None:
@@ -59,6 +63,10 @@ class TaggedInstance:
             state=data.get("State", {}).get("Name", "unknown"),
             tags={t["Key"]: t["Value"] for t in data.get("Tags", [])},
             state_reason=(data.get("StateReason") or {}).get("Code"),
+            type=data.get("InstanceType"),
+            az=(data.get("Placement") or {}).get("AvailabilityZone"),
+            lifecycle="spot" if data.get("InstanceLifecycle") == "spot" else "on-demand",
+            launched_at=data["LaunchTime"].isoformat() if hasattr(data.get("LaunchTime"), "isoformat") else None,
         )
 
 

@@ -13,6 +13,18 @@ What is recorded for the rest of the system:
   by-instance). The instance is tagged ``voltabuild:build-id``, ``voltabuild:stage``,
   ``voltabuild:attempt`` and ``Name``.
 
+A launcher that dies between the LAUNCHING write and recording its instance (a Lambda
+timeout, a crash) leaves the message on the queue: its redelivery finds the attempt
+LAUNCHING with no instance recorded and *resumes* it. An instance tagged with this build
+and attempt (RunInstances got through) is recorded as it is; otherwise the attempt is
+launched now with a fresh token (the old one lived only in the dead launcher's memory) and
+ClientTokens of its own. moto ignores ClientToken, and EC2 refuses a reused one with other
+parameters, so the tags, not the token, are what finds an earlier launch. The EC2 handlers
+and the reaper adopt such an instance too (see lifecycle.py), whichever comes first.
+
+Catalog and rendering errors (a version that left the catalog after the build was
+accepted, a broken deployment) are permanent: the build fails at once with the reason.
+
 Capacity errors move on to the next instance type x subnet; when every one failed the build
 goes back to QUEUED and the message comes back later (SQS delay, doubling) until
 ``max_retries`` rounds, then FAILED with what was tried. Other errors fail the build at once.
@@ -28,13 +40,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.catalog import Catalog
 from chalicelib.clock import iso, now
-from chalicelib.errors import BuildNotFound, InvalidTransition
+from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
 from chalicelib.hostscript import HostConfig, RenderError, render, user_data
+from chalicelib.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
 from chalicelib.queues import Queue
 from chalicelib.schemas import InstanceInfo
 from chalicelib.states import Status
@@ -122,10 +135,13 @@ class Launcher:
             record = self.store.get_record(msg.build_id)
         except BuildNotFound:
             return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
-        if record["status"] != Status.QUEUED or int(record.get("attempt", 1)) != msg.attempt:
+        attempt = int(record.get("attempt", 1))
+        if record["status"] == Status.LAUNCHING and attempt == msg.attempt and not record.get("instance_id"):
+            return self._resume(record, msg)
+        if record["status"] != Status.QUEUED or attempt != msg.attempt:
             return self._note(Outcome(
                 "ignored", f"{msg.build_id}: stale or duplicate message for attempt {msg.attempt} "
-                f"(the build is {record['status']}, attempt {record.get('attempt', 1)})"))
+                f"(the build is {record['status']}, attempt {attempt})"))
         if record.get("cancel_requested"):
             return self._cancel(msg)
         return self._launch(record, msg)
@@ -147,18 +163,56 @@ class Launcher:
             )
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
+        return self._start(record, msg, token)
 
+    def _resume(self, record: dict, msg: LaunchMessage) -> Outcome:
+        """The message came back for a LAUNCHING attempt with no instance recorded: the
+        launcher that took it died (or timed out) after the LAUNCHING write. Its instance,
+        if RunInstances got that far, carries the attempt's tags: record it. Otherwise launch
+        now, with a fresh token (the old one only ever existed in that launcher's memory)."""
+        found = self._launched(record)
+        if found is not None:
+            outcome = self._record(record, msg, found, "spot" if found.get("InstanceLifecycle") == "spot"
+                                   else "on-demand")
+            if outcome.action == "launched" and record.get("cancel_requested"):
+                self.ec2.terminate_instances(InstanceIds=[found["InstanceId"]])  # the cancel did not see it
+            return outcome
+        if record.get("cancel_requested"):
+            return self._cancel(msg, expect=Status.LAUNCHING)
+        token = secrets.token_urlsafe(32)
+        try:
+            record = self.store.update_fields(
+                msg.build_id, {"token_hash": token_hash(token)}, expect=[Status.LAUNCHING],
+                extra_condition=("attempt = :attempt AND attribute_not_exists(instance_id)",
+                                 {":attempt": msg.attempt}))
+        except InvalidTransition:
+            return self._note(Outcome("ignored", f"{msg.build_id}: attempt {msg.attempt} moved on"))
+        return self._start(record, msg, token, resumed=True)
+
+    def _start(self, record: dict, msg: LaunchMessage, token: str, *, resumed: bool = False) -> Outcome:
+        """RunInstances for a LAUNCHING attempt whose ``token_hash`` is ``token``'s.
+
+        Catalog and rendering errors (the catalog changed since the build was accepted, or
+        the deployment is broken) are permanent: the build fails now with the reason."""
+        try:
+            spec = self.catalog.spec(record["framework"])
+        except (BadRequest, CatalogError) as e:
+            return self._fail(msg.build_id, f"launch failed: {e}")
+        build_date = record.get("launch_started_at") or iso(now())
         hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
 
         def host(itype: str) -> tuple[str, str, bytes]:
             if itype not in hosts:
                 image_id = self._ami(itype)
-                data = render(record, self.catalog, self.cfg.host, token=token, build_date=iso(started),
+                data = render(record, self.catalog, self.cfg.host, token=token, build_date=build_date,
                               instance_type=itype)
                 hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
             return hosts[itype]
 
         rounds = int(record.get("launch_rounds", 0))
+        # a resumed launch renders another token: its ClientTokens must differ from the
+        # dead launcher's (same token, other parameters is an error in EC2)
+        suffix = f"-r{token_hash(token)[:8]}" if resumed else ""
         tried: list[str] = []
         i = 0
         markets = ["spot", "on-demand"] if self.cfg.on_demand_fallback else ["spot"]
@@ -166,14 +220,15 @@ class Launcher:
             for itype in self._order(record):
                 try:
                     image_id, root_device, data = host(itype)
-                except (_Permanent, RenderError) as e:
+                except (_Permanent, RenderError, BadRequest, CatalogError) as e:
                     return self._fail(msg.build_id, f"launch failed: {itype}: {e}")
                 for subnet in self.cfg.subnet_ids or (None,):
                     where = f"{itype} in {subnet or 'the default subnet'} ({market})"
-                    client_token = f"{msg.build_id}-{msg.attempt}" + (f"-{rounds}-{i}" if rounds or i else "")
+                    client_token = f"{msg.build_id}-{msg.attempt}" + (f"-{rounds}-{i}" if rounds or i else "") + suffix
                     i += 1
                     try:
-                        inst = self._run(record, market, itype, subnet, image_id, root_device, data, client_token)
+                        inst = self._run(record, spec, market, itype, subnet, image_id, root_device, data,
+                                         client_token)
                     except ClientError as e:
                         code = e.response.get("Error", {}).get("Code", "Unknown")
                         text = e.response.get("Error", {}).get("Message", "")
@@ -188,13 +243,23 @@ class Launcher:
                     return self._record(record, msg, inst, market)
         return self._retry_later(record, msg, tried)
 
-    def _run(self, record: dict, market: str, itype: str, subnet: str | None, image_id: str,
+    def _launched(self, record: dict) -> dict | None:
+        """A live instance already launched for the record's current attempt, if any."""
+        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": f"tag:{TAG_BUILD}", "Values": [record["id"]]},
+            {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(record.get("attempt", 1))]},
+            {"Name": f"tag:{TAG_STAGE}", "Values": [self.cfg.stage]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ])
+        found = [i for page in pages for res in page.get("Reservations", []) for i in res.get("Instances", [])]
+        return min(found, key=lambda i: str(i.get("LaunchTime", ""))) if found else None
+
+    def _run(self, record: dict, spec, market: str, itype: str, subnet: str | None, image_id: str,
              root_device: str, data: bytes, client_token: str) -> dict:
-        spec = self.catalog.spec(record["framework"])
         tags = [
-            {"Key": "voltabuild:build-id", "Value": record["id"]},
-            {"Key": "voltabuild:stage", "Value": self.cfg.stage},
-            {"Key": "voltabuild:attempt", "Value": str(record.get("attempt", 1))},
+            {"Key": TAG_BUILD, "Value": record["id"]},
+            {"Key": TAG_STAGE, "Value": self.cfg.stage},
+            {"Key": TAG_ATTEMPT, "Value": str(record.get("attempt", 1))},
             {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record['framework']}-{record['id']}"},
         ]
         kwargs: dict[str, Any] = {
@@ -236,13 +301,19 @@ class Launcher:
             launched_at=iso(launched) if launched else iso(now()),
         )
         try:
-            self.store.update_fields(msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid,
-                                                    "launch_rounds": 0},
-                                     expect=[Status.LAUNCHING, Status.RUNNING])
+            # only for this attempt, and only while no other instance is recorded for it (an EC2
+            # event or the reaper may have adopted this very instance first: that is fine)
+            self.store.update_fields(
+                msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid, "launch_rounds": 0},
+                expect=[Status.LAUNCHING, Status.RUNNING],
+                extra_condition=("attempt = :attempt AND (attribute_not_exists(instance_id) OR instance_id = :iid)",
+                                 {":attempt": msg.attempt, ":iid": iid}))
         except InvalidTransition:
-            # the build ended while we launched (cancelled, timed out): the instance must go
+            # the build ended or moved on while we launched (cancelled, timed out, relaunched):
+            # the instance must go
             self.ec2.terminate_instances(InstanceIds=[iid])
-            return self._note(Outcome("ignored", f"{msg.build_id}: ended during the launch; {iid} terminated", iid))
+            return self._note(Outcome("ignored", f"{msg.build_id}: moved on during the launch; {iid} terminated",
+                                      iid))
         return self._note(Outcome("launched", f"{msg.build_id}: {info.type} {market} in {az}", iid))
 
     # ---- endings -------------------------------------------------------------------------
@@ -274,10 +345,12 @@ class Launcher:
             return self._note(Outcome("ignored", f"{build_id}: moved on during the launch"))
         return self._note(Outcome("failed", f"{build_id}: {reason}"))
 
-    def _cancel(self, msg: LaunchMessage) -> Outcome:
+    def _cancel(self, msg: LaunchMessage, expect: Status = Status.QUEUED) -> Outcome:
         try:
-            self.transitions.move(msg.build_id, Status.CANCELLED, expect=[Status.QUEUED],
-                                  message="cancelled by request before launch")
+            self.transitions.move(msg.build_id, Status.CANCELLED, expect=[expect],
+                                  message="cancelled by request before launch",
+                                  extra_condition=("attempt = :attempt AND attribute_not_exists(instance_id)",
+                                                   {":attempt": msg.attempt}))
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: moved on"))
         return self._note(Outcome("cancelled", msg.build_id))
@@ -334,7 +407,8 @@ class Launcher:
             kwargs["Filters"] = [{"Name": "availability-zone", "Values": [az]}]
         try:
             history = self.ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
-        except ClientError:
+        except (ClientError, BotoCoreError) as e:  # a timeout here must not lose the launched instance
+            log.info("spot price of %s in %s unknown: %s", itype, az, e)
             history = []
         for entry in history:
             if entry.get("InstanceType") == itype and entry.get("SpotPrice"):

@@ -25,7 +25,8 @@ from botocore.exceptions import ClientError
 
 from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
-from chalicelib.instances import SPOT_RECLAIMED, TAG_STAGE, Instances
+from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
+from chalicelib.pushed import PushedImages, settle
 from chalicelib.queues import Queue
 from chalicelib.states import Status
 from chalicelib.store import NOT_CANCELLED, BuildStore
@@ -42,8 +43,6 @@ ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "tok
 
 class MalformedEvent(VoltabuildError):
     """An event that does not have the shape AWS documents: logged and dropped."""
-
-    status = 400
 
 
 def _detail(event: dict[str, Any], detail_type: str) -> dict[str, Any]:
@@ -144,6 +143,9 @@ class LifecycleConfig:
     stale_heartbeat: timedelta = timedelta(minutes=15)
     orphan_grace: timedelta = timedelta(minutes=4)
     digest_grace: timedelta = timedelta(minutes=15)
+    # a final build whose Slack delivery nobody claimed this long after it ended lost its
+    # notify message (the Lambda died between the final write and the send): send it again
+    notify_grace: timedelta = timedelta(minutes=10)
     log_lines: int = 20
 
 
@@ -175,7 +177,9 @@ class Lifecycle:
     """Moves builds in answer to what happens to their instances and images."""
 
     def __init__(self, store: BuildStore, transitions: Transitions, instances: Instances,
-                 launch_queue: Queue, config: LifecycleConfig, logs: LogTail | None = None) -> None:
+                 launch_queue: Queue, config: LifecycleConfig, logs: LogTail | None = None,
+                 pushed: PushedImages | None = None) -> None:
+        self.pushed = pushed  # ECR, to settle a build that pushed but never reported (None: never)
         self.store = store
         self.transitions = transitions
         self.instances = instances
@@ -198,16 +202,45 @@ class Lifecycle:
         inst = self.instances.describe(instance_id)
         if inst is None or not inst.build_id or inst.tags.get(TAG_STAGE) != self.config.stage:
             return None
-        record = self.current_build(inst.build_id, instance_id)
+        record = self.current_build(inst.build_id, instance_id, adopt=inst)
         return (record, True) if record is not None else None
 
-    def current_build(self, build_id: str, instance_id: str) -> dict | None:
-        """The build read consistently, if ``instance_id`` is still its current instance."""
+    def current_build(self, build_id: str, instance_id: str, *, adopt: TaggedInstance | None = None) -> dict | None:
+        """The build read consistently, if ``instance_id`` is still its current instance
+        (or, given the instance as ``adopt``, becomes it: see :meth:`adopt`)."""
         try:
             record = self.store.get_record(build_id)
         except BuildNotFound:
             return None
-        return record if record.get("instance_id") == instance_id else None
+        if record.get("instance_id") == instance_id:
+            return record
+        if adopt is not None and adopt.id == instance_id:
+            return self.adopt(record, adopt)
+        return None
+
+    def adopt(self, record: dict, inst: TaggedInstance) -> dict | None:
+        """Record ``inst`` as the build's instance when the launcher did not (it died after
+        RunInstances): only an instance of this stage tagged with the build's id and its
+        *current* attempt, only while the build is LAUNCHING or RUNNING with no instance
+        recorded (one conditional write, so a late launcher, an event and the reaper agree
+        on one instance). Returns the build as it is now, or None (not adoptable, or lost)."""
+        if (inst.build_id != record["id"] or inst.attempt != int(record.get("attempt", 1))
+                or inst.tags.get(TAG_STAGE) != self.config.stage or record.get("instance_id")
+                or Status(record["status"]) not in LAUNCHED or inst.state not in ALIVE):
+            return None
+        info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
+                "price": None, "launched_at": inst.launched_at}
+        try:
+            item = self.store.update_fields(
+                record["id"], {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
+                extra_condition=("attempt = :att AND attribute_not_exists(instance_id)",
+                                 {":att": int(record.get("attempt", 1))}))
+        except InvalidTransition as e:
+            log.info("not adopted: %s", e)
+            return None
+        log.warning("build %s: adopted instance %s of attempt %s (its launch was not recorded)",
+                    record["id"], inst.id, inst.attempt)
+        return item
 
     def _for_instance(self, instance_id: str, decide: Callable[[dict], str]) -> str:
         """``decide`` on the index's copy of the build; when a write it made lost (the copy
@@ -257,6 +290,26 @@ class Lifecycle:
         msg = "cancelled by request" + (f"; {note}" if note else "")
         return self._move(record["id"], Status.CANCELLED, expect=expect, instance_id=instance_id,
                           message=msg, fields={"reason": "cancelled by request"})
+
+    def settle_pushed(self, record: dict, what: str) -> dict | None:
+        """A RUNNING build in PUSHING whose instance went silent or away (``what``): when
+        ECR holds every tag at the image this attempt pushed, SUCCEEDED with a note (see
+        chalicelib/pushed.py). Returns the new item, or None (not pushed, or the write lost:
+        the caller goes on to fail it, conditionally, as before)."""
+        if self.pushed is None or record.get("status") != Status.RUNNING or record.get("cancel_requested"):
+            return None
+        digest = self.pushed.digest(record)
+        if not digest:
+            return None
+        conds, values = [NOT_CANCELLED[0]], dict(NOT_CANCELLED[1])
+        if record.get("instance_id"):
+            conds.append("instance_id = :iid")
+            values[":iid"] = record["instance_id"]
+        try:
+            return settle(self.transitions, record, digest, what, extra_condition=(" AND ".join(conds), values))
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
 
     def relaunch(self, record: dict, why: str, *, reclaimed: bool = False,
                  fields: dict[str, Any] | None = None) -> dict | None:
@@ -353,6 +406,8 @@ class Lifecycle:
         if inst is not None and inst.state_reason == SPOT_RECLAIMED:
             moved = self.relaunch(record, f"spot capacity reclaimed instance {iid}", reclaimed=True)
             return "relaunched" if moved else _LOST
+        if self.settle_pushed(record, f"instance {iid} was {state} before it reported the result"):
+            return "succeeded"
         reason = f"instance lost: {iid} was {state} before the build finished"
         lines = self.logs.last_lines(record["id"], self.config.log_lines) if self.logs else []
         if lines:

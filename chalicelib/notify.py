@@ -52,7 +52,7 @@ log = logging.getLogger("voltabuild.notify")
 
 FINAL_ATTR = "notification"  # the final-outcome message's bookkeeping on the build record
 START_ATTR = "start_notification"  # the optional "started" message's
-DONE = frozenset({"sent", "failed", "skipped"})
+DONE = frozenset({"sent", "failed", "skipped", "unconfirmed"})
 
 
 # ---- the queue message ------------------------------------------------------------
@@ -494,7 +494,7 @@ class Notifier:
 
     def handle(self, ev: NotifyEvent) -> str:
         """Process one queue message; returns what happened: ``sent``, ``retrying``,
-        ``failed``, ``skipped``, ``duplicate`` or ``ignored``. Raises only on an AWS
+        ``failed``, ``skipped``, ``unconfirmed``, ``duplicate`` or ``ignored``. Raises only on an AWS
         error of the table or queue (the message then comes back: everything is idempotent)."""
         started = ev.event == "started"
         if not started:
@@ -522,17 +522,24 @@ class Notifier:
             self._write(build.id, attr, {"status": "skipped", "reason": why}, prev, started)
             return "skipped"
 
+        if prev and prev.get("status") == "sending" and prev.get("lease_until", 0) <= self.clock():
+            return self._unconfirmed(build.id, attr, prev, started)
+        # everything that can fail before the post happens before the claim, so a worker
+        # that dies holding a claim died while posting or after it (see _unconfirmed)
+        webhook = self._webhook(channel)
         claim = self._claim(build.id, attr, channel, prev, started)
         if claim is None:
             log.info("notify: build %s %s message is being sent or was sent; duplicate dropped", build.id, ev.event)
             return "duplicate"
-        result = self._deliver(build, channel, started)
+        result = webhook if isinstance(webhook, Delivery) else self.sender.send(
+            webhook, build_message(build, api_url=self.api_url, started=started))
         return self._finish(build.id, attr, ev, claim, result, started)
 
     # ---- steps --------------------------------------------------------------------
-    def _deliver(self, build: Build, channel: str, started: bool) -> Delivery:
+    def _webhook(self, channel: str) -> str | Delivery:
+        """The channel's webhook URL, or the failed Delivery that reading it amounts to."""
         try:
-            url = self.webhooks.url(channel)
+            return self.webhooks.url(channel)
         except WebhookInvalid as e:
             log.error("notify: %s", e)
             return Delivery(ok=False, error_type="webhook_invalid")
@@ -542,11 +549,24 @@ class Notifier:
         except (ClientError, BotoCoreError) as e:
             log.warning("notify: reading the webhook from SSM failed: %s", type(e).__name__)
             return Delivery(ok=False, retryable=True, error_type="ssm_error")
-        return self.sender.send(url, build_message(build, api_url=self.api_url, started=started))
+
+    def _unconfirmed(self, build_id: str, attr: str, prev: dict, started: bool) -> str:
+        """A claim whose worker died (its lease ran out) before recording the outcome. It
+        claimed only once the webhook was in hand, so it died posting or after posting:
+        the message is *not* sent again. Slack shows each outcome at most once; the rare
+        cost is a message lost with a worker that died mid-post (logged, and recorded as
+        ``unconfirmed`` with error ``worker_died``, never as sent)."""
+        value = {"status": "unconfirmed", "channel": prev.get("channel"), "attempts": prev.get("attempts", 1),
+                 "token": secrets.token_hex(8), "updated_at": now_iso(), "error": "worker_died"}
+        if not self._write(build_id, attr, value, prev, started):
+            return "duplicate"
+        log.error("notify: build %s: a worker died while posting its %s message; not sending it again",
+                  build_id, "start" if started else "final")
+        return "unconfirmed"
 
     def _claim(self, build_id: str, attr: str, channel: str, prev: dict | None, started: bool) -> dict | None:
         """Take the delivery: only one worker at a time, and never after it is done. A
-        claim left by a worker that died expires after ``lease_seconds``."""
+        claim left by a worker that died ends ``unconfirmed`` after ``lease_seconds``."""
         now = self.clock()
         if prev and prev.get("status") == "sending" and prev.get("lease_until", 0) > now:
             return None

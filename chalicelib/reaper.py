@@ -3,15 +3,20 @@ were lost. One tick reads the active builds (the sparse ``by-active`` index: its
 with active builds, not with history), one paged DescribeInstances of this stage's live
 instances, the quota item and the newest SUCCEEDED builds, then:
 
+- a launched build with no instance recorded adopts the live instance tagged with its id
+  and current attempt (the launcher died after RunInstances);
 - builds past ``deadline_at``: instance terminated, TIMED_OUT;
 - cancelled builds whose instance is gone: CANCELLED (the instance is terminated first);
 - QUEUED or LAUNCHING past the launch grace: launched again as ``attempt + 1``, or FAILED;
-- RUNNING with a stale heartbeat: instance terminated, FAILED;
+- RUNNING with a stale heartbeat: instance terminated, FAILED (SUCCEEDED with a note when it
+  was pushing and ECR holds every tag at its image: see pushed.py);
 - orphans (tagged ours; build final, unknown or on another instance): tagged
   ``voltabuild:orphan-seen-at`` on one tick, terminated on a later one if still orphaned;
   ``voltabuild:keep`` exempts an instance;
 - quota slots still held by final builds are given back;
-- SUCCEEDED builds whose image ECR never reported: checked in ECR, flagged in ``reason``.
+- SUCCEEDED builds whose image ECR never reported: checked in ECR, flagged in ``reason``;
+- final builds whose Slack delivery was never claimed after ``notify_grace``: their notify
+  message is sent again (lost between the final write and the send).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.instances import Instances, TaggedInstance
 from chalicelib.lifecycle import LAUNCHED, Lifecycle
-from chalicelib.states import Status
+from chalicelib.notify import FINAL_ATTR
+from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ _DAY = timedelta(days=1)
 
 @dataclass
 class ReapReport:
+    adopted: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     relaunched: list[str] = field(default_factory=list)
@@ -44,6 +51,8 @@ class ReapReport:
     slots_released: list[str] = field(default_factory=list)
     digests_checked: list[str] = field(default_factory=list)
     digests_flagged: list[str] = field(default_factory=list)
+    notifications_requeued: list[str] = field(default_factory=list)
+    settled_pushed: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items() if v}
@@ -67,17 +76,38 @@ class Reaper:
         active = list(self.store.active_records())
         alive = {i.id: i for i in self.instances.alive()}
         terminated: set[str] = set()
+        active = [self._adopt(record, alive, report) for record in active]
         for record in active:
             self._reap_build(record, now, alive, terminated, report)
         self._reap_orphans(active, alive, terminated, now, report)
         self._release_slots({r["id"] for r in active}, report)
+        # the newest builds of each final state: one Query each, whole items (nothing read again)
+        recent = {status: self.store.recent_records(status, 20) for status in sorted(FINAL)}
         if self._ecr is not None:
-            self._check_digests(now, report)
+            self._check_digests(recent[Status.SUCCEEDED], now, report)
+        self._requeue_notifications(recent, now, report)
         if report.summary():
             log.info("reaper: %s", report.summary())
         return report
 
     # ---- builds -----------------------------------------------------------------
+    def _adopt(self, record: dict, alive: dict[str, TaggedInstance], report: ReapReport) -> dict:
+        """A launched build with no instance recorded whose current attempt has a live
+        instance (the launcher died after RunInstances): record that instance instead of
+        reaping a healthy build and terminating its instance as an orphan."""
+        if record.get("instance_id") or Status(record["status"]) not in LAUNCHED:
+            return record
+        attempt = int(record.get("attempt", 1))
+        mine = sorted((i for i in alive.values() if i.build_id == record["id"] and i.attempt == attempt),
+                      key=lambda i: (i.launched_at or "", i.id))
+        if not mine:
+            return record
+        adopted = self.lifecycle.adopt(record, mine[0])
+        if adopted is None:
+            return record
+        report.adopted.append(record["id"])
+        return adopted
+
     def _terminate(self, iid: str | None, terminated: set[str]) -> None:
         if iid:
             self.instances.terminate([iid])
@@ -95,10 +125,13 @@ class Reaper:
                  or record.get("updated_at"))
 
         deadline = _at(record.get("deadline_at"))
+        # a healthy build's instance is terminated only once the build is final (or queued
+        # again): the write first, so a tick that dies between the two leaves an orphan the
+        # next tick terminates, never a live build without its instance
         if status in LAUNCHED and deadline and now >= deadline:
-            self._terminate(iid, terminated)
             reason = f"timed out: still {status.value.lower()} at its deadline ({record.get('timeout_minutes')} minutes)"
             if lc.fail(record, reason, expect=[status], to=Status.TIMED_OUT):
+                self._terminate(iid, terminated)
                 report.timed_out.append(bid)
             return
 
@@ -127,20 +160,23 @@ class Reaper:
 
         if status == Status.LAUNCHING:
             if now - (_at(since) or now) > self.config.launch_grace:
-                self._terminate(iid, terminated)
                 mins = int(self.config.launch_grace.total_seconds() // 60)
                 item = lc.relaunch(record, f"instance {iid or '(none)'} did not start within {mins} minutes")
                 if item is not None:
+                    self._terminate(iid, terminated)
                     (report.relaunched if item["status"] == Status.QUEUED else report.failed).append(bid)
             return
 
         # RUNNING
         beat = _at(record.get("heartbeat_at") or since) or now
         if now - beat > self.config.stale_heartbeat:
-            self._terminate(iid, terminated)
             mins = int((now - beat).total_seconds() // 60)
-            if lc.fail(record, f"no report from instance {iid} for {mins} minutes",
-                       expect=[Status.RUNNING], instance_id=iid):
+            if lc.settle_pushed(record, f"no report from instance {iid} for {mins} minutes after it began pushing"):
+                self._terminate(iid, terminated)
+                report.settled_pushed.append(bid)
+            elif lc.fail(record, f"no report from instance {iid} for {mins} minutes",
+                         expect=[Status.RUNNING], instance_id=iid):
+                self._terminate(iid, terminated)
                 report.failed.append(bid)
 
     # ---- orphans ----------------------------------------------------------------
@@ -182,12 +218,28 @@ class Reaper:
                 self.store.release_slot(build_id)
                 report.slots_released.append(build_id)
 
+    # ---- notifications ----------------------------------------------------------
+    def _requeue_notifications(self, recent: dict[Status, list[dict]], now: datetime, report: ReapReport) -> None:
+        """The newest final builds of each final state whose Slack delivery was never
+        claimed (no ``notification``) ``notify_grace`` after they ended: their notify
+        message was lost between the final write and the send. The message goes on the
+        notify queue again; the consumer's conditional claim keeps it to one Slack
+        message however many copies arrive. A day after the end they are left alone."""
+        grace = self.config.notify_grace
+        for status, records in recent.items():
+            for record in records:
+                finished = _at(record.get("finished_at"))
+                if record.get(FINAL_ATTR) or finished is None or not grace <= now - finished <= grace + _DAY:
+                    continue
+                self.lifecycle.transitions.notify_queue.send({"build_id": record["id"], "status": status.value})
+                report.notifications_requeued.append(record["id"])
+
     # ---- digests ----------------------------------------------------------------
-    def _check_digests(self, now: datetime, report: ReapReport) -> None:
+    def _check_digests(self, succeeded: list[dict], now: datetime, report: ReapReport) -> None:
         """SUCCEEDED builds of the last while with no ECR push seen: ask ECR once each. The
         index query returns whole items, so nothing is read again; the write is conditional
         on what was checked (no digest recorded meanwhile, not checked by another tick)."""
-        for record in self.store.recent_records(Status.SUCCEEDED, 20):
+        for record in succeeded:
             finished = _at(record.get("finished_at"))
             # checked once, on the first tick past the grace; a day later it is left alone
             if finished is None or not self.config.digest_grace <= now - finished <= self.config.digest_grace + _DAY:

@@ -23,6 +23,7 @@ from chalicelib.builds import BUILD_ID
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
 from chalicelib.http import parse_body
+from chalicelib.pushed import PushedImages, settle
 from chalicelib.states import PHASE_ORDER, Phase, Status, phase_forward
 from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
 from chalicelib.transitions import Transitions
@@ -37,6 +38,9 @@ TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
 class _Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # the sender's instance id (IMDS): recorded when the build has none (its launch was not)
+    instance_id: Annotated[str, StringConstraints(pattern=r"^i-[0-9a-f]{8,17}$")] | None = None
 
 
 class PhaseReport(_Report):
@@ -94,11 +98,12 @@ class Reports:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
     def __init__(self, store: BuildStore, transitions: Transitions,
-                 relaunch: Callable[..., dict | None] | None = None) -> None:
+                 relaunch: Callable[..., dict | None] | None = None, pushed: PushedImages | None = None) -> None:
         self.store = store
         self.transitions = transitions
         # Lifecycle.relaunch: a host failure queues the build again as a new attempt
         self.relaunch = relaunch
+        self.pushed = pushed  # ECR, to settle a failure reported after the push (None: never)
 
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
@@ -122,7 +127,20 @@ class Reports:
                 item = self._result(build_id, report, hashed, guard)
         except BuildNotFound:
             raise Forbidden(_FORBIDDEN) from None
+        if report.instance_id and not item.get("instance_id") and item["status"] in _REPORTABLE:
+            item = self._identify(build_id, report.instance_id, guard) or item
         return {"id": build_id, "status": item["status"], "phase": item.get("phase")}
+
+    def _identify(self, build_id: str, instance_id: str, guard: tuple) -> dict | None:
+        """Record the reporting instance on a build that has none (the launcher died after
+        RunInstances): the token proves it runs this attempt. Conditional on the token and
+        on no instance being recorded meanwhile; losing changes nothing."""
+        try:
+            return self.store.update_fields(
+                build_id, {"instance_id": instance_id}, expect=_REPORTABLE,
+                extra_condition=(f"({guard[0]}) AND attribute_not_exists(instance_id)", guard[1]))
+        except InvalidTransition:
+            return None
 
     # ---- auth -------------------------------------------------------------------------------
     @staticmethod
@@ -205,17 +223,27 @@ class Reports:
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
-        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
-        try:
+
+        def fail(cond: str, values: dict) -> dict:
             return self.transitions.move(
                 build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
                 fields={"reason": reason[-6000:]}, remove=["token_hash"],
-                extra_condition=(cond, {**guard[1], **NOT_CANCELLED[1]}),
+                extra_condition=(cond, {**guard[1], **values}),
             )
+
+        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
+        # a failure after the push may be a lost SUCCEEDED report: that is decided apart
+        not_pushing = (" AND (attribute_not_exists(phase) OR phase <> :pushing)", {":pushing": Phase.PUSHING.value})
+        try:
+            if self.pushed is None:
+                return fail(cond, NOT_CANCELLED[1])
+            return fail(cond + not_pushing[0], {**NOT_CANCELLED[1], **not_pushing[1]})
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
         if not old.get("cancel_requested"):
-            raise self._moved_on(build_id)
+            if self.pushed is None or old.get("phase") != Phase.PUSHING.value:
+                raise self._moved_on(build_id)
+            return self._failed_after_push(build_id, old, report, hashed, guard, fail, cond)
         # a cancel terminates the instance, whose trap then reports a failure: that
         # failure is the cancel taking effect, and may beat the EC2 event here
         try:
@@ -224,6 +252,23 @@ class Reports:
                 fields={"reason": f"cancelled by request; the instance stopped: {reason}"[:6000]},
                 remove=["token_hash"], extra_condition=guard,
             )
+        except InvalidTransition as e:
+            self._lost(e, build_id, hashed)
+            raise self._moved_on(build_id) from None
+
+    def _failed_after_push(self, build_id: str, old: dict, report: ResultReport, hashed: str, guard: tuple,
+                           fail, cond: str) -> dict:
+        """FAILED reported in PUSHING: SUCCEEDED with a note when ECR holds every tag at the
+        image this attempt pushed (its SUCCEEDED report was lost), else FAILED as reported.
+        See chalicelib/pushed.py for the choice."""
+        digest = self.pushed.digest(old)
+        try:
+            if digest:
+                what = f"the instance reported FAILED ({(report.reason or 'no reason given')[:300]})"
+                return settle(self.transitions, old, digest, what,
+                              extra_condition=(f"({guard[0]}) AND {NOT_CANCELLED[0]}",
+                                               {**guard[1], **NOT_CANCELLED[1]}))
+            return fail(cond, NOT_CANCELLED[1])
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None

@@ -108,8 +108,10 @@ def lifecycle():
         orphan_grace=timedelta(minutes=s.orphan_grace_minutes),
         digest_grace=timedelta(minutes=s.digest_grace_minutes),
     )
+    from chalicelib.pushed import PushedImages
+
     return Lifecycle(store(), transitions(), instances(), launch_queue(), config,
-                     logs=LogTail(client("logs"), s.build_log_group))
+                     logs=LogTail(client("logs"), s.build_log_group), pushed=PushedImages(client("ecr")))
 
 
 @cache
@@ -148,9 +150,20 @@ def launcher():
 
 @cache
 def reports():
+    from chalicelib.pushed import PushedImages
     from chalicelib.reports import Reports
 
-    return Reports(store(), transitions(), relaunch=lifecycle().relaunch)
+    return Reports(store(), transitions(), relaunch=relauncher(), pushed=PushedImages(client("ecr")))
+
+
+@cache
+def relauncher():
+    """``Lifecycle.relaunch`` for the reports function (a host failure queues the build
+    again): the lifecycle's moves only, made without its EC2 and log clients, so the
+    anonymous reports route's role touches no instance (infra/permissions)."""
+    from chalicelib.lifecycle import Lifecycle, LifecycleConfig
+
+    return Lifecycle(store(), transitions(), None, launch_queue(), LifecycleConfig(stage=settings().stage)).relaunch
 
 
 @cache
@@ -169,7 +182,7 @@ def reset() -> None:
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
                openapi_document, notifier, instances, lifecycle, reaper):
         fn.cache_clear()
-    for fn in (launcher, reports, build_logs):  # issue 4
+    for fn in (launcher, reports, build_logs, relauncher):  # issue 4
         fn.cache_clear()
 
 

@@ -56,6 +56,7 @@ CAUSE=""
 RESULT_SENT=0
 CHILD=""
 HEARTBEAT_PID=""
+INSTANCE_ID=""
 HB_SLEEP=""
 IMAGE=""
 DIGEST=""
@@ -78,9 +79,13 @@ json_str() {
 }
 
 # POST one report to the API; a report that cannot be delivered never stops the build.
+# It names this instance (when known) so the API can record an instance whose launch
+# was never recorded.
 report() {
+  local body=$1
+  [[ -n $INSTANCE_ID ]] && body="${body%\}},\"instance_id\":\"$INSTANCE_ID\"}"
   curl -fsS --retry 4 --retry-connrefused --retry-delay 2 --max-time 20 -o /dev/null \
-    -H "@$AUTH_HEADER" -H 'Content-Type: application/json' --data-binary "$1" \
+    -H "@$AUTH_HEADER" -H 'Content-Type: application/json' --data-binary "$body" \
     "$API_URL/builds/$BUILD_ID/events" || { log "could not deliver a report to the API"; return 1; }
 }
 
@@ -147,6 +152,18 @@ spot_interrupted() {
     http://169.254.169.254/latest/api/token) || return 1
   curl -fsS -m 2 -o /dev/null -H "X-aws-ec2-metadata-token: $t" \
     http://169.254.169.254/latest/meta-data/spot/instance-action
+}
+
+# This instance's id from IMDSv2; empty off EC2 or when IMDS does not answer.
+instance_identity() {
+  is_local && return 0
+  local t id
+  t=$(curl -fsS -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+    http://169.254.169.254/latest/api/token) || return 0
+  id=$(curl -fsS -m 2 -H "X-aws-ec2-metadata-token: $t" http://169.254.169.254/latest/meta-data/instance-id) ||
+    return 0
+  [[ $id =~ ^i-[0-9a-f]{8,17}$ ]] && printf '%s' "$id"
+  return 0
 }
 
 on_err() { [[ -n $REASON ]] || REASON="'$2' failed with status $1 (line $3)"; }
@@ -409,6 +426,7 @@ main() {
   printf 'Authorization: Bearer %s\n' "$TOKEN" >"$AUTH_HEADER"
   log "build $BUILD_ID attempt $ATTEMPT ($STAGE): $REPOSITORY, tags ${TAGS[*]}"
   start_watchdog
+  INSTANCE_ID=$(instance_identity)
   heartbeat_loop &
   HEARTBEAT_PID=$!
   local registry=${VOLTABUILD_REGISTRY_OVERRIDE:-$REGISTRY}

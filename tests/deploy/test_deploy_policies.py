@@ -332,10 +332,7 @@ def test_the_internet_facing_functions_cannot_launch_or_read_secrets(templates, 
     api, events = granted(roles["APIHandler"]), granted(roles["EventsHandler"])
     for forbidden in ("ec2:RunInstances", "iam:PassRole", "ssm:GetParameter"):
         assert forbidden not in api and forbidden not in events, forbidden
-    # a host failure reported after a cancel ends the build, and Lifecycle ends its instance:
-    # the reports function may end or look at an instance, never start one
-    assert {a for a in events if a.startswith("ec2:")} <= {
-        "ec2:DescribeInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DeleteTags"}
+    assert not any(a.startswith("ec2:") for a in events), "the anonymous route touches no instance"
     assert "ec2:RunInstances" in granted(roles["Launcher"]) and "iam:PassRole" in granted(roles["Launcher"])
     assert "ssm:GetParameter" in granted(roles["NotifyConsumer"])
     # a queue consumer polls its own queue only

@@ -95,7 +95,9 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
     # every report carries the build's token, in a header file (never on the command line)
     assert ["Authorization: Bearer " + TOKEN] in run.named("header-file")
     assert all(TOKEN not in " ".join(a) for a in run.named("curl"))
-    assert all(a[-1] == f"{CFG.api_url}/builds/{BUILD_ID}/events" for a in run.named("curl"))
+    imds = "http://169.254.169.254/"  # the instance id it names in its reports (issue 16)
+    assert all(a[-1] == f"{CFG.api_url}/builds/{BUILD_ID}/events" for a in run.named("curl")
+               if not a[-1].startswith(imds))
 
     # the watchdog came first, the instance ended last
     assert run.calls[0][0] == "shutdown" and run.calls[0][1:] == ["-h", "+50"]

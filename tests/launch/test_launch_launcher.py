@@ -316,3 +316,117 @@ def test_a_build_that_ended_during_the_launch_gets_its_instance_terminated(aws, 
     assert launcher.handle(msg).action == "ignored"
     (inst,) = instances(ec2_env["ec2"])
     assert inst["State"]["Name"] in ("shutting-down", "terminated")
+
+
+# ---- a launcher that dies mid-launch (issue 16) ------------------------------------------------
+class Died(BaseException):
+    """The Lambda dying (timeout, out of memory): nothing in the domain may catch it."""
+
+
+def user_data_token(ec2, iid: str) -> str:
+    raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
+    text = script_of(base64.b64decode(raw))
+    return re.search(r"^readonly TOKEN=(\S+)$", text, re.M).group(1)
+
+
+def test_a_spot_price_timeout_after_run_instances_does_not_lose_the_instance(aws, ec2_env):
+    from botocore.exceptions import ReadTimeoutError
+
+    launcher = wiring.launcher()
+
+    class SlowPrices(Ec2Faults):
+        def describe_spot_price_history(self, **kw):
+            raise ReadTimeoutError(endpoint_url="https://ec2.us-east-1.amazonaws.com")
+
+    launcher.ec2 = SlowPrices(launcher.ec2)
+    build_id, msg = submit(aws)
+    outcome = launcher.handle(msg)
+    assert outcome.action == "launched"
+    (inst,) = instances(ec2_env["ec2"])
+    assert record(build_id)["instance_id"] == inst["InstanceId"] == outcome.instance_id
+
+
+def test_redelivery_after_a_death_between_run_instances_and_the_record_records_that_instance(
+        aws, ec2_env, monkeypatch):
+    build_id, msg = submit(aws)
+    launcher = wiring.launcher()
+
+    def die(*a, **kw):
+        raise Died()
+
+    monkeypatch.setattr(launcher, "_price", die)
+    with pytest.raises(Died):
+        launcher.handle(msg)
+    (inst,) = instances(ec2_env["ec2"])
+    assert record(build_id)["status"] == "LAUNCHING" and "instance_id" not in record(build_id)
+
+    monkeypatch.undo()
+    outcome = wiring.launcher().handle(msg)  # SQS delivers the message again
+    assert (outcome.action, outcome.instance_id) == ("launched", inst["InstanceId"])
+    assert len(instances(ec2_env["ec2"])) == 1, "no second instance"
+    rec = record(build_id)
+    assert rec["instance_id"] == inst["InstanceId"] and rec["instance"]["type"] == "g5.xlarge"
+    # the instance it recorded still holds the token the build accepts
+    assert hashlib.sha256(user_data_token(ec2_env["ec2"], inst["InstanceId"]).encode()).hexdigest() == rec["token_hash"]
+    assert wiring.launcher().handle(msg).action == "ignored", "once recorded, a third delivery is stale"
+
+
+def test_redelivery_after_a_death_before_run_instances_launches_with_a_fresh_token(aws, ec2_env, monkeypatch):
+    build_id, msg = submit(aws)
+    launcher = wiring.launcher()
+
+    def die(*a, **kw):
+        raise Died()
+
+    monkeypatch.setattr(launcher, "_run", die)
+    with pytest.raises(Died):
+        launcher.handle(msg)
+    old_hash = record(build_id)["token_hash"]
+    assert instances(ec2_env["ec2"]) == []
+
+    monkeypatch.undo()
+    assert wiring.launcher().handle(msg).action == "launched"
+    (inst,) = instances(ec2_env["ec2"])
+    rec = record(build_id)
+    assert rec["token_hash"] != old_hash, "the dead launcher's token is unknown: a new one is issued"
+    assert hashlib.sha256(user_data_token(ec2_env["ec2"], inst["InstanceId"]).encode()).hexdigest() == rec["token_hash"]
+
+
+def test_a_cancel_during_a_dead_launch_cancels_on_redelivery(aws, ec2_env, monkeypatch):
+    build_id, msg = submit(aws)
+    launcher = wiring.launcher()
+    monkeypatch.setattr(launcher, "_run", lambda *a, **kw: (_ for _ in ()).throw(Died()))
+    with pytest.raises(Died):
+        launcher.handle(msg)
+    wiring.builds().cancel(build_id)
+    monkeypatch.undo()
+    assert wiring.launcher().handle(msg).action == "cancelled"
+    assert record(build_id)["status"] == "CANCELLED"
+    assert instances(ec2_env["ec2"]) == []
+
+
+def test_a_catalog_error_at_launch_fails_the_build_at_once_with_the_reason(aws, ec2_env, monkeypatch):
+    """The version left the catalog after the build was accepted: no instance, no retry loop."""
+    from chalicelib.errors import BadRequest
+
+    build_id, msg = submit(aws)
+    launcher = wiring.launcher()
+
+    class ChangedCatalog:
+        def __init__(self, real):
+            self._real = real
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def spec(self, _framework):
+            raise BadRequest("framework 'pytorch' version '2.5.1' is not in the catalog; allowed: 2.6.0")
+
+    launcher.catalog = ChangedCatalog(launcher.catalog)
+    assert launcher.handle(msg).action == "failed"
+    rec = record(build_id)
+    assert rec["status"] == "FAILED"
+    assert rec["reason"].startswith("launch failed: framework 'pytorch' version '2.5.1' is not in the catalog")
+    assert instances(ec2_env["ec2"]) == []
+    assert aws.messages("NotifyQueue") == [{"build_id": build_id, "status": "FAILED"}]
+    assert launcher.handle(msg).action == "ignored", "a redelivery changes nothing"

@@ -337,3 +337,106 @@ def test_a_result_after_the_build_was_requeued_is_403(api, build_id):
     for body in ({"type": "result", "status": "FAILED", "reason": "x"}, {"type": "heartbeat"}, phase("PUSHING")):
         assert post(api, build_id, body).status_code == 403
     assert record(build_id) == before
+
+
+# ---- the reporting instance's identity (issue 16) ------------------------------------------------
+def _launching_unrecorded(aws) -> str:
+    """LAUNCHING with the attempt's token, but the launcher died before recording its instance."""
+    build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
+    aws.messages("LaunchQueue")
+    wiring.transitions().move(build.id, Status.LAUNCHING, expect=[Status.QUEUED], fields={
+        "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest()})
+    return build.id
+
+
+def test_a_report_records_its_instance_on_a_build_that_has_none(api, aws):
+    bid = _launching_unrecorded(aws)
+    resp = post(api, bid, {**phase("PREPARING"), "instance_id": "i-0aaaaaaaaaaaaaaa1"})
+    assert resp.status_code == 202, resp.body
+    rec = record(bid)
+    assert (rec["status"], rec["instance_id"]) == ("RUNNING", "i-0aaaaaaaaaaaaaaa1")
+    # once recorded it is never replaced by what a report says
+    assert post(api, bid, {"type": "heartbeat", "instance_id": "i-0bbbbbbbbbbbbbbb2"}).status_code == 202
+    assert record(bid)["instance_id"] == "i-0aaaaaaaaaaaaaaa1"
+
+
+def test_a_recorded_instance_is_kept_and_a_bad_instance_id_is_400(api, build_id):
+    assert post(api, build_id, {"type": "heartbeat", "instance_id": "i-0bbbbbbbbbbbbbbb2"}).status_code in (202, 409)
+    assert record(build_id)["instance_id"] == "i-0123456789abcdef0"
+    resp = post(api, build_id, {**phase("PREPARING"), "instance_id": "i-; reboot"})
+    assert resp.status_code == 400 and "instance_id" in json.loads(resp.body)["Message"]
+
+
+def test_a_forged_token_records_no_instance(api, aws):
+    bid = _launching_unrecorded(aws)
+    resp = post(api, bid, {**phase("PREPARING"), "instance_id": "i-0aaaaaaaaaaaaaaa1"}, token="forged-" + "y" * 40)
+    assert resp.status_code == 403
+    assert "instance_id" not in record(bid)
+
+
+# ---- pushed, but reported FAILED (issue 16; the choice is documented in chalicelib/pushed.py) --------
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
+                                  "digest": "sha256:" + "d" * 64}, "layers": []})
+
+
+@pytest.fixture
+def pushing(aws, monkeypatch):
+    """A RUNNING build in ECR's registry (moto's account), in phase PUSHING."""
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    wiring.reset()
+    build, _ = wiring.builds().submit(BuildRequest(framework="canary", tags=["nightly", "stable"]))
+    aws.messages("LaunchQueue")
+    wiring.transitions().move(build.id, Status.LAUNCHING, expect=[Status.QUEUED], fields={
+        "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest(), "instance_id": "i-0123456789abcdef0",
+        "launch_started_at": wiring.store().get_record(build.id)["created_at"]})
+    return build.id  # its ECR repository comes with the stage's resources (infra/)
+
+
+def push(aws, bid: str, tags: list[str], manifest: str = MANIFEST) -> str:
+    ecr = aws.client("ecr")
+    name = record(bid)["image"]["repository"].split("/", 1)[1]
+    digests = {ecr.put_image(repositoryName=name, imageManifest=manifest, imageTag=tag)["image"]["imageId"]
+               ["imageDigest"] for tag in tags}
+    (digest,) = digests
+    return digest
+
+
+def test_failure_reported_after_every_tag_was_pushed_is_a_success_with_a_note(api, aws, pushing):
+    assert post(api, pushing, phase("PUSHING")).status_code == 202
+    digest = push(aws, pushing, record(pushing)["image"]["tags"])
+    aws.messages("NotifyQueue")
+    resp = post(api, pushing, {"type": "result", "status": "FAILED",
+                               "reason": "the image was pushed but the result could not be reported"})
+    assert resp.status_code == 202 and json.loads(resp.body)["status"] == "SUCCEEDED"
+    rec = record(pushing)
+    assert rec["status"] == "SUCCEEDED" and rec["image"]["digest"] == digest and not rec.get("reason")
+    note = rec["events"][-1]["message"]
+    assert "the instance reported FAILED (the image was pushed but the result could not be reported)" in note
+    assert f"ECR holds every tag ({', '.join(rec['image']['tags'])}) at {digest}" in note
+    assert aws.messages("NotifyQueue") == [{"build_id": pushing, "status": "SUCCEEDED"}]
+
+
+def test_failure_after_a_partial_push_stays_failed(api, aws, pushing):
+    tags = record(pushing)["image"]["tags"]
+    assert len(tags) >= 2
+    assert post(api, pushing, phase("PUSHING")).status_code == 202
+    push(aws, pushing, tags[:1])  # the push of the other tags failed
+    assert post(api, pushing, {"type": "result", "status": "FAILED", "reason": "pushing failed"}).status_code == 202
+    rec = record(pushing)
+    assert rec["status"] == "FAILED" and rec["reason"] == "pushing failed"
+
+
+def test_failure_before_pushing_never_asks_ecr(api, aws, pushing):
+    push(aws, pushing, record(pushing)["image"]["tags"])  # an earlier build's image under the same tags
+    assert post(api, pushing, phase("TESTING")).status_code == 202
+    assert post(api, pushing, {"type": "result", "status": "FAILED", "reason": "GPU test failed"}).status_code == 202
+    assert record(pushing)["status"] == "FAILED"
+
+
+def test_tags_at_a_digest_ecr_did_not_see_this_build_push_stay_failed(api, aws, pushing):
+    assert post(api, pushing, phase("PUSHING")).status_code == 202
+    wiring.store().update_fields(pushing, {"ecr_digest": "sha256:" + "e" * 64})  # what the push event saw
+    push(aws, pushing, record(pushing)["image"]["tags"])  # ... but the tags point elsewhere
+    assert post(api, pushing, {"type": "result", "status": "FAILED", "reason": "x"}).status_code == 202
+    assert record(pushing)["status"] == "FAILED"

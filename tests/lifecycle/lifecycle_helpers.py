@@ -131,3 +131,46 @@ class CallLog:
         """The calls since the last take."""
         calls, self.calls = self.calls, []
         return calls
+
+
+class Died(BaseException):
+    """A Lambda dying between two AWS calls (a BaseException: no domain code catches it)."""
+
+
+class Crasher:
+    """Makes one handler invocation die before its ``n``-th AWS call (botocore's
+    ``before-call`` event on the app's clients)."""
+
+    def __init__(self) -> None:
+        self.armed: int | None = None
+        self.count = 0
+        self._attached: set[int] = set()
+
+    def _attach(self) -> None:
+        from chalicelib import wiring
+
+        for name in CallLog.SERVICES:
+            client = wiring.client(name)
+            if id(client) not in self._attached:
+                client.meta.events.register("before-call", self._on_call)
+                self._attached.add(id(client))
+
+    def _on_call(self, **_kwargs) -> None:
+        if self.armed is None:
+            return
+        self.count += 1
+        if self.count == self.armed:
+            self.armed = None
+            raise Died(f"died before AWS call {self.count}")
+
+    def during(self, n: int, fn) -> bool:
+        """Run ``fn`` dying before its ``n``-th AWS call; True if it died."""
+        self._attach()
+        self.armed, self.count = n, 0
+        try:
+            fn()
+        except Died:
+            return True
+        finally:
+            self.armed = None
+        return False

@@ -357,3 +357,62 @@ def test_push_seen_after_the_success_report_is_one_query_and_one_write(world, fi
     assert fire("on_image_pushed", event) == "recorded"
     assert aws_calls.take() == ["dynamodb.Query", "dynamodb.UpdateItem"]
     assert world.get(bid)["ecr_digest"] == digest
+
+
+# ---- adopting an instance the launcher did not record (issue 16) ------------------------
+def _launching_without_instance(world, attempt: int = 1) -> str:
+    """The launcher moved the build to LAUNCHING, ran the instance and died before recording it."""
+    bid = world.submit()
+    world.wiring.transitions().move(bid, Status.LAUNCHING, expect=[Status.QUEUED], message="launching")
+    return bid
+
+
+def test_running_event_of_an_unrecorded_instance_of_the_current_attempt_adopts_it(world, fire):
+    bid = _launching_without_instance(world)
+    iid = world.run_instance(bid, 1)
+    assert fire("on_instance_state", state_event(iid, "running")) == "running"
+    record = world.get(bid)
+    assert (record["status"], record["instance_id"]) == ("RUNNING", iid)
+    assert record["instance"]["type"] == "g5.xlarge" and record["instance"]["lifecycle"] == "spot"
+
+
+def test_an_unrecorded_instance_of_another_attempt_or_stage_is_not_adopted(world, fire):
+    bid = _launching_without_instance(world)
+    old = world.run_instance(bid, 2)  # not the build's attempt (1)
+    other = world.run_instance(bid, 1, stage="prod")
+    assert fire("on_instance_state", state_event(old, "running")) == "not ours"
+    assert fire("on_instance_state", state_event(other, "running")) == "not ours"
+    record = world.get(bid)
+    assert record["status"] == "LAUNCHING" and "instance_id" not in record
+
+
+def test_spot_warning_of_an_unrecorded_instance_relaunches_the_build(world, fire, aws):
+    bid = _launching_without_instance(world)
+    iid = world.run_instance(bid, 1)
+    assert fire("on_spot_interruption", spot_event(iid)) == "relaunched"
+    record = world.get(bid)
+    assert (record["status"], record["attempt"]) == ("QUEUED", 2)
+    assert aws.messages("LaunchQueue")[-1] == {"build_id": bid, "attempt": 2}
+
+
+# ---- pushed, then the instance went away without its result (issue 16) ------------------
+def test_instance_gone_after_pushing_every_tag_succeeds_with_a_note(world, fire, monkeypatch, aws):
+    from chalicelib.states import Phase
+
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
+    world.wiring.reset()
+    bid = world.submit(tags=["nightly"])
+    iid = world.launch(bid)
+    world.wiring.transitions().move(bid, Status.RUNNING, expect=[Status.LAUNCHING], phase=Phase.PUSHING)
+    image = world.get(bid)["image"]
+    ecr = aws.client("ecr")
+    manifest = ('{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", '
+                '"layers": []}')
+    digest = {ecr.put_image(repositoryName=image["repository"].split("/", 1)[1], imageManifest=manifest,
+                            imageTag=t)["image"]["imageId"]["imageDigest"] for t in image["tags"]}.pop()
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "succeeded"
+    record = world.get(bid)
+    assert record["status"] == "SUCCEEDED" and record["image"]["digest"] == digest
+    assert f"instance {iid} was terminated before it reported the result; but ECR holds every tag" in \
+        record["events"][-1]["message"]

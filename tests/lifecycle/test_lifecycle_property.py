@@ -1,26 +1,29 @@
 """Property: whatever the cloud does — events duplicated, dropped, out of order; instances
-crashing, reclaimed, finishing; users cancelling; the reaper ticking at any time — every
+crashing, reclaimed, finishing; users cancelling; the reaper ticking at any time; a handler
+or the reaper dying between two AWS calls (issue 16) — every
 build ends final, only through legal transitions, never changes once final, gets exactly
 one final notification, and no instance of ours is left running.
 
 The cloud is simulated on top of moto: EC2 state changes seen in moto become the events
 AWS would send (delivered later, maybe twice, maybe never), the launch queue is served by
 a stand-in launcher, instance reports are the store/transition calls the report handler
-makes, and the clock is moved by the test.
+makes, the notify consumer's conditional claim stands in for Slack, and the clock is moved
+by the test.
 """
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from lifecycle_helpers import load_event
+from lifecycle_helpers import Crasher, load_event
 
 from chalicelib import clock as clock_module
 from chalicelib.errors import InvalidTransition, VoltabuildError
 from chalicelib.states import FINAL, Phase, Status, allowed
 
 # weighted by repetition: mostly the normal life of a build, with the faults mixed in
-OPS = ("launch",) * 4 + ("deliver",) * 5 + ("report",) * 6 + ("drop", "interrupt", "cancel", "tick", "tick", "advance")
+OPS = ("launch",) * 4 + ("deliver",) * 5 + ("report",) * 6 + ("drop", "interrupt", "cancel", "tick", "tick", "advance",
+                                                             "crash")
 
 operations = st.lists(
     st.tuples(st.sampled_from(OPS), st.integers(0, 50), st.integers(0, 11)),
@@ -37,7 +40,9 @@ class Cloud:
         self.pending: list[tuple[str, dict]] = []  # events AWS has emitted, not yet delivered
         self.seen_state: dict[str, str] = {}
         self.final_seen: dict[str, tuple[str, int]] = {}
-        self.notifications: list[dict] = []
+        self.notifications: list[dict] = []  # notify messages whose delivery claim won (one per build)
+        self.crasher = Crasher()
+        self.crashes = 0
 
     # ---- the world's moves --------------------------------------------------------
     def fire(self, handler: str, event: dict) -> None:
@@ -99,6 +104,18 @@ class Cloud:
                                  load_event("ec2-spot-interruption", **{"instance-id": iid})))
             self.world.ec2.terminate_instances(InstanceIds=[iid])  # EC2 reclaims it
 
+    def crash(self, a: int, b: int) -> None:
+        """The next event delivery (EventBridge retries it later: it stays pending) or reaper
+        tick dies before its 2nd..5th AWS call."""
+        n = 2 + b % 4
+        if a % 2 and self.pending:
+            handler, ev = self.pending[a % len(self.pending)]
+            died = self.crasher.during(n, lambda: self.fire(handler, ev))
+        else:
+            self.clock.advance(minutes=b + 1)
+            died = self.crasher.during(n, self.tick)
+        self.crashes += died
+
     def cancel(self, bid: str) -> None:
         try:
             self.world.wiring.builds().cancel(bid)
@@ -122,6 +139,8 @@ class Cloud:
         elif op == "tick":
             self.clock.advance(minutes=b + 1)
             self.tick()
+        elif op == "crash":
+            self.crash(a, b)
         else:
             self.clock.advance(minutes=b * 2)
 
@@ -142,8 +161,19 @@ class Cloud:
                                                                          **{"instance-id": iid})))
                 self.pending.append(("on_instance_state", load_event(f"ec2-state-{state}", **{"instance-id": iid})))
 
+    def notify(self) -> None:
+        """The notify consumer's conditional claim: however many copies of a build's final
+        message arrive (the reaper re-sends one that was lost), one claim wins."""
+        for msg in self.world.aws.messages("NotifyQueue"):
+            if msg.get("event", "final") != "final":
+                continue
+            if self.world.store.set_if(msg["build_id"], "notification", {"status": "sent"},
+                                       condition="attribute_not_exists(#a)") is not None:
+                self.notifications.append(msg)
+            self.world.store.release_slot(msg["build_id"])
+
     def check(self) -> None:
-        self.notifications += self.world.aws.messages("NotifyQueue")
+        self.notify()
         for bid in self.builds:
             record = self.world.get(bid)
             trail = [Status(e["status"]) for e in record["events"]]
@@ -179,6 +209,7 @@ def test_every_build_ends_final_and_no_instance_is_left(world, api, clock, n_bui
         record = world.get(bid)
         assert Status(record["status"]) in FINAL, record
         event(f"ended {record['status']} after {record['attempt']} attempt(s)")
+    event(f"{cloud.crashes} crash(es)")
     # exactly one final notification per build, with the build's final status
     assert sorted((n["build_id"], n["status"]) for n in cloud.notifications) == sorted(
         (bid, world.get(bid)["status"]) for bid in cloud.builds)

@@ -165,17 +165,20 @@ def test_two_ticks_at_once_relaunch_only_once(world, api, clock, aws):
     assert aws.messages("LaunchQueue") == [{"build_id": bid, "attempt": 2}]
 
 
-def test_an_instance_the_launcher_has_not_recorded_yet_is_not_an_orphan(world, api, clock):
-    # the launcher moved the build to LAUNCHING and started the instance, but has not yet
-    # written instance_id: the instance carries the build's current attempt
+def test_an_instance_the_launcher_has_not_recorded_is_adopted_not_orphaned(world, api, clock):
+    # the launcher moved the build to LAUNCHING and started the instance, but has not
+    # written instance_id (it died, or is about to): the instance carries the build's current attempt
     bid = world.submit()
     world.wiring.transitions().move(bid, Status.LAUNCHING, expect=[Status.QUEUED],
                                     fields={"launch_started_at": clock_module.now_iso()})
     iid = world.run_instance(bid, 1)
-    assert tick(api) == {}
+    stale = world.run_instance(bid, 0)  # an earlier attempt's survivor is not adopted
+    assert tick(api) == {"adopted": 1, "orphans_marked": 1}
+    rec = world.get(bid)
+    assert (rec["status"], rec["instance_id"], rec["instance"]["type"]) == ("LAUNCHING", iid, "g5.xlarge")
     clock.advance(minutes=5)
-    assert tick(api) == {}
-    assert world.state(iid) == "running"
+    assert tick(api) == {"orphans_terminated": 1}
+    assert world.state(iid) == "running" and world.state(stale) in ("shutting-down", "terminated")
 
 
 def _succeeded_in_ecr_account(world, monkeypatch, digests: list[str]) -> list[str]:
@@ -189,6 +192,7 @@ def _succeeded_in_ecr_account(world, monkeypatch, digests: list[str]) -> list[st
         image = dict(world.get(bid)["image"], digest=digest)
         world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], fields={"image": image})
         world.ec2.terminate_instances(InstanceIds=[iid])  # the instance ends itself after its report
+        world.store.set_if(bid, "notification", {"status": "sent"}, condition="attribute_not_exists(#a)")
         ids.append(bid)
     return ids
 
@@ -203,8 +207,9 @@ def test_digest_check_reads_no_build_again(world, api, clock, monkeypatch):
     clock.advance(minutes=16)
     assert tick(api) == {"digests_checked": 1, "digests_flagged": 1}
     # the index query's items are used as they are: only the build ECR never reported is asked about
+    # (one Query per final state: the newest SUCCEEDED for the digests, all four for lost notifications)
     assert calls.take() == ["dynamodb.Query", "ec2.DescribeInstances", "dynamodb.GetItem",
-                            "dynamodb.Query", "ecr.DescribeImages", "dynamodb.UpdateItem"]
+                            *["dynamodb.Query"] * 4, "ecr.DescribeImages", "dynamodb.UpdateItem"]
     assert "ECR has no image" in world.get(unseen)["reason"] and not world.get(seen).get("reason")
 
 
@@ -221,3 +226,52 @@ def test_digest_recorded_after_the_index_read_is_not_flagged(world, api, clock, 
     # THEN its conditional write loses: the build is not flagged
     assert "digests_flagged" not in report and "digests_checked" not in report
     assert not world.get(bid).get("reason") and "digest_checked" not in world.get(bid)
+
+
+# ---- lost notifications (issue 16) ---------------------------------------------------------
+def test_a_final_build_whose_notify_message_was_lost_is_notified_again_once(world, api, clock, aws):
+    from chalicelib.notify import FINAL_ATTR
+
+    bid = world.submit()
+    world.launch(bid)
+    world.wiring.transitions().move(bid, Status.CANCELLED, message="cancelled")
+    assert world.final_notifications() == [{"build_id": bid, "status": "CANCELLED"}]  # ... and then lost
+    clock.advance(minutes=9)
+    assert tick(api).get("notifications_requeued") is None, "within the grace the consumer may still be at it"
+    clock.advance(minutes=2)
+    assert tick(api)["notifications_requeued"] == 1
+    assert world.final_notifications() == [{"build_id": bid, "status": "CANCELLED"}]
+    # once the consumer claimed the delivery (here: Slack was off for it), it is never sent again
+    world.store.set_if(bid, FINAL_ATTR, {"status": "skipped"}, condition="attribute_not_exists(#a)")
+    clock.advance(minutes=5)
+    assert tick(api).get("notifications_requeued") is None
+    assert world.final_notifications() == []
+
+
+# ---- pushed, then silent (issue 16) ----------------------------------------------------------
+def test_a_silent_build_that_pushed_every_tag_succeeds_and_one_that_did_not_fails(world, api, clock, monkeypatch,
+                                                                                 aws):
+    from chalicelib.states import Phase
+
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
+    world.wiring.reset()
+    pushed, partial = world.submit(tags=["a1"], timeout_minutes=60), world.submit(tags=["b1"], timeout_minutes=60)
+    iids = {}
+    for bid in (pushed, partial):
+        iids[bid] = world.launch(bid, timeout_minutes=60)
+        world.wiring.transitions().move(bid, Status.RUNNING, expect=[Status.LAUNCHING], phase=Phase.PUSHING,
+                                        fields={"heartbeat_at": clock_module.now_iso()})
+    ecr = aws.client("ecr")
+    manifest = ('{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", '
+                '"layers": []}')
+    image = world.get(pushed)["image"]
+    for tag in image["tags"]:
+        ecr.put_image(repositoryName=image["repository"].split("/", 1)[1], imageManifest=manifest, imageTag=tag)
+    # the other build's shared tags (its version, latest) are in ECR, its own "b1" never got there
+    clock.advance(minutes=16)
+    assert tick(api) == {"settled_pushed": 1, "failed": 1}
+    done, failed = world.get(pushed), world.get(partial)
+    assert done["status"] == "SUCCEEDED" and "no report from instance" in done["events"][-1]["message"]
+    assert "but ECR holds every tag" in done["events"][-1]["message"]
+    assert failed["status"] == "FAILED" and failed["reason"].startswith("no report from instance")
+    assert world.state(iids[pushed]) == world.state(iids[partial]) == "terminated"

@@ -207,21 +207,45 @@ def test_a_channel_without_a_webhook_parameter_is_recorded_as_failed(aws, slack,
     assert sink.received == []
 
 
-def test_a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease(aws, slack, sink, make_build,
-                                                                     notifier_factory):
+def test_a_claim_left_by_a_dead_worker_is_never_sent_again(aws, slack, sink, make_build, notifier_factory):
+    """A worker claims only with the webhook in hand, so one that died holding a claim died
+    posting or after posting: after its lease the outcome is recorded as unconfirmed, and
+    Slack never shows the message twice (issue 16)."""
     build_id = make_build(Status.SUCCEEDED)
     ev = final_event(aws)
     now = [1_000_000.0]
     notifier = notifier_factory(clock=lambda: now[0], lease_seconds=50)
-    # a worker claimed the delivery and died before sending
     wiring.store().set_if(build_id, "notification", {"status": "sending", "channel": "default", "attempts": 1,
                                                      "lease_until": int(now[0] + 50), "token": "dead"},
                           condition="attribute_not_exists(#a)")
     assert notifier.handle(ev) == "duplicate"  # lease still held: someone may be sending
     now[0] += 51
-    assert notifier.handle(ev) == "sent"  # SQS redelivered the message after the lease
+    assert notifier.handle(ev) == "unconfirmed"  # SQS redelivered the message after the lease
+    assert notifier.handle(ev) == "duplicate"
+    assert sink.received == []
+    shown = record(build_id)["notification"]
+    assert (shown["status"], shown["error"]) == ("unconfirmed", "worker_died")
+
+
+def test_a_worker_that_dies_before_claiming_leaves_the_message_to_its_redelivery(aws, slack, sink, make_build,
+                                                                                 notifier_factory):
+    """The webhook read fails (SSM down): nothing is claimed, so the redelivery sends it."""
+    from botocore.exceptions import EndpointConnectionError
+
+    build_id = make_build(Status.FAILED)
+    ev = final_event(aws)
+    notifier = notifier_factory()
+
+    class Down:
+        def url(self, channel):
+            raise EndpointConnectionError(endpoint_url="https://ssm.us-east-1.amazonaws.com")
+
+    real, notifier.webhooks = notifier.webhooks, Down()
+    assert notifier.handle(ev) == "retrying"
+    assert record(build_id)["notification"]["status"] == "retrying"
+    notifier.webhooks = real
+    assert notifier.handle(ev) == "sent"
     assert len(sink.posted()) == 1
-    assert record(build_id)["notification"]["attempts"] == 2
 
 
 def test_malformed_or_unknown_messages_are_dropped_without_error(api, aws, slack, sink):
