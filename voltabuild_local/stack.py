@@ -201,7 +201,12 @@ class Stack:
             "LOCAL_API_KEY": api_key,
             "PUBLIC_API_URL": api_url,
             "IMAGE_REGISTRY": registry,
+            # one key drives every local build (the demo, the e2e bursts of 20): its own
+            # limits as roomy as the stage's; tests/security holds the per-key quotas
             "MAX_ACTIVE_BUILDS": "50",
+            "MAX_ACTIVE_BUILDS_PER_KEY": "50",
+            "MAX_GPU_HOURS_PER_KEY_DAY": "10000",
+            "VOLTABUILD_LOCAL_WINS": "MAX_ACTIVE_BUILDS,MAX_ACTIVE_BUILDS_PER_KEY,MAX_GPU_HOURS_PER_KEY_DAY",
             "VCS_REF": _git_revision(),
         }
         self._slack_parameters(session, sink_url, app_env)

@@ -59,6 +59,7 @@ HEARTBEAT_PID=""
 INSTANCE_ID=""
 HB_SLEEP=""
 IMAGE=""
+BUILT=""
 DIGEST=""
 ARGS=()
 BUILD_CMD=()
@@ -335,7 +336,12 @@ build_image() {
   fi
   BUILD_CMD+=(--file "$WORK/context/Dockerfile")
   for a in "${ARGS[@]}"; do BUILD_CMD+=(--build-arg "$a"); done
-  for t in "${TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
+  if [[ $BUILDER == buildah ]] || is_local; then
+    # one image store for every build on this machine: a name of this attempt's own
+    BUILD_CMD+=(--tag "$BUILT")
+  else
+    for t in "${TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
+  fi
   if [[ $BUILDER == buildah ]]; then
     run "${BUILD_CMD[@]}" "$WORK/context" || die "the image build failed"
   elif is_local; then
@@ -349,6 +355,7 @@ build_image() {
 
 smoke_test() {
   local ref=$IMAGE:${TAGS[0]} ctr gpus=(--gpus all)
+  if [[ $BUILDER == buildah ]] || is_local; then ref=$BUILT; fi
   if [[ $BUILDER == buildah ]]; then
     ctr=$(buildah --storage-driver vfs from --pull=never "$ref") || die "buildah from $ref failed"
     if ! run buildah --storage-driver vfs run --isolation chroot "$ctr" -- "${SMOKE_TEST[@]}"; then
@@ -396,14 +403,15 @@ push_tags() {
   if [[ $BUILDER == buildah ]]; then
     for t in "${TAGS[@]}"; do
       retry "$PUSH_TRIES" buildah --storage-driver vfs push --tls-verify=false --digestfile "$WORK/digest" \
-        "$IMAGE:$t" "docker://$IMAGE:$t" || die "pushing $IMAGE:$t failed"
+        "$BUILT" "docker://$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
     digest=$(cat "$WORK/digest")
   elif is_local; then
     for t in "${TAGS[@]}"; do
+      docker tag "$BUILT" "$IMAGE:$t" || die "could not tag $IMAGE:$t"
       retry "$PUSH_TRIES" docker push "$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
-    digest=$(docker inspect --format '{{index .RepoDigests 0}}' "$IMAGE:${TAGS[0]}")
+    digest=$(docker inspect --format '{{index .RepoDigests 0}}' "$BUILT")
     digest=${digest##*@}
   else
     retry "$PUSH_TRIES" "${BUILD_CMD[@]}" --push --metadata-file "$WORK/metadata.json" "$WORK/context" ||
@@ -433,6 +441,7 @@ main() {
   [[ $registry =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] || die "VOLTABUILD_REGISTRY_OVERRIDE: not HOST[:PORT]"
   [[ $BUILDER == docker || $BUILDER == buildah ]] || die "VOLTABUILD_BUILDER: docker or buildah"
   IMAGE=$registry/$REPOSITORY
+  BUILT=$IMAGE:build-$BUILD_ID-$ATTEMPT
   ARGS=("${BUILD_ARGS[@]}")
   apply_overrides
 

@@ -209,12 +209,16 @@ def test_local_mode_with_buildah_skips_only_cloud_steps(catalog, tmp_path):
     bud = next(a for a in run.named("buildah") if "bud" in a)
     assert bud[:5] == ["--storage-driver", "vfs", "bud", "--isolation", "chroot"]
     assert "BASE_IMAGE=localhost/voltabuild/busybox:local" in bud
-    assert "127.0.0.1:5055/voltabuild/canary:1.0" in bud
+    # one image store serves every build on the machine: the build names its image for this
+    # attempt alone, never by the shared tags (another build could re-point those before the push)
+    built = f"127.0.0.1:5055/voltabuild/canary:build-{BUILD_ID}-1"
+    assert bud[bud.index("--tag") + 1] == built and bud.count("--tag") == 1
     assert ["--storage-driver", "vfs", "run", "--isolation", "chroot", "shim-container", "--",
             "/usr/local/bin/entrypoint.sh", "--check"] in run.named("buildah")
     pushes = [a for a in run.named("buildah") if "push" in a]
     assert [p[-1] for p in pushes] == ["docker://127.0.0.1:5055/voltabuild/canary:1.0",
                                        "docker://127.0.0.1:5055/voltabuild/canary:latest"]
+    assert {p[-2] for p in pushes} == {built}  # every tag gets this attempt's own image
     assert all("--tls-verify=false" in p for p in pushes)
     assert run.result()["digest"] == "sha256:" + "b" * 64
 
