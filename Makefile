@@ -41,10 +41,10 @@ test: venv system-deps lint
 N ?= 5
 FLAKY_TESTS ?= tests/e2e tests/api/test_concurrency.py tests/notify/test_consumer_races.py
 test-flaky: venv system-deps
-	@fails=0; for i in $$(seq 1 $(N)); do \
-	  echo "== round $$i of $(N)"; \
-	  $(PY) -m pytest -q -p no:cacheprovider $(FLAKY_TESTS) 2>&1 | tail -n 3; \
-	  [ $${PIPESTATUS[0]} -eq 0 ] || fails=$$((fails + 1)); \
+	@mkdir -p .voltabuild/flaky; fails=0; for i in $$(seq 1 $(N)); do \
+	  log=.voltabuild/flaky/round-$$i.log; echo "== round $$i of $(N)"; \
+	  if $(PY) -m pytest -q -p no:cacheprovider $(FLAKY_TESTS) >$$log 2>&1; then tail -n 1 $$log; \
+	  else fails=$$((fails + 1)); grep -E '^(FAILED|ERROR) ' $$log; tail -n 1 $$log; echo "   the whole output: $$log"; fi; \
 	done; \
 	echo "$$fails of $(N) rounds failed"; [ $$fails -eq 0 ]
 

@@ -61,8 +61,12 @@ def serial_moto_server():
     (voltabuild_local.moto_server): writes to one item are applied whole, as DynamoDB
     applies them. In-process moto is not atomic across threads (a conditional write and
     a transaction can both win), so every "exactly one winner" test races against this.
-    Yields the endpoint session; a fresh server (no state) each time, started in < 1 s."""
+    Yields the endpoint session, started in < 1 s. moto keeps its state in the process, not
+    the server: every server in this pytest process shares it, so each start resets it
+    (the queues would otherwise still hold an earlier module's messages)."""
     import threading
+
+    import requests
 
     from voltabuild_local import moto_server
     from voltabuild_local.stack import EndpointSession
@@ -70,8 +74,10 @@ def serial_moto_server():
     server = moto_server.server("127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
     try:
-        yield EndpointSession(f"http://127.0.0.1:{server.server_address[1]}")
+        yield EndpointSession(endpoint)
     finally:
         server.shutdown()
         server.server_close()
