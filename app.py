@@ -5,6 +5,7 @@ from __future__ import annotations
 from chalice import Chalice
 
 from chalicelib import wiring
+from chalicelib.contexts import ContextRequest
 from chalicelib.http import error_response, handle_errors, json_response, parse_body
 from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
 from chalicelib.notify import parse_event as parse_notify_event
@@ -56,6 +57,15 @@ def submit_build():
     build, created = wiring.builds().submit(body, idempotency_key=req.headers.get("idempotency-key"),
                                             api_key_id=api_key_id(req))
     return json_response(build, 202 if created else 200, {"Location": f"/builds/{build.id}"})
+
+
+@app.route("/contexts", methods=["POST"], api_key_required=True)
+@handle_errors
+def upload_context():
+    """An upload target for a build context (issue 20; chalicelib/contexts.py)."""
+    body = parse_body(app.current_request.raw_body, ContextRequest)
+    result = wiring.contexts().request_upload(body)
+    return json_response(result, 200 if result.uploaded else 201)
 
 
 @app.route("/builds", methods=["GET"], api_key_required=True)

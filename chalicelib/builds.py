@@ -51,8 +51,9 @@ def check_build_id(build_id: str) -> str:
 
 class BuildService:
     def __init__(self, store: BuildStore, catalog: Catalog, settings: Settings, launch_queue: Queue,
-                 transitions: Transitions, instances=None) -> None:
+                 transitions: Transitions, instances=None, contexts=None) -> None:
         self.store = store
+        self.contexts = contexts  # chalicelib.contexts.Contexts: uploaded contexts (issue 20)
         self.instances = instances  # chalicelib.instances.Instances: stops a cancelled build's instance
         self.transitions = transitions
         self.catalog = catalog
@@ -63,7 +64,12 @@ class BuildService:
 
     # ---- submit -----------------------------------------------------------------
     def plan(self, req: BuildRequest) -> Build:
-        """Validate a request against the catalog and resolve every default. No I/O."""
+        """Validate a request against the catalog and resolve every default. No I/O (but
+        a source build's uploaded context is looked up: chalicelib/custom_builds.py)."""
+        if req.source is not None or req.extend is not None:
+            from chalicelib import custom_builds
+
+            return custom_builds.plan(self, req, new_build_id(), self.contexts)
         spec = self.catalog.spec(req.framework)
         hw = self.catalog.hardware
         resolved = spec.resolve(req.version, req.cuda, req.python)

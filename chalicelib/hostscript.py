@@ -101,30 +101,39 @@ def _array(name: str, values: list[str]) -> str:
 
 
 def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
-           instance_type: str | None = None) -> str:
+           instance_type: str | None = None, context_url: str = "", context_max_bytes: int = 0) -> str:
     """The host script for one attempt of one build (``record`` is the stored build item) on
     ``instance_type`` (default: the build's first): its family sets the driver branch the
-    script installs on a host that has none."""
+    script installs on a host that has none. A source or extend build (issue 20) takes its
+    repository, args, smoke test and source variables from chalicelib/custom_builds.py;
+    ``context_url`` is an uploaded context's presigned GET URL."""
     if not cfg.api_url:
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
-    spec = catalog.spec(record["framework"])
+    job = _source_job(record, catalog, context_url, context_max_bytes)
     hw = catalog.hardware
-    itype = instance_type or (record.get("instance_types") or spec.instance_types)[0]
+    itype = instance_type or (record.get("instance_types") or catalog.spec(record["framework"]).instance_types)[0]
     if not hw.is_known_instance_type(itype) or hw.ami_of(itype) is None:
         raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
     driver_branch = hw.ami_of(itype).driver_branch
     build_id = _check("build id", record["id"], _BUILD_ID)
-    resolved = spec.resolve(record["version"], record["cuda"], record["python"])
-    args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
-    args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
+    if job is None:
+        spec = catalog.spec(record["framework"])
+        resolved = spec.resolve(record["version"], record["cuda"], record["python"])
+        args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
+        args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
+        repository, smoke, context_b64, arg_pattern = spec.repository, spec.smoke_test, None, _ARG_NAME
+        cuda_value = resolved.cuda
+    else:
+        args, repository, smoke, context_b64 = job.build_args, job.repository, job.smoke_test, job.context_b64
+        arg_pattern, cuda_value = _USER_ARG_NAME, record["cuda"]
     arg_list = []
     for name, value in args.items():
-        _check("build arg name", name, _ARG_NAME)
+        _check("build arg name", name, arg_pattern)
         arg_list.append(f"{name}={_plain(f'build_args.{name}', value)}")
     tags = [_check("tag", t, DOCKER_TAG) for t in record["image"]["tags"]]
     if not tags:
         raise RenderError("image.tags: a build needs at least one tag")
-    cuda = _check("cuda", resolved.cuda, _VERSION)
+    cuda = _check("cuda", cuda_value, _VERSION)
     release = hw.cuda[cuda]
     health = release.health_image
     timeout = int(record["timeout_minutes"])
@@ -136,7 +145,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("TOKEN", _check("token", token, _TOKEN)),
         _assign("REGION", _check("region", cfg.region, _REGION)),
         _assign("REGISTRY", _check("registry", cfg.registry, _REGISTRY)),
-        _assign("REPOSITORY", _check("repository", spec.repository, _REPOSITORY)),
+        _assign("REPOSITORY", _check("repository", repository, _REPOSITORY)),
         _assign("LOG_GROUP", _check("log group", cfg.log_group, _LOG_GROUP)),
         _assign("CUDA", cuda),
         _assign("MIN_DRIVER", _check("min driver", release.min_driver, re.compile(r"^[0-9]+(\.[0-9]+)*$"))),
@@ -147,10 +156,58 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),
         _array("BUILD_ARGS", arg_list),
-        _array("SMOKE_TEST", [_plain("smoke_test", a) for a in spec.smoke_test]),
-        _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec))),
+        _array("SMOKE_TEST", [_plain("smoke_test", a) for a in smoke]),
+        _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec)) if context_b64 is None else context_b64),
+        *_source_config(record, context_url, context_max_bytes),
     ])
     return _template().replace("@@CONFIG@@", config)
+
+
+# ---- build your own (issue 20): a user's context, a git repository, an extension ----
+_USER_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SOURCE_CHECKS = {
+    "SOURCE_KIND": re.compile(r"^(catalog|context|git|extend)$"),
+    "CONTEXT_URL": re.compile(r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~%/+=&?:-]{0,4000})?$"),
+    "CONTEXT_SHA256": re.compile(r"^(sha256:[0-9a-f]{64})?$"),
+    "CONTEXT_MAX_BYTES": re.compile(r"^[0-9]{1,15}$"),
+    "UNPACK_MAX_FILES": re.compile(r"^[0-9]{1,9}$"),
+    "GIT_URL": re.compile(r"^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~%+/-]{0,400})?$"),
+    "GIT_REF": re.compile(r"^([A-Za-z0-9_][A-Za-z0-9._/+-]{0,199})?$"),
+    "CONTEXT_PATH": re.compile(r"^([A-Za-z0-9_.+@/-]{0,1024})?$"),
+    "DOCKERFILE": re.compile(r"^[A-Za-z0-9_.+@/-]{1,1024}$"),
+    "TARGET": re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"),
+    "BASE_IMAGE": re.compile(r"^([A-Za-z0-9.-]+(:[0-9]{1,5})?/[a-z0-9._/-]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"),
+    "SMOKE_GPUS": re.compile(r"^[01]$"),
+}
+UNPACKER = Path(__file__).resolve().parent / "templates" / "unpack_context.py"
+
+
+def _source_job(record: dict, catalog: Catalog, context_url: str, context_max_bytes: int):
+    if not record.get("source"):
+        return None
+    from chalicelib.custom_builds import host_job
+
+    try:
+        return host_job(record, catalog, context_url=context_url, max_bytes=context_max_bytes)
+    except ValueError as e:
+        raise RenderError(str(e)) from None
+
+
+def _source_config(record: dict, context_url: str, context_max_bytes: int) -> list[str]:
+    """The source variables (every build sets them all; ``..`` never passes, whatever the
+    API already checked) and, for an uploaded context, the unpacker the script runs."""
+    from chalicelib.custom_builds import source_values
+
+    values = source_values(record.get("source"), context_url=context_url, max_bytes=context_max_bytes)
+    lines = []
+    for name, value in values.items():
+        _check(name.lower(), value, _SOURCE_CHECKS[name])
+        if name in ("CONTEXT_PATH", "DOCKERFILE") and ".." in value.split("/"):
+            raise RenderError(f"{name.lower()}: {value!r} leaves the context")
+        lines.append(_assign(name, value))
+    unpacker = UNPACKER.read_text() if values["SOURCE_KIND"] == "context" else ""
+    lines.append(_assign("UNPACKER", unpacker))
+    return lines
 
 
 def user_data(script: str) -> bytes:

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chalicelib.catalog import Catalog
 from chalicelib.clock import iso, now
+from chalicelib.custom_builds import SourceError, launch_spec, prepare_source
 from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
 from chalicelib.hostscript import HostConfig, RenderError, render, user_data
 from chalicelib.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
@@ -116,7 +117,9 @@ class _Permanent(Exception):
 
 class Launcher:
     def __init__(self, store: BuildStore, transitions: Transitions, launch_queue: Queue, catalog: Catalog,
-                 ec2, ssm, cfg: LaunchConfig) -> None:
+                 ec2, ssm, cfg: LaunchConfig, contexts=None, ecr=None) -> None:
+        self.contexts = contexts  # presigned GET URLs of uploaded contexts (issue 20)
+        self.ecr = ecr  # creates a build's own repository under voltabuild/ (issue 20)
         self.store = store
         self.transitions = transitions
         self.queue = launch_queue
@@ -195,8 +198,9 @@ class Launcher:
         Catalog and rendering errors (the catalog changed since the build was accepted, or
         the deployment is broken) are permanent: the build fails now with the reason."""
         try:
-            spec = self.catalog.spec(record["framework"])
-        except (BadRequest, CatalogError) as e:
+            spec = launch_spec(self.catalog, record)
+            source = prepare_source(record, self.contexts, self.ecr)
+        except (BadRequest, CatalogError, SourceError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}")
         build_date = record.get("launch_started_at") or iso(now())
         hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
@@ -205,7 +209,7 @@ class Launcher:
             if itype not in hosts:
                 image_id = self._ami(itype)
                 data = render(record, self.catalog, self.cfg.host, token=token, build_date=build_date,
-                              instance_type=itype)
+                              instance_type=itype, **source)
                 hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
             return hosts[itype]
 

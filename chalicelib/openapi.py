@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic.json_schema import models_json_schema
 
+from chalicelib.contexts import ContextRequest, ContextUpload
 from chalicelib.schemas import Build, BuildList, BuildRequest, ErrorBody
 
 
@@ -46,7 +47,7 @@ _OPERATION_IDS = {
     ("/health", "get"): "health", ("/frameworks", "get"): "listFrameworks", ("/openapi.json", "get"): "openapi",
     ("/builds", "post"): "submitBuild", ("/builds", "get"): "listBuilds", ("/builds/{build_id}", "get"): "getBuild",
     ("/builds/{build_id}", "delete"): "cancelBuild", ("/builds/{build_id}/events", "post"): "reportEvent",
-    ("/builds/{build_id}/logs", "get"): "buildLogs",
+    ("/builds/{build_id}/logs", "get"): "buildLogs", ("/contexts", "post"): "uploadContext",
 }
 _BUILD_LINKS = {
     name: {"operationId": op, "parameters": {"build_id": "$response.body#/id"}}
@@ -74,11 +75,15 @@ def document(frameworks: list[str] | None = None) -> dict:
 
         frameworks = sorted(load_catalog().frameworks)
     _, defs = models_json_schema(
-        [(m, "validation" if m is BuildRequest else "serialization") for m in (BuildRequest, Build, BuildList, ErrorBody)],
+        [(m, "validation" if m in (BuildRequest, ContextRequest) else "serialization")
+         for m in (BuildRequest, Build, BuildList, ErrorBody, ContextRequest, ContextUpload)],
         ref_template="#/components/schemas/{model}",
     )
     schemas = defs["$defs"]
-    schemas["BuildRequest"]["properties"]["framework"]["enum"] = list(frameworks)
+    framework = schemas["BuildRequest"]["properties"]["framework"]
+    for alt in framework.get("anyOf", [framework]):  # optional since issue 20 (a source build has none)
+        if alt.get("type") == "string":
+            alt["enum"] = list(frameworks)
     bid = {"name": "build_id", "in": "path", "required": True, "schema": {"type": "string"}}
     errors = {"400": _err("bad request"), "403": _err("missing or wrong API key")}
     return {
@@ -94,6 +99,14 @@ def document(frameworks: list[str] | None = None) -> dict:
             "/health": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
             "/frameworks": {"get": {"summary": "The buildspec catalog", "responses": {
                 "200": {"description": "frameworks, versions, defaults, build args, instance types"}, **errors}}},
+            "/contexts": {"post": {
+                "summary": "An upload target for a build context (content-addressed; issue 20)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ContextRequest"}}}},
+                "responses": {
+                    "200": _ok("already uploaded: nothing to send", "ContextUpload"),
+                    "201": _ok("a presigned S3 POST to send the tarball with", "ContextUpload"),
+                    **errors, "413": _err("over the deployment's context size limit")}}},
             "/builds": {
                 "post": {
                     "summary": "Submit a build",

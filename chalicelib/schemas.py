@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from chalicelib.catalog import DOCKER_TAG
+from chalicelib.sources import Extend, Source, check_smoke_test
 from chalicelib.states import Phase, Status
 
 DockerTag = Annotated[
@@ -17,6 +18,8 @@ DockerTag = Annotated[
 InstanceType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", max_length=32)]
 ShortStr = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")]
 ArgName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+# a user's Dockerfile may name its args in any case (issue 20); the catalog's are UPPER_SNAKE
+AnyArgName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
 
@@ -35,14 +38,14 @@ class BuildRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    framework: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")] = Field(
-        description="a framework from GET /frameworks"
+    framework: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")] | None = Field(
+        None, description="a framework from GET /frameworks (a catalog build, or the image `extend` starts from)"
     )
     version: ShortStr | None = None
     cuda: ShortStr | None = None
     python: ShortStr | None = None
     tags: list[DockerTag] = Field(default_factory=list, max_length=10, description="extra image tags")
-    build_args: dict[ArgName, Annotated[str, StringConstraints(max_length=256)]] = Field(
+    build_args: dict[AnyArgName, Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=32
     )
     instance_types: list[InstanceType] | None = Field(None, min_length=1, max_length=10)
@@ -50,6 +53,28 @@ class BuildRequest(BaseModel):
     max_price: float | None = Field(None, ge=0.0001, le=100, description="spot price cap, USD per hour")
     timeout_minutes: int | None = Field(None, ge=5)
     notify: bool | NotifyOptions = True
+    # ---- build your own (issue 20): chalicelib/sources.py ----
+    source: Source | None = Field(None, description="a user's Dockerfile: an uploaded context or a git repository")
+    extend: Extend | None = Field(None, description="pip/apt packages and env on top of the catalog image")
+    repository: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="source and extend builds: the image repository inside voltabuild/ (default voltabuild/custom)")
+    smoke_test: list[str] | None = Field(
+        None, description="source builds: argv run in the built image on the GPU (default [\"nvidia-smi\"])")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildRequest:
+        if (self.framework is None) == (self.source is None):
+            raise ValueError("framework: Field required: give exactly one of framework (a catalog build, "
+                             "optionally with extend) or source (context or git)")
+        if self.extend is not None and self.framework is None:
+            raise ValueError("extend: needs the framework (and version) of the catalog image it starts from")
+        if self.source is None and self.extend is None and (self.repository or self.smoke_test):
+            raise ValueError("repository and smoke_test belong to source and extend builds")
+        if self.smoke_test is not None:
+            if self.source is None:
+                raise ValueError("smoke_test: only a source build sets it (an extension runs its framework's test)")
+            check_smoke_test(self.smoke_test)
+        return self
 
 
 class ImageInfo(BaseModel):
@@ -122,6 +147,7 @@ class Build(BaseModel):
     heartbeat_at: str | None = None
     events: list[TimelineEvent] = Field(default_factory=list)
     notification: NotificationInfo | None = None
+    source: dict | None = Field(None, description="source and extend builds: what was built from (issue 20)")
 
 
 class BuildList(BaseModel):

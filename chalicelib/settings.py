@@ -110,6 +110,12 @@ class Settings:
     image_tag_prefix: str = ""
     max_active_builds_per_key: int | None = None  # None: no per-key limit (the stages set them)
     max_gpu_hours_per_key_day: float | None = None
+    # ---- build your own (issue 20): the uploaded contexts bucket ----
+    contexts_bucket: str = ""
+    context_max_bytes: int = 2 * 1024**3
+    context_upload_seconds: int = 300
+    context_expiry_days: int = 7
+    git_allow_loopback_http: bool = False  # the local stack only: git over http://127.0.0.1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -151,6 +157,11 @@ class Settings:
             vcs_ref=env.get("VCS_REF") or "unknown",
             vcs_url=env.get("VCS_URL", ""),
             **_spend_from_env(env),
+            contexts_bucket=env.get("CONTEXTS_BUCKET", ""),
+            context_max_bytes=int(env.get("CONTEXT_MAX_BYTES", str(2 * 1024**3))),
+            context_upload_seconds=int(env.get("CONTEXT_UPLOAD_SECONDS", "300")),
+            context_expiry_days=int(env.get("CONTEXT_EXPIRY_DAYS", "7")),
+            git_allow_loopback_http=env.get("GIT_ALLOW_LOOPBACK_HTTP", "").strip().lower() in ("1", "true"),
         )
 
 

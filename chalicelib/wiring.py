@@ -64,7 +64,21 @@ def transitions() -> Transitions:
 
 @cache
 def builds() -> BuildService:
-    return BuildService(store(), catalog(), settings(), launch_queue(), transitions(), instances=instances())
+    return BuildService(store(), catalog(), settings(), launch_queue(), transitions(), instances=instances(),
+                        contexts=contexts())
+
+
+@cache
+def contexts():
+    """The uploaded build contexts (issue 20)."""
+    from chalicelib.contexts import Contexts
+
+    s = settings()
+    # presigned POSTs and GETs need SigV4 (regions since 2014 accept nothing else)
+    s3 = boto3.session.Session().client("s3", region_name=s.region,
+                                        config=_BOTO_CONFIG.merge(Config(signature_version="s3v4")))
+    return Contexts(s3, s.contexts_bucket, max_bytes=s.context_max_bytes,
+                    upload_seconds=s.context_upload_seconds, expiry_days=s.context_expiry_days)
 
 
 @cache
@@ -145,7 +159,8 @@ def launcher():
         on_demand_fallback=s.on_demand_fallback, max_retries=s.launch_max_retries,
         price_table=dict(s.spot_price_table),
     )
-    return Launcher(store(), transitions(), launch_queue(), catalog(), client("ec2"), client("ssm"), cfg)
+    return Launcher(store(), transitions(), launch_queue(), catalog(), client("ec2"), client("ssm"), cfg,
+                    contexts=contexts(), ecr=client("ecr"))
 
 
 @cache
@@ -184,6 +199,7 @@ def reset() -> None:
         fn.cache_clear()
     for fn in (launcher, reports, build_logs, relauncher):  # issue 4
         fn.cache_clear()
+    contexts.cache_clear()  # issue 20
 
 
 @contextlib.contextmanager

@@ -173,6 +173,32 @@ def _create_log_group(session, props: dict) -> str:
     return name
 
 
+def _create_bucket(session, props: dict) -> str:
+    """The contexts bucket (issue 20): encryption, public access block and lifecycle as in
+    the template (moto keeps them; nothing local enforces them)."""
+    s3 = session.client("s3")
+    name = props["BucketName"]
+    try:
+        s3.create_bucket(Bucket=name)
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        return name
+    if props.get("BucketEncryption"):
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": r["ServerSideEncryptionByDefault"],
+             "BucketKeyEnabled": r.get("BucketKeyEnabled", False)}
+            for r in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]]})
+    if props.get("PublicAccessBlockConfiguration"):
+        s3.put_public_access_block(Bucket=name,
+                                   PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+    rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
+    if rules:
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [{
+            "ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": ""},
+            "Expiration": {"Days": int(r["ExpirationInDays"])},
+            "AbortIncompleteMultipartUpload": r["AbortIncompleteMultipartUpload"]} for r in rules]})
+    return name
+
+
 def _create_secure_parameter(session, name: str) -> str:
     ssm = session.client("ssm")
     try:
@@ -243,6 +269,8 @@ def create_resources(session, stage: str = "dev", only: set[str] | None = None) 
             out[logical] = _create_repository(session, props)
         elif kind == "AWS::Logs::LogGroup":
             out[logical] = _create_log_group(session, props)
+        elif kind == "AWS::S3::Bucket":
+            out[logical] = _create_bucket(session, props)
         elif kind in _ON_REQUEST:
             out[logical] = _create_on_request(session, kind, props, out)
     if wanted(SSM_PARAMETER):
@@ -263,4 +291,6 @@ def stage_environment(resources: dict[str, str], stage: str = "dev") -> dict[str
     }
     if "BuildLogGroup" in resources:
         env["BUILD_LOG_GROUP"] = resources["BuildLogGroup"]
+    if "ContextsBucket" in resources:
+        env["CONTEXTS_BUCKET"] = resources["ContextsBucket"]
     return env

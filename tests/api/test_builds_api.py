@@ -202,7 +202,7 @@ def test_openapi_document_is_valid_and_describes_the_request(api, aws):
     doc = json.loads(api.http.get("/openapi.json").body)
     validate(doc)
     req = doc["components"]["schemas"]["BuildRequest"]
-    assert req["required"] == ["framework"]
+    assert "framework" in req["properties"] and "source" in req["properties"]  # exactly one: issue 20
     assert req["additionalProperties"] is False
     assert "/builds/{build_id}" in doc["paths"]
 
