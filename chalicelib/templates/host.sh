@@ -353,7 +353,8 @@ clone_source() {
     die "git: only https repository URLs"
   log "cloning $GIT_URL at $GIT_REF"
   mkdir -p "$src"
-  git -C "$src" init -q && git -C "$src" remote add origin "$GIT_URL" || die "git init failed"
+  git -C "$src" init -q || die "git init failed"
+  git -C "$src" remote add origin "$GIT_URL" || die "git remote add failed"
   GIT_TERMINAL_PROMPT=0 run git "${protocols[@]}" -C "$src" fetch -q --depth 1 --no-tags origin "$GIT_REF" ||
     die "could not fetch $GIT_REF from $GIT_URL (a branch, tag or commit of a repository this host can read)"
   git -C "$src" -c advice.detachedHead=false checkout -q FETCH_HEAD || die "could not check out $GIT_REF"

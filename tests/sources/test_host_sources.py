@@ -1,0 +1,122 @@
+"""The host script's source part (issue 20), run for real under bash with recording shims:
+an uploaded context is downloaded through its presigned URL, checked against its digest
+and unpacked safely before the build, which uses the request's Dockerfile path, target
+and build args as separate arguments; what only the instance can see (a digest that does
+not match, a hostile tarball) fails the build with the reason and builds nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "launch"))
+from hostrun import CFG, SHIMS, TOKEN, run_script  # noqa: E402
+
+from chalicelib.catalog import load_catalog  # noqa: E402
+from chalicelib.custom_builds import extend_dockerfile  # noqa: E402
+from chalicelib.hostscript import render, script_of, user_data  # noqa: E402
+
+HERE_SHIMS = Path(__file__).resolve().parent / "shims"
+BUILD_ID = "b-0123456789abcdef0123"
+URL = ("https://contexts.example.test/sha256/abc?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2026"
+       "&X-Amz-Signature=" + "f" * 64 + "&X-Amz-Security-Token=" + "A" * 900)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def tarball(path: Path, files: dict[str, bytes]) -> tuple[Path, str]:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def context_record(digest: str, **source) -> dict:
+    return {
+        "id": BUILD_ID, "framework": "custom", "version": "custom", "cuda": "12.4", "python": "none",
+        "build_args": {"http_proxy": "", "NOTE": "two words; $(not a command)"},
+        "image": {"repository": f"{CFG.registry}/voltabuild/team/app", "tags": ["v1"]},
+        "instance_types": ["g5.xlarge"], "timeout_minutes": 45, "attempt": 1,
+        "source": {"kind": "context", "context": digest, "dockerfile": "docker/Dockerfile", "target": "runtime",
+                   "smoke_test": ["python3", "-c", "print('ok')"], **source},
+    }
+
+
+def run_context(tmp_path: Path, catalog, record: dict, context_file: Path | None):
+    script = render(record, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z", context_url=URL,
+                    context_max_bytes=100_000)
+    env = {"PATH": f"{HERE_SHIMS}:{SHIMS}:/usr/bin:/bin", "LAUNCH_SHIMS": str(SHIMS)}
+    if context_file is not None:
+        env["SHIM_CONTEXT_FILE"] = str(context_file)
+    return run_script(tmp_path / "run", script, env)
+
+
+def test_a_context_build_uses_the_requests_dockerfile_target_args_and_smoke_test(catalog, tmp_path):
+    ctx, digest = tarball(tmp_path / "ctx.tar.gz", {"docker/Dockerfile": b"FROM base AS runtime\n", "app.py": b"1"})
+    run = run_context(tmp_path, catalog, context_record(digest), ctx)
+    assert run.rc == 0, run.output
+    assert run.result()["status"] == "SUCCEEDED"
+    build = run.docker("buildx", "build")[0]
+    context = str(run.work / "context")
+    assert build[build.index("--file") + 1] == context + "/docker/Dockerfile"
+    assert build[build.index("--target") + 1] == "runtime"
+    assert "http_proxy=" in build and "NOTE=two words; $(not a command)" in build
+    assert build[-1] == context and (run.work / "context/app.py").read_bytes() == b"1"
+    smoke = [c for c in run.docker("run") if c[-3:] == ["python3", "-c", "print('ok')"]]
+    assert smoke and smoke[0][:4] == ["run", "--rm", "--gpus", "all"], run.docker("run")
+
+
+def test_the_user_data_with_a_long_presigned_url_fits_ec2s_limit(catalog):
+    script = render(context_record("sha256:" + "0" * 64), catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z",
+                    context_url=URL, context_max_bytes=100_000)
+    assert len(user_data(script)) <= 16 * 1024
+    assert script_of(user_data(script)) == script
+
+
+def test_a_context_that_does_not_match_its_digest_fails_the_build_and_builds_nothing(catalog, tmp_path):
+    ctx, _ = tarball(tmp_path / "ctx.tar.gz", {"docker/Dockerfile": b"FROM x\n"})
+    run = run_context(tmp_path, catalog, context_record("sha256:" + "0" * 64), ctx)
+    result = run.result()
+    assert result["status"] == "FAILED" and "not the sha256:" + "0" * 64 in result["reason"], result
+    assert not run.docker("buildx", "build")
+
+
+def test_a_hostile_tarball_fails_the_build_with_the_reason(catalog, tmp_path):
+    ctx, digest = tarball(tmp_path / "ctx.tar.gz", {"docker/Dockerfile": b"FROM x\n", "../../escape": b"x"})
+    run = run_context(tmp_path, catalog, context_record(digest), ctx)
+    result = run.result()
+    assert result["status"] == "FAILED" and "'..' are not allowed" in result["reason"], result
+    assert not run.docker("buildx", "build")
+    assert not (tmp_path / "escape").exists()
+
+
+def test_a_context_without_the_named_dockerfile_fails_saying_so(catalog, tmp_path):
+    ctx, digest = tarball(tmp_path / "ctx.tar.gz", {"Dockerfile": b"FROM x\n"})
+    run = run_context(tmp_path, catalog, context_record(digest), ctx)
+    assert "no docker/Dockerfile in the build context" in run.result()["reason"]
+
+
+def test_a_download_that_fails_fails_the_build(catalog, tmp_path):
+    run = run_context(tmp_path, catalog, context_record("sha256:" + "0" * 64), None)
+    assert "could not download the build context" in run.result()["reason"]
+
+
+def test_an_extension_dockerfile_passes_every_value_as_json_or_a_checked_env_line():
+    text = extend_dockerfile({"kind": "extend", "base": "r/voltabuild/pytorch:2.5.1", "apt": ["ffmpeg", "libsm6"],
+                              "pip": ['transformers==4.46.0', 'numpy<2; python_version < "3.12"'],
+                              "env": {"HF_HOME": "/data/hf"}})
+    assert 'RUN ["/bin/sh", "-c", "apt-get update' in text and '"apt-install", "ffmpeg", "libsm6"]' in text
+    assert ('RUN ["python3", "-m", "pip", "install", "--no-cache-dir", "transformers==4.46.0", '
+            '"numpy<2; python_version < \\"3.12\\""]') in text
+    assert 'ENV HF_HOME="/data/hf"' in text and text.startswith("# generated")
+    assert "FROM ${BASE_IMAGE}" in text
