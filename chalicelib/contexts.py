@@ -41,42 +41,55 @@ class ContextUpload(BaseModel):
     max_size: int
 
 
-class Contexts:
-    """The contexts bucket. Takes a boto3 S3 client."""
+def _size(s3, bucket: str, digest: str) -> int | None:
+    """The stored size of a context, None when it is not there (never uploaded, or expired)."""
+    if not bucket:
+        raise BadRequest("uploaded contexts are not configured in this deployment (no CONTEXTS_BUCKET)")
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key_of(digest))
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    return int(head["ContentLength"])
 
-    def __init__(self, s3, bucket: str, *, max_bytes: int, upload_seconds: int = 300,
-                 expiry_days: int = 7) -> None:
+
+def key_of(digest: str) -> str:
+    return KEY_PREFIX + digest.removeprefix("sha256:")
+
+
+class _Bucket:
+    def __init__(self, s3, bucket: str, *, max_bytes: int, upload_seconds: int = 300, expiry_days: int = 7) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.max_bytes = max_bytes
         self.upload_seconds = upload_seconds
         self.expiry_days = expiry_days
 
-    @staticmethod
-    def key(digest: str) -> str:
-        return KEY_PREFIX + digest.removeprefix("sha256:")
+    def require(self, digest: str) -> int:
+        """The size of an uploaded context; an unknown (or expired) one is a 400."""
+        size = _size(self.s3, self.bucket, digest)
+        if size is None:
+            raise BadRequest(f"source.context: no context {digest} was uploaded (or it expired after "
+                             f"{self.expiry_days} days): upload it through POST /contexts first",
+                             field="source.context")
+        return size
 
-    def _size(self, digest: str) -> int | None:
-        if not self.bucket:
-            raise BadRequest("uploaded contexts are not configured in this deployment (no CONTEXTS_BUCKET)")
-        try:
-            head = self.s3.head_object(Bucket=self.bucket, Key=self.key(digest))
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return int(head["ContentLength"])
+
+class Contexts(_Bucket):
+    """The API's side of the contexts bucket: upload targets, and checking a build's
+    context is there. Takes a boto3 S3 client (SigV4)."""
 
     def request_upload(self, req: ContextRequest) -> ContextUpload:
         digest = "sha256:" + req.sha256
         if req.size > self.max_bytes:
             raise PayloadTooLarge(f"size: a context is at most {self.max_bytes} bytes; this one is {req.size} "
                                   "(leave large files out with .dockerignore)")
-        if self._size(digest) is not None:
+        if _size(self.s3, self.bucket, digest) is not None:
             return ContextUpload(context=digest, uploaded=True, max_size=self.max_bytes)
         checksum = base64.b64encode(bytes.fromhex(req.sha256)).decode()
         post = self.s3.generate_presigned_post(
-            Bucket=self.bucket, Key=self.key(digest),
+            Bucket=self.bucket, Key=key_of(digest),
             Fields={"x-amz-checksum-sha256": checksum},
             Conditions=[["content-length-range", req.size, req.size], {"x-amz-checksum-sha256": checksum}],
             ExpiresIn=self.upload_seconds,
@@ -84,16 +97,13 @@ class Contexts:
         return ContextUpload(context=digest, uploaded=False, upload=post, expires_in=self.upload_seconds,
                              max_size=self.max_bytes)
 
-    def require(self, digest: str) -> int:
-        """The size of an uploaded context; an unknown (or expired) one is a 400."""
-        size = self._size(digest)
-        if size is None:
-            raise BadRequest(f"source.context: no context {digest} was uploaded (or it expired after "
-                             f"{self.expiry_days} days): upload it through POST /contexts first",
-                             field="source.context")
-        return size
+
+class ContextLinks(_Bucket):
+    """The launcher's side: a presigned GET for the build instance (which has no S3
+    permission of its own). Takes a boto3 S3 client (SigV4)."""
 
     def download_url(self, digest: str, expires_seconds: int) -> str:
-        """A presigned GET for the build instance (valid for the build's whole attempt)."""
-        return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self.key(digest)},
+        """Valid for the build's whole attempt (at most SigV4's 7 days; with a Lambda role's
+        temporary credentials, at most as long as those)."""
+        return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key_of(digest)},
                                               ExpiresIn=max(60, min(expires_seconds, 7 * 24 * 3600)))

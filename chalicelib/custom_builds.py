@@ -236,33 +236,39 @@ class SourceError(ValueError):
     """A source build cannot launch (its context expired, its repository cannot be made)."""
 
 
-def ensure_repository(ecr, name: str) -> bool:
-    """Create ``name`` (under voltabuild/) with scan on push, AES256 and the lifecycle rules
-    if it is not there. Returns True when it was created now."""
-    try:
-        ecr.create_repository(repositoryName=name, imageTagMutability="MUTABLE",
-                              imageScanningConfiguration={"scanOnPush": True},
-                              encryptionConfiguration={"encryptionType": "AES256"},
-                              tags=[{"Key": "voltabuild:component", "Value": "images"}])
-    except ecr.exceptions.RepositoryAlreadyExistsException:
-        return False
-    except ClientError as e:
-        err = e.response.get("Error", {})
-        raise SourceError(f"could not create the repository {name}: {err.get('Code')}: {err.get('Message', '')}") \
-            from None
-    ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=ECR_LIFECYCLE_POLICY)
-    return True
+class Repositories:
+    """A build's own image repository under voltabuild/, made before its first push (ECR
+    refuses a push to a repository that does not exist). Takes a boto3 ECR client."""
+
+    def __init__(self, ecr) -> None:
+        self.ecr = ecr
+
+    def ensure(self, name: str) -> bool:
+        """Create ``name`` with scan on push, AES256 and the catalog's lifecycle rules if it
+        is not there. Returns True when it was created now."""
+        try:
+            self.ecr.create_repository(repositoryName=name, imageTagMutability="MUTABLE",
+                                       imageScanningConfiguration={"scanOnPush": True},
+                                       encryptionConfiguration={"encryptionType": "AES256"})
+        except self.ecr.exceptions.RepositoryAlreadyExistsException:
+            return False
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            raise SourceError(f"could not create the repository {name}: {err.get('Code')}: "
+                              f"{err.get('Message', '')}") from None
+        self.ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=ECR_LIFECYCLE_POLICY)
+        return True
 
 
-def prepare_source(record: dict, contexts, ecr) -> dict:
+def prepare_source(record: dict, contexts, repositories) -> dict:
     """The launcher's part of a source or extend build: its own repository exists, and an
     uploaded context (still there) has a presigned GET URL for the whole attempt. Returns
     the extra keyword arguments of ``hostscript.render``."""
     source = record.get("source")
     if not source:
         return {}
-    if ecr is not None:
-        ensure_repository(ecr, record["image"]["repository"].split("/", 1)[1])
+    if repositories is not None:
+        repositories.ensure(record["image"]["repository"].split("/", 1)[1])
     if source["kind"] != "context":
         return {}
     if contexts is None:

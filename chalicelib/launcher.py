@@ -117,9 +117,9 @@ class _Permanent(Exception):
 
 class Launcher:
     def __init__(self, store: BuildStore, transitions: Transitions, launch_queue: Queue, catalog: Catalog,
-                 ec2, ssm, cfg: LaunchConfig, contexts=None, ecr=None) -> None:
-        self.contexts = contexts  # presigned GET URLs of uploaded contexts (issue 20)
-        self.ecr = ecr  # creates a build's own repository under voltabuild/ (issue 20)
+                 ec2, ssm, cfg: LaunchConfig, contexts=None, repositories=None) -> None:
+        self.contexts = contexts  # contexts.ContextLinks: presigned GETs of uploaded contexts (issue 20)
+        self.repositories = repositories  # custom_builds.Repositories: a build's own repository (issue 20)
         self.store = store
         self.transitions = transitions
         self.queue = launch_queue
@@ -199,7 +199,7 @@ class Launcher:
         the deployment is broken) are permanent: the build fails now with the reason."""
         try:
             spec = launch_spec(self.catalog, record)
-            source = prepare_source(record, self.contexts, self.ecr)
+            source = prepare_source(record, self.contexts, self.repositories)
         except (BadRequest, CatalogError, SourceError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}")
         build_date = record.get("launch_started_at") or iso(now())

@@ -32,7 +32,9 @@ def settings() -> Settings:
 
 @cache
 def client(service: str):
-    return boto3.session.Session().client(service, region_name=settings().region, config=_BOTO_CONFIG)
+    # S3's presigned POSTs and GETs (issue 20) need SigV4: regions since 2014 accept nothing else
+    config = _BOTO_CONFIG.merge(Config(signature_version="s3v4")) if service == "s3" else _BOTO_CONFIG
+    return boto3.session.Session().client(service, region_name=settings().region, config=config)
 
 
 @cache
@@ -70,15 +72,22 @@ def builds() -> BuildService:
 
 @cache
 def contexts():
-    """The uploaded build contexts (issue 20)."""
+    """The API's side of uploaded build contexts (issue 20)."""
     from chalicelib.contexts import Contexts
 
     s = settings()
-    # presigned POSTs and GETs need SigV4 (regions since 2014 accept nothing else)
-    s3 = boto3.session.Session().client("s3", region_name=s.region,
-                                        config=_BOTO_CONFIG.merge(Config(signature_version="s3v4")))
-    return Contexts(s3, s.contexts_bucket, max_bytes=s.context_max_bytes,
+    return Contexts(client("s3"), s.contexts_bucket, max_bytes=s.context_max_bytes,
                     upload_seconds=s.context_upload_seconds, expiry_days=s.context_expiry_days)
+
+
+@cache
+def context_links():
+    """The launcher's side: presigned GETs of uploaded contexts (issue 20)."""
+    from chalicelib.contexts import ContextLinks
+
+    s = settings()
+    return ContextLinks(client("s3"), s.contexts_bucket, max_bytes=s.context_max_bytes,
+                        expiry_days=s.context_expiry_days)
 
 
 @cache
@@ -145,6 +154,7 @@ def queue_name(kind: str) -> str:
 # ---- launcher and the instance's reports (issue 4) ----
 @cache
 def launcher():
+    from chalicelib.custom_builds import Repositories
     from chalicelib.hostscript import HostConfig
     from chalicelib.launcher import LaunchConfig, Launcher
 
@@ -160,7 +170,7 @@ def launcher():
         price_table=dict(s.spot_price_table),
     )
     return Launcher(store(), transitions(), launch_queue(), catalog(), client("ec2"), client("ssm"), cfg,
-                    contexts=contexts(), ecr=client("ecr"))
+                    contexts=context_links(), repositories=Repositories(client("ecr")))
 
 
 @cache
@@ -200,6 +210,7 @@ def reset() -> None:
     for fn in (launcher, reports, build_logs, relauncher):  # issue 4
         fn.cache_clear()
     contexts.cache_clear()  # issue 20
+    context_links.cache_clear()
 
 
 @contextlib.contextmanager

@@ -75,7 +75,13 @@ def _operations(service: str) -> dict[str, str]:
     from botocore import xform_name
 
     model = botocore.session.get_session().get_service_model(service)
-    return {xform_name(op): op for op in model.operation_names}
+    return {xform_name(op): op for op in model.operation_names} | _PRESIGNED.get(service, {})
+
+
+# Presigned requests (issue 20) are made by whoever receives them, authorised as the role
+# that signed: the signer's role needs the operation. voltabuild presigns S3 POST uploads
+# (PutObject) and GETs of get_object only.
+_PRESIGNED = {"s3": {"generate_presigned_post": "PutObject", "generate_presigned_url": "GetObject"}}
 
 
 def _literal_arg(call: ast.Call) -> str | None:

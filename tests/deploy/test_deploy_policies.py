@@ -238,7 +238,9 @@ def test_builder_role_pushes_only_to_voltabuilds_repositories(stage):
         assert allows(policy, "ecr:PutImage", arn("ecr", f"repository/{repo}")), repo
     assert not allows(policy, "ecr:PutImage", arn("ecr", "repository/someone-else"))
     granted = {r for s in policy["Statement"] if "ecr:PutImage" in s["Action"] for r in s["Resource"]}
-    assert granted == {arn("ecr", f"repository/{repo}") for repo in repos}
+    # users' own repositories (issue 20) are under voltabuild/ too, made by the launcher
+    assert granted == {arn("ecr", f"repository/{repo}") for repo in repos} | {arn("ecr", "repository/voltabuild/*")}
+    assert allows(policy, "ecr:PutImage", arn("ecr", "repository/voltabuild/team/app"))
 
 
 @pytest.mark.parametrize("stage", STAGES)
