@@ -130,6 +130,27 @@ class Api:
         status, build = self.request("POST", "/builds", json=body, headers={"Idempotency-Key": key})
         return build, status == 202
 
+    def context_target(self, sha256: str, size: int) -> dict:
+        """POST /contexts (issue 20): ``uploaded`` true, or a presigned S3 POST in ``upload``."""
+        return self.request("POST", "/contexts", json={"sha256": sha256, "size": size})[1]
+
+    def upload_context(self, post: dict, path, on_read=None) -> None:
+        """Send the tarball at ``path`` with the presigned POST ``post`` (url, fields). Straight
+        to S3, without this client's API key."""
+        from voltabuild_cli.context import MultipartFile
+
+        body = MultipartFile(post["fields"], path, on_read)
+        try:
+            resp = requests.post(post["url"], data=body, timeout=(self.timeout[0], 3600),
+                                 headers={"Content-Type": body.content_type, "Content-Length": str(len(body))})
+        except requests.RequestException as e:
+            raise Unreachable(post["url"].split("?")[0], _reason(e)) from None
+        finally:
+            body.close()
+        if resp.status_code not in (200, 201, 204):
+            raise ApiError(resp.status_code, "UploadRefused", f"the upload was refused: {resp.text.strip()[:300]}",
+                           method="POST", path="(presigned upload)")
+
     def get_build(self, build_id: str) -> dict:
         return self.request("GET", f"/builds/{build_id}")[1]
 

@@ -228,12 +228,29 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None, debug: boo
     "  voltabuild submit pytorch --version 2.5.1 --cuda 12.4 --python 3.11 --wait\n"
     "  voltabuild submit tensorflow --instance-type g5.xlarge --instance-type g4dn.xlarge \\\n"
     "      --max-price 0.8 --tag team-a --timeout 120\n"
-    "  voltabuild submit canary --build-arg CANARY_FAIL=1 --no-notify --json\n\n"
+    "  voltabuild submit canary --build-arg CANARY_FAIL=1 --no-notify --json\n"
+    "  voltabuild submit --context . --file docker/Dockerfile --target runtime --repository team/app --tag v1\n"
+    "  voltabuild submit --git https://github.com/org/repo.git --ref v1.2 --path services/api\n"
+    "  voltabuild submit pytorch --version 2.5.1 --pip transformers==4.46.0 --apt ffmpeg --env HF_HOME=/data/hf\n\n"
     "\b\nExit codes: 0 submitted (with --wait: succeeded), 1 the build failed, was cancelled or\n"
     "timed out, 2 refused as given (the API's message says which field and what is allowed),\n"
     "3 gave up waiting, 4 auth refused, 5 API unreachable.",
 )
-@click.argument("framework")
+@click.argument("framework", required=False)
+@click.option("--context", "context_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Build DIR with its own Dockerfile (uploaded, honouring .dockerignore; skipped when known).")
+@click.option("--git", "git_url", metavar="URL", help="Build an https git repository's Dockerfile.")
+@click.option("--ref", metavar="REF", help="With --git: branch, tag or commit (default: the default branch).")
+@click.option("--path", "git_path", metavar="DIR", help="With --git: the context's folder in the repository.")
+@click.option("--file", "dockerfile", metavar="PATH", help="The Dockerfile, relative to the context (default Dockerfile).")
+@click.option("--target", metavar="STAGE", help="The Dockerfile stage to build.")
+@click.option("--repository", metavar="NAME", help="Image repository inside voltabuild/ (default voltabuild/custom).")
+@click.option("--smoke-test", metavar="CMD", help="With --context/--git: command run in the image on the GPU "
+              "(split like a shell would, never run by one; default nvidia-smi).")
+@click.option("--pip", "pip_", multiple=True, metavar="REQ", help="With FRAMEWORK: a pip requirement on top; repeat.")
+@click.option("--apt", "apt", multiple=True, metavar="PKG", help="With FRAMEWORK: a Debian package on top; repeat.")
+@click.option("--env", "env", multiple=True, metavar="K=V", callback=_build_args,
+              help="With FRAMEWORK: an ENV line on top; repeat.")
 @click.option("--version", "version_", metavar="V", help="Framework version (default: the buildspec's).")
 @click.option("--cuda", metavar="C", help="CUDA release, e.g. 12.4 (default: the version's).")
 @click.option("--python", metavar="P", help="Python version, e.g. 3.11 (default: the version's).")
@@ -255,11 +272,15 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None, debug: boo
 @click.option("--wait-timeout", metavar="DURATION", help="With --wait: give up after e.g. 90m (exit 3).")
 @json_option
 @click.pass_context
-def submit(ctx: click.Context, framework: str, version_: str | None, cuda: str | None, python: str | None,
+def submit(ctx: click.Context, framework: str | None, context_dir: Path | None, git_url: str | None,
+           ref: str | None, git_path: str | None, dockerfile: str | None, target: str | None,
+           repository: str | None, smoke_test: str | None, pip_: tuple[str, ...], apt: tuple[str, ...],
+           env: dict[str, str], version_: str | None, cuda: str | None, python: str | None,
            tags: tuple[str, ...], build_args: dict[str, str], instance_types: tuple[str, ...],
            max_price: float | None, timeout_min: int | None, no_notify: bool, channel: str | None,
            idempotency_key: str | None, wait_: bool, wait_timeout: str | None, as_json: bool) -> None:
-    """Submit a build of FRAMEWORK (see `voltabuild frameworks`).
+    """Submit a build of FRAMEWORK (see `voltabuild frameworks`), of your own Dockerfile
+    (--context DIR or --git URL), or of FRAMEWORK with packages on top (--pip, --apt, --env).
 
     Omitted options take the buildspec's defaults. The request carries an
     Idempotency-Key, so the CLI's retries after a lost connection never make two builds.
@@ -270,7 +291,12 @@ def submit(ctx: click.Context, framework: str, version_: str | None, cuda: str |
     if no_notify and channel:
         raise click.UsageError("--no-notify and --channel contradict each other")
     rt = _rt(ctx)
-    body: dict[str, Any] = {"framework": framework}
+    from voltabuild_cli.submit_source import source_body
+
+    body: dict[str, Any] = source_body(
+        rt, framework=framework, context_dir=context_dir, git_url=git_url, ref=ref, git_path=git_path,
+        dockerfile=dockerfile, target=target, repository=repository, smoke_test=smoke_test, pip=pip_, apt=apt,
+        env=env)
     for k, v in (("version", version_), ("cuda", cuda), ("python", python), ("max_price", max_price),
                  ("timeout_minutes", timeout_min)):
         if v is not None:

@@ -43,8 +43,14 @@ def state_of(build: dict) -> str:
 
 
 def combo(build: dict) -> str:
+    source = build.get("source") or {}
+    if source.get("kind") == "context":
+        return f"your Dockerfile {source.get('dockerfile')} in context {str(source.get('context'))[:19]}…"
+    if source.get("kind") == "git":
+        return f"your Dockerfile {source.get('dockerfile')} in {source.get('git')} at {source.get('ref') or 'HEAD'}"
+    extended = " + your packages" if source.get("kind") == "extend" else ""
     return (f"{build.get('framework')} {build.get('version')}, CUDA {build.get('cuda')}, "
-            f"Python {build.get('python')}")
+            f"Python {build.get('python')}{extended}")
 
 
 def build_detail(build: dict, now: datetime) -> str:
