@@ -120,3 +120,75 @@ def test_an_extension_dockerfile_passes_every_value_as_json_or_a_checked_env_lin
             '"numpy<2; python_version < \\"3.12\\""]') in text
     assert 'ENV HF_HOME="/data/hf"' in text and text.startswith("# generated")
     assert "FROM ${BASE_IMAGE}" in text
+
+
+# ---- git: a real shallow clone from a bare repository served on loopback ------------------
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory):
+    """A bare repository with two commits served by voltabuild_local.gitserver (git http-backend)."""
+    import subprocess
+
+    from voltabuild_local.gitserver import serve
+
+    base = tmp_path_factory.mktemp("git")
+    work, bare = base / "work", base / "repos" / "app.git"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.test", "HOME": str(base), "PATH": "/usr/bin:/bin"}
+
+    def git(*args, cwd=work):
+        return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+    (work / "svc").mkdir(parents=True)
+    git("init", "-q", "-b", "main")
+    (work / "svc" / "Dockerfile").write_text("FROM busybox\n")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    (work / "svc" / "Dockerfile").write_text("FROM busybox\nRUN true\n")
+    git("commit", "-qam", "two")
+    head = git("rev-parse", "HEAD").strip()
+    git("tag", "v1", "HEAD~1")
+    first = git("rev-parse", "HEAD~1").strip()
+    bare.parent.mkdir(parents=True)
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=base)
+    server = serve(base / "repos")
+    yield f"http://127.0.0.1:{server.server_port}/app.git", head, first
+    server.shutdown()
+
+
+def git_record(url: str, **source) -> dict:
+    rec = context_record("sha256:" + "0" * 64)
+    rec["source"] = {"kind": "git", "git": url, "ref": None, "path": "svc", "dockerfile": "Dockerfile",
+                     "target": None, "smoke_test": ["true"], **source}
+    return rec
+
+
+def run_git(tmp_path, catalog, record):
+    script = render(record, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z")
+    env = {"PATH": f"{SHIMS}:/usr/bin:/bin", "VOLTABUILD_LOCAL": "1", "VOLTABUILD_REGISTRY_OVERRIDE": "127.0.0.1:9"}
+    return run_script(tmp_path / "run", script, env)
+
+
+@pytest.mark.parametrize("ref,which", [(None, "head"), ("main", "head"), ("v1", "first"), ("sha", "first")])
+def test_a_git_build_clones_the_ref_shallowly_and_records_the_commit(catalog, tmp_path, git_server, ref, which):
+    url, head, first = git_server
+    run = run_git(tmp_path, catalog, git_record(url, ref=first if ref == "sha" else ref))
+    commit = head if which == "head" else first
+    building = [r for r in run.reports() if r.get("phase") == "BUILDING"]
+    assert building and f"commit {commit}" in building[0]["message"], run.output
+    build = run.docker("buildx", "build")[0]
+    assert build[-1] == str(run.work / "src" / "svc")
+    assert build[build.index("--file") + 1] == str(run.work / "src" / "svc" / "Dockerfile")
+    depth = (run.work / "src" / ".git" / "shallow").read_text().split()
+    assert depth == [commit]
+
+
+def test_a_git_ref_that_does_not_exist_fails_the_build_saying_so(catalog, tmp_path, git_server):
+    run = run_git(tmp_path, catalog, git_record(git_server[0], ref="no-such-branch"))
+    assert "could not fetch no-such-branch" in run.result()["reason"]
+    assert not run.docker("buildx", "build")
+
+
+def test_plain_http_git_is_refused_on_a_real_instance(catalog, tmp_path, git_server):
+    script = render(git_record(git_server[0]), catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z")
+    run = run_script(tmp_path / "run", script, {"PATH": f"{SHIMS}:/usr/bin:/bin"})
+    assert "only https repository URLs" in run.result()["reason"]
