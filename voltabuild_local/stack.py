@@ -208,6 +208,9 @@ class Stack:
             "MAX_GPU_HOURS_PER_KEY_DAY": "10000",
             "VOLTABUILD_LOCAL_WINS": "MAX_ACTIVE_BUILDS,MAX_ACTIVE_BUILDS_PER_KEY,MAX_GPU_HOURS_PER_KEY_DAY",
             "VCS_REF": _git_revision(),
+            # git sources over plain http, to http://127.0.0.1:PORT/ only: a bare repository served
+            # by `python -m voltabuild_local.gitserver` (issue 20; README "Build your own")
+            "GIT_ALLOW_LOOPBACK_HTTP": "1",
         }
         self._slack_parameters(session, sink_url, app_env)
 

@@ -120,6 +120,16 @@ def test_an_extension_dockerfile_passes_every_value_as_json_or_a_checked_env_lin
             '"numpy<2; python_version < \\"3.12\\""]') in text
     assert 'ENV HF_HOME="/data/hf"' in text and text.startswith("# generated")
     assert "FROM ${BASE_IMAGE}" in text
+    lines = text.splitlines()
+    apt = next(i for i, line in enumerate(lines) if "apt-get" in line)
+    assert lines[apt - 1] == "USER 0" and lines[apt + 1] == "USER 1000"  # pip and the image run as the user
+
+
+def test_every_catalog_image_runs_as_the_user_an_extension_returns_to():
+    from chalicelib.custom_builds import CATALOG_UID
+
+    for dockerfile in (Path(__file__).resolve().parents[2] / "dockerfiles").glob("*/Dockerfile"):
+        assert f"ARG NB_UID={CATALOG_UID}" in dockerfile.read_text(), dockerfile
 
 
 # ---- git: a real shallow clone from a bare repository served on loopback ------------------
@@ -192,3 +202,28 @@ def test_plain_http_git_is_refused_on_a_real_instance(catalog, tmp_path, git_ser
     script = render(git_record(git_server[0]), catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z")
     run = run_script(tmp_path / "run", script, {"PATH": f"{SHIMS}:/usr/bin:/bin"})
     assert "only https repository URLs" in run.result()["reason"]
+
+
+def test_the_presigned_url_downloads_with_real_curl_from_the_emulated_s3(catalog, tmp_path, serial_moto):
+    # GIVEN a context in the contexts bucket of moto server (as on the local stack)
+    import boto3
+    from botocore.config import Config
+
+    from chalicelib.contexts import ContextLinks
+    from infra.local import create_resources
+
+    bucket = create_resources(serial_moto, only={"AWS::S3::Bucket"})["ContextsBucket"]
+    ctx, digest = tarball(tmp_path / "ctx.tar.gz", {"docker/Dockerfile": b"FROM x AS runtime\n"})
+    s3 = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing").client(
+        "s3", region_name="us-east-1", endpoint_url=serial_moto.endpoint, config=Config(signature_version="s3v4"))
+    s3.put_object(Bucket=bucket, Key="sha256/" + digest.removeprefix("sha256:"), Body=ctx.read_bytes())
+    url = ContextLinks(s3, bucket, max_bytes=100_000).download_url(digest, 3600)
+    # WHEN the host script downloads it with the real curl, as the local executor's instance does
+    script = render(context_record(digest), catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z",
+                    context_url=url, context_max_bytes=100_000)
+    run = run_script(tmp_path / "run", script, {
+        "PATH": f"{HERE_SHIMS}:{SHIMS}:/usr/bin:/bin", "LAUNCH_SHIMS": str(SHIMS), "SHIM_REAL_DOWNLOAD": "1",
+        "VOLTABUILD_LOCAL": "1", "VOLTABUILD_REGISTRY_OVERRIDE": "127.0.0.1:9"})
+    # THEN it is checked, unpacked and built
+    assert (run.work / "context/docker/Dockerfile").read_bytes() == b"FROM x AS runtime\n", run.output
+    assert run.docker("buildx", "build")
