@@ -165,7 +165,7 @@ class BuildService:
                     f"status: {status!r} is not a status; one of {', '.join(s.value for s in Status)}",
                     field="status",
                 ) from None
-        if framework is not None:
+        if framework is not None and framework != "custom":  # "custom": a user's own Dockerfile (issue 20)
             self.catalog.spec(framework)
         try:
             n = int(limit) if limit is not None else 20
