@@ -227,3 +227,35 @@ def test_the_presigned_url_downloads_with_real_curl_from_the_emulated_s3(catalog
     # THEN it is checked, unpacked and built
     assert (run.work / "context/docker/Dockerfile").read_bytes() == b"FROM x AS runtime\n", run.output
     assert run.docker("buildx", "build")
+
+
+def extend_record() -> dict:
+    base = f"{CFG.registry}/voltabuild/canary:1.0"
+    return {
+        "id": BUILD_ID, "framework": "canary", "version": "1.0", "cuda": "none", "python": "none", "build_args": {},
+        "image": {"repository": f"{CFG.registry}/voltabuild/canary-plus", "tags": ["v1"]},
+        "instance_types": ["g5.xlarge"], "timeout_minutes": 15, "attempt": 1,
+        "source": {"kind": "extend", "base": base, "pip": [], "apt": ["ffmpeg"], "env": {"GREETING": "hi"}},
+    }
+
+
+@pytest.mark.parametrize("pull_fails", [False, True])
+def test_an_extension_pulls_its_catalog_image_first_then_builds_the_generated_dockerfile(catalog, tmp_path,
+                                                                                         pull_fails):
+    record = extend_record()
+    script = render(record, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z")
+    env = {"PATH": f"{HERE_SHIMS}:{SHIMS}:/usr/bin:/bin", "LAUNCH_SHIMS": str(SHIMS)}
+    if pull_fails:
+        env["SHIM_PULL_FAIL"] = "1"
+    run = run_script(tmp_path / "run", script, env)
+    if pull_fails:
+        reason = run.result()["reason"]
+        assert record["source"]["base"] in reason and "build it first" in reason
+        assert not run.docker("buildx", "build")
+        return
+    assert run.result()["status"] == "SUCCEEDED", run.output
+    assert run.docker("pull", "--quiet") == [["pull", "--quiet", record["source"]["base"]]]
+    build = run.docker("buildx", "build")[0]
+    assert f"BASE_IMAGE={record['source']['base']}" in build
+    assert (run.work / "context" / "Dockerfile").read_text() == extend_dockerfile(record["source"])
+    assert any(c[-2:] == ["/usr/local/bin/entrypoint.sh", "--check"] for c in run.docker("run"))
