@@ -1,8 +1,8 @@
 """voltabuild: unpack an uploaded build context safely (issue 20).
 
-The host script runs it as ``python3 -c "$UNPACKER" TARBALL DEST MAX_BYTES MAX_FILES``
+The host script runs it as python3 -c <this file> TARBALL DEST MAX_BYTES MAX_FILES
 (shipped in the user-data, so it needs nothing on the host but python3). A tarball with
-an absolute path, a ``..`` component, a device, fifo or hard link, a link that leaves the
+an absolute path, a .. component, a device, fifo or hard link, a link that leaves the
 context, too many files or too many bytes is refused whole, before anything is written:
 the reason goes to stderr and the exit status is 1. Owners are never restored; modes lose
 setuid, setgid and sticky bits. Where python3 has tarfile's "data" filter (3.8.17+,

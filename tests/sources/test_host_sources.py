@@ -259,3 +259,20 @@ def test_an_extension_pulls_its_catalog_image_first_then_builds_the_generated_do
     assert f"BASE_IMAGE={record['source']['base']}" in build
     assert (run.work / "context" / "Dockerfile").read_text() == extend_dockerfile(record["source"])
     assert any(c[-2:] == ["/usr/local/bin/entrypoint.sh", "--check"] for c in run.docker("run"))
+
+
+def test_every_kind_of_source_renders_a_shellcheck_clean_script_under_the_user_data_limit(catalog, tmp_path):
+    import subprocess
+
+    shellcheck = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "shellcheck"
+    records = {"context": context_record("sha256:" + "0" * 64), "git": git_record("https://github.com/org/r.git"),
+               "extend": extend_record()}
+    for kind, record in records.items():
+        record["build_args"] = {"http_proxy": ""} if kind != "extend" else {}  # a user's `$` is data SC2016 flags
+        script = render(record, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z",
+                        context_url=URL if kind == "context" else "", context_max_bytes=100_000)
+        assert len(user_data(script)) <= 16 * 1024, kind
+        path = tmp_path / f"{kind}.sh"
+        path.write_text(script)
+        lint = subprocess.run([str(shellcheck), "-s", "bash", str(path)], capture_output=True, text=True)
+        assert lint.returncode == 0, (kind, lint.stdout)
