@@ -1,16 +1,79 @@
-"""What PyTorch sees of the GPUs; entrypoint.sh runs it.
+"""What PyTorch sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh runs it.
 
     python probe.py devices   prints "<count> <description>": the CUDA devices torch can use
-    python probe.py matmul    multiplies two 1024x1024 matrices on GPU 0 and compares with the CPU
+    python probe.py arch      checks this torch build carries code for GPU 0's architecture
+    python probe.py kernels   runs torch's own element-wise and reduction kernels on GPU 0
+    python probe.py matmul    the whole GPU check: arch, kernels, then a 1024x1024 matrix multiply
+                              (cuBLAS) compared with the CPU; `check` is the same
 
-Exits non-zero, with a traceback on stderr, when torch cannot be imported or the result is wrong.
+Why more than a matrix multiply: cuBLAS ships code for every GPU its CUDA supports, so a torch
+built without the GPU's architecture (a TORCH_CUDA_ARCH_LIST that misses it, a wheel that dropped
+it) still multiplies correctly, and then fails on the first element-wise op of a real model with
+"no kernel image is available for execution on the device". The arch check names what is missing;
+the kernels prove it.
+
+Exits non-zero, with a traceback on stderr, when torch cannot be imported or a check fails.
 Kept compatible with the oldest Python an image ships.
 """
 
+import re
 import sys
 
 SIZE = 1024
 TOLERANCE = 1e-3  # max relative error of float32 GPU vs CPU matmul (TF32 disabled)
+N = 4096  # sum(2i + 1 for i < N) = N*N = 2**24: every partial sum is exact in float32
+
+_ARCH = re.compile(r"^(sm|compute)_([0-9]+)([0-9])([af]?)$")
+_DOTTED = re.compile(r"^([0-9]+)\.([0-9])$")
+
+
+def parse_arch(entry):
+    """'sm_86' -> [('sm', (8, 6), '')]; 'compute_90' -> [('compute', (9, 0), '')]; 'sm_90a' keeps
+    its 'a'; a bare '8.0' (some builds record it so) means both sm_80 and compute_80."""
+    m = _DOTTED.match(entry)
+    if m:
+        cc = (int(m.group(1)), int(m.group(2)))
+        return [("sm", cc, ""), ("compute", cc, "")]
+    m = _ARCH.match(entry)
+    if not m:
+        return []
+    return [(m.group(1), (int(m.group(2)), int(m.group(3))), m.group(4))]
+
+
+def covering(arch_list, cc):
+    """The entry of arch_list whose code runs on a GPU of compute capability cc, or None.
+
+    NVIDIA's compatibility rules (CUDA C++ Programming Guide, "Binary Compatibility" and
+    "PTX Compatibility"): sm_XY machine code runs on X.y for y >= Y (same major, later minor),
+    never across majors; sm_XYa (architecture-specific) only on X.Y itself; sm_XYf (family)
+    like sm_XY; compute_XY PTX is JIT-compiled by the driver for any GPU >= X.Y (compute_XYa
+    only for X.Y).
+    Machine code is preferred over PTX (no JIT at first load).
+    """
+    cc = tuple(cc)
+    ptx = None
+    for entry in arch_list:
+        for kind, have, suffix in parse_arch(entry):
+            if kind == "sm":
+                if have == cc or (suffix != "a" and have[0] == cc[0] and have[1] <= cc[1]):
+                    return entry
+            elif ptx is None and (have == cc if suffix == "a" else have <= cc):
+                ptx = entry
+    return ptx
+
+
+def check_arch(arch_list, cc, name, build, fix):
+    """A line saying which entry of arch_list covers cc; raises naming the missing one."""
+    want = f"sm_{cc[0]}{cc[1]}"
+    found = covering(arch_list, cc)
+    if found is None:
+        raise RuntimeError(
+            f"{build} has no GPU code for {name} (compute capability {cc[0]}.{cc[1]}): {want} is missing. "
+            f"Its architectures are {' '.join(arch_list) or '(none)'}: no sm_{cc[0]}x at or below {want}, "
+            f"and no compute_XY PTX at or below compute_{cc[0]}{cc[1]} to JIT-compile. {fix}"
+        )
+    how = "machine code" if parse_arch(found)[0][0] == "sm" else "PTX the driver JIT-compiles"
+    return f"{want} ({name}) is covered by {found} ({how})"
 
 
 def devices():
@@ -20,7 +83,31 @@ def devices():
     return f"{count} torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
 
 
-def matmul():
+def arch():
+    import torch
+
+    cc = tuple(torch.cuda.get_device_capability(0))
+    name = torch.cuda.get_device_name(0)
+    fix = ("Add it to TORCH_CUDA_ARCH_LIST (source builds), or choose a PyTorch/CUDA combination whose "
+           "wheels include it.")
+    return "arch: " + check_arch(list(torch.cuda.get_arch_list()), cc, name, f"torch {torch.__version__}", fix)
+
+
+def kernels():
+    import torch
+
+    x = torch.arange(N, dtype=torch.float32, device="cuda:0")
+    y = x * 2 + 1  # element-wise kernels
+    total = y.sum()  # a reduction kernel
+    if "cuda" not in str(total.device):
+        raise RuntimeError(f"the reduction ran on {total.device}, not on a GPU")
+    got = total.item()  # synchronizes: a kernel that could not launch raises here at the latest
+    if got != N * N:
+        raise RuntimeError(f"element-wise + reduction on {torch.cuda.get_device_name(0)} is wrong: sum {got}, expected {N * N}")
+    return f"kernels: element-wise and reduction over {N} floats on {torch.cuda.get_device_name(0)}: ok"
+
+
+def matmul_only():
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -36,7 +123,11 @@ def matmul():
     return f"matmul {SIZE}x{SIZE} on {name}: ok (max relative error {err:.1e})"
 
 
-MODES = {"devices": devices, "matmul": matmul}
+def check():
+    return "; ".join(step() for step in (arch, kernels, matmul_only))
+
+
+MODES = {"devices": devices, "arch": arch, "kernels": kernels, "matmul": check, "check": check}
 
 
 def main(argv):
