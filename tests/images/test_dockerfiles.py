@@ -25,6 +25,7 @@ HOST_ARGS = {"BUILD_DATE", "VOLTABUILD_BUILD_ID", "VCS_REF"}
 # reused from the cache.
 PER_BUILD_ARGS = HOST_ARGS | {"VOLTABUILD_BUILDSPEC_HASH"}
 ENTRYPOINT = "/usr/local/bin/entrypoint.sh"
+TINI = "/usr/bin/tini"
 REQUIRED_LABELS = {
     "org.opencontainers.image.version",
     "org.opencontainers.image.revision",
@@ -155,9 +156,11 @@ def test_image_conventions(spec):
     # runs as a non-root user
     last_user = [ins.args for ins in stage if ins.keyword == "USER"][-1]
     assert last_user not in {"0", "root"}
-    # the smoke test is the entrypoint, copied to where the buildspec runs it
+    # the smoke test is the entrypoint, copied to where the buildspec runs it; in the GPU images
+    # tini runs it as PID 1's child (the canary's busybox has no tini, and runs no Jupyter kernels)
     assert spec.smoke_test == [ENTRYPOINT, "--check"]
-    assert [ins.args for ins in stage if ins.keyword == "ENTRYPOINT"] == [f'["{ENTRYPOINT}"]']
+    expected = f'["{ENTRYPOINT}"]' if spec.framework == "canary" else f'["{TINI}", "-g", "--", "{ENTRYPOINT}"]'
+    assert [ins.args for ins in stage if ins.keyword == "ENTRYPOINT"] == [expected]
     assert any(ins.keyword == "COPY" and ins.args.split()[-1] == ENTRYPOINT for ins in stage)
     # apt lists never stay in a layer
     for ins in stage:
@@ -176,8 +179,27 @@ def test_gpu_images_serve_jupyter_and_keep_devtools_optional(spec):
     for ins in stage:
         if ins.keyword == "RUN" and re.search(r"\b(tmux|htop|mlocate)\b", ins.args):
             assert "INSTALL_DEVTOOLS" in ins.args, f"devtools installed unconditionally: {ins.args}"
-    # the framework probe sits where the entrypoint looks for it
-    assert any(ins.keyword == "COPY" and ins.args == "probe.py /usr/local/lib/voltabuild/probe.py" for ins in stage)
+    # the framework probe sits where the entrypoint looks for it, the health check beside it
+    assert any(ins.keyword == "COPY" and ins.args == "probe.py healthcheck.py /usr/local/lib/voltabuild/" for ins in stage)
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
+def test_gpu_images_have_an_init_a_health_check_and_utf8(spec):
+    stage = final_stage(dockerfile(spec))
+    # tini comes from the distribution, in the apt step, and the build stops if it is not there
+    apt = next(ins.args for ins in stage if ins.keyword == "RUN" and "apt-get install" in ins.args)
+    assert re.search(r"packages=\([^)]*\btini\b", apt) and f"test -x {TINI}" in apt
+    health = [ins.args for ins in stage if ins.keyword == "HEALTHCHECK"]
+    assert len(health) == 1
+    assert health[0].endswith('CMD ["python", "/usr/local/lib/voltabuild/healthcheck.py"]')
+    assert "--timeout=5s" in health[0]
+    env = " ".join(ins.args for ins in stage if ins.keyword == "ENV")
+    assert "LANG=C.UTF-8" in env
+
+
+def test_gpu_health_checks_are_one_script():
+    texts = {s.framework: (CATALOG.context_dir(s) / "healthcheck.py").read_text() for s in GPU_SPECS}
+    assert {fw for fw, text in texts.items() if text != texts["pytorch"]} == set()
 
 
 def test_gpu_entrypoints_are_one_script():
