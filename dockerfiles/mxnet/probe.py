@@ -1,18 +1,8 @@
-"""What Apache MXNet sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh runs it.
-
-    python probe.py devices   prints "<count> <description>": the GPUs MXNet can use
-    python probe.py kernels   runs MXNet's own element-wise and reduction kernels on GPU 0
-    python probe.py matmul    the whole GPU check: kernels, then a 1024x1024 matrix multiply
-                              (cuBLAS) compared with numpy; `check` is the same
-
-MXNet 1.9.1 does not report which GPU architectures it was built for (mx.runtime.Features()
-says only CUDA/cuDNN on or off), so unlike the PyTorch and TensorFlow probes there is no arch
-check naming a missing sm_XY: the proof is the kernels. MXNet's element-wise and reduction
-operators are its own CUDA code, not cuBLAS, so on a GPU the build has no code for they fail
-with "no kernel image is available for execution on the device" (cudaErrorNoKernelImageForDevice).
-
-Exits non-zero, with a traceback on stderr, when MXNet cannot be imported or a check fails.
-Runs on Python 3.8 (the last Python MXNet 1.9.1 wheels were built for).
+"""What Apache MXNet sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh
+runs `probe.py devices` ("<count> <description>") and, for --check, `probe.py matmul` (= `check`):
+`kernels` (its own element-wise and reduction kernels), then a cuBLAS matmul. MXNet does not
+report the architectures it was built for, so the kernels are the proof (README.md). Runs on
+Python 3.8. Exits non-zero, with a traceback, when a check fails.
 """
 
 import sys

@@ -1,16 +1,8 @@
-"""What TensorFlow sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh runs it.
-
-    python probe.py devices   prints "<count> <description>": the GPUs TensorFlow can use
-    python probe.py arch      checks this TensorFlow build carries code for GPU 0's architecture
-                              (tf.sysconfig.get_build_info()["cuda_compute_capabilities"])
-    python probe.py kernels   runs TensorFlow's own element-wise and reduction kernels on GPU 0
-    python probe.py matmul    the whole GPU check: arch, kernels, then a 1024x1024 matrix multiply
-                              (cuBLAS) compared with numpy; `check` is the same
-
-Why more than a matrix multiply: cuBLAS ships code for every GPU its CUDA supports, so a build
-without the GPU's architecture still multiplies correctly and fails later, in its own kernels.
-
-Exits non-zero, with a traceback on stderr, when TensorFlow cannot be imported or a check fails.
+"""What TensorFlow sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh runs
+`probe.py devices` ("<count> <description>") and, for --check, `probe.py matmul` (= `check`):
+`arch` (the build covers GPU 0's architecture, else the missing sm_XY is named), `kernels` (its own
+element-wise and reduction kernels), then a cuBLAS matmul. README.md says why a matmul alone is
+not enough. Exits non-zero, with a traceback, when a check fails.
 """
 
 import os
@@ -28,8 +20,7 @@ _DOTTED = re.compile(r"^([0-9]+)\.([0-9])$")
 
 
 def parse_arch(entry):
-    """'sm_86' -> [('sm', (8, 6), '')]; 'compute_90' -> [('compute', (9, 0), '')]; 'sm_90a' keeps
-    its 'a'; a bare '8.0' (some builds record it so) means both sm_80 and compute_80."""
+    """'sm_86' -> [('sm', (8, 6), '')], 'compute_90a' -> [('compute', (9, 0), 'a')]; '8.0' is both."""
     m = _DOTTED.match(entry)
     if m:
         cc = (int(m.group(1)), int(m.group(2)))
@@ -41,15 +32,9 @@ def parse_arch(entry):
 
 
 def covering(arch_list, cc):
-    """The entry of arch_list whose code runs on a GPU of compute capability cc, or None.
-
-    NVIDIA's compatibility rules (CUDA C++ Programming Guide, "Binary Compatibility" and
-    "PTX Compatibility"): sm_XY machine code runs on X.y for y >= Y (same major, later minor),
-    never across majors; sm_XYa (architecture-specific) only on X.Y itself; sm_XYf (family)
-    like sm_XY; compute_XY PTX is JIT-compiled by the driver for any GPU >= X.Y (compute_XYa
-    only for X.Y).
-    Machine code is preferred over PTX (no JIT at first load).
-    """
+    """The entry of arch_list with code for a GPU of capability cc (machine code first), or None.
+    CUDA Programming Guide: sm_XY runs on X.y, y >= Y (never across majors); sm_XYa only on X.Y;
+    compute_XY PTX JIT-compiles for any GPU >= X.Y (compute_XYa: X.Y only)."""
     cc = tuple(cc)
     ptx = None
     for entry in arch_list:

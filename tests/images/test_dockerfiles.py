@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.catalog import BuildSpec, load_catalog
+from chalicelib.hostscript import strip_comments
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)
@@ -210,13 +211,25 @@ def test_gpu_entrypoints_are_one_script():
     assert {fw for fw, text in texts.items() if text != reference} == set()
 
 
-def test_pytorch_base_image_is_the_cudnn_devel_family():
+def test_pytorch_has_one_copy_of_cuda():
+    # wheel builds start from the small base image: the wheels bring the CUDA libraries, so a
+    # devel image would be a second toolkit; source builds need nvcc and cuDNN from devel
     spec = CATALOG.frameworks["pytorch"]
     for r in spec.combinations():
-        base = spec.docker_build_args(r, HW, {})["BASE_IMAGE"]
+        args = spec.docker_build_args(r, HW, {})
         release = HW.cuda[r.cuda]  # cudnn8 (11.8, 12.1), cudnn9 (12.3), bare cudnn from 12.4.1
-        assert base == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
-        assert re.fullmatch(r"nvidia/cuda:[0-9.]+-cudnn[0-9]*-devel-ubuntu22\.04", base)
+        assert args["BASE_IMAGE"] == f"nvidia/cuda:{release.full}-base-ubuntu22.04"
+        assert args["DEVEL_IMAGE"] == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
+    stages = [ins.args for ins in dockerfile(spec) if ins.keyword == "FROM"]
+    assert "${BASE_IMAGE} AS base-wheels" in stages and "${DEVEL_IMAGE} AS base-source" in stages
+    assert stages[-1] == "base-${BUILD_MODE}"
+    assert spec.build_args["BUILD_MODE"].default == "wheels"
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
+def test_no_gpu_image_ships_a_devel_toolkit_by_default(spec):
+    base = spec.docker_build_args(spec.resolve(None, None, None), HW, {})["BASE_IMAGE"]
+    assert "-devel-" not in base
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
@@ -230,3 +243,27 @@ def test_readme_documents_every_build_arg_with_its_default(spec):
         assert f"`{value}`" in readme, f"{spec.framework}/README.md does not give {name}'s default {value!r}"
     for section in ("docker build", "--gpus all"):
         assert section in readme
+
+
+def test_the_packed_context_drops_comments_but_not_what_runs():
+    # user-data is limited to 16 KB: full-line comments stay behind, everything else travels
+    script = (
+        b"#!/usr/bin/env bash\n# a comment\n  # an indented one\n# shellcheck disable=SC2034\n"
+        b"x=1  # a trailing comment stays\npython - <<'PY'\n# inside a heredoc: content\nprint(1)\nPY\n"
+        b"# after it\ncat <<-EOF\n\t# also content\n\tEOF\necho done\n"
+    )
+    assert strip_comments(script).decode() == (
+        "#!/usr/bin/env bash\n# shellcheck disable=SC2034\nx=1  # a trailing comment stays\n"
+        "python - <<'PY'\n# inside a heredoc: content\nprint(1)\nPY\ncat <<-EOF\n\t# also content\n\tEOF\necho done\n"
+    )
+    dockerfile = b"# syntax=docker/dockerfile:1\n# about\nFROM x\nRUN a \\\n# between\n && b\n"
+    assert strip_comments(dockerfile) == b"# syntax=docker/dockerfile:1\nFROM x\nRUN a \\\n && b\n"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "dockerfiles").glob("*/*")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stripping_comments_keeps_every_instruction(path):
+    if path.name != "Dockerfile" and path.suffix != ".sh":
+        return
+    kept = [line for line in strip_comments(path.read_bytes()).decode().splitlines() if not line.lstrip().startswith("#")]
+    original = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert kept == original

@@ -70,7 +70,7 @@ def test_jupyter_answering_is_healthy(tmp_path, jupyter_api, capsys):
     # `jupyter lab` has exec'd jupyter-lab through its Python shebang
     proc = fake_proc(tmp_path, TINI, ["/opt/venv/bin/python", "/opt/venv/bin/jupyter-lab", "--ip=0.0.0.0", f"--port={port}"])
     assert health.main(proc=str(proc), environ={}) == 0
-    assert f"healthy: Jupyter answers at http://127.0.0.1:{port}/api" in capsys.readouterr().out
+    assert f"healthy: Jupyter answers at http://127.0.0.1:{port}/api (200)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("status", [500, 403])
