@@ -16,6 +16,7 @@ help:
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
 	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
 	@echo "make catalog-refresh  list PyPI releases newer than the catalog; writes dist/catalog-refresh/catalog.patch"
+	@echo "make lock     resolve the images' lock files into buildspecs/locks/ (ALL=1: every combination)"
 	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
 	@echo "make deploy   package and deploy to the AWS account of your credentials (STAGE=dev|prod)"
 
@@ -91,6 +92,12 @@ fuzz: venv
 	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 # ---- the catalog (issue 25) -----------------------------------------------------------
+# `make lock`: the images' lock files (buildspecs/locks/, scripts/lock.py); ALL=1 every combination.
+# Reproducible: --exclude-newer at each version's PACKAGES_AS_OF, and uv pinned in requirements-dev.txt.
+.PHONY: lock
+lock: venv
+	$(PY) scripts/lock.py --uv $(VENV)/bin/uv $(if $(ALL),--all)
+
 # `make catalog-refresh`: releases on PyPI newer than the catalog, as a patch for review
 .PHONY: catalog-refresh
 catalog-refresh: venv

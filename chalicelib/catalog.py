@@ -316,6 +316,8 @@ class BuildSpec(_Frozen):
     latest: bool = False
     instance_types: list[str] = Field(min_length=1)
     root_volume_gb: int = Field(ge=8, le=16384)
+    # the size budget: the host script fails a build whose image is bigger, compressed (GB = 1e9 bytes)
+    max_image_gb: float = Field(gt=0, le=1000)
     timeout_minutes: Timeouts
     smoke_test: list[str] = Field(min_length=1)
     # set by the loader
@@ -330,6 +332,9 @@ class BuildSpec(_Frozen):
         free_images = [n for n, a in self.build_args.items() if n.endswith("IMAGE") and a.images is None]
         if free_images:
             raise ValueError(f"build args that choose an image need an `images` allow-list: {free_images}")
+        if self.max_image_gb * 2 > self.root_volume_gb:
+            raise ValueError(f"max_image_gb {self.max_image_gb} needs a root_volume_gb of at least twice that "
+                             f"(the build keeps the image and a compressed copy to measure); it is {self.root_volume_gb}")
         clash = set(self.fixed_args) & set(self.build_args)
         if clash:
             raise ValueError(f"build_args may not override fixed_args: {sorted(clash)}")

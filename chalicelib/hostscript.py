@@ -76,10 +76,35 @@ def pack_context(context_dir: Path) -> str:
                 continue
             info = tarfile.TarInfo(rel.as_posix())
             data = path.read_bytes()
+            if rel.name == "Dockerfile" or rel.suffix == ".sh":
+                data = strip_comments(data)
             info.size = len(data)
             info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
             tar.addfile(info, io.BytesIO(data))
     return base64.b64encode(buf.getvalue()).decode()
+
+
+_HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?")
+_DIRECTIVE = re.compile(r"^#\s*(syntax|escape|check)\s*=|^#!|^#\s*shellcheck\s", re.I)
+
+
+def strip_comments(data: bytes) -> bytes:
+    """A Dockerfile or shell script without its full-line comments (user-data is limited to
+    16 KB). Kept: the shebang, Dockerfile parser directives, shellcheck directives, and every
+    line inside a heredoc (there a ``#`` line is content, not a comment)."""
+    out, end = [], None
+    for line in data.decode().splitlines(keepends=True):
+        if end is not None:
+            out.append(line)
+            if line.strip() == end:
+                end = None
+            continue
+        text = line.lstrip()
+        if not text.startswith("#") or _DIRECTIVE.match(text):
+            out.append(line)
+            opener = _HEREDOC.search(line) if not text.startswith("#") else None
+            end = opener.group(1) if opener else None
+    return "".join(out).encode()
 
 
 def _template() -> str:
@@ -153,6 +178,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("INSTANCE_TYPE", _check("instance type", itype, re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$"))),
         _assign("DRIVER_BRANCH", _check("driver branch", driver_branch, re.compile(r"^[0-9]{3}$"))),
         _assign("WATCHDOG_MINUTES", timeout + 5),
+        _assign("MAX_IMAGE_BYTES", int(spec.max_image_gb * 10**9)),
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),
         _array("BUILD_ARGS", arg_list),

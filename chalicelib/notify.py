@@ -147,6 +147,16 @@ def estimate_cost(build: Build) -> Cost | None:
                 lifecycle=inst.lifecycle)
 
 
+def image_size_text(n: int | None) -> str | None:
+    """An image's compressed size in decimal units (2.15 MB, 4.31 GB), or None if not measured."""
+    if n is None:
+        return None
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
 def image_uris(build: Build) -> list[str]:
     """Every pushed reference: one per tag, and the digest."""
     repo = build.image.repository
@@ -218,8 +228,9 @@ def build_message(build: Build, *, api_url: str = "", started: bool = False) -> 
         {"type": "header", "text": {"type": "plain_text", "text": headline[:150], "emoji": True}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
     ]
+    size = image_size_text(build.image.compressed_size_bytes)
     if uris:
-        listing = "\n".join(f"`{escape(u)}`" for u in uris)
+        listing = "\n".join(f"`{escape(u)}`" for u in uris) + (f"\n{size} compressed" if size else "")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Image*\n{listing}"[:_SECTION_MAX]}})
     elif not started:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "*Image*\nnot pushed"}})
@@ -241,7 +252,7 @@ def build_message(build: Build, *, api_url: str = "", started: bool = False) -> 
     if not started:
         parts.append(f"estimated cost {cost_text}")
     if uris:
-        parts.append("image " + " ".join(uris))
+        parts.append("image " + " ".join(uris) + (f" ({size} compressed)" if size else ""))
     if reason and not started:
         parts.append(f"reason: {reason}")
     parts.append(f"see `{cli}`" + (f" or {api}" if api else ""))

@@ -57,6 +57,9 @@ class ResultReport(_Report):
     type: Literal["result"]
     status: Literal["SUCCEEDED", "FAILED"]
     digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    # measured before the push (issue 19): the compressed size, and the digest the base resolved to
+    image_size_bytes: int | None = Field(None, ge=0, le=10**13, strict=True)
+    base_image_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
     message: Text = ""
     reason: Text = ""
     log_tail: Annotated[str, StringConstraints(max_length=8000)] = ""
@@ -76,6 +79,16 @@ class InstanceReport(RootModel):
     """The body of ``POST /builds/{id}/events``: one of the three report types."""
 
     root: Annotated[PhaseReport | HeartbeatReport | ResultReport, Field(discriminator="type")]
+
+
+def _measured(report: ResultReport) -> dict:
+    """The image's measurements, as record fields, where the host script reported them."""
+    out: dict = {}
+    if report.image_size_bytes is not None:
+        out["image.compressed_size_bytes"] = report.image_size_bytes
+    if report.base_image_digest:
+        out["image.base_image_digest"] = report.base_image_digest
+    return out
 
 
 def hash_token(token: str) -> str:
@@ -293,7 +306,8 @@ class Reports:
             return self.transitions.move(
                 build_id, Status.SUCCEEDED, expect=[Status.RUNNING],
                 message=report.message or f"pushed {report.digest}",
-                fields={"image.digest": report.digest, "heartbeat_at": now_iso()}, remove=["token_hash"],
+                fields={"image.digest": report.digest, "heartbeat_at": now_iso(), **_measured(report)},
+                remove=["token_hash"],
                 extra_condition=guard,
             )
 

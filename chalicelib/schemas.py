@@ -81,6 +81,8 @@ class ImageInfo(BaseModel):
     repository: str
     tags: list[str]
     digest: str | None = None
+    compressed_size_bytes: int | None = Field(None, description="the pushed image's compressed size (its layers)")
+    base_image_digest: str | None = Field(None, description="the digest of the base image the build started from")
 
 
 class InstanceInfo(BaseModel):

@@ -57,6 +57,11 @@ def run_demo(stack: Stack, keep: bool = False) -> int:
         if build.get("reason"):
             print(f"reason: {build['reason']}")
 
+        _say(f"voltabuild status {build.get('id')}   (the image, its compressed size and base digest)")
+        status = subprocess.run([cli, "status", str(build.get("id"))], env=env, stdout=subprocess.PIPE, text=True)
+        for line in status.stdout.partition("\n  timeline")[0].splitlines():  # the timeline is below
+            print(f"  {line}")
+
         _say(f"voltabuild logs {build.get('id')}   (the instance's log, from CloudWatch Logs; the last lines)")
         logs = subprocess.run([cli, "logs", str(build.get("id"))], env=env, stdout=subprocess.PIPE, text=True)
         lines = logs.stdout.splitlines()

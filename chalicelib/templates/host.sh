@@ -61,6 +61,8 @@ HB_SLEEP=""
 IMAGE=""
 BUILT=""
 DIGEST=""
+IMAGE_SIZE=""
+BASE_DIGEST=""
 ARGS=()
 BUILD_CMD=()
 CTX=""
@@ -494,6 +496,78 @@ push_tags() {
   DIGEST=$digest
 }
 
+# ---- measure (before the push) ----
+# The image's compressed size as a registry stores it: the layer sizes in the manifest of an OCI
+# layout with gzip layers (buildah push oci:, buildx --output type=oci; docker's own store has no
+# OCI export, so there the saved layers are gzipped, level 6 like a push). Prints
+# "<bytes> <base digest or -> <base name or ->" (the base from buildah's annotation and the
+# org.opencontainers.image.base.name label).
+oci_measure() {
+  python3 - "$1" <<'PY'
+import json, os, sys, tarfile, zlib
+d = sys.argv[1]
+if os.path.isdir(d):
+    def blob(x):
+        a, h = x["digest"].split(":")
+        with open(os.path.join(d, "blobs", a, h)) as f:
+            return json.load(f)
+    with open(os.path.join(d, "index.json")) as f:
+        m = blob(json.load(f)["manifests"][0])
+    while "manifests" in m:  # an index: its image, not an attestation
+        m = blob([x for x in m["manifests"] if "vnd.docker.reference.type" not in x.get("annotations", {})][0])
+    size = sum(layer["size"] for layer in m["layers"])
+    labels = blob(m["config"]).get("config", {}).get("Labels") or {}
+    base = (m.get("annotations") or {}).get("org.opencontainers.image.base.digest")
+else:
+    t = tarfile.open(d + ".tar")
+    top = json.load(t.extractfile("manifest.json"))[0]
+    size = 0
+    for name in top["Layers"]:
+        f, z = t.extractfile(name), zlib.compressobj(6, zlib.DEFLATED, 31)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            size += len(z.compress(chunk))
+        size += len(z.flush())
+    labels = json.load(t.extractfile(top["Config"])).get("config", {}).get("Labels") or {}
+    base = None
+print(size, base or "-", labels.get("org.opencontainers.image.base.name") or "-")
+PY
+}
+
+gb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e9 }'; }
+
+# Fails the build (nothing pushed) when the image is over the buildspec's max_image_gb; sets
+# IMAGE_SIZE and BASE_DIGEST (the digest the base name resolved to; empty when unknown).
+measure_image() {
+  local dir=$WORK/measure out size base name
+  rm -rf "$dir" "$dir.tar"
+  if [[ $BUILDER == buildah ]]; then
+    run buildah --storage-driver vfs push --quiet "$BUILT" "oci:$dir" >/dev/null
+  elif is_local; then
+    run docker save -o "$dir.tar" "$BUILT"
+  else
+    run "${BUILD_CMD[@]}" --output "type=oci,dest=$dir,tar=false" "$WORK/context"
+  fi || die "could not export the image to measure it"
+  out=$(oci_measure "$dir") || die "could not read the image's size"
+  rm -rf "$dir" "$dir.tar"
+  read -r size base name <<<"$out"
+  [[ $size =~ ^[0-9]+$ ]] || die "could not read the image's size (got '$out')"
+  if [[ $base != sha256:* && $name == *@sha256:* ]]; then
+    base=${name##*@}
+  elif [[ $base != sha256:* && $name != - && $BUILDER == docker ]]; then
+    if is_local; then
+      base=$(docker image inspect --format '{{index .RepoDigests 0}}' "$name" 2>/dev/null) || base=""
+      base=${base##*@}
+    else
+      base=$(docker buildx imagetools inspect "$name" 2>/dev/null | awk '/^Digest:/ { print $2; exit }') || base=""
+    fi
+  fi
+  [[ $base =~ ^sha256:[0-9a-f]{64}$ ]] && BASE_DIGEST=$base
+  IMAGE_SIZE=$size
+  log "image: $(gb "$size") GB compressed ($size bytes; budget $(gb "$MAX_IMAGE_BYTES") GB); base ${name} ${BASE_DIGEST:-digest unknown}"
+  ((size <= MAX_IMAGE_BYTES)) ||
+    die "the image is $(gb "$size") GB compressed, over this buildspec's budget of $(gb "$MAX_IMAGE_BYTES") GB (max_image_gb): nothing was pushed"
+}
+
 main() {
   mkdir -p "$WORK"
   : >"$LOG_FILE"
@@ -527,11 +601,13 @@ main() {
   phase TESTING "smoke test: ${SMOKE_TEST[*]}"
   smoke_test
 
+  measure_image
+
   phase PUSHING "pushing ${#TAGS[@]} tag(s) to $IMAGE"
   push_image
 
   log "pushed $IMAGE@$DIGEST"
-  report "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"message\":$(json_str "pushed ${TAGS[*]}")}" ||
+  report "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed ${TAGS[*]}")}" ||
     die "the image was pushed but the result could not be reported"
   RESULT_SENT=1
 }

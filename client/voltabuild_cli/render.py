@@ -33,6 +33,26 @@ def image_refs(build: dict) -> list[str]:
     return refs
 
 
+def human_size(n: int | None) -> str | None:
+    """Bytes in decimal units, as registries show image sizes: 2.15 MB, 4.31 GB."""
+    if n is None:
+        return None
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def image_size(build: dict) -> str | None:
+    """The image's compressed size line, with the base it started from, when measured."""
+    image = build.get("image") or {}
+    size = human_size(image.get("compressed_size_bytes"))
+    if size is None:
+        return None
+    base = image.get("base_image_digest")
+    return f"{size} compressed" + (f" (base {base})" if base else "")
+
+
 def state_of(build: dict) -> str:
     s = build.get("status", "?")
     if build.get("phase"):
@@ -59,6 +79,8 @@ def build_detail(build: dict, now: datetime) -> str:
         ("build", combo(build)),
         ("image", "\n".join(image_refs(build)) or "-"),
     ]
+    if image_size(build):
+        rows.append(("size", image_size(build)))
     inst = build.get("instance")
     if inst:
         bits = [inst.get("id", "?"), inst.get("type", "?"), inst.get("az") or "", inst.get("lifecycle") or ""]

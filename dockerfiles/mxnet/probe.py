@@ -1,16 +1,15 @@
-"""What Apache MXNet sees of the GPUs; entrypoint.sh runs it.
-
-    python probe.py devices   prints "<count> <description>": the GPUs MXNet can use
-    python probe.py matmul    multiplies two 1024x1024 matrices on GPU 0 and compares with numpy
-
-Exits non-zero, with a traceback on stderr, when MXNet cannot be imported or the result is wrong.
-Runs on Python 3.8 (the last Python MXNet 1.9.1 wheels were built for).
+"""What Apache MXNet sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh
+runs `probe.py devices` ("<count> <description>") and, for --check, `probe.py matmul` (= `check`):
+`kernels` (its own element-wise and reduction kernels), then a cuBLAS matmul. MXNet does not
+report the architectures it was built for, so the kernels are the proof (README.md). Runs on
+Python 3.8. Exits non-zero, with a traceback, when a check fails.
 """
 
 import sys
 
 SIZE = 1024
 TOLERANCE = 1e-3  # max relative error of float32 GPU vs float64 CPU matmul
+N = 4096  # sum(2i + 1 for i < N) = N*N = 2**24: every partial sum is exact in float32
 
 
 def devices():
@@ -22,7 +21,22 @@ def devices():
     return f"{mx.context.num_gpus()} mxnet {mx.__version__} (built with {cuda}, {cudnn})"
 
 
-def matmul():
+def kernels():
+    import mxnet as mx
+
+    gpu = mx.gpu(0)
+    x = mx.nd.arange(0, N, ctx=gpu, dtype="float32")
+    y = x * 2 + 1  # element-wise kernels
+    total = y.sum()  # a reduction kernel
+    if total.context != gpu:
+        raise RuntimeError(f"the reduction ran on {total.context}, not on {gpu}")
+    got = float(total.asscalar())  # MXNet runs asynchronously: a kernel that failed raises here
+    if got != N * N:
+        raise RuntimeError(f"element-wise + reduction on {gpu} is wrong: sum {got}, expected {N * N}")
+    return f"kernels: element-wise and reduction over {N} floats on {gpu}: ok"
+
+
+def matmul_only():
     import mxnet as mx
     import numpy as np
 
@@ -38,7 +52,11 @@ def matmul():
     return f"matmul {SIZE}x{SIZE} on {gpu}: ok (max relative error {err:.1e})"
 
 
-MODES = {"devices": devices, "matmul": matmul}
+def check():
+    return "; ".join(step() for step in (kernels, matmul_only))
+
+
+MODES = {"devices": devices, "kernels": kernels, "matmul": check, "check": check}
 
 
 def main(argv):

@@ -1,16 +1,61 @@
-"""What PyTorch sees of the GPUs; entrypoint.sh runs it.
-
-    python probe.py devices   prints "<count> <description>": the CUDA devices torch can use
-    python probe.py matmul    multiplies two 1024x1024 matrices on GPU 0 and compares with the CPU
-
-Exits non-zero, with a traceback on stderr, when torch cannot be imported or the result is wrong.
-Kept compatible with the oldest Python an image ships.
+"""What PyTorch sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh runs
+`probe.py devices` ("<count> <description>") and, for --check, `probe.py matmul` (= `check`):
+`arch` (the build covers GPU 0's architecture, else the missing sm_XY is named), `kernels` (its own
+element-wise and reduction kernels), then a cuBLAS matmul. README.md says why a matmul alone is
+not enough. Exits non-zero, with a traceback, when a check fails.
 """
 
+import re
 import sys
 
 SIZE = 1024
 TOLERANCE = 1e-3  # max relative error of float32 GPU vs CPU matmul (TF32 disabled)
+N = 4096  # sum(2i + 1 for i < N) = N*N = 2**24: every partial sum is exact in float32
+
+_ARCH = re.compile(r"^(sm|compute)_([0-9]+)([0-9])([af]?)$")
+_DOTTED = re.compile(r"^([0-9]+)\.([0-9])$")
+
+
+def parse_arch(entry):
+    """'sm_86' -> [('sm', (8, 6), '')], 'compute_90a' -> [('compute', (9, 0), 'a')]; '8.0' is both."""
+    m = _DOTTED.match(entry)
+    if m:
+        cc = (int(m.group(1)), int(m.group(2)))
+        return [("sm", cc, ""), ("compute", cc, "")]
+    m = _ARCH.match(entry)
+    if not m:
+        return []
+    return [(m.group(1), (int(m.group(2)), int(m.group(3))), m.group(4))]
+
+
+def covering(arch_list, cc):
+    """The entry of arch_list with code for a GPU of capability cc (machine code first), or None.
+    CUDA Programming Guide: sm_XY runs on X.y, y >= Y (never across majors); sm_XYa only on X.Y;
+    compute_XY PTX JIT-compiles for any GPU >= X.Y (compute_XYa: X.Y only)."""
+    cc = tuple(cc)
+    ptx = None
+    for entry in arch_list:
+        for kind, have, suffix in parse_arch(entry):
+            if kind == "sm":
+                if have == cc or (suffix != "a" and have[0] == cc[0] and have[1] <= cc[1]):
+                    return entry
+            elif ptx is None and (have == cc if suffix == "a" else have <= cc):
+                ptx = entry
+    return ptx
+
+
+def check_arch(arch_list, cc, name, build, fix):
+    """A line saying which entry of arch_list covers cc; raises naming the missing one."""
+    want = f"sm_{cc[0]}{cc[1]}"
+    found = covering(arch_list, cc)
+    if found is None:
+        raise RuntimeError(
+            f"{build} has no GPU code for {name} (compute capability {cc[0]}.{cc[1]}): {want} is missing. "
+            f"Its architectures are {' '.join(arch_list) or '(none)'}: no sm_{cc[0]}x at or below {want}, "
+            f"and no compute_XY PTX at or below compute_{cc[0]}{cc[1]} to JIT-compile. {fix}"
+        )
+    how = "machine code" if parse_arch(found)[0][0] == "sm" else "PTX the driver JIT-compiles"
+    return f"{want} ({name}) is covered by {found} ({how})"
 
 
 def devices():
@@ -20,7 +65,31 @@ def devices():
     return f"{count} torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
 
 
-def matmul():
+def arch():
+    import torch
+
+    cc = tuple(torch.cuda.get_device_capability(0))
+    name = torch.cuda.get_device_name(0)
+    fix = ("Add it to TORCH_CUDA_ARCH_LIST (source builds), or choose a PyTorch/CUDA combination whose "
+           "wheels include it.")
+    return "arch: " + check_arch(list(torch.cuda.get_arch_list()), cc, name, f"torch {torch.__version__}", fix)
+
+
+def kernels():
+    import torch
+
+    x = torch.arange(N, dtype=torch.float32, device="cuda:0")
+    y = x * 2 + 1  # element-wise kernels
+    total = y.sum()  # a reduction kernel
+    if "cuda" not in str(total.device):
+        raise RuntimeError(f"the reduction ran on {total.device}, not on a GPU")
+    got = total.item()  # synchronizes: a kernel that could not launch raises here at the latest
+    if got != N * N:
+        raise RuntimeError(f"element-wise + reduction on {torch.cuda.get_device_name(0)} is wrong: sum {got}, expected {N * N}")
+    return f"kernels: element-wise and reduction over {N} floats on {torch.cuda.get_device_name(0)}: ok"
+
+
+def matmul_only():
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -36,7 +105,11 @@ def matmul():
     return f"matmul {SIZE}x{SIZE} on {name}: ok (max relative error {err:.1e})"
 
 
-MODES = {"devices": devices, "matmul": matmul}
+def check():
+    return "; ".join(step() for step in (arch, kernels, matmul_only))
+
+
+MODES = {"devices": devices, "arch": arch, "kernels": kernels, "matmul": check, "check": check}
 
 
 def main(argv):

@@ -1,18 +1,64 @@
-"""What TensorFlow sees of the GPUs; entrypoint.sh runs it.
-
-    python probe.py devices   prints "<count> <description>": the GPUs TensorFlow can use
-    python probe.py matmul    multiplies two 1024x1024 matrices on GPU 0 and compares with numpy
-
-Exits non-zero, with a traceback on stderr, when TensorFlow cannot be imported or the result is wrong.
+"""What TensorFlow sees of the GPUs, and whether its own GPU code runs on them; entrypoint.sh runs
+`probe.py devices` ("<count> <description>") and, for --check, `probe.py matmul` (= `check`):
+`arch` (the build covers GPU 0's architecture, else the missing sm_XY is named), `kernels` (its own
+element-wise and reduction kernels), then a cuBLAS matmul. README.md says why a matmul alone is
+not enough. Exits non-zero, with a traceback, when a check fails.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the report
 
 SIZE = 1024
 TOLERANCE = 1e-3  # max relative error of float32 GPU vs float64 CPU matmul (TF32 disabled)
+N = 4096  # sum(2i + 1 for i < N) = N*N = 2**24: every partial sum is exact in float32
+
+_ARCH = re.compile(r"^(sm|compute)_([0-9]+)([0-9])([af]?)$")
+_DOTTED = re.compile(r"^([0-9]+)\.([0-9])$")
+
+
+def parse_arch(entry):
+    """'sm_86' -> [('sm', (8, 6), '')], 'compute_90a' -> [('compute', (9, 0), 'a')]; '8.0' is both."""
+    m = _DOTTED.match(entry)
+    if m:
+        cc = (int(m.group(1)), int(m.group(2)))
+        return [("sm", cc, ""), ("compute", cc, "")]
+    m = _ARCH.match(entry)
+    if not m:
+        return []
+    return [(m.group(1), (int(m.group(2)), int(m.group(3))), m.group(4))]
+
+
+def covering(arch_list, cc):
+    """The entry of arch_list with code for a GPU of capability cc (machine code first), or None.
+    CUDA Programming Guide: sm_XY runs on X.y, y >= Y (never across majors); sm_XYa only on X.Y;
+    compute_XY PTX JIT-compiles for any GPU >= X.Y (compute_XYa: X.Y only)."""
+    cc = tuple(cc)
+    ptx = None
+    for entry in arch_list:
+        for kind, have, suffix in parse_arch(entry):
+            if kind == "sm":
+                if have == cc or (suffix != "a" and have[0] == cc[0] and have[1] <= cc[1]):
+                    return entry
+            elif ptx is None and (have == cc if suffix == "a" else have <= cc):
+                ptx = entry
+    return ptx
+
+
+def check_arch(arch_list, cc, name, build, fix):
+    """A line saying which entry of arch_list covers cc; raises naming the missing one."""
+    want = f"sm_{cc[0]}{cc[1]}"
+    found = covering(arch_list, cc)
+    if found is None:
+        raise RuntimeError(
+            f"{build} has no GPU code for {name} (compute capability {cc[0]}.{cc[1]}): {want} is missing. "
+            f"Its architectures are {' '.join(arch_list) or '(none)'}: no sm_{cc[0]}x at or below {want}, "
+            f"and no compute_XY PTX at or below compute_{cc[0]}{cc[1]} to JIT-compile. {fix}"
+        )
+    how = "machine code" if parse_arch(found)[0][0] == "sm" else "PTX the driver JIT-compiles"
+    return f"{want} ({name}) is covered by {found} ({how})"
 
 
 def devices():
@@ -26,7 +72,48 @@ def devices():
     )
 
 
-def matmul():
+def _gpu0():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        raise RuntimeError("TensorFlow sees no GPU")
+    return tf.config.experimental.get_device_details(gpus[0])
+
+
+def arch():
+    import tensorflow as tf
+
+    details = _gpu0()
+    name = details.get("device_name", "GPU 0")
+    if "compute_capability" not in details:
+        raise RuntimeError(f"TensorFlow reports no compute capability for {name}")
+    archs = tf.sysconfig.get_build_info().get("cuda_compute_capabilities")
+    if not archs:
+        raise RuntimeError(f"tensorflow {tf.__version__} does not say which GPU architectures it was built for "
+                           "(no cuda_compute_capabilities in tf.sysconfig.get_build_info())")
+    fix = "Choose a TensorFlow release built for it (TensorFlow's pip builds list theirs in get_build_info())."
+    return "arch: " + check_arch(list(archs), tuple(details["compute_capability"]), name,
+                                 f"tensorflow {tf.__version__}", fix)
+
+
+def kernels():
+    import tensorflow as tf
+
+    name = _gpu0().get("device_name", "GPU 0")
+    with tf.device("/GPU:0"):
+        x = tf.range(N, dtype=tf.float32)
+        y = x * 2.0 + 1.0  # element-wise kernels
+        total = tf.reduce_sum(y)  # a reduction kernel
+    if "GPU" not in total.device:
+        raise RuntimeError(f"the reduction ran on {total.device}, not on a GPU")
+    got = float(total.numpy())
+    if got != N * N:
+        raise RuntimeError(f"element-wise + reduction on {name} is wrong: sum {got}, expected {N * N}")
+    return f"kernels: element-wise and reduction over {N} floats on {name}: ok"
+
+
+def matmul_only():
     import numpy as np
     import tensorflow as tf
 
@@ -40,13 +127,17 @@ def matmul():
     if "GPU" not in product.device:
         raise RuntimeError(f"matmul ran on {product.device}, not on a GPU")
     err = float(np.abs(product.numpy() - expected).max() / np.abs(expected).max())
-    name = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU 0")
+    name = _gpu0().get("device_name", "GPU 0")
     if not err < TOLERANCE:
         raise RuntimeError(f"matmul on {name} is wrong: max relative error {err:.2e} (limit {TOLERANCE:.0e})")
     return f"matmul {SIZE}x{SIZE} on {name}: ok (max relative error {err:.1e})"
 
 
-MODES = {"devices": devices, "matmul": matmul}
+def check():
+    return "; ".join(step() for step in (arch, kernels, matmul_only))
+
+
+MODES = {"devices": devices, "arch": arch, "kernels": kernels, "matmul": check, "check": check}
 
 
 def main(argv):

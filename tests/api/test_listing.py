@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import boto3
 import pytest
 
 from chalicelib import clock, wiring
@@ -14,20 +15,35 @@ from chalicelib.states import Status
 
 @pytest.fixture(scope="module")
 def many(aws_module):
-    """250 builds, one second apart, alternating frameworks; every 5th cancelled."""
+    """250 builds, one second apart, alternating frameworks; every 5th cancelled.
+
+    Four go through the service (each framework, queued and cancelled); the other 246 are
+    copies of those stored items with their own id and creation time, written in batches:
+    the listing reads stored items, and 250 submits cost two minutes of the suite."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    tick = iter(range(10_000))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(clock, "now", lambda: t0 + timedelta(seconds=next(tick)))
+        mp.setattr(clock, "now", lambda: t0)
         mp.setenv("MAX_ACTIVE_BUILDS", "1000")
         wiring.reset()
         svc = wiring.builds()
+        table = boto3.resource("dynamodb").Table(wiring.settings().table_name)
+        models = {}
+        for framework in ("tensorflow", "canary"):
+            for cancelled in (False, True):
+                b, _ = svc.submit(BuildRequest(framework=framework))
+                if cancelled:
+                    svc.cancel(b.id)
+                models[framework, cancelled] = table.get_item(Key={"id": b.id}, ConsistentRead=True)["Item"]
+                table.delete_item(Key={"id": b.id})
         ids = []
-        for i in range(250):
-            b, _ = svc.submit(BuildRequest(framework="canary" if i % 2 else "tensorflow"))
-            if i % 5 == 0:
-                svc.cancel(b.id)
-            ids.append(b.id)
+        with table.batch_writer() as batch:
+            for i in range(250):
+                item = models["canary" if i % 2 else "tensorflow", i % 5 == 0]
+                build_id, created = f"b-{i:020x}", clock.iso(t0 + timedelta(seconds=i))
+                batch.put_item(Item={**item, "id": build_id, "created_at": created,
+                                     "created_key": f"{created}#{build_id}"})
+                ids.append(build_id)
+    wiring.reset()
     return ids
 
 

@@ -136,9 +136,10 @@ def problems(catalog: Catalog, facts: Facts) -> list[str]:
         file = f"buildspecs/{spec.framework}.yaml"
         for r in spec.combinations():
             combo = f"{spec.framework} {r.version} cuda {r.cuda} python {r.python}"
-            base = spec.docker_build_args(r, hw).get("BASE_IMAGE")
-            if base and base not in facts.images:
-                out.append(f"{file}: {combo}: BASE_IMAGE {base} is not in facts/cuda-images.yaml")
+            # BASE_IMAGE, and any other image a build starts from (pytorch's DEVEL_IMAGE)
+            for name, base in spec.docker_build_args(r, hw).items():
+                if name.endswith("_IMAGE") and base and base not in facts.images:
+                    out.append(f"{file}: {combo}: {name} {base} is not in facts/cuda-images.yaml")
             health = hw.cuda[r.cuda].health_image
             if health and health not in facts.images:
                 out.append(f"{file}: {combo}: health-check image {health} is not in facts/cuda-images.yaml")

@@ -118,7 +118,7 @@ def test_a_health_image_that_does_not_exist_fails(tmp_path):
      None, "", "580"),
     ("pytorch", {"version": "2.5.1", "cuda": "12.1", "python": "3.11"}, "p3.2xlarge",
      "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id",
-     "nvidia/cuda:12.1.1-cudnn8-devel-ubuntu22.04", "nvidia/cuda:12.1.1-base-ubuntu22.04", "580"),
+     "nvidia/cuda:12.1.1-base-ubuntu22.04", "nvidia/cuda:12.1.1-base-ubuntu22.04", "580"),
     ("mxnet", {}, "g5.xlarge",
      "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id",
      "nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04", "nvidia/cuda:11.2.2-base-ubuntu20.04", "580"),

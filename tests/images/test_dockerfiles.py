@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.catalog import BuildSpec, load_catalog
+from chalicelib.hostscript import strip_comments
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)
@@ -25,6 +26,7 @@ HOST_ARGS = {"BUILD_DATE", "VOLTABUILD_BUILD_ID", "VCS_REF"}
 # reused from the cache.
 PER_BUILD_ARGS = HOST_ARGS | {"VOLTABUILD_BUILDSPEC_HASH"}
 ENTRYPOINT = "/usr/local/bin/entrypoint.sh"
+TINI = "/usr/bin/tini"
 REQUIRED_LABELS = {
     "org.opencontainers.image.version",
     "org.opencontainers.image.revision",
@@ -155,9 +157,11 @@ def test_image_conventions(spec):
     # runs as a non-root user
     last_user = [ins.args for ins in stage if ins.keyword == "USER"][-1]
     assert last_user not in {"0", "root"}
-    # the smoke test is the entrypoint, copied to where the buildspec runs it
+    # the smoke test is the entrypoint, copied to where the buildspec runs it; in the GPU images
+    # tini runs it as PID 1's child (the canary's busybox has no tini, and runs no Jupyter kernels)
     assert spec.smoke_test == [ENTRYPOINT, "--check"]
-    assert [ins.args for ins in stage if ins.keyword == "ENTRYPOINT"] == [f'["{ENTRYPOINT}"]']
+    expected = f'["{ENTRYPOINT}"]' if spec.framework == "canary" else f'["{TINI}", "-g", "--", "{ENTRYPOINT}"]'
+    assert [ins.args for ins in stage if ins.keyword == "ENTRYPOINT"] == [expected]
     assert any(ins.keyword == "COPY" and ins.args.split()[-1] == ENTRYPOINT for ins in stage)
     # apt lists never stay in a layer
     for ins in stage:
@@ -176,8 +180,27 @@ def test_gpu_images_serve_jupyter_and_keep_devtools_optional(spec):
     for ins in stage:
         if ins.keyword == "RUN" and re.search(r"\b(tmux|htop|mlocate)\b", ins.args):
             assert "INSTALL_DEVTOOLS" in ins.args, f"devtools installed unconditionally: {ins.args}"
-    # the framework probe sits where the entrypoint looks for it
-    assert any(ins.keyword == "COPY" and ins.args == "probe.py /usr/local/lib/voltabuild/probe.py" for ins in stage)
+    # the framework probe sits where the entrypoint looks for it, the health check beside it
+    assert any(ins.keyword == "COPY" and ins.args == "probe.py healthcheck.py /usr/local/lib/voltabuild/" for ins in stage)
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
+def test_gpu_images_have_an_init_a_health_check_and_utf8(spec):
+    stage = final_stage(dockerfile(spec))
+    # tini comes from the distribution, in the apt step, and the build stops if it is not there
+    apt = next(ins.args for ins in stage if ins.keyword == "RUN" and "apt-get install" in ins.args)
+    assert re.search(r"packages=\([^)]*\btini\b", apt) and f"test -x {TINI}" in apt
+    health = [ins.args for ins in stage if ins.keyword == "HEALTHCHECK"]
+    assert len(health) == 1
+    assert health[0].endswith('CMD ["python", "/usr/local/lib/voltabuild/healthcheck.py"]')
+    assert "--timeout=5s" in health[0]
+    env = " ".join(ins.args for ins in stage if ins.keyword == "ENV")
+    assert "LANG=C.UTF-8" in env
+
+
+def test_gpu_health_checks_are_one_script():
+    texts = {s.framework: (CATALOG.context_dir(s) / "healthcheck.py").read_text() for s in GPU_SPECS}
+    assert {fw for fw, text in texts.items() if text != texts["pytorch"]} == set()
 
 
 def test_gpu_entrypoints_are_one_script():
@@ -188,13 +211,25 @@ def test_gpu_entrypoints_are_one_script():
     assert {fw for fw, text in texts.items() if text != reference} == set()
 
 
-def test_pytorch_base_image_is_the_cudnn_devel_family():
+def test_pytorch_has_one_copy_of_cuda():
+    # wheel builds start from the small base image: the wheels bring the CUDA libraries, so a
+    # devel image would be a second toolkit; source builds need nvcc and cuDNN from devel
     spec = CATALOG.frameworks["pytorch"]
     for r in spec.combinations():
-        base = spec.docker_build_args(r, HW, {})["BASE_IMAGE"]
+        args = spec.docker_build_args(r, HW, {})
         release = HW.cuda[r.cuda]  # cudnn8 (11.8, 12.1), cudnn9 (12.3), bare cudnn from 12.4.1
-        assert base == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
-        assert re.fullmatch(r"nvidia/cuda:[0-9.]+-cudnn[0-9]*-devel-ubuntu22\.04", base)
+        assert args["BASE_IMAGE"] == f"nvidia/cuda:{release.full}-base-ubuntu22.04"
+        assert args["DEVEL_IMAGE"] == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
+    stages = [ins.args for ins in dockerfile(spec) if ins.keyword == "FROM"]
+    assert "${BASE_IMAGE} AS base-wheels" in stages and "${DEVEL_IMAGE} AS base-source" in stages
+    assert stages[-1] == "base-${BUILD_MODE}"
+    assert spec.build_args["BUILD_MODE"].default == "wheels"
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
+def test_no_gpu_image_ships_a_devel_toolkit_by_default(spec):
+    base = spec.docker_build_args(spec.resolve(None, None, None), HW, {})["BASE_IMAGE"]
+    assert "-devel-" not in base
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
@@ -208,3 +243,27 @@ def test_readme_documents_every_build_arg_with_its_default(spec):
         assert f"`{value}`" in readme, f"{spec.framework}/README.md does not give {name}'s default {value!r}"
     for section in ("docker build", "--gpus all"):
         assert section in readme
+
+
+def test_the_packed_context_drops_comments_but_not_what_runs():
+    # user-data is limited to 16 KB: full-line comments stay behind, everything else travels
+    script = (
+        b"#!/usr/bin/env bash\n# a comment\n  # an indented one\n# shellcheck disable=SC2034\n"
+        b"x=1  # a trailing comment stays\npython - <<'PY'\n# inside a heredoc: content\nprint(1)\nPY\n"
+        b"# after it\ncat <<-EOF\n\t# also content\n\tEOF\necho done\n"
+    )
+    assert strip_comments(script).decode() == (
+        "#!/usr/bin/env bash\n# shellcheck disable=SC2034\nx=1  # a trailing comment stays\n"
+        "python - <<'PY'\n# inside a heredoc: content\nprint(1)\nPY\ncat <<-EOF\n\t# also content\n\tEOF\necho done\n"
+    )
+    dockerfile = b"# syntax=docker/dockerfile:1\n# about\nFROM x\nRUN a \\\n# between\n && b\n"
+    assert strip_comments(dockerfile) == b"# syntax=docker/dockerfile:1\nFROM x\nRUN a \\\n && b\n"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "dockerfiles").glob("*/*")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stripping_comments_keeps_every_instruction(path):
+    if path.name != "Dockerfile" and path.suffix != ".sh":
+        return
+    kept = [line for line in strip_comments(path.read_bytes()).decode().splitlines() if not line.lstrip().startswith("#")]
+    original = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    assert kept == original

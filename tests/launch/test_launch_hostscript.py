@@ -19,7 +19,7 @@ import yaml
 from hostrun import BUILD_ID, CFG, TOKEN, record_for, render_for, run_script
 
 from chalicelib.catalog import load_catalog
-from chalicelib.hostscript import RenderError, pack_context, render, script_of, user_data
+from chalicelib.hostscript import RenderError, pack_context, render, script_of, strip_comments, user_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELLCHECK = ROOT / ".venv" / "bin" / "shellcheck"
@@ -66,7 +66,9 @@ def test_the_build_context_travels_inside_the_script(catalog, tmp_path):
     run = run_script(tmp_path, script)
     assert run.rc == 0, run.output
     unpacked = run.work / "context" / "Dockerfile"
-    assert unpacked.read_bytes() == (catalog.context_dir(catalog.spec("canary")) / "Dockerfile").read_bytes()
+    # full-line comments stay behind (user-data is limited to 16 KB)
+    assert unpacked.read_bytes() == strip_comments(
+        (catalog.context_dir(catalog.spec("canary")) / "Dockerfile").read_bytes())
 
 
 def test_render_refuses_values_that_are_not_what_they_claim(catalog):
@@ -90,7 +92,10 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
 
     phases = [r["phase"] for r in run.reports() if r["type"] == "phase"]
     assert phases == ["PREPARING", "BUILDING", "TESTING", "PUSHING"]
+    # the compressed size (the stand-in layers: 1000 + 2000 bytes) and the base image's digest
+    # (the label names the base; the registry says what it resolves to) go with the result
     assert run.result() == {"type": "result", "status": "SUCCEEDED", "digest": DIGEST,
+                            "image_size_bytes": 3000, "base_image_digest": "sha256:" + "c" * 64,
                             "message": "pushed 2.14.1-cu126-py312 latest"}
     # every report carries the build's token, in a header file (never on the command line)
     assert ["Authorization: Bearer " + TOKEN] in run.named("header-file")
@@ -110,8 +115,10 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
 
     image = f"{CFG.registry}/voltabuild/pytorch"
     builds = run.docker("buildx", "build")
-    assert len(builds) == 2
-    build, push = builds
+    assert len(builds) == 3
+    build, measure, push = builds
+    assert measure[-3:-1] == ["--output", f"type=oci,dest={run.work}/measure,tar=false"]
+    assert ["buildx", "imagetools", "inspect", "nvidia/cuda:12.6.3-base-ubuntu22.04"] in run.named("docker")
     assert "--load" in build and "--push" not in build
     assert build[build.index("--cache-to") + 1] == (
         f"type=registry,ref={image}:buildcache,mode=max,image-manifest=true,oci-mediatypes=true")
@@ -125,7 +132,7 @@ def test_success_builds_tests_pushes_and_reports_the_digest(catalog, tmp_path):
     assert "--push" in push
     smoke = ["run", "--rm", "--gpus", "all", f"{image}:2.14.1-cu126-py312", "/usr/local/bin/entrypoint.sh", "--check"]
     order = [c[1:] for c in run.calls if c[0] == "docker"]
-    assert order.index(build) < order.index(smoke) < order.index(push)
+    assert order.index(build) < order.index(smoke) < order.index(measure) < order.index(push)
     # the log went to CloudWatch Logs, one stream per build
     assert ["logs", "create-log-stream", "--region", "us-east-1", "--log-group-name", "/voltabuild/builds",
             "--log-stream-name", BUILD_ID] in run.named("aws")
@@ -215,12 +222,16 @@ def test_local_mode_with_buildah_skips_only_cloud_steps(catalog, tmp_path):
     assert bud[bud.index("--tag") + 1] == built and bud.count("--tag") == 1
     assert ["--storage-driver", "vfs", "run", "--isolation", "chroot", "shim-container", "--",
             "/usr/local/bin/entrypoint.sh", "--check"] in run.named("buildah")
-    pushes = [a for a in run.named("buildah") if "push" in a]
+    measured = [a for a in run.named("buildah") if "push" in a and a[-1].startswith("oci:")]
+    assert measured == [["--storage-driver", "vfs", "push", "--quiet", built, f"oci:{run.work}/measure"]]
+    pushes = [a for a in run.named("buildah") if "push" in a and not a[-1].startswith("oci:")]
     assert [p[-1] for p in pushes] == ["docker://127.0.0.1:5055/voltabuild/canary:1.0",
                                        "docker://127.0.0.1:5055/voltabuild/canary:latest"]
     assert {p[-2] for p in pushes} == {built}  # every tag gets this attempt's own image
     assert all("--tls-verify=false" in p for p in pushes)
     assert run.result()["digest"] == "sha256:" + "b" * 64
+    assert run.result()["image_size_bytes"] == 3000
+    assert run.result()["base_image_digest"] == "sha256:" + "d" * 64  # buildah's annotation
 
 
 def test_local_mode_pushes_only_while_holding_the_push_lock(catalog, tmp_path):
@@ -242,7 +253,7 @@ def test_local_mode_pushes_only_while_holding_the_push_lock(catalog, tmp_path):
             time.sleep(0.05)
         time.sleep(1.0)
         calls = [c.split("\x1f") for c in (tmp_path / "run" / "calls").read_text().split("\x1e") if c]
-        assert [c for c in calls if c[0] == "buildah" and "push" in c] == []
+        assert [c for c in calls if c[0] == "buildah" and "push" in c and c[-1].startswith("docker://")] == []
     finally:
         fcntl.flock(holder, fcntl.LOCK_UN)
         holder.close()
