@@ -42,6 +42,11 @@ DEFAULT_INSTANCE_TYPES = ("g4dn.xlarge", "g5.xlarge", "g6.xlarge")
 DEFAULT_SMOKE_TEST = ("nvidia-smi",)
 TIMEOUT_DEFAULT, TIMEOUT_MAX = 60, 360
 ROOT_VOLUME_GB = 100
+# the size budget of a user's own image (the catalog's rule: at most half the root volume,
+# which holds the image and the compressed copy measured before the push)
+MAX_IMAGE_GB = ROOT_VOLUME_GB / 2
+# an extension may grow its catalog image by half, within the same rule
+EXTEND_GROWTH = 1.5
 UNPACK_MAX_FILES = 100_000
 # the catalog images' user (ARG NB_UID in dockerfiles/*/Dockerfile), who owns their Python
 # environment: an extension installs apt packages as root, then is that user again
@@ -175,6 +180,7 @@ class HostJob:
     context_b64: str
     build_args: dict[str, str]
     values: dict[str, str] = field(default_factory=dict)  # the source variables (SOURCE_KIND, ...)
+    max_image_bytes: int = int(MAX_IMAGE_GB * 10**9)  # the size budget (issue 19's measure step)
 
 
 SOURCE_VARIABLES = ("SOURCE_KIND", "CONTEXT_URL", "CONTEXT_SHA256", "CONTEXT_MAX_BYTES", "UNPACK_MAX_FILES",
@@ -208,8 +214,9 @@ def host_job(record: dict, catalog, *, context_url: str = "", max_bytes: int = 0
     values = source_values(source, context_url=context_url, max_bytes=max_bytes)
     if source["kind"] == "extend":
         spec = catalog.spec(record["framework"])
+        budget = min(spec.max_image_gb * EXTEND_GROWTH, spec.root_volume_gb / 2)
         return HostJob(repository, list(spec.smoke_test), pack_files({"Dockerfile": extend_dockerfile(source)}),
-                       {"BASE_IMAGE": source["base"]}, values)
+                       {"BASE_IMAGE": source["base"]}, values, int(budget * 10**9))
     if source["kind"] == "context" and not context_url:
         raise ValueError("a context build needs the context's download URL")
     return HostJob(repository, list(source["smoke_test"]), "", dict(record.get("build_args") or {}), values)

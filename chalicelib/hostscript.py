@@ -147,10 +147,10 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
         args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
         repository, smoke, context_b64, arg_pattern = spec.repository, spec.smoke_test, None, _ARG_NAME
-        cuda_value = resolved.cuda
+        cuda_value, max_image_bytes = resolved.cuda, int(spec.max_image_gb * 10**9)
     else:
         args, repository, smoke, context_b64 = job.build_args, job.repository, job.smoke_test, job.context_b64
-        arg_pattern, cuda_value = _USER_ARG_NAME, record["cuda"]
+        arg_pattern, cuda_value, max_image_bytes = _USER_ARG_NAME, record["cuda"], job.max_image_bytes
     arg_list = []
     for name, value in args.items():
         _check("build arg name", name, arg_pattern)
@@ -178,7 +178,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("INSTANCE_TYPE", _check("instance type", itype, re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$"))),
         _assign("DRIVER_BRANCH", _check("driver branch", driver_branch, re.compile(r"^[0-9]{3}$"))),
         _assign("WATCHDOG_MINUTES", timeout + 5),
-        _assign("MAX_IMAGE_BYTES", int(spec.max_image_gb * 10**9)),
+        _assign("MAX_IMAGE_BYTES", max_image_bytes),
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),
         _array("BUILD_ARGS", arg_list),

@@ -545,7 +545,7 @@ measure_image() {
   elif is_local; then
     run docker save -o "$dir.tar" "$BUILT"
   else
-    run "${BUILD_CMD[@]}" --output "type=oci,dest=$dir,tar=false" "$WORK/context"
+    run "${BUILD_CMD[@]}" --output "type=oci,dest=$dir,tar=false" "$CTX"
   fi || die "could not export the image to measure it"
   out=$(oci_measure "$dir") || die "could not read the image's size"
   rm -rf "$dir" "$dir.tar"

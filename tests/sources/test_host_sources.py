@@ -272,6 +272,9 @@ def test_every_kind_of_source_renders_a_shellcheck_clean_script_under_the_user_d
         script = render(record, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z",
                         context_url=URL if kind == "context" else "", context_max_bytes=100_000)
         assert len(user_data(script)) <= 16 * 1024, kind
+        # the size budget: half the 100 GB root volume for your own image, the catalog's plus half for an extension
+        budget = "75000000" if kind == "extend" else "50000000000"
+        assert f"readonly MAX_IMAGE_BYTES={budget}\n" in script, kind
         path = tmp_path / f"{kind}.sh"
         path.write_text(script)
         lint = subprocess.run([str(shellcheck), "-s", "bash", str(path)], capture_output=True, text=True)
