@@ -186,7 +186,7 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec)) if context_b64 is None else context_b64),
         *_source_config(record, context_url, context_max_bytes),
     ])
-    return _template().replace("@@CONFIG@@", config)
+    return _template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(job))
 
 
 # ---- build your own (issue 20): a user's context, a git repository, an extension ----
@@ -206,6 +206,18 @@ _SOURCE_CHECKS = {
     "SMOKE_GPUS": re.compile(r"^[01]$"),
 }
 UNPACKER = Path(__file__).resolve().parent / "templates" / "unpack_context.py"
+SOURCES_TEMPLATE = Path(__file__).resolve().parent / "templates" / "sources.sh"
+# what host.sh itself reads of the source variables (the rest only templates/sources.sh)
+_CORE_SOURCE_VARIABLES = ("DOCKERFILE", "TARGET", "SMOKE_GPUS", "GIT_URL")
+
+
+def _sources_part(job) -> str:
+    """templates/sources.sh without its comments, for a source or extend build only: a
+    catalog build's user-data (its context inside) stays under 16 KB without it."""
+    if job is None:
+        return ""
+    lines = [line for line in SOURCES_TEMPLATE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join(lines) + "\n"
 
 
 def _source_job(record: dict, catalog: Catalog, context_url: str, context_max_bytes: int):
@@ -225,14 +237,17 @@ def _source_config(record: dict, context_url: str, context_max_bytes: int) -> li
     from chalicelib.custom_builds import source_values
 
     values = source_values(record.get("source"), context_url=context_url, max_bytes=context_max_bytes)
+    if not record.get("source"):
+        values = {k: values[k] for k in _CORE_SOURCE_VARIABLES}
     lines = []
     for name, value in values.items():
         _check(name.lower(), value, _SOURCE_CHECKS[name])
         if name in ("CONTEXT_PATH", "DOCKERFILE") and ".." in value.split("/"):
             raise RenderError(f"{name.lower()}: {value!r} leaves the context")
         lines.append(_assign(name, value))
-    unpacker = UNPACKER.read_text() if values["SOURCE_KIND"] == "context" else ""
-    lines.append(_assign("UNPACKER", unpacker))
+    if record.get("source"):
+        unpacker = UNPACKER.read_text() if values["SOURCE_KIND"] == "context" else ""
+        lines.append(_assign("UNPACKER", unpacker))
     return lines
 
 
