@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import calendar
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib.clock import parse
 from chalicelib.errors import QuotaExceeded
 
 MINIMUM_SECONDS = 60
@@ -167,6 +168,37 @@ def build_cost(instances: Sequence[InstanceUsage], now: datetime) -> Cost:
     return Cost(price_per_hour=last.price_per_hour, source=last.source, lifecycle=last.lifecycle,
                 billed_seconds=sum(p.billed_seconds for p in parts), usd=sum((p.usd for p in parts), Decimal(0)),
                 estimated=any(p.estimated for p in parts), instances=parts)
+
+
+def usage_from_instance(info: Mapping, *, root_volume_gb: int, price_table: Mapping[str, float],
+                        terminated_at: datetime | None) -> InstanceUsage | None:
+    """An ``InstanceUsage`` from a build record's ``instance`` (``schemas.InstanceInfo`` as
+    the launcher records it) and the build's root volume (the buildspec's ``root_volume_gb``).
+
+    The launcher records a spot instance's price from spot price history, else from the
+    configured table (``SPOT_PRICE_TABLE``), without saying which: a recorded
+    ``price_source`` wins; otherwise a price equal to the table's counts as the table's.
+    A spot instance with no price recorded takes the table's as ``configured-table``. None
+    when no price is known: an on-demand instance (the launcher records no price for it and
+    the deployment has no on-demand table yet; the spot table would understate it), or no
+    ``launched_at`` — the caller says the cost is unknown.
+    """
+    lifecycle = Lifecycle(info.get("lifecycle") or Lifecycle.SPOT)
+    table = price_table.get(info.get("type", ""))
+    price, source = info.get("price"), info.get("price_source")
+    if price is None:
+        if table is None or lifecycle is not Lifecycle.SPOT:
+            return None
+        price, source = table, PriceSource.CONFIGURED_TABLE
+    elif source is None:
+        source = PriceSource.CONFIGURED_TABLE if table is not None and float(price) == float(table) \
+            else PriceSource.SPOT_HISTORY
+    launched = info.get("launched_at")
+    if not launched:
+        return None
+    return InstanceUsage(launched_at=parse(launched), terminated_at=terminated_at,
+                         price_per_hour=Decimal(str(price)), source=PriceSource(source), lifecycle=lifecycle,
+                         root_volume_gb=root_volume_gb)
 
 
 # ---- the stage budget (MONTHLY_BUDGET_USD) --------------------------------------------

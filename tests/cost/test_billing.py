@@ -21,6 +21,7 @@ from chalicelib.billing import (
     build_cost,
     check_budget,
     instance_cost,
+    usage_from_instance,
 )
 from chalicelib.http import status_of
 
@@ -158,3 +159,24 @@ def test_no_budget_refuses_nothing_and_an_overspent_budget_leaves_zero():
     with pytest.raises(BudgetExceeded, match=r"\$0\.00 of this stage's"):
         check_budget([cell(price="0.0001", minutes=5, attempts=1)], budget_usd=Decimal(1), spent_usd=Decimal(5),
                      at=T0)
+
+
+# ---- from what the launcher records today ----------------------------------------------
+
+def test_usage_from_the_recorded_instance_tells_the_price_source_apart():
+    table = {"g5.xlarge": 0.42}
+    spot = {"id": "i-1", "type": "g5.xlarge", "lifecycle": "spot", "price": 0.3871, "launched_at": "2026-12-01T12:00:00.000Z"}
+    u = usage_from_instance(spot, root_volume_gb=200, price_table=table, terminated_at=T0 + timedelta(hours=1))
+    assert (u.price_per_hour, u.source, u.lifecycle, u.launched_at) == (Decimal("0.3871"), "spot-history", "spot", T0)
+    assert build_cost([u], now=T0).billed_seconds == 3600
+    from_table = usage_from_instance({**spot, "price": 0.42}, root_volume_gb=200, price_table=table, terminated_at=None)
+    assert from_table.source == "configured-table"
+    unpriced = usage_from_instance({**spot, "price": None}, root_volume_gb=30, price_table=table, terminated_at=None)
+    assert (unpriced.price_per_hour, unpriced.source) == (Decimal("0.42"), "configured-table")
+    on_demand = {**spot, "lifecycle": "on-demand", "price": None}
+    assert usage_from_instance(on_demand, root_volume_gb=30, price_table=table, terminated_at=None) is None
+    recorded = usage_from_instance({**on_demand, "price": 1.006, "price_source": "on-demand"}, root_volume_gb=30,
+                                   price_table=table, terminated_at=None)
+    assert (recorded.source, recorded.lifecycle) == ("on-demand", "on-demand")
+    assert usage_from_instance({**spot, "type": "p5.48xlarge", "price": None}, root_volume_gb=30, price_table=table,
+                               terminated_at=None) is None
