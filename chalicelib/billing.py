@@ -38,7 +38,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.clock import parse
-from chalicelib.errors import QuotaExceeded
+from chalicelib.errors import BadRequest, QuotaExceeded
 
 MINIMUM_SECONDS = 60
 USD_QUANTUM = Decimal("0.000001")
@@ -220,6 +220,26 @@ def worst_case_usd(cell: CellWorstCase, at: datetime) -> Decimal:
     compute = cell.max_price_per_hour * seconds / 3600
     volume = GP3_USD_PER_GB_MONTH * cell.root_volume_gb * seconds / seconds_in_month(at)
     return ((compute + volume) * cell.attempts).quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def cell_worst_case(*, instance_types: Sequence[str], max_price: float | None, timeout_minutes: int,
+                    attempts: int, root_volume_gb: int, price_table: Mapping[str, float],
+                    price_ceiling: float | None) -> CellWorstCase:
+    """A planned build's worst case: its ``max_price`` when it set one (a spot instance never
+    costs more), else the dearest of its instance types in the configured table, else the
+    stage's ``MAX_PRICE_CEILING``. A type priced nowhere is a 400: nothing bounds its cost."""
+    if max_price is not None:
+        price = max_price
+    else:
+        known = [price_table[t] for t in instance_types if t in price_table]
+        unknown = [t for t in instance_types if t not in price_table]
+        if unknown and price_ceiling is None:
+            raise BadRequest(f"max_price: {', '.join(unknown)} has no configured price and this stage has a monthly "
+                             "budget; send max_price (USD per hour) to bound what the build may cost",
+                             field="max_price")
+        price = max(known + ([price_ceiling] if unknown else []))
+    return CellWorstCase(max_price_per_hour=Decimal(str(price)), timeout_minutes=timeout_minutes, attempts=attempts,
+                         root_volume_gb=root_volume_gb)
 
 
 class BudgetExceeded(QuotaExceeded):

@@ -19,10 +19,12 @@ from chalicelib.billing import (
     Lifecycle,
     PriceSource,
     build_cost,
+    cell_worst_case,
     check_budget,
     instance_cost,
     usage_from_instance,
 )
+from chalicelib.errors import BadRequest
 from chalicelib.http import status_of
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -180,3 +182,19 @@ def test_usage_from_the_recorded_instance_tells_the_price_source_apart():
     assert (recorded.source, recorded.lifecycle) == ("on-demand", "on-demand")
     assert usage_from_instance({**spot, "type": "p5.48xlarge", "price": None}, root_volume_gb=30, price_table=table,
                                terminated_at=None) is None
+
+
+def test_a_cells_worst_case_price_is_its_max_price_else_the_dearest_known_type_else_the_ceiling():
+    table = {"g5.xlarge": 0.42, "g6.xlarge": 0.36}
+    kw = dict(timeout_minutes=120, attempts=3, root_volume_gb=0, price_table=table)
+    assert cell_worst_case(instance_types=["g5.xlarge"], max_price=0.3, price_ceiling=None, **kw).max_price_per_hour \
+        == Decimal("0.3")
+    assert cell_worst_case(instance_types=["g6.xlarge", "g5.xlarge"], max_price=None, price_ceiling=None,
+                           **kw).max_price_per_hour == Decimal("0.42")
+    assert cell_worst_case(instance_types=["g6.xlarge", "p4d.24xlarge"], max_price=None, price_ceiling=15.0,
+                           **kw).max_price_per_hour == Decimal("15.0")
+    with pytest.raises(BadRequest, match="p4d.24xlarge has no configured price"):
+        cell_worst_case(instance_types=["p4d.24xlarge"], max_price=None, price_ceiling=None, **kw)
+    one = cell_worst_case(instance_types=["g5.xlarge"], max_price=None, price_ceiling=None, **kw)
+    with pytest.raises(BudgetExceeded, match=r"this build could cost up to \$2\.52"):
+        check_budget([one], budget_usd=Decimal(2), spent_usd=Decimal(0), at=T0)
