@@ -162,6 +162,11 @@ class CostAggregates:
         rows.sort(key=(lambda r: r.value) if by is Dimension.DAY else (lambda r: (-r.usd, r.value)))
         return CostReport(start, end, by, rows)
 
+    def spent_this_month(self, today: date) -> Decimal:
+        """What the builds booked from the 1st of ``today``'s month to ``today`` cost (UTC):
+        the budget's ``spent_usd``, one item per day."""
+        return self.read(today.replace(day=1), today, Dimension.DAY).total_usd
+
     def _get(self, ids: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
         for i in range(0, len(ids), BATCH):
@@ -177,3 +182,15 @@ class CostAggregates:
 def booking_day(at: datetime) -> date:
     """The UTC day a cost booked at ``at`` counts for."""
     return date.fromisoformat(iso(at)[:10])
+
+
+BUDGET_ALERT_FRACTION = Decimal("0.8")
+
+
+def budget_alert_due(budget_usd: Decimal | None, spent_before: Decimal, spent_after: Decimal) -> bool:
+    """True for the one booking that takes the month's spend across 80% of the budget (the
+    Slack alert); the caller reads ``spent_before``/``spent_after`` around its booking."""
+    if not budget_usd:
+        return False
+    line = budget_usd * BUDGET_ALERT_FRACTION
+    return spent_before < line <= spent_after

@@ -22,6 +22,7 @@ from chalicelib.costagg import (
     CostAggregates,
     Dimension,
     booking_day,
+    budget_alert_due,
     item_id,
     parse_query,
     update_items,
@@ -138,3 +139,15 @@ def test_the_query_is_checked_and_defaults_to_this_month_by_framework():
         with pytest.raises(BadRequest, match=text):
             parse_query(*args, today)
     assert booking_day(datetime(2026, 12, 1, 23, 59, tzinfo=UTC)) == date(2026, 12, 1)
+
+
+def test_the_month_so_far_is_what_the_budget_counts_and_the_alert_fires_once_at_80_percent(ddb):
+    table = new_table(ddb)
+    for i, day in enumerate([date(2026, 11, 30), date(2026, 12, 1), date(2026, 12, 2)]):
+        ddb.put_item(TableName=table, Item={"id": {"S": f"b{i}"}, "status": {"S": "RUNNING"}})
+        assert finish(ddb, table, f"b{i}", Booking(cost_of(3600, "2", 0), "pytorch", "k", None, day))
+    assert CostAggregates(ddb, table).spent_this_month(date(2026, 12, 2)) == Decimal(4)
+    assert budget_alert_due(Decimal(5), Decimal(2), Decimal(4)) is True
+    assert budget_alert_due(Decimal(5), Decimal(4), Decimal("4.5")) is False  # already past: said before
+    assert budget_alert_due(Decimal(5), Decimal(1), Decimal("3.99")) is False
+    assert budget_alert_due(None, Decimal(0), Decimal(10**6)) is False
