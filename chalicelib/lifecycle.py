@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib import clock
+from chalicelib import clock, metrics, observability
 from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
 from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.pushed import PushedImages, settle
@@ -249,6 +249,7 @@ class Lifecycle:
         if found is None:
             return "not ours"
         record, consistent = found
+        observability.bind_build(record["id"])
         outcome = decide(record)
         if outcome == _LOST and not consistent:
             record = self.current_build(record["id"], instance_id)
@@ -327,8 +328,10 @@ class Lifecycle:
         if attempt >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
                       else f"{why}; gave up after {attempt} attempts")
-            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
-                             fields=fields)
+            failed = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
+                               fields=fields)
+            metrics.emit_many({"SpotInterruptions": 1} if failed and reclaimed else {})
+            return failed
         cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "") + f" AND {NOT_CANCELLED[0]}"
         values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {}), **NOT_CANCELLED[1]}
         try:
@@ -343,6 +346,7 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
         self.launch_queue.send({"build_id": record["id"], "attempt": attempt + 1})
+        metrics.emit_many({"Relaunches": 1, **({"SpotInterruptions": 1} if reclaimed else {})})
         return item
 
     def requeue(self, record: dict, why: str) -> dict | None:
@@ -413,6 +417,8 @@ class Lifecycle:
         if lines:
             reason += "; last log lines:\n" + "\n".join(lines)
         moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+        if moved:
+            metrics.emit("HostFailures", Cause="instance-lost")
         return "failed" if moved else _LOST
 
     def spot_interruption(self, ev: SpotInterruption) -> str:
@@ -438,6 +444,7 @@ class Lifecycle:
         record = self._build_for_image(ev)
         if record is None:
             return "not ours"
+        observability.bind_build(record["id"])
         fields: dict[str, Any] = {"ecr_digest": ev.digest}
         status = Status(record["status"])
         reported = (record.get("image") or {}).get("digest")
