@@ -114,3 +114,15 @@ def test_the_dashboard_shows_every_metric_and_names_only_what_exists(templates, 
     body = json.loads(re.sub(r"\$\{[\w:.]+\}", "x", sub))
     shown = {row[1] for w in body["widgets"] for row in w["properties"]["metrics"] if row[0] == metrics.NAMESPACE}
     assert shown == set(metrics.METRICS)
+
+
+def test_the_readme_explains_every_metric_and_every_alarm(templates):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Operating voltabuild"):]
+    section = section[:section.index("\n## ", 10)]
+    for name in metrics.METRICS:
+        assert f"| `{name}` |" in section, name
+    for logical in alarms(templates["dev"]):
+        generic = re.sub(r"^(?:APIHandler|EventsHandler|Launcher|Reaper|NotifyConsumer|On\w+?)(Errors|Throttles)",
+                         r"<Function>\1", logical)
+        assert f"| `{generic}` |" in section, logical
