@@ -410,6 +410,7 @@ class Lifecycle:
             self.store.update_fields(record["id"], {"instance_terminated_at": at}, expect=[Status(record["status"])],
                                      extra_condition=("instance_id = :iid AND attribute_not_exists(instance_terminated_at)",
                                                       {":iid": ev.instance_id}))
+            metrics.instance_terminated({**record, "instance_terminated_at": at})
         except InvalidTransition as e:
             log.info("ignored: %s", e)
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib import observability
+from chalicelib import clock, observability
+from chalicelib.segments import segment_durations
 
 NAMESPACE = "voltabuild"
 STAGE = "Stage"
@@ -44,7 +45,8 @@ class Metric:
 
 FINAL_OUTCOMES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"})
 REFUSALS = frozenset({"400", "409", "413", "429"})
-SEGMENTS = frozenset({"queued", "launching", "booting", "preparing", "building", "testing", "pushing", "total"})
+SEGMENTS = frozenset({"queued", "launching", "booting", "preparing", "building", "testing", "pushing", "terminate_lag",
+                      "total"})
 HOST_CAUSES = frozenset({"driver", "gpu", "instance-lost", "other"})
 SLACK_OUTCOMES = frozenset({"sent", "retried", "failed", "abandoned"})
 
@@ -57,8 +59,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "chalicelib/transitions.py Transitions.move", (("Outcome",), ("Outcome", "Framework")),
            {"Outcome": FINAL_OUTCOMES}),
     Metric("BuildSegmentSeconds", "Seconds", "time a finished build spent in each segment of its life "
-           "(queued, launching, booting, preparing, building, testing, pushing; total)",
-           "chalicelib/transitions.py Transitions.move (final)", (("Segment",),), {"Segment": SEGMENTS}),
+           "(queued, launching, booting, preparing, building, testing, pushing, chalicelib/segments.py; "
+           "total: accepted to final; terminate_lag: final to the instance's termination)",
+           "chalicelib/transitions.py Transitions.move (final); chalicelib/lifecycle.py (terminate_lag)",
+           (("Segment",),), {"Segment": SEGMENTS}),
     Metric("BuildCostUSD", "None", "a finished build's instance cost: its price at launch x the hours "
            "from launch to the end (builds whose price is unknown are not counted)",
            "chalicelib/transitions.py Transitions.move (final)", ((), ("Framework",))),
@@ -160,37 +164,26 @@ def build_finished(item: Mapping[str, Any]) -> None:
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
-    from chalicelib import clock
-
     if not a or not b:
         return None
     return max(0.0, (clock.parse(b) - clock.parse(a)).total_seconds())
 
 
 def build_segments(item: Mapping[str, Any]) -> dict[str, float]:
-    """Seconds per segment, from the build's timeline: each segment runs from the first
-    event that enters it to the next event that leaves it. ``booting`` is launched ->
-    the instance's first report (RUNNING without a phase)."""
-    events: Iterable[Mapping[str, Any]] = item.get("events") or []
-    marks: list[tuple[str, str]] = []  # (segment, at)
-    for ev in events:
-        status, phase, at = ev.get("status"), ev.get("phase"), ev.get("at")
-        seg = {"QUEUED": "queued", "LAUNCHING": "launching"}.get(status)
-        if status == "RUNNING":
-            seg = phase.lower() if phase else "booting"
-        if status in FINAL_OUTCOMES:
-            seg = "end"
-        if seg and (not marks or marks[-1][0] != seg):
-            marks.append((seg, at))
-    out: dict[str, float] = {}
-    for (seg, at), (_, nxt) in zip(marks, marks[1:], strict=False):
-        secs = _seconds(at, nxt)
-        if seg != "end" and secs is not None and seg in SEGMENTS:
-            out[seg] = out.get(seg, 0.0) + secs
-    total = _seconds(item.get("created_at") or (marks[0][1] if marks else None), item.get("finished_at"))
+    """Seconds per segment of a finished build (chalicelib/segments.py reads its timeline),
+    and ``total``: accepted -> final."""
+    out = {k: v for k, v in segment_durations(item).items() if k != "terminate_lag"}
+    total = _seconds(item.get("created_at"), item.get("finished_at"))
     if total is not None:
         out["total"] = total
     return out
+
+
+def instance_terminated(item: Mapping[str, Any]) -> None:
+    """A final build's instance is gone (``instance_terminated_at`` set): its terminate lag."""
+    lag = segment_durations(item).get("terminate_lag")
+    if lag is not None:
+        emit("BuildSegmentSeconds", lag, Segment="terminate_lag")
 
 
 def build_cost(item: Mapping[str, Any]) -> float | None:
