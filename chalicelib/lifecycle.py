@@ -228,6 +228,7 @@ class Lifecycle:
                 or inst.tags.get(TAG_STAGE) != self.config.stage or record.get("instance_id")
                 or Status(record["status"]) not in LAUNCHED or inst.state not in ALIVE):
             return None
+        observability.bind_build(record["id"])
         info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
                 "price": None, "launched_at": inst.launched_at}
         try:
