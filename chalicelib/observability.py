@@ -27,8 +27,6 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-# what every line carries besides timestamp, level, logger and message
-CONTEXT_FIELDS = ("function", "request_id", "build_id")
 _CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("voltabuild_log_context", default=None)
 
 
