@@ -27,6 +27,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+# libraries whose INFO lines are noise at the root's INFO level
+QUIET = ("botocore", "boto3", "urllib3")
 _CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("voltabuild_log_context", default=None)
 
 
@@ -74,6 +76,8 @@ def setup(level: int = logging.INFO) -> None:
     # pytest's capture handlers stay (its log report); every other one writes text
     root.handlers = [h for h in root.handlers if type(h).__module__.startswith("_pytest")] + [json_handler()]
     root.setLevel(level)
+    for name in QUIET:  # their INFO lines ("Found credentials ...") cost log volume and say nothing
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def bind(function: str, lambda_context: Any = None, *, build_id: str | None = None) -> None:

@@ -47,6 +47,13 @@ def test_every_line_is_json_with_the_function_request_and_build_it_was_logged_fo
     assert all(x["logger"] == "voltabuild.test" and x["timestamp"].endswith("+00:00") for x in lines)
 
 
+def test_library_chatter_below_warning_stays_out(capsys):
+    observability.setup()
+    logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+    logging.getLogger("botocore.retryhandler").warning("retry needed")
+    assert [x["message"] for x in log_lines(capsys)] == ["retry needed"]
+
+
 def test_a_handlers_log_lines_carry_its_name_and_the_build_it_handled(api, capsys):
     # GIVEN a notify message for a build that does not exist
     event = api.events.generate_sqs_event(queue_name="voltabuild-dev-notify",
