@@ -21,6 +21,7 @@ def _print_status(stack: Stack) -> None:
         ("Slack sink", env["VOLTABUILD_SLACK_SINK"] + "/messages" if "sink" in state["processes"] else "-"),
         ("worker (queues, events, schedules, executor)", f"pid {state['processes']['worker']['pid']}" if "worker" in state["processes"] else "-"),
         ("logs", str(stack.log_dir)),
+        ("metrics (the EMF lines in those logs)", "make metrics  (python -m voltabuild_local metrics)"),
         ("client settings", str(stack.env_file)),
     ]
     width = max(len(r[0]) for r in rows)
