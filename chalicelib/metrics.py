@@ -2,7 +2,7 @@
 permission, nothing to wait for — CloudWatch Logs extracts the metrics from the function's
 log stream. Specification:
 https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html
-(tests/unit/test_metrics_emf.py holds every line to a JSON schema written from it).
+(voltabuild_local/emf.py holds a JSON schema written from it; the tests hold every line to it).
 
 :data:`METRICS` is the one definition of each metric (name, unit, dimensions, meaning,
 where it is emitted); the README's "Operating voltabuild" table and the template's alarms
@@ -63,8 +63,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "total: accepted to final; terminate_lag: final to the instance's termination)",
            "chalicelib/transitions.py Transitions.move (final); chalicelib/lifecycle.py (terminate_lag)",
            (("Segment",),), {"Segment": SEGMENTS}),
-    Metric("BuildCostUSD", "None", "a finished build's instance cost: its price at launch x the hours "
-           "from launch to the end (builds whose price is unknown are not counted)",
+    Metric("BuildCostUSD", "None", "a finished build's instance cost: its last attempt's price at launch x the "
+           "hours from that launch to the end (earlier, interrupted attempts and unknown prices are not counted)",
            "chalicelib/transitions.py Transitions.move (final)", ((), ("Framework",))),
     Metric("SpotInterruptions", "Count", "spot interruption warnings and reclaimed spot instances",
            "chalicelib/lifecycle.py Lifecycle.relaunch"),
