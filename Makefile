@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv system-deps lint test test-flaky mutate demo up down status bench fuzz package deploy clean
+.PHONY: help venv system-deps lint test test-flaky mutate demo up down status metrics bench fuzz package deploy clean
 
 help:
 	@echo "make demo     start the local stack and build the canary image end to end"
@@ -12,6 +12,7 @@ help:
 	@echo "make test-flaky N=5  the end-to-end and concurrency tests N times in a row; fails on any failure"
 	@echo "make up/down  start/stop the local stack (moto, chalice local, registry, Slack sink, worker)"
 	@echo "make status   what the local stack runs and where"
+	@echo "make metrics  the local stack's metrics (the EMF lines its processes logged), summed up"
 	@echo "make mutate  mutation testing of the core modules (MODULE=name for one); not part of make test"
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
 	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
@@ -61,6 +62,9 @@ down:
 
 status: venv
 	$(PY) -m voltabuild_local status
+
+metrics: venv
+	$(PY) -m voltabuild_local metrics
 
 demo: venv system-deps
 	$(PY) -m voltabuild_local demo $(if $(KEEP),--keep)

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from chalice import Chalice
 
-from chalicelib import wiring
+from chalicelib import metrics, observability, wiring
 from chalicelib.contexts import ContextRequest
 from chalicelib.http import error_response, handle_errors, json_response, parse_body
 from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
 from chalicelib.notify import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
-app = Chalice(app_name="voltabuild")
+observability.setup()  # JSON log lines (chalicelib/observability.py); metrics: EMF lines
+metrics.configure(stage=wiring.stage())
+app = Chalice(app_name="voltabuild", configure_logs=False)  # app.log propagates to the JSON root logger
 app.api.binary_types = []  # every body is JSON
 
 OPEN_ROUTES = {"/health", "/builds/{build_id}/events"}
+
+
+@app.middleware("http")
+def observe(event, get_response):
+    """Every route's log context; POST /builds refusals counted by status (chalicelib/metrics.py)."""
+    observability.bind("api", event.lambda_context, build_id=(event.uri_params or {}).get("build_id"))
+    response = get_response(event)
+    if event.method == "POST" and event.context.get("resourcePath") == "/builds":
+        metrics.refused(response.status_code)
+    return response
 
 
 @app.middleware("http")
@@ -56,6 +68,9 @@ def submit_build():
     body = parse_body(req.raw_body, BuildRequest)
     build, created = wiring.builds().submit(body, idempotency_key=req.headers.get("idempotency-key"),
                                             api_key_id=api_key_id(req))
+    if created:
+        observability.bind_build(build.id)
+        metrics.emit("BuildsSubmitted", Framework=build.framework)
     return json_response(build, 202 if created else 200, {"Location": f"/builds/{build.id}"})
 
 
@@ -99,6 +114,7 @@ def cancel_build(build_id):
 def launcher(event):
     """Launch queue: one build attempt per message; stale and duplicate messages are
     ignored (see chalicelib/launcher.py)."""
+    observability.bind("launcher", event.context)
     for record in event:
         wiring.launcher().handle(record.body)
 
@@ -126,6 +142,7 @@ def build_logs(build_id):
 # Thin: parse the event into a typed wrapper, call one lifecycle function. A malformed
 # event is logged and dropped (retrying cannot fix it); everything else is idempotent.
 def _lifecycle_event(event, wrapper, action: str) -> dict:
+    observability.bind(action, event.context)
     try:
         ev = wrapper.from_event(event.to_dict())
     except MalformedEvent as e:
@@ -156,6 +173,7 @@ def on_image_pushed(event):
 
 @app.schedule("rate(5 minutes)", name="reaper")
 def reaper(event):
+    observability.bind("reaper", event.context)
     return wiring.reaper().tick().summary()
 
 
@@ -167,7 +185,9 @@ def reaper(event):
 def notify_consumer(event):
     """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
     message, its delivery recorded on the build. See chalicelib/notify.py."""
+    observability.bind("notify", event.context)
     for record in event:
         message = parse_notify_event(record.body)
         if message is not None:
+            observability.bind_build(message.build_id)
             wiring.notifier().handle(message)

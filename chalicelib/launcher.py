@@ -43,6 +43,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chalicelib import observability
 from chalicelib.catalog import Catalog
 from chalicelib.clock import iso, now
 from chalicelib.custom_builds import SourceError, launch_spec, prepare_source
@@ -134,6 +135,7 @@ class Launcher:
             msg = LaunchMessage.model_validate(json.loads(body) if isinstance(body, str) else body)
         except (ValueError, ValidationError) as e:
             return self._note(Outcome("ignored", f"not a launch message: {str(e)[:200]}"))
+        observability.bind_build(msg.build_id)
         try:
             record = self.store.get_record(msg.build_id)
         except BuildNotFound:

@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib import clock
+from chalicelib import clock, metrics, observability
 from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
 from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.pushed import PushedImages, settle
@@ -228,6 +228,7 @@ class Lifecycle:
                 or inst.tags.get(TAG_STAGE) != self.config.stage or record.get("instance_id")
                 or Status(record["status"]) not in LAUNCHED or inst.state not in ALIVE):
             return None
+        observability.bind_build(record["id"])
         info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
                 "price": None, "launched_at": inst.launched_at}
         try:
@@ -249,6 +250,7 @@ class Lifecycle:
         if found is None:
             return "not ours"
         record, consistent = found
+        observability.bind_build(record["id"])
         outcome = decide(record)
         if outcome == _LOST and not consistent:
             record = self.current_build(record["id"], instance_id)
@@ -327,8 +329,10 @@ class Lifecycle:
         if attempt >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
                       else f"{why}; gave up after {attempt} attempts")
-            return self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
-                             fields=fields)
+            failed = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
+                               fields=fields)
+            metrics.emit_many({"SpotInterruptions": 1} if failed and reclaimed else {})
+            return failed
         cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "") + f" AND {NOT_CANCELLED[0]}"
         values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {}), **NOT_CANCELLED[1]}
         try:
@@ -343,6 +347,7 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
         self.launch_queue.send({"build_id": record["id"], "attempt": attempt + 1})
+        metrics.emit_many({"Relaunches": 1, **({"SpotInterruptions": 1} if reclaimed else {})})
         return item
 
     def requeue(self, record: dict, why: str) -> dict | None:
@@ -375,6 +380,8 @@ class Lifecycle:
             if ev.state in ("running", "stopped"):
                 self.instances.terminate([ev.instance_id])  # its build is over: don't pay for it
                 return "terminated"
+            if ev.state == "terminated" and not record.get("instance_terminated_at"):
+                self._note_terminated(record, ev)  # the build's terminate lag (chalicelib/segments.py)
             return "final"
         if ev.state == "running":
             if record.get("cancel_requested"):
@@ -390,6 +397,23 @@ class Lifecycle:
             self.instances.terminate([ev.instance_id])
             return "terminated"
         return self.instance_gone(record, ev.state)
+
+    def _note_terminated(self, record: dict, ev: InstanceStateChange) -> None:
+        """Record when a final build's instance was terminated (EventBridge's time of the change)."""
+        try:
+            when = clock.parse(ev.time) if ev.time else clock.now()
+        except ValueError:
+            when = clock.now()
+        if record.get("finished_at"):  # EventBridge's time has whole seconds: never before the end
+            when = max(when, clock.parse(record["finished_at"]))
+        at = clock.iso(when)
+        try:
+            self.store.update_fields(record["id"], {"instance_terminated_at": at}, expect=[Status(record["status"])],
+                                     extra_condition=("instance_id = :iid AND attribute_not_exists(instance_terminated_at)",
+                                                      {":iid": ev.instance_id}))
+            metrics.instance_terminated({**record, "instance_terminated_at": at})
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
 
     def instance_gone(self, record: dict, state: str) -> str:
         """The build's instance is shutting down or terminated. Returns ``_LOST`` when the
@@ -413,6 +437,8 @@ class Lifecycle:
         if lines:
             reason += "; last log lines:\n" + "\n".join(lines)
         moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+        if moved:
+            metrics.emit("HostFailures", Cause="instance-lost")
         return "failed" if moved else _LOST
 
     def spot_interruption(self, ev: SpotInterruption) -> str:
@@ -438,6 +464,7 @@ class Lifecycle:
         record = self._build_for_image(ev)
         if record is None:
             return "not ours"
+        observability.bind_build(record["id"])
         fields: dict[str, Any] = {"ecr_digest": ev.digest}
         status = Status(record["status"])
         reported = (record.get("image") or {}).get("digest")

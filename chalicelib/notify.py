@@ -41,6 +41,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 from slack_sdk.webhook import WebhookClient
 
+from chalicelib import metrics
 from chalicelib.clock import now_iso, parse
 from chalicelib.errors import BuildNotFound
 from chalicelib.queues import Queue
@@ -573,6 +574,7 @@ class Notifier:
             return "duplicate"
         log.error("notify: build %s: a worker died while posting its %s message; not sending it again",
                   build_id, "start" if started else "final")
+        metrics.emit("SlackDeliveries", Outcome="abandoned")
         return "unconfirmed"
 
     def _claim(self, build_id: str, attr: str, channel: str, prev: dict | None, started: bool) -> dict | None:
@@ -598,6 +600,7 @@ class Notifier:
         if result.ok:
             self._write(build_id, attr, {**base, "status": "sent", "sent_at": now_iso()}, claim, started)
             log.info("notify: build %s %s message sent to Slack channel %s", build_id, ev.event, claim["channel"])
+            metrics.emit("SlackDeliveries", Outcome="sent")
             return "sent"
         if result.retryable and claim["attempts"] < self.max_attempts:
             delay = self.retry_base_seconds * 2 ** (claim["attempts"] - 1)
@@ -608,10 +611,12 @@ class Notifier:
             self.queue.send(ev.model_copy(update={"attempt": ev.attempt + 1}).body(), delay_seconds=delay)
             log.warning("notify: build %s %s message not delivered (attempt %d of %d: %s); retrying in %ds",
                         build_id, ev.event, claim["attempts"], self.max_attempts, result.error, delay)
+            metrics.emit("SlackDeliveries", Outcome="retried")
             return "retrying"
         self._write(build_id, attr, {**base, "status": "failed", **result.error_fields()}, claim, started)
         log.error("notify: build %s %s message to Slack channel %s failed after %d attempt(s): %s",
                   build_id, ev.event, claim["channel"], claim["attempts"], result.error)
+        metrics.emit("SlackDeliveries", Outcome="failed")
         return "failed"
 
     def _write(self, build_id: str, attr: str, value: dict, prev: dict | None, started: bool) -> bool:

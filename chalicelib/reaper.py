@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from botocore.exceptions import ClientError
 
-from chalicelib import clock
+from chalicelib import clock, metrics, observability
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.instances import Instances, TaggedInstance
 from chalicelib.lifecycle import LAUNCHED, Lifecycle
@@ -78,7 +78,9 @@ class Reaper:
         terminated: set[str] = set()
         active = [self._adopt(record, alive, report) for record in active]
         for record in active:
+            observability.bind_build(record["id"])
             self._reap_build(record, now, alive, terminated, report)
+        observability.bind_build(None)
         self._reap_orphans(active, alive, terminated, now, report)
         self._release_slots({r["id"] for r in active}, report)
         # the newest builds of each final state: one Query each, whole items (nothing read again)
@@ -88,6 +90,7 @@ class Reaper:
         self._requeue_notifications(recent, now, report)
         if report.summary():
             log.info("reaper: %s", report.summary())
+        metrics.reaper_ran(len(report.orphans_marked), len(report.orphans_terminated))
         return report
 
     # ---- builds -----------------------------------------------------------------

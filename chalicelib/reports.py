@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
+from chalicelib import metrics
 from chalicelib.builds import BUILD_ID
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
@@ -299,6 +300,7 @@ class Reports:
                              fields={"host_failures": [*(old.get("host_failures") or []), failure]})
         if item is None:
             raise self._moved_on(build_id)
+        metrics.emit("HostFailures", Cause=metrics.host_cause(reason))
         return item
 
     def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
 from chalicelib.catalog import DOCKER_TAG
+from chalicelib.segments import segment_durations
 from chalicelib.sources import Extend, Source, check_smoke_test
 from chalicelib.states import Phase, Status
 
@@ -150,6 +151,14 @@ class Build(BaseModel):
     events: list[TimelineEvent] = Field(default_factory=list)
     notification: NotificationInfo | None = None
     source: dict | None = Field(None, description="source and extend builds: what was built from (issue 20)")
+    instance_terminated_at: str | None = Field(None, description="when EC2 reported the instance terminated")
+
+    @computed_field(description=(  # type: ignore[prop-decorator]
+        "seconds spent in each segment that happened (queued, launching, booting, preparing, building, "
+        "testing, pushing, terminate_lag), from the timeline; the current one is not counted"))
+    @property
+    def segments(self) -> dict[str, float]:
+        return segment_durations(self)
 
 
 class BuildList(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib import metrics
 from chalicelib.notify import enqueue_started
 from chalicelib.queues import Queue
 from chalicelib.states import FINAL, Status
@@ -35,6 +36,7 @@ class Transitions:
         item = self.store.transition(build_id, to, **kwargs)
         if to in FINAL:
             self.notify_queue.send({"build_id": build_id, "status": to.value})
+            metrics.build_finished(item)
         elif to == Status.RUNNING and kwargs.get("record_event", True) and just_started(item):
             enqueue_started(self.notify_queue, build_id, enabled=self.notify_on_start)
         return item

@@ -151,6 +151,11 @@ def queue_name(kind: str) -> str:
     return f"voltabuild-{os.environ.get('VOLTABUILD_STAGE', 'dev')}-{kind}"
 
 
+def stage() -> str:
+    """The stage this code runs as (the metrics' Stage dimension); known at import, as queue_name's."""
+    return os.environ.get("VOLTABUILD_STAGE", "dev")
+
+
 # ---- launcher and the instance's reports (issue 4) ----
 @cache
 def launcher():

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local import load_template
+from infra.operations import add_operations
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_OVERLAY = Path(__file__).with_name("deploy.yaml")
@@ -308,6 +309,7 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
     wire_queue_triggers(template, stage)
     split_events_handler(template)
     scope_function_roles(template, stage)
+    add_operations(template)  # alarms, their SNS topic, the dashboard (infra/operations.py)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     result = Package(stage=stage, template=template_path, zip=out_dir / "deployment.zip")
     check_zip(result.zip)

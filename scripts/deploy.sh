@@ -83,6 +83,10 @@ cfn_deploy() {
     "Stage=$STAGE" "VpcId=$VPC_ID" "SubnetIds=$SUBNET_IDS"
     "SharedResources=${SHARED_RESOURCES:-create}" "LogRetentionDays=${LOG_RETENTION_DAYS:-30}"
     "PublicApiUrl=$api_url" "CursorKey=$CURSOR_KEY" "VcsRef=$VCS_REF" "VcsUrl=$VCS_URL")
+  # the alarms' e-mail subscription and host-failure threshold (README, Operating voltabuild);
+  # unset, a redeployment keeps what the stack has
+  [[ -z ${ALARM_EMAIL:-} ]] || cmd+=("AlarmEmail=$ALARM_EMAIL")
+  [[ -z ${HOST_FAILURE_THRESHOLD:-} ]] || cmd+=("HostFailureThreshold=$HOST_FAILURE_THRESHOLD")
   "${cmd[@]}" >&2   # its progress is not the script's output
 }
 

@@ -1,4 +1,4 @@
-"""python -m voltabuild_local up|down|status|demo — the local stack (see README)."""
+"""python -m voltabuild_local up|down|status|demo|metrics — the local stack (see README)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def _print_status(stack: Stack) -> None:
         ("Slack sink", env["VOLTABUILD_SLACK_SINK"] + "/messages" if "sink" in state["processes"] else "-"),
         ("worker (queues, events, schedules, executor)", f"pid {state['processes']['worker']['pid']}" if "worker" in state["processes"] else "-"),
         ("logs", str(stack.log_dir)),
+        ("metrics (the EMF lines in those logs)", "make metrics  (python -m voltabuild_local metrics)"),
         ("client settings", str(stack.env_file)),
     ]
     width = max(len(r[0]) for r in rows)
@@ -32,7 +33,7 @@ def _print_status(stack: Stack) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m voltabuild_local", description=__doc__)
-    ap.add_argument("command", choices=["up", "down", "status", "demo"])
+    ap.add_argument("command", choices=["up", "down", "status", "demo", "metrics"])
     ap.add_argument("--keep", action="store_true", help="demo: leave the stack running afterwards")
     args = ap.parse_args(argv)
     stack = Stack()
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     elif args.command == "status":
         _print_status(stack)
+    elif args.command == "metrics":
+        from voltabuild_local.metrics import read_logs
+
+        print(f"metrics from the EMF lines in {stack.log_dir}/*.log (what CloudWatch would extract):\n")
+        print(read_logs(stack.log_dir).table())
     else:
         from voltabuild_local.demo import run_demo
 

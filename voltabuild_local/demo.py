@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 
+from voltabuild_local.metrics import read_logs
 from voltabuild_local.registry import image_summary
 from voltabuild_local.stack import Stack
 from voltabuild_local.worker import detect_builder
@@ -94,6 +95,9 @@ def run_demo(stack: Stack, keep: bool = False) -> int:
             print(f"  channel: {msg['channel']}   ({len(payload.get('blocks', []))} Block Kit blocks; "
                   f"all of it in {stack.slack_file})")
             print(textwrap.fill(payload.get("text", ""), width=100, initial_indent="  ", subsequent_indent="  "))
+
+        _say("metrics (make metrics: the EMF lines the API and the worker wrote, summed up)")
+        print(read_logs(stack.log_dir).table())
         return proc.returncode
     finally:
         if keep or not started_here:

@@ -528,6 +528,28 @@ def config_(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"api_key  {masked or '(not set)'}" + (f"   from {cfg.sources['api_key']}" if key else ""))
 
 
+@cli.command(epilog="\b\nExamples:\n  voltabuild doctor\n  voltabuild doctor --stage prod\n"
+             "  voltabuild doctor --no-aws --json\n\b\nExit codes: 0 nothing wrong, 1 something is (see fix:)")
+@click.option("--stage", default="dev", show_default=True, help="The deployment stage whose AWS resources to check.")
+@click.option("--aws/--no-aws", "check_aws", default=True, show_default=True,
+              help="With AWS credentials: check the stage's alarms, queues and Slack parameters.")
+@json_option
+@click.pass_context
+def doctor(ctx: click.Context, stage: str, check_aws: bool, as_json: bool) -> None:
+    """Check the setup: API URL and key, the API's health, the catalog and, with AWS
+    credentials, the stage's alarms, queue depths and Slack webhook parameters. Prints
+    what is wrong and how to fix it (voltabuild_cli/doctor.py)."""
+    from voltabuild_cli import doctor as checks
+
+    rt = _rt(ctx)
+    found = checks.api_checks(rt.config(), rt.api)
+    if check_aws:
+        found += checks.aws_checks(stage)
+    result = checks.report(found)
+    click.echo(render.to_json(result) if as_json else "\n".join(c.line() for c in found))
+    ctx.exit(Exit.OK if result["ok"] else Exit.BUILD_FAILED)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="voltabuild", obj=Runtime())
 

@@ -163,3 +163,14 @@ def test_deploy_script_is_shellcheck_clean():
     proc = subprocess.run([str(SHELLCHECK), str(ROOT / "scripts" / "deploy.sh")], capture_output=True, text=True,
                           check=False, env={**os.environ})
     assert proc.returncode == 0, proc.stdout
+
+
+def test_the_alarm_settings_are_passed_only_when_given(project):
+    # GIVEN ALARM_EMAIL and HOST_FAILURE_THRESHOLD  WHEN deploying  THEN both reach the stack
+    proj, bindir, state = project
+    package(proj)
+    (state / "deployed").touch()
+    proc = run(proj, bindir, state, ALARM_EMAIL="ops@example.com", HOST_FAILURE_THRESHOLD="5")
+    assert proc.returncode == 0, proc.stderr
+    [deploy] = [c for c in calls(state) if c[:2] == ["cloudformation", "deploy"]]
+    assert (overrides(deploy)["AlarmEmail"], overrides(deploy)["HostFailureThreshold"]) == ("ops@example.com", "5")
