@@ -375,6 +375,8 @@ class Lifecycle:
             if ev.state in ("running", "stopped"):
                 self.instances.terminate([ev.instance_id])  # its build is over: don't pay for it
                 return "terminated"
+            if ev.state == "terminated" and not record.get("instance_terminated_at"):
+                self._note_terminated(record, ev)  # the build's terminate lag (chalicelib/segments.py)
             return "final"
         if ev.state == "running":
             if record.get("cancel_requested"):
@@ -390,6 +392,22 @@ class Lifecycle:
             self.instances.terminate([ev.instance_id])
             return "terminated"
         return self.instance_gone(record, ev.state)
+
+    def _note_terminated(self, record: dict, ev: InstanceStateChange) -> None:
+        """Record when a final build's instance was terminated (EventBridge's time of the change)."""
+        try:
+            when = clock.parse(ev.time) if ev.time else clock.now()
+        except ValueError:
+            when = clock.now()
+        if record.get("finished_at"):  # EventBridge's time has whole seconds: never before the end
+            when = max(when, clock.parse(record["finished_at"]))
+        at = clock.iso(when)
+        try:
+            self.store.update_fields(record["id"], {"instance_terminated_at": at}, expect=[Status(record["status"])],
+                                     extra_condition=("instance_id = :iid AND attribute_not_exists(instance_terminated_at)",
+                                                      {":iid": ev.instance_id}))
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
 
     def instance_gone(self, record: dict, state: str) -> str:
         """The build's instance is shutting down or terminated. Returns ``_LOST`` when the

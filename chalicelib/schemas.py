@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field
 
 from chalicelib.catalog import DOCKER_TAG
+from chalicelib.segments import segment_durations
 from chalicelib.states import Phase, Status
 
 DockerTag = Annotated[
@@ -122,6 +123,14 @@ class Build(BaseModel):
     heartbeat_at: str | None = None
     events: list[TimelineEvent] = Field(default_factory=list)
     notification: NotificationInfo | None = None
+    instance_terminated_at: str | None = Field(None, description="when EC2 reported the instance terminated")
+
+    @computed_field(description=(  # type: ignore[prop-decorator]
+        "seconds spent in each segment that happened (queued, launching, booting, preparing, building, "
+        "testing, pushing, terminate_lag), from the timeline; the current one is not counted"))
+    @property
+    def segments(self) -> dict[str, float]:
+        return segment_durations(self)
 
 
 class BuildList(BaseModel):

@@ -121,8 +121,9 @@ class BuildStore:
         Returns ``(build, created)``; ``created`` is False when an Idempotency-Key
         matched an earlier request with the same body, whose build is returned.
         """
-        # `notification` belongs to the notifier, which claims it with attribute_not_exists
-        record = build.model_dump(mode="json", exclude={"notification"})
+        # `notification` belongs to the notifier, which claims it with attribute_not_exists, and
+        # `instance_terminated_at` to the EC2 handler (the same); `segments` is computed on reading
+        record = build.model_dump(mode="json", exclude={"notification", "instance_terminated_at", "segments"})
         record.update(
             kind="build",
             created_key=f"{build.created_at}#{build.id}",

@@ -288,8 +288,29 @@ def test_termination_of_a_finished_build_reads_nothing_more(world, fire, aws_cal
     bid, iid = running_build(world, fire)
     world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed")
     aws_calls.take()
+    event = state_event(iid, "terminated")
+    event["time"] = "2999-01-01T00:00:20Z"
+    assert fire("on_instance_state", event) == "final"
+    # no spot-reclaim check, no log tail: one write of the termination time (the terminate lag)
+    assert aws_calls.take() == ["dynamodb.Query", "dynamodb.UpdateItem"]
+    record = world.get(bid)
+    assert record["status"] == "SUCCEEDED" and record["instance_terminated_at"] == "2999-01-01T00:00:20.000Z"
+    # a duplicate event writes nothing more
+    aws_calls.take()
     assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
-    assert aws_calls.take() == ["dynamodb.Query"]  # no spot-reclaim check, no log tail
+    assert aws_calls.take() == ["dynamodb.Query"]
+    assert world.get(bid)["instance_terminated_at"] == "2999-01-01T00:00:20.000Z"
+
+
+def test_terminate_lag_is_never_negative_when_eventbridge_rounds_to_the_second(world, fire):
+    bid, iid = running_build(world, fire)
+    world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed")
+    event = state_event(iid, "terminated")
+    event["time"] = "2000-01-01T00:00:00Z"  # before the final state: the second it happened in, truncated
+    assert fire("on_instance_state", event) == "final"
+    record = world.get(bid)
+    assert record["instance_terminated_at"] == record["finished_at"]
+    assert world.wiring.builds().get(bid).segments["terminate_lag"] == 0.0
 
 
 def test_lost_build_makes_no_consistent_read(world, fire, aws_calls):
