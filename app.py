@@ -7,7 +7,6 @@ from chalice import Chalice
 from chalicelib import wiring
 from chalicelib.http import error_response, handle_errors, json_response, parse_body
 from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
-from chalicelib.notify import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
 app = Chalice(app_name="voltabuild")
@@ -157,6 +156,8 @@ def reaper(event):
 def notify_consumer(event):
     """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
     message, its delivery recorded on the build. See chalicelib/notify.py."""
+    from chalicelib.notify import parse_event as parse_notify_event  # Slack's SDK: this function's alone
+
     for record in event:
         message = parse_notify_event(record.body)
         if message is not None:

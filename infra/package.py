@@ -70,8 +70,8 @@ def slim_zip(path: Path) -> None:
     tmp = path.with_suffix(".slim.zip")
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
         for info in src.infolist():
-            if info.filename.startswith(PRUNED):
-                continue
+            if info.filename.startswith(PRUNED) or "/__pycache__/" in f"/{info.filename}":
+                continue  # bytecode too: timestamp-checked against the zip's 1980 dates, it is never used
             data = src.read(info)
             if info.filename.endswith(".dist-info/METADATA"):
                 data = data.split(b"\n\n", 1)[0] + b"\n"
@@ -148,7 +148,8 @@ def _keep_cache(scratch: Path, src: Path) -> None:
 
 def _chalice_package(project: Path, stage: str, merge: Path, out: Path, region: str) -> None:
     chalice = Path(sys.executable).with_name("chalice")
-    env = {**os.environ, "AWS_DEFAULT_REGION": region, "VOLTABUILD_STAGE": stage}
+    # chalice imports app.py from the scratch copy: no bytecode may land there (and in the zip)
+    env = {**os.environ, "AWS_DEFAULT_REGION": region, "VOLTABUILD_STAGE": stage, "PYTHONDONTWRITEBYTECODE": "1"}
     # app.py is imported while packaging: its queue names follow VOLTABUILD_STAGE
     cmd = [str(chalice), "--project-dir", str(project), "package", "--stage", stage,
            "--merge-template", str(merge), str(out)]
