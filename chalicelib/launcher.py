@@ -60,6 +60,7 @@ from chalicelib.warmcache import TtlCache
 log = logging.getLogger("voltabuild.launcher")
 
 # Try the next instance type / subnet.
+_UNKNOWN = object()  # a spot price that could not be read (not kept by the warm cache)
 # how long a warm launcher reuses an AMI id (from SSM), an AMI's root device and a spot price
 WARM_CACHE_SECONDS = 300
 
@@ -444,10 +445,11 @@ class Launcher:
         """The spot price at launch: spot price history (reused for a few minutes by a warm
         launcher), else the configured table."""
         price = self._warm.get(("price", itype, az), lambda: self._spot_price(itype, az),
-                               keep=lambda p: p is not None)
-        return price if price is not None else self.cfg.price_table.get(itype)
+                               keep=lambda p: p is not _UNKNOWN)  # an error is asked again next time
+        return price if isinstance(price, float) else self.cfg.price_table.get(itype)
 
-    def _spot_price(self, itype: str, az: str | None) -> float | None:
+    def _spot_price(self, itype: str, az: str | None) -> float | None | object:
+        """The newest price in the history, None when it has none, _UNKNOWN when it could not be read."""
         kwargs: dict[str, Any] = {"InstanceTypes": [itype], "ProductDescriptions": ["Linux/UNIX"],
                                   "StartTime": now(), "MaxResults": 5}
         if az:
@@ -456,7 +458,7 @@ class Launcher:
             history = self.ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
         except (ClientError, BotoCoreError) as e:  # a timeout here must not lose the launched instance
             log.info("spot price of %s in %s unknown: %s", itype, az, e)
-            history = []
+            return _UNKNOWN
         for entry in history:
             if entry.get("InstanceType") == itype and entry.get("SpotPrice"):
                 return float(entry["SpotPrice"])

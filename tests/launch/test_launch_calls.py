@@ -102,3 +102,25 @@ def test_the_warm_cache_forgets_after_its_ttl_and_never_keeps_what_it_is_told_no
     assert cache.get("none", load(None), keep=lambda v: v is not None) is None
     assert cache.get("none", load(4), keep=lambda v: v is not None) == 4
     assert loads == [1, 3, None, 4]
+
+
+def test_a_spot_price_that_could_not_be_read_is_asked_again_and_a_read_one_is_reused(aws, ec2_env):  # noqa: F811
+    from botocore.exceptions import ClientError
+
+    launcher = wiring.launcher()
+    real, asked = launcher.ec2, []
+
+    class Flaky:
+        def describe_spot_price_history(self, **kw):
+            asked.append(kw["InstanceTypes"])
+            if len(asked) == 1:
+                raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "slow down"}},
+                                  "DescribeSpotPriceHistory")
+            return real.describe_spot_price_history(**kw)
+
+    launcher.ec2 = Flaky()
+    assert launcher._price("g5.xlarge", None) == launcher.cfg.price_table.get("g5.xlarge")  # the table's
+    price = launcher._price("g5.xlarge", None)
+    assert isinstance(price, float)
+    assert launcher._price("g5.xlarge", None) == price
+    assert len(asked) == 2
