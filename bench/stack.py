@@ -160,6 +160,11 @@ def burst(api: _Api, n: int, alone_s: float) -> dict:
     if times:
         out.update(p50_s=round(_pct(times, 50), 2), p95_s=round(_pct(times, 95), 2),
                    wall_over_alone=round(wall / alone_s, 2), per_build_wall_s=round(wall / n, 2))
+    segs = [b.get("segments") or {} for _, b in done.values()]
+    out["segments_p50_s"] = {k: round(_pct([sg.get(k, 0.0) for sg in segs], 50), 2)
+                             for k in sorted({k for sg in segs for k in sg})} if segs else {}
+    out["segments_max_s"] = {k: round(max(sg.get(k, 0.0) for sg in segs), 2)
+                             for k in sorted({k for sg in segs for k in sg})} if segs else {}
     out["all_succeeded"] = len(ok) == n
     return out
 
