@@ -87,8 +87,9 @@ mutate: venv
 
 # ---- benchmarks (issue 10) -----------------------------------------------------------
 # `make bench`: API calls per operation, latency ratios, scale, cold start (bench/results.json)
-bench: venv
-	$(PY) -m bench.run
+# (FAST=1: fewer samples and a burst of 10 canaries instead of 50; needs buildah as root, as make demo)
+bench: venv system-deps
+	$(PY) -m bench.run $(if $(FAST),--quick)
 
 # `make fuzz`: schemathesis against the served OpenAPI document, many more examples than `make test`
 FUZZ_EXAMPLES ?= 300

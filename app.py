@@ -8,7 +8,6 @@ from chalicelib import metrics, observability, wiring
 from chalicelib.contexts import ContextRequest
 from chalicelib.http import error_response, handle_errors, json_response, parse_body
 from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
-from chalicelib.notify import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
 observability.setup()  # JSON log lines (chalicelib/observability.py); metrics: EMF lines
@@ -186,6 +185,8 @@ def notify_consumer(event):
     """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
     message, its delivery recorded on the build. See chalicelib/notify.py."""
     observability.bind("notify", event.context)
+    from chalicelib.notify import parse_event as parse_notify_event  # Slack's SDK: this function's alone
+
     for record in event:
         message = parse_notify_event(record.body)
         if message is not None:

@@ -150,10 +150,12 @@ def operations(b: Bench) -> None:
     for path, view in (("/health", "health"), ("/frameworks", "frameworks"), ("/openapi.json", "openapi")):
         b.run(f"GET {path}", view, 0, lambda path=path: _expect(200, b.http("GET", path), path) and "200")
 
-    # launch consumer: QUEUED -> LAUNCHING with a spot instance
+    # launch consumer: QUEUED -> LAUNCHING with a spot instance; the message is the one submit
+    # sent (a new build's carries its timeout: the launcher writes before it reads)
     for bid in ids[:3]:
-        b.run("launch consumer (SQS launch queue)", "launcher", 2,
-              lambda bid=bid: b.sqs("launcher", "launch", {"build_id": bid, "attempt": 1}),
+        msg = {"build_id": bid, "attempt": 1, "timeout_minutes": b.record(bid)["timeout_minutes"]}
+        b.run("launch consumer (SQS launch queue)", "launcher", 3,
+              lambda msg=msg: b.sqs("launcher", "launch", msg),
               after=lambda bid=bid: b.record(bid)["status"])
     a, c, d = ids[:3]
     # EC2 running: LAUNCHING -> RUNNING
@@ -178,6 +180,12 @@ def operations(b: Bench) -> None:
           lambda: _expect(202, b.http("POST", f"/builds/{a}/events",
                                       {"type": "result", "status": "SUCCEEDED", "digest": digest}, auth),
                           "result")["status"])
+    # the instance of the build that succeeded terminates itself: its time is recorded (terminate lag)
+    iid = b.record(a)["instance_id"]
+    b.wiring.client("ec2").terminate_instances(InstanceIds=[iid])
+    b.run("EC2 state change: terminated (build final)", "on_instance_state", 2,
+          lambda: b.event("on_instance_state", world.load_event("ec2-state-terminated", **{"instance-id": iid})),
+          after=lambda: "terminate lag " + str(b.wiring.store().get(a).segments.get("terminate_lag")))
     b.run("logs page (GET /builds/{id}/logs)", "build_logs", None,
           lambda: f"{len(_expect(200, b.http('GET', f'/builds/{a}/logs'), 'logs')['lines'])} lines")
     # ECR push of the image build `a` reported
@@ -202,7 +210,7 @@ def operations(b: Bench) -> None:
     # notify consumer: the final states of a, d and ids[3] (the first read of the webhook is cold)
     for bid in (a, d, ids[3]):
         status = b.record(bid)["status"]
-        b.run("notify consumer (SQS notify queue)", "notify_consumer", 2,
+        b.run("notify consumer (SQS notify queue)", "notify_consumer", 3,
               lambda bid=bid, status=status: b.sqs("notify_consumer", "notify", {"build_id": bid, "status": status}),
               after=lambda bid=bid: "slack message " + (b.record(bid).get(FINAL_ATTR) or {}).get("status", "?"))
 

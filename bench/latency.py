@@ -51,7 +51,9 @@ def moto_server() -> Iterator[tuple[dict, dict]]:
         stack = Stack(state_dir=Path(tmp), services=("moto",), quiet=True)
         state = stack.up()
         try:
-            env = {**state["app_env"], "MAX_ACTIVE_BUILDS": world.BASE_ENV["MAX_ACTIVE_BUILDS"]}
+            # the stack's quotas (global and per API key) are not what this measures
+            env = {**state["app_env"], "MAX_ACTIVE_BUILDS": world.BASE_ENV["MAX_ACTIVE_BUILDS"],
+                   "MAX_ACTIVE_BUILDS_PER_KEY": world.BASE_ENV["MAX_ACTIVE_BUILDS"]}
             with wiring.environment(env):
                 wiring.settings()
                 yield env, state["resources"]

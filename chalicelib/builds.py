@@ -147,7 +147,8 @@ class BuildService:
         hours = gpu_hours(self.catalog.hardware, build.instance_types, build.timeout_minutes)
         build, created = self.store.create(build, idempotency=idem, quota=quota, gpu_hours=hours)
         if created:
-            self.launch_queue.send({"build_id": build.id, "attempt": build.attempt})
+            self.launch_queue.send({"build_id": build.id, "attempt": build.attempt,
+                                    "timeout_minutes": build.timeout_minutes})  # the launcher writes first
         return build, created
 
     # ---- read -------------------------------------------------------------------

@@ -14,9 +14,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chalicelib import catalog_compiled
 from chalicelib.errors import BadRequest, CatalogError
 
 _HERE = Path(__file__).resolve().parent
@@ -556,10 +556,14 @@ def _release_dates(path: Path) -> dict[str, dict[str, date]]:
 
 
 def _load_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CatalogError(f"{path}: not valid YAML: {e}") from None
+    compiled, data = catalog_compiled.parsed(path)  # a deployment's precompiled copy, if current
+    if not compiled:
+        import yaml  # only where the catalog was not compiled (a checkout): not in the Lambda
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise CatalogError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise CatalogError(f"{path}: expected a mapping at the top level")
     return data

@@ -1,6 +1,8 @@
 """The launcher: turns a QUEUED build attempt into a spot GPU instance running the host script.
 
-Fed by the launch queue (``{"build_id": ..., "attempt": N}``). The same attempt is never
+Fed by the launch queue (``{"build_id": ..., "attempt": N}``; a new build's message also
+carries its ``timeout_minutes``, and then the LAUNCHING write comes first and the build is
+read only when it loses). The same attempt is never
 launched twice: the build moves QUEUED -> LAUNCHING in one conditional write (on status
 *and* attempt) before RunInstances is called, and RunInstances carries a ClientToken, so a
 duplicate message, a second launcher or a retried API call cannot start a second instance.
@@ -53,12 +55,17 @@ from chalicelib.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
 from chalicelib.queues import Queue
 from chalicelib.schemas import InstanceInfo
 from chalicelib.states import Status
-from chalicelib.store import BuildStore
+from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
 from chalicelib.transitions import Transitions
+from chalicelib.warmcache import TtlCache
 
 log = logging.getLogger("voltabuild.launcher")
 
 # Try the next instance type / subnet.
+_UNKNOWN = object()  # a spot price that could not be read (not kept by the warm cache)
+# how long a warm launcher reuses an AMI id (from SSM), an AMI's root device and a spot price
+WARM_CACHE_SECONDS = 300
+
 CAPACITY_ERRORS = frozenset({
     "InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "Unsupported",
     "InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientCapacity",
@@ -77,6 +84,9 @@ class LaunchMessage(BaseModel):
 
     build_id: str = Field(pattern=r"^b-[0-9a-f]{20}$")
     attempt: int = Field(ge=1)
+    # the build's timeout, sent with a new build's message: the launcher then writes before
+    # it reads (one call less); a message without it (a relaunch) reads the build first
+    timeout_minutes: int | None = Field(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class Launcher:
         self.ec2 = ec2
         self.ssm = ssm
         self.cfg = cfg
+        self._warm = TtlCache(WARM_CACHE_SECONDS)  # AMI ids, root devices, spot prices
 
     # ---- entry point --------------------------------------------------------------------
     def handle(self, body: str | dict) -> Outcome:
@@ -136,10 +147,15 @@ class Launcher:
         except (ValueError, ValidationError) as e:
             return self._note(Outcome("ignored", f"not a launch message: {str(e)[:200]}"))
         observability.bind_build(msg.build_id)
+        if msg.timeout_minutes is not None:
+            return self._launch_first(msg)
         try:
             record = self.store.get_record(msg.build_id)
         except BuildNotFound:
             return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
+        return self._decide(record, msg)
+
+    def _decide(self, record: dict, msg: LaunchMessage) -> Outcome:
         attempt = int(record.get("attempt", 1))
         if record["status"] == Status.LAUNCHING and attempt == msg.attempt and not record.get("instance_id"):
             return self._resume(record, msg)
@@ -168,6 +184,30 @@ class Launcher:
             )
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
+        return self._start(record, msg, token)
+
+    def _launch_first(self, msg: LaunchMessage) -> Outcome:
+        """QUEUED -> LAUNCHING for this attempt, unless a cancel was requested, before any
+        read: the write returns the build. When it loses, the build as the failed condition
+        found it decides, as a read would have (resume, cancel, or a stale message)."""
+        token = secrets.token_urlsafe(32)
+        started = now()
+        cond, values = NOT_CANCELLED
+        try:
+            record = self.transitions.move(
+                msg.build_id, Status.LAUNCHING, expect=[Status.QUEUED],
+                message=f"launching attempt {msg.attempt}",
+                fields={
+                    "launch_started_at": iso(started),
+                    "deadline_at": iso(started + timedelta(minutes=int(msg.timeout_minutes or 0))),
+                    "token_hash": token_hash(token),
+                },
+                extra_condition=(f"attempt = :attempt AND {cond}", {":attempt": msg.attempt, **values}),
+            )
+        except BuildNotFound:
+            return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
+        except ConditionFailed as e:
+            return self._decide(e.old, msg)
         return self._start(record, msg, token)
 
     def _resume(self, record: dict, msg: LaunchMessage) -> Outcome:
@@ -390,14 +430,16 @@ class Launcher:
         if not source.startswith("/"):
             return source
         try:
-            return self.ssm.get_parameter(Name=source)["Parameter"]["Value"]
+            return self._warm.get(("ami", source),
+                                  lambda: self.ssm.get_parameter(Name=source)["Parameter"]["Value"])
         except ClientError as e:
             err = e.response.get("Error", {})
             raise _Permanent(f"AMI parameter {source}: {err.get('Code')}: {err.get('Message', '')}") from None
 
     def _root_device(self, image_id: str) -> str:
         try:
-            images = self.ec2.describe_images(ImageIds=[image_id])["Images"]
+            images = self._warm.get(("image", image_id),
+                                    lambda: self.ec2.describe_images(ImageIds=[image_id])["Images"], keep=bool)
         except ClientError as e:
             err = e.response.get("Error", {})
             raise _Permanent(f"AMI {image_id}: {err.get('Code')}: {err.get('Message', '')}") from None
@@ -406,7 +448,14 @@ class Launcher:
         return images[0].get("RootDeviceName") or "/dev/sda1"
 
     def _price(self, itype: str, az: str | None) -> float | None:
-        """The spot price at launch: spot price history, else the configured table."""
+        """The spot price at launch: spot price history (reused for a few minutes by a warm
+        launcher), else the configured table."""
+        price = self._warm.get(("price", itype, az), lambda: self._spot_price(itype, az),
+                               keep=lambda p: p is not _UNKNOWN)  # an error is asked again next time
+        return price if isinstance(price, float) else self.cfg.price_table.get(itype)
+
+    def _spot_price(self, itype: str, az: str | None) -> float | None | object:
+        """The newest price in the history, None when it has none, _UNKNOWN when it could not be read."""
         kwargs: dict[str, Any] = {"InstanceTypes": [itype], "ProductDescriptions": ["Linux/UNIX"],
                                   "StartTime": now(), "MaxResults": 5}
         if az:
@@ -415,11 +464,11 @@ class Launcher:
             history = self.ec2.describe_spot_price_history(**kwargs).get("SpotPriceHistory", [])
         except (ClientError, BotoCoreError) as e:  # a timeout here must not lose the launched instance
             log.info("spot price of %s in %s unknown: %s", itype, az, e)
-            history = []
+            return _UNKNOWN
         for entry in history:
             if entry.get("InstanceType") == itype and entry.get("SpotPrice"):
                 return float(entry["SpotPrice"])
-        return self.cfg.price_table.get(itype)
+        return None
 
     @staticmethod
     def _note(outcome: Outcome) -> Outcome:

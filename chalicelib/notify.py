@@ -46,6 +46,7 @@ from chalicelib.clock import now_iso, parse
 from chalicelib.errors import BuildNotFound
 from chalicelib.queues import Queue
 from chalicelib.schemas import Build
+from chalicelib.segments import longest_note
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
 
@@ -207,6 +208,7 @@ def build_message(build: Build, *, api_url: str = "", started: bool = False) -> 
     duration = format_duration(total)
     if on_instance is not None:
         duration += f" (on the instance {format_duration(on_instance)})"
+    duration += longest_note(build)  # where the time went (chalicelib/segments.py)
     cost = estimate_cost(build)
     if cost:
         cost_text = (f"~${cost.usd:.2f} ({cost.lifecycle}: ${cost.price_per_hour:.4g}/h × "

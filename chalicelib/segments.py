@@ -94,3 +94,18 @@ def longest_segment(record: Any) -> tuple[str, float] | None:
         return None
     name = max(durations, key=lambda k: durations[k])
     return name, durations[name]
+
+
+def _clock(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s" if m else f"{sec}s"
+
+
+def longest_note(record: Any) -> str:
+    """``"; longest: building 30m 00s"`` for a message that already gives the total, or ""."""
+    found = longest_segment(record)
+    if found is None:
+        return ""
+    return f"; longest: {found[0].replace('_', ' ')} {_clock(found[1])}"

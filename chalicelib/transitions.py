@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib import metrics
-from chalicelib.notify import enqueue_started
 from chalicelib.queues import Queue
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
@@ -38,5 +37,7 @@ class Transitions:
             self.notify_queue.send({"build_id": build_id, "status": to.value})
             metrics.build_finished(item)
         elif to == Status.RUNNING and kwargs.get("record_event", True) and just_started(item):
+            from chalicelib.notify import enqueue_started  # not at import: notify brings Slack's SDK
+
             enqueue_started(self.notify_queue, build_id, enabled=self.notify_on_start)
         return item

@@ -16,7 +16,6 @@ from botocore.config import Config
 
 from chalicelib.builds import BuildService
 from chalicelib.catalog import Catalog, load_catalog
-from chalicelib.notify import Notifier, SlackSender, WebhookDirectory
 from chalicelib.queues import Queue
 from chalicelib.settings import Settings, check_cursor_key
 from chalicelib.store import BuildStore
@@ -98,7 +97,9 @@ def openapi_document() -> dict:
 
 
 @cache
-def notifier() -> Notifier:
+def notifier():
+    from chalicelib.notify import Notifier, SlackSender, WebhookDirectory  # Slack: the notifier's alone
+
     s = settings()
     return Notifier(
         store(), notify_queue(),

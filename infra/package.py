@@ -19,7 +19,9 @@
    of its own with reserved concurrency (:func:`split_events_handler`).
 5. Each function gets a role of its own granting only what its code calls
    (:func:`scope_function_roles`).
-6. The zip is checked: boto3/botocore come with the Lambda runtime and must not be in it.
+6. The zip is slimmed (:func:`slim_zip`: parts of dependencies no function imports left
+   out) and checked: boto3/botocore come with the Lambda runtime and must not be in it, and
+   PyYAML is not needed (the catalog is compiled to JSON, ``chalicelib/catalog_compiled.py``).
 """
 
 from __future__ import annotations
@@ -36,15 +38,47 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalicelib import catalog_compiled
 from infra.local import load_template
 from infra.operations import add_operations
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_OVERLAY = Path(__file__).with_name("deploy.yaml")
 BUNDLED = ("buildspecs", "dockerfiles")
-FORBIDDEN_IN_ZIP = ("boto3", "botocore", "s3transfer")
+# boto3 comes with the Lambda runtime; PyYAML is not needed (the catalog is compiled to JSON)
+FORBIDDEN_IN_ZIP = ("boto3", "botocore", "s3transfer", "yaml", "_yaml", "pyyaml", "PyYAML")
 _ARN_SUB = re.compile(r"^arn:\$\{AWS::Partition\}:sqs:\$\{AWS::Region\}:\$\{AWS::AccountId\}:(?P<name>[\w-]+)$")
 _ARN_LITERAL = re.compile(r"^arn:aws[\w-]*:sqs:[\w-]+:\d{12}:(?P<name>[\w-]+)$")
+
+
+# Parts of the dependencies no function imports, left out of the zip (Lambda's cold start
+# unpacks and its size limit counts every byte). tests/deploy/test_deploy_size.py imports
+# every chalicelib module and sends a Slack webhook from the slimmed zip.
+PRUNED = (
+    "pydantic/v1/",  # pydantic 1's API, kept in pydantic 2 for migrations; nothing here uses it
+    "pydantic/mypy.py",  # the mypy plugin (a type checker's, never the runtime's)
+    "slack/",  # slackclient 2's deprecated package name; the code imports slack_sdk
+    "slack_sdk/socket_mode/", "slack_sdk/oauth/", "slack_sdk/audit_logs/", "slack_sdk/scim/",
+    "slack_sdk/rtm/", "slack_sdk/rtm_v2/",  # Slack APIs other than incoming webhooks
+)
+ZIP_LIMIT_BYTES = 3_000_000  # issue 21: the deployment zip's target
+
+
+def slim_zip(path: Path) -> None:
+    """Rewrite the zip without :data:`PRUNED`, with each package's METADATA cut to its
+    headers (the long description is its README and changelog; name, version and license
+    stay), compressed at zlib's best level."""
+    tmp = path.with_suffix(".slim.zip")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+        for info in src.infolist():
+            if info.filename.startswith(PRUNED) or "/__pycache__/" in f"/{info.filename}":
+                continue  # bytecode too: timestamp-checked against the zip's 1980 dates, it is never used
+            data = src.read(info)
+            if info.filename.endswith(".dist-info/METADATA"):
+                data = data.split(b"\n\n", 1)[0] + b"\n"
+            info.compress_type = zipfile.ZIP_DEFLATED
+            out.writestr(info, data, compresslevel=9)
+    tmp.replace(path)
 
 
 class PackagingError(RuntimeError):
@@ -99,6 +133,7 @@ def _copy_project(src: Path, dest: Path) -> None:
     bundle = dest / "chalicelib" / "_bundle"
     for name in BUNDLED:
         shutil.copytree(src / name, bundle / name, ignore=ignore)
+    catalog_compiled.write(bundle)  # the Lambda reads the catalog from JSON: no YAML parser in the zip
 
 
 def _keep_cache(scratch: Path, src: Path) -> None:
@@ -114,7 +149,8 @@ def _keep_cache(scratch: Path, src: Path) -> None:
 
 def _chalice_package(project: Path, stage: str, merge: Path, out: Path, region: str) -> None:
     chalice = Path(sys.executable).with_name("chalice")
-    env = {**os.environ, "AWS_DEFAULT_REGION": region, "VOLTABUILD_STAGE": stage}
+    # chalice imports app.py from the scratch copy: no bytecode may land there (and in the zip)
+    env = {**os.environ, "AWS_DEFAULT_REGION": region, "VOLTABUILD_STAGE": stage, "PYTHONDONTWRITEBYTECODE": "1"}
     # app.py is imported while packaging: its queue names follow VOLTABUILD_STAGE
     cmd = [str(chalice), "--project-dir", str(project), "package", "--stage", stage,
            "--merge-template", str(merge), str(out)]
@@ -284,11 +320,14 @@ def check_zip(path: Path) -> None:
         names = zf.namelist()
     bad = sorted({n.split("/")[0] for n in names if n.split("/")[0].split("-")[0] in FORBIDDEN_IN_ZIP})
     if bad:
-        raise PackagingError(f"{path.name} contains {bad}: the Lambda runtime brings boto3; keep it out of "
+        raise PackagingError(f"{path.name} contains {bad}: the Lambda runtime brings boto3 and the catalog is "
+                             "compiled to JSON (no PyYAML); keep them out of "
                              "requirements.txt")
     for name in BUNDLED:
         if not any(n.startswith(f"chalicelib/_bundle/{name}/") for n in names):
             raise PackagingError(f"{path.name} lacks chalicelib/_bundle/{name}/")
+    if f"chalicelib/_bundle/{catalog_compiled.FILE_NAME}" not in names:
+        raise PackagingError(f"{path.name} lacks chalicelib/_bundle/{catalog_compiled.FILE_NAME}")
 
 
 def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | None = None) -> Package:
@@ -312,6 +351,7 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
     add_operations(template)  # alarms, their SNS topic, the dashboard (infra/operations.py)
     template_path.write_text(json.dumps(template, indent=2) + "\n")
     result = Package(stage=stage, template=template_path, zip=out_dir / "deployment.zip")
+    slim_zip(result.zip)
     check_zip(result.zip)
     return result
 

@@ -83,6 +83,10 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     reaper_seconds: float = 20.0
     quiet: bool = False
+    # instances the worker plays at once (each is a real build on this machine); None: the
+    # worker's default, two per CPU (two were the bottleneck of a burst: the other builds
+    # waited LAUNCHING for a slot while both ran, bench/stack.py)
+    parallel: int | None = None
 
     # ---- paths ------------------------------------------------------------------
     @property
@@ -231,7 +235,8 @@ class Stack:
         if "worker" in self.services:
             prepare_local_base()
             self._start(state, "worker", [py, "-m", "voltabuild_local.worker",
-                                          "--reaper-seconds", str(self.reaper_seconds)],
+                                          "--reaper-seconds", str(self.reaper_seconds),
+                                          *(["--parallel", str(self.parallel)] if self.parallel else [])],
                         {**app_env, "VOLTABUILD_LOCAL_STATE": str(self.state_dir)}, None)
 
         client_env = {**aws_env, "VOLTABUILD_API_URL": api_url, "VOLTABUILD_API_KEY": api_key,

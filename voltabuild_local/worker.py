@@ -296,6 +296,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="voltabuild local worker")
     ap.add_argument("--reaper-seconds", type=float, default=20.0)
     ap.add_argument("--poll-seconds", type=float, default=0.3)
+    ap.add_argument("--parallel", type=int, default=max(2, 2 * (os.cpu_count() or 1)),
+                    help="instances played at once (default: two per CPU)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -308,7 +310,8 @@ def main() -> None:
     log.info("builder: %s; handlers: queues=%s events=%s schedules=%s", builder,
              [c.name for c in dispatcher.queues], [c.name for c in dispatcher.cw],
              [c.name for c in dispatcher.schedules])
-    executor = Executor(session, dispatcher, state_dir, builder, os.environ["IMAGE_REGISTRY"])
+    executor = Executor(session, dispatcher, state_dir, builder, os.environ["IMAGE_REGISTRY"],
+                        parallel=max(1, args.parallel))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     next_reap = time.monotonic() + args.reaper_seconds

@@ -125,6 +125,7 @@ heartbeat_loop() {
 # Ship the log lines not shipped yet to CloudWatch Logs (one stream per build).
 ship_logs() {
   local done_n total ms f
+  wait_log_stream
   done_n=$(cat "$WORK/shipped" 2>/dev/null || echo 0)
   total=$(wc -l <"$LOG_FILE")
   ((total > done_n)) || return 0
@@ -259,8 +260,17 @@ create_log_stream() {
     --log-stream-name "$BUILD_ID" >/dev/null 2>&1 || true
 }
 
+# The stream is made beside the host's preparation (the AWS CLI takes a second or two to
+# start): the first ship_logs waits for it.
+wait_log_stream() {
+  [[ -n ${LOG_STREAM_PID:-} ]] || return 0
+  wait "$LOG_STREAM_PID" 2>/dev/null || true
+  LOG_STREAM_PID=""
+}
+
 prepare_host() {
-  create_log_stream
+  create_log_stream &
+  LOG_STREAM_PID=$!
   if is_local; then
     log "local mode: no host preparation, GPU check or ECR login"
     return 0
@@ -270,6 +280,7 @@ prepare_host() {
   fi
   if ! command -v aws >/dev/null; then
     install_awscli || die "could not install the AWS CLI"
+    wait_log_stream
     create_log_stream  # the first try had no AWS CLI to make it
   fi
   if ! command -v nvidia-smi >/dev/null; then

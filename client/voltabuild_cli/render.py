@@ -106,6 +106,7 @@ def build_detail(build: dict, now: datetime) -> str:
         lines = str(v).splitlines() or [""]
         out.append(f"  {k:<9} {lines[0]}")
         out.extend(f"  {'':<9} {ln}" for ln in lines[1:])
+    out.extend(segments_chart(build.get("segments") or {}))
     events = build.get("events") or []
     if events:
         out.append("  timeline")
@@ -115,6 +116,26 @@ def build_detail(build: dict, now: datetime) -> str:
                 state += f"/{ev['phase']}"
             out.append(f"    {hms(ev.get('at'))}  {state:<20} {ev.get('message', '')}".rstrip())
     return "\n".join(out)
+
+
+SEGMENT_ORDER = ("queued", "launching", "booting", "preparing", "building", "testing", "pushing", "terminate_lag")
+
+
+def segments_chart(segments: dict[str, float], width: int = 30) -> list[str]:
+    """Where the build's time went, one bar per segment scaled to the longest (``width``
+    cells); a segment that took any time gets at least a sliver. Unknown names follow the
+    known ones, so a newer API's segment is still shown."""
+    names = [n for n in SEGMENT_ORDER if n in segments] + sorted(set(segments) - set(SEGMENT_ORDER))
+    values = {n: max(0.0, float(segments[n])) for n in names}
+    if not values:
+        return []
+    longest = max(values.values())
+    out = ["  time spent"]
+    for n in names:
+        cells = round(values[n] / longest * width) if longest > 0 else 0
+        bar = "█" * cells if cells else ("▏" if values[n] > 0 else "")
+        out.append(f"    {n.replace('_', ' '):<13} {bar:<{width}} {human_duration(values[n])}")
+    return out
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

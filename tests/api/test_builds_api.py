@@ -34,7 +34,8 @@ def test_submit_takes_the_buildspec_defaults_and_queues_for_launch(api, aws):
     assert build["timeout_minutes"] == 90
     assert build["build_args"]["BUILD_MODE"] == "wheels"
     assert [e["status"] for e in build["events"]] == ["QUEUED"]
-    assert aws.messages("LaunchQueue") == [{"build_id": build["id"], "attempt": 1}]
+    assert aws.messages("LaunchQueue") == [{"build_id": build["id"], "attempt": 1,
+                                            "timeout_minutes": build["timeout_minutes"]}]
     got = api.http.get(f"/builds/{build['id']}")
     assert got.status_code == 200
     assert json.loads(got.body)["id"] == build["id"]

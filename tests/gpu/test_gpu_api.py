@@ -38,7 +38,8 @@ def test_cuda_13_with_default_types_is_accepted_off_p3_with_a_warning(api, aws):
     assert any("dropped p3.2xlarge (NVIDIA V100" in w for w in build["warnings"])
     (item,) = [i for i in aws.items() if i.get("id") == build["id"]]
     assert item["instance_types"] == ["g5.xlarge", "g4dn.xlarge", "g6.xlarge"]
-    assert aws.messages("LaunchQueue") == [{"build_id": build["id"], "attempt": 1}]
+    assert aws.messages("LaunchQueue") == [{"build_id": build["id"], "attempt": 1,
+                                            "timeout_minutes": build["timeout_minutes"]}]
 
 
 def test_frameworks_lists_the_families_that_run_each_cuda(api):

@@ -94,7 +94,7 @@ def instances(ec2) -> list[dict]:
 # ---- a launch ---------------------------------------------------------------------------------
 def test_launch_sets_every_parameter(aws, ec2_env):
     build_id, msg = submit(aws, max_price=1.5)
-    assert msg == {"build_id": build_id, "attempt": 1}
+    assert msg == {"build_id": build_id, "attempt": 1, "timeout_minutes": 90}
 
     outcome = wiring.launcher().handle(json.dumps(msg))
     assert outcome.action == "launched", outcome
