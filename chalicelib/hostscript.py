@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.catalog import DOCKER_TAG, Catalog
+from chalicelib.records import BUILD_ID, BuildRecord
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "host.sh"
 USER_DATA_LIMIT = 16 * 1024
 
-_BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
@@ -100,37 +100,37 @@ def _array(name: str, values: list[str]) -> str:
     return f"readonly -a {name}=(" + " ".join(shlex.quote(v) for v in values) + ")"
 
 
-def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
+def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
            instance_type: str | None = None) -> str:
-    """The host script for one attempt of one build (``record`` is the stored build item) on
+    """The host script for one attempt of one build (``record`` is the stored build) on
     ``instance_type`` (default: the build's first): its family sets the driver branch the
     script installs on a host that has none."""
     if not cfg.api_url:
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
-    spec = catalog.spec(record["framework"])
+    spec = catalog.spec(record.framework)
     hw = catalog.hardware
-    itype = instance_type or (record.get("instance_types") or spec.instance_types)[0]
+    itype = instance_type or (record.instance_types or spec.instance_types)[0]
     if not hw.is_known_instance_type(itype) or hw.ami_of(itype) is None:
         raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
     driver_branch = hw.ami_of(itype).driver_branch
-    build_id = _check("build id", record["id"], _BUILD_ID)
-    resolved = spec.resolve(record["version"], record["cuda"], record["python"])
-    args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
+    build_id = _check("build id", record.id, BUILD_ID)
+    resolved = spec.resolve(record.version, record.cuda, record.python)
+    args = spec.docker_build_args(resolved, hw, record.build_args)
     args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
     arg_list = []
     for name, value in args.items():
         _check("build arg name", name, _ARG_NAME)
         arg_list.append(f"{name}={_plain(f'build_args.{name}', value)}")
-    tags = [_check("tag", t, DOCKER_TAG) for t in record["image"]["tags"]]
+    tags = [_check("tag", t, DOCKER_TAG) for t in record.image.tags]
     if not tags:
         raise RenderError("image.tags: a build needs at least one tag")
     cuda = _check("cuda", resolved.cuda, _VERSION)
     release = hw.cuda[cuda]
     health = release.health_image
-    timeout = int(record["timeout_minutes"])
+    timeout = record.timeout_minutes
     config = "\n".join([
         _assign("BUILD_ID", build_id),
-        _assign("ATTEMPT", int(record.get("attempt", 1))),
+        _assign("ATTEMPT", record.attempt),
         _assign("STAGE", _check("stage", cfg.stage, re.compile(r"^[a-z0-9-]{1,32}$"))),
         _assign("API_URL", _check("api url", cfg.api_url, _URL)),
         _assign("TOKEN", _check("token", token, _TOKEN)),

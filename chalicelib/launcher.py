@@ -32,7 +32,6 @@ goes back to QUEUED and the message comes back later (SQS delay, doubling) until
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -49,6 +48,7 @@ from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTr
 from chalicelib.hostscript import HostConfig, RenderError, render, user_data
 from chalicelib.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
 from chalicelib.queues import Queue
+from chalicelib.records import BuildRecord, token_hash
 from chalicelib.schemas import InstanceInfo
 from chalicelib.states import Status
 from chalicelib.store import BuildStore
@@ -101,10 +101,6 @@ class Outcome:
     instance_id: str | None = None
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def backoff_seconds(round_: int) -> int:
     """Delay before launch round ``round_`` (1-based): 60 s doubling, at most SQS's 900 s."""
     return min(900, 60 * 2 ** max(0, round_ - 1))
@@ -135,19 +131,19 @@ class Launcher:
             record = self.store.get_record(msg.build_id)
         except BuildNotFound:
             return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
-        attempt = int(record.get("attempt", 1))
-        if record["status"] == Status.LAUNCHING and attempt == msg.attempt and not record.get("instance_id"):
+        attempt = record.attempt
+        if record.status == Status.LAUNCHING and attempt == msg.attempt and not record.instance_id:
             return self._resume(record, msg)
-        if record["status"] != Status.QUEUED or attempt != msg.attempt:
+        if record.status != Status.QUEUED or attempt != msg.attempt:
             return self._note(Outcome(
                 "ignored", f"{msg.build_id}: stale or duplicate message for attempt {msg.attempt} "
-                f"(the build is {record['status']}, attempt {attempt})"))
-        if record.get("cancel_requested"):
+                f"(the build is {record.status.value}, attempt {attempt})"))
+        if record.cancel_requested:
             return self._cancel(msg)
         return self._launch(record, msg)
 
     # ---- the launch ---------------------------------------------------------------------
-    def _launch(self, record: dict, msg: LaunchMessage) -> Outcome:
+    def _launch(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
         token = secrets.token_urlsafe(32)
         started = now()
         try:
@@ -156,7 +152,7 @@ class Launcher:
                 message=f"launching attempt {msg.attempt}",
                 fields={
                     "launch_started_at": iso(started),
-                    "deadline_at": iso(started + timedelta(minutes=int(record["timeout_minutes"]))),
+                    "deadline_at": iso(started + timedelta(minutes=record.timeout_minutes)),
                     "token_hash": token_hash(token),
                 },
                 extra_condition=("attempt = :attempt", {":attempt": msg.attempt}),
@@ -165,7 +161,7 @@ class Launcher:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
         return self._start(record, msg, token)
 
-    def _resume(self, record: dict, msg: LaunchMessage) -> Outcome:
+    def _resume(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
         """The message came back for a LAUNCHING attempt with no instance recorded: the
         launcher that took it died (or timed out) after the LAUNCHING write. Its instance,
         if RunInstances got that far, carries the attempt's tags: record it. Otherwise launch
@@ -174,10 +170,10 @@ class Launcher:
         if found is not None:
             outcome = self._record(record, msg, found, "spot" if found.get("InstanceLifecycle") == "spot"
                                    else "on-demand")
-            if outcome.action == "launched" and record.get("cancel_requested"):
+            if outcome.action == "launched" and record.cancel_requested:
                 self.ec2.terminate_instances(InstanceIds=[found["InstanceId"]])  # the cancel did not see it
             return outcome
-        if record.get("cancel_requested"):
+        if record.cancel_requested:
             return self._cancel(msg, expect=Status.LAUNCHING)
         token = secrets.token_urlsafe(32)
         try:
@@ -189,16 +185,16 @@ class Launcher:
             return self._note(Outcome("ignored", f"{msg.build_id}: attempt {msg.attempt} moved on"))
         return self._start(record, msg, token, resumed=True)
 
-    def _start(self, record: dict, msg: LaunchMessage, token: str, *, resumed: bool = False) -> Outcome:
+    def _start(self, record: BuildRecord, msg: LaunchMessage, token: str, *, resumed: bool = False) -> Outcome:
         """RunInstances for a LAUNCHING attempt whose ``token_hash`` is ``token``'s.
 
         Catalog and rendering errors (the catalog changed since the build was accepted, or
         the deployment is broken) are permanent: the build fails now with the reason."""
         try:
-            spec = self.catalog.spec(record["framework"])
+            spec = self.catalog.spec(record.framework)
         except (BadRequest, CatalogError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}")
-        build_date = record.get("launch_started_at") or iso(now())
+        build_date = record.launch_started_at or iso(now())
         hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
 
         def host(itype: str) -> tuple[str, str, bytes]:
@@ -209,7 +205,7 @@ class Launcher:
                 hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
             return hosts[itype]
 
-        rounds = int(record.get("launch_rounds", 0))
+        rounds = record.launch_rounds
         # a resumed launch renders another token: its ClientTokens must differ from the
         # dead launcher's (same token, other parameters is an error in EC2)
         suffix = f"-r{token_hash(token)[:8]}" if resumed else ""
@@ -243,24 +239,24 @@ class Launcher:
                     return self._record(record, msg, inst, market)
         return self._retry_later(record, msg, tried)
 
-    def _launched(self, record: dict) -> dict | None:
+    def _launched(self, record: BuildRecord) -> dict | None:
         """A live instance already launched for the record's current attempt, if any."""
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
-            {"Name": f"tag:{TAG_BUILD}", "Values": [record["id"]]},
-            {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(record.get("attempt", 1))]},
+            {"Name": f"tag:{TAG_BUILD}", "Values": [record.id]},
+            {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(record.attempt)]},
             {"Name": f"tag:{TAG_STAGE}", "Values": [self.cfg.stage]},
             {"Name": "instance-state-name", "Values": ["pending", "running"]},
         ])
         found = [i for page in pages for res in page.get("Reservations", []) for i in res.get("Instances", [])]
         return min(found, key=lambda i: str(i.get("LaunchTime", ""))) if found else None
 
-    def _run(self, record: dict, spec, market: str, itype: str, subnet: str | None, image_id: str,
+    def _run(self, record: BuildRecord, spec, market: str, itype: str, subnet: str | None, image_id: str,
              root_device: str, data: bytes, client_token: str) -> dict:
         tags = [
-            {"Key": TAG_BUILD, "Value": record["id"]},
+            {"Key": TAG_BUILD, "Value": record.id},
             {"Key": TAG_STAGE, "Value": self.cfg.stage},
-            {"Key": TAG_ATTEMPT, "Value": str(record.get("attempt", 1))},
-            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record['framework']}-{record['id']}"},
+            {"Key": TAG_ATTEMPT, "Value": str(record.attempt)},
+            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record.framework}-{record.id}"},
         ]
         kwargs: dict[str, Any] = {
             "ImageId": image_id,
@@ -279,8 +275,8 @@ class Launcher:
         }
         if market == "spot":
             spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
-            if record.get("max_price"):
-                spot["MaxPrice"] = f"{float(record['max_price']):.4f}"
+            if record.max_price:
+                spot["MaxPrice"] = f"{record.max_price:.4f}"
             kwargs["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
         if subnet:
             kwargs["SubnetId"] = subnet
@@ -291,7 +287,7 @@ class Launcher:
             kwargs["IamInstanceProfile"] = {key: self.cfg.instance_profile}
         return self.ec2.run_instances(**kwargs)["Instances"][0]
 
-    def _record(self, record: dict, msg: LaunchMessage, inst: dict, market: str) -> Outcome:
+    def _record(self, record: BuildRecord, msg: LaunchMessage, inst: dict, market: str) -> Outcome:
         iid = inst["InstanceId"]
         az = inst.get("Placement", {}).get("AvailabilityZone")
         launched = inst.get("LaunchTime")
@@ -317,8 +313,8 @@ class Launcher:
         return self._note(Outcome("launched", f"{msg.build_id}: {info.type} {market} in {az}", iid))
 
     # ---- endings -------------------------------------------------------------------------
-    def _retry_later(self, record: dict, msg: LaunchMessage, tried: list[str]) -> Outcome:
-        rounds = int(record.get("launch_rounds", 0)) + 1
+    def _retry_later(self, record: BuildRecord, msg: LaunchMessage, tried: list[str]) -> Outcome:
+        rounds = record.launch_rounds + 1
         what = "; ".join(tried)
         if rounds > self.cfg.max_retries:
             return self._fail(msg.build_id, f"no capacity after {rounds} launch rounds; last round tried: {what}")
@@ -357,11 +353,11 @@ class Launcher:
 
     # ---- lookups -------------------------------------------------------------------------
     @staticmethod
-    def _order(record: dict) -> list[str]:
+    def _order(record: BuildRecord) -> list[str]:
         """The build's instance types, those whose host failed an earlier attempt last: a
         host failure moves on to the next type (and comes back to it only when all failed)."""
-        failed = {f.get("instance_type") for f in record.get("host_failures") or []}
-        types = list(record["instance_types"])
+        failed = {f.instance_type for f in record.host_failures}
+        types = list(record.instance_types)
         return [t for t in types if t not in failed] + [t for t in types if t in failed]
 
     def ami_source(self, instance_type: str) -> str:

@@ -28,6 +28,7 @@ from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
 from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.pushed import PushedImages, settle
 from chalicelib.queues import Queue
+from chalicelib.records import BuildRecord
 from chalicelib.states import Status
 from chalicelib.store import NOT_CANCELLED, BuildStore
 from chalicelib.transitions import Transitions
@@ -188,7 +189,7 @@ class Lifecycle:
         self.logs = logs
 
     # ---- lookups ----------------------------------------------------------------
-    def build_for_instance(self, instance_id: str) -> tuple[dict, bool] | None:
+    def build_for_instance(self, instance_id: str) -> tuple[BuildRecord, bool] | None:
         """The build whose current instance is ``instance_id`` and whether that copy was
         read consistently; None when it is not ours (another stage's, or an earlier
         attempt's instance).
@@ -205,44 +206,45 @@ class Lifecycle:
         record = self.current_build(inst.build_id, instance_id, adopt=inst)
         return (record, True) if record is not None else None
 
-    def current_build(self, build_id: str, instance_id: str, *, adopt: TaggedInstance | None = None) -> dict | None:
+    def current_build(self, build_id: str, instance_id: str, *,
+                      adopt: TaggedInstance | None = None) -> BuildRecord | None:
         """The build read consistently, if ``instance_id`` is still its current instance
         (or, given the instance as ``adopt``, becomes it: see :meth:`adopt`)."""
         try:
             record = self.store.get_record(build_id)
         except BuildNotFound:
             return None
-        if record.get("instance_id") == instance_id:
+        if record.instance_id == instance_id:
             return record
         if adopt is not None and adopt.id == instance_id:
             return self.adopt(record, adopt)
         return None
 
-    def adopt(self, record: dict, inst: TaggedInstance) -> dict | None:
+    def adopt(self, record: BuildRecord, inst: TaggedInstance) -> BuildRecord | None:
         """Record ``inst`` as the build's instance when the launcher did not (it died after
         RunInstances): only an instance of this stage tagged with the build's id and its
         *current* attempt, only while the build is LAUNCHING or RUNNING with no instance
         recorded (one conditional write, so a late launcher, an event and the reaper agree
         on one instance). Returns the build as it is now, or None (not adoptable, or lost)."""
-        if (inst.build_id != record["id"] or inst.attempt != int(record.get("attempt", 1))
-                or inst.tags.get(TAG_STAGE) != self.config.stage or record.get("instance_id")
-                or Status(record["status"]) not in LAUNCHED or inst.state not in ALIVE):
+        if (inst.build_id != record.id or inst.attempt != record.attempt
+                or inst.tags.get(TAG_STAGE) != self.config.stage or record.instance_id
+                or record.status not in LAUNCHED or inst.state not in ALIVE):
             return None
         info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
                 "price": None, "launched_at": inst.launched_at}
         try:
             item = self.store.update_fields(
-                record["id"], {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
+                record.id, {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
                 extra_condition=("attempt = :att AND attribute_not_exists(instance_id)",
-                                 {":att": int(record.get("attempt", 1))}))
+                                 {":att": record.attempt}))
         except InvalidTransition as e:
             log.info("not adopted: %s", e)
             return None
         log.warning("build %s: adopted instance %s of attempt %s (its launch was not recorded)",
-                    record["id"], inst.id, inst.attempt)
+                    record.id, inst.id, inst.attempt)
         return item
 
-    def _for_instance(self, instance_id: str, decide: Callable[[dict], str]) -> str:
+    def _for_instance(self, instance_id: str, decide: Callable[[BuildRecord], str]) -> str:
         """``decide`` on the index's copy of the build; when a write it made lost (the copy
         lagged, or another event won), read the build once, consistently, and decide again."""
         found = self.build_for_instance(instance_id)
@@ -251,7 +253,7 @@ class Lifecycle:
         record, consistent = found
         outcome = decide(record)
         if outcome == _LOST and not consistent:
-            record = self.current_build(record["id"], instance_id)
+            record = self.current_build(record.id, instance_id)
             if record is None:
                 return "not ours"
             outcome = decide(record)
@@ -259,7 +261,7 @@ class Lifecycle:
 
     # ---- moves ------------------------------------------------------------------
     def _move(self, build_id: str, to: Status, *, expect: Iterable[Status], instance_id: str | None = None,
-              unless_cancelled: bool = False, **kwargs: Any) -> dict | None:
+              unless_cancelled: bool = False, **kwargs: Any) -> BuildRecord | None:
         """Transitions.move that treats a lost race (duplicate/late event) as a no-op.
         ``instance_id``: only while that is the build's instance; ``unless_cancelled``:
         only while no cancel was requested."""
@@ -279,50 +281,48 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
 
-    def fail(self, record: dict, reason: str, *, expect: Iterable[Status], to: Status = Status.FAILED,
+    def fail(self, record: BuildRecord, reason: str, *, expect: Iterable[Status], to: Status = Status.FAILED,
              instance_id: str | None = None, unless_cancelled: bool = False,
-             fields: dict[str, Any] | None = None) -> dict | None:
-        return self._move(record["id"], to, expect=expect, instance_id=instance_id, message=reason,
+             fields: dict[str, Any] | None = None) -> BuildRecord | None:
+        return self._move(record.id, to, expect=expect, instance_id=instance_id, message=reason,
                           fields={"reason": reason, **(fields or {})}, unless_cancelled=unless_cancelled)
 
-    def cancelled(self, record: dict, *, expect: Iterable[Status], instance_id: str | None = None,
-                  note: str = "") -> dict | None:
+    def cancelled(self, record: BuildRecord, *, expect: Iterable[Status], instance_id: str | None = None,
+                  note: str = "") -> BuildRecord | None:
         msg = "cancelled by request" + (f"; {note}" if note else "")
-        return self._move(record["id"], Status.CANCELLED, expect=expect, instance_id=instance_id,
+        return self._move(record.id, Status.CANCELLED, expect=expect, instance_id=instance_id,
                           message=msg, fields={"reason": "cancelled by request"})
 
-    def settle_pushed(self, record: dict, what: str) -> dict | None:
+    def settle_pushed(self, record: BuildRecord, what: str) -> BuildRecord | None:
         """A RUNNING build in PUSHING whose instance went silent or away (``what``): when
         ECR holds every tag at the image this attempt pushed, SUCCEEDED with a note (see
         chalicelib/pushed.py). Returns the new item, or None (not pushed, or the write lost:
         the caller goes on to fail it, conditionally, as before)."""
-        if self.pushed is None or record.get("status") != Status.RUNNING or record.get("cancel_requested"):
+        if self.pushed is None or record.status != Status.RUNNING or record.cancel_requested:
             return None
         digest = self.pushed.digest(record)
         if not digest:
             return None
         conds, values = [NOT_CANCELLED[0]], dict(NOT_CANCELLED[1])
-        if record.get("instance_id"):
+        if record.instance_id:
             conds.append("instance_id = :iid")
-            values[":iid"] = record["instance_id"]
+            values[":iid"] = record.instance_id
         try:
             return settle(self.transitions, record, digest, what, extra_condition=(" AND ".join(conds), values))
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return None
 
-    def relaunch(self, record: dict, why: str, *, reclaimed: bool = False,
-                 fields: dict[str, Any] | None = None) -> dict | None:
+    def relaunch(self, record: BuildRecord, why: str, *, reclaimed: bool = False,
+                 fields: dict[str, Any] | None = None) -> BuildRecord | None:
         """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
         spent) and send the launch message. ``record`` is LAUNCHING or RUNNING; it may be
         an index's copy: the write holds only for its attempt and instance, and only while
         no cancel was requested (a cancel it did not see makes the write lose). ``fields``
         are written with the move (a host failure's record)."""
-        attempt = int(record.get("attempt", 1))
-        max_attempts = int(record.get("max_attempts", 1))
-        iid = record.get("instance_id")
-        reclaims = int(record.get("spot_reclaims", 0)) + (1 if reclaimed else 0)
-        if record.get("cancel_requested"):
+        attempt, max_attempts, iid = record.attempt, record.max_attempts, record.instance_id
+        reclaims = record.spot_reclaims + (1 if reclaimed else 0)
+        if record.cancel_requested:
             return self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=why)
         if attempt >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
@@ -333,7 +333,7 @@ class Lifecycle:
         values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {}), **NOT_CANCELLED[1]}
         try:
             item = self.transitions.move(
-                record["id"], Status.QUEUED, expect=list(LAUNCHED),
+                record.id, Status.QUEUED, expect=list(LAUNCHED),
                 message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
                 fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
                         **(fields or {})},
@@ -342,24 +342,24 @@ class Lifecycle:
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return None
-        self.launch_queue.send({"build_id": record["id"], "attempt": attempt + 1})
+        self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1})
         return item
 
-    def requeue(self, record: dict, why: str) -> dict | None:
+    def requeue(self, record: BuildRecord, why: str) -> BuildRecord | None:
         """A build stuck in QUEUED (its launch message lost or failed): bump the attempt so a
         late launcher run of the old one is ignored, and send the launch message again."""
-        attempt = int(record.get("attempt", 1))
-        if record.get("cancel_requested"):
+        attempt = record.attempt
+        if record.cancel_requested:
             return self.cancelled(record, expect=[Status.QUEUED])
-        if attempt >= int(record.get("max_attempts", 1)):
+        if attempt >= record.max_attempts:
             return self.fail(record, f"{why}; gave up after {attempt} attempts", expect=[Status.QUEUED])
         try:
-            item = self.store.update_fields(record["id"], {"attempt": attempt + 1, "queued_at": clock.now_iso()},
+            item = self.store.update_fields(record.id, {"attempt": attempt + 1, "queued_at": clock.now_iso()},
                                             expect=[Status.QUEUED])
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return None
-        self.launch_queue.send({"build_id": record["id"], "attempt": attempt + 1})
+        self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1})
         return item
 
     # ---- events -----------------------------------------------------------------
@@ -369,20 +369,20 @@ class Lifecycle:
             return "ignored"
         return self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
 
-    def _state_change(self, record: dict, ev: InstanceStateChange) -> str:
-        status = Status(record["status"])
+    def _state_change(self, record: BuildRecord, ev: InstanceStateChange) -> str:
+        status = record.status
         if status.final:
             if ev.state in ("running", "stopped"):
                 self.instances.terminate([ev.instance_id])  # its build is over: don't pay for it
                 return "terminated"
             return "final"
         if ev.state == "running":
-            if record.get("cancel_requested"):
+            if record.cancel_requested:
                 self.instances.terminate([ev.instance_id])
                 return "terminated"
             if status != Status.LAUNCHING:
                 return "ignored"  # already RUNNING: a duplicate event
-            moved = self._move(record["id"], Status.RUNNING, expect=[Status.LAUNCHING], instance_id=ev.instance_id,
+            moved = self._move(record.id, Status.RUNNING, expect=[Status.LAUNCHING], instance_id=ev.instance_id,
                                unless_cancelled=True, message=f"instance {ev.instance_id} running")
             return "running" if moved else _LOST
         if ev.state == "stopped":
@@ -391,15 +391,14 @@ class Lifecycle:
             return "terminated"
         return self.instance_gone(record, ev.state)
 
-    def instance_gone(self, record: dict, state: str) -> str:
+    def instance_gone(self, record: BuildRecord, state: str) -> str:
         """The build's instance is shutting down or terminated. Returns ``_LOST`` when the
         write lost (``record`` was out of date); the spot-reclaim check and the log tail are
         read only for a build that (as far as ``record`` knows) is still on this instance."""
-        status = Status(record["status"])
-        iid = record.get("instance_id")
-        if status not in LAUNCHED:
+        iid = record.instance_id
+        if record.status not in LAUNCHED:
             return "ignored"
-        if record.get("cancel_requested"):
+        if record.cancel_requested:
             moved = self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
             return "cancelled" if moved else _LOST
         inst = self.instances.describe(iid) if iid else None
@@ -409,7 +408,7 @@ class Lifecycle:
         if self.settle_pushed(record, f"instance {iid} was {state} before it reported the result"):
             return "succeeded"
         reason = f"instance lost: {iid} was {state} before the build finished"
-        lines = self.logs.last_lines(record["id"], self.config.log_lines) if self.logs else []
+        lines = self.logs.last_lines(record.id, self.config.log_lines) if self.logs else []
         if lines:
             reason += "; last log lines:\n" + "\n".join(lines)
         moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
@@ -420,14 +419,14 @@ class Lifecycle:
         instance is left to EC2 for its last two minutes; the reaper catches a survivor."""
         return self._for_instance(ev.instance_id, lambda record: self._interrupted(record, ev))
 
-    def _interrupted(self, record: dict, ev: SpotInterruption) -> str:
-        if Status(record["status"]) not in LAUNCHED:
+    def _interrupted(self, record: BuildRecord, ev: SpotInterruption) -> str:
+        if record.status not in LAUNCHED:
             return "ignored"
         moved = self.relaunch(record, f"spot interruption warning for {ev.instance_id} ({ev.action})",
                               reclaimed=True)
         if moved is None:
             return _LOST
-        return "relaunched" if moved["status"] == Status.QUEUED else moved["status"].lower()
+        return "relaunched" if moved.status == Status.QUEUED else moved.status.value.lower()
 
     def image_pushed(self, ev: ImagePushed) -> str:
         """Record the digest ECR saw on the build that pushed it; flag a SUCCEEDED build
@@ -439,36 +438,35 @@ class Lifecycle:
         if record is None:
             return "not ours"
         fields: dict[str, Any] = {"ecr_digest": ev.digest}
-        status = Status(record["status"])
-        reported = (record.get("image") or {}).get("digest")
+        status = record.status
+        reported = record.image.digest
         flagged = False
         if status == Status.SUCCEEDED and reported and reported != ev.digest:
             fields["reason"] = (f"ECR saw {ev.digest} pushed as {ev.tag}, but the build reported {reported}")
             flagged = True
         try:
-            self.store.update_fields(record["id"], fields, expect=[status])
+            self.store.update_fields(record.id, fields, expect=[status])
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return "ignored"
         return "flagged" if flagged else "recorded"
 
-    def _build_for_image(self, ev: ImagePushed) -> dict | None:
-        def matches(r: dict) -> bool:
-            img = r.get("image") or {}
-            repo = img.get("repository") or ""
+    def _build_for_image(self, ev: ImagePushed) -> BuildRecord | None:
+        def matches(r: BuildRecord) -> bool:
+            repo = r.image.repository
             registry, _, name = repo.partition("/")
             # an ECR repository must be this account's and region's; a local stack's registry
             # (not ECR) is matched by the repository name its local push events carry
             same = repo == ev.repository or (".dkr.ecr." not in registry and name == ev.name)
-            return same and ev.tag in (img.get("tags") or [])
+            return same and ev.tag in r.image.tags
 
         # a build reports its digest only in its SUCCEEDED result, so only a succeeded build
         # can match the digest itself; that result usually arrives before ECR's event: look there first
         done = [r for r in self.store.recent_records(Status.SUCCEEDED, 20) if matches(r)]
-        same = [r for r in done if (r.get("image") or {}).get("digest") == ev.digest]
+        same = [r for r in done if r.image.digest == ev.digest]
         if same:
             return same[0]
-        active = [r for r in self.store.active_records() if matches(r) and r.get("status") == Status.RUNNING]
+        active = [r for r in self.store.active_records() if matches(r) and r.status == Status.RUNNING]
         if active:
-            return max(active, key=lambda r: r.get("created_key", ""))
+            return max(active, key=lambda r: r.created_key)
         return done[0] if done else None

@@ -44,6 +44,7 @@ from slack_sdk.webhook import WebhookClient
 from chalicelib.clock import now_iso, parse
 from chalicelib.errors import BuildNotFound
 from chalicelib.queues import Queue
+from chalicelib.records import DeliveryClaim
 from chalicelib.schemas import Build
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
@@ -500,20 +501,19 @@ class Notifier:
         if not started:
             self.store.release_slot(ev.build_id)
         try:
-            item = self.store.get_record(ev.build_id)
+            build = self.store.get_record(ev.build_id)
         except BuildNotFound:
             log.warning("notify: build %s does not exist; nothing to send", ev.build_id)
             return "ignored"
-        build = Build.model_validate(item)
         attr = START_ATTR if started else FINAL_ATTR
         if started and (not self.notify_on_start or build.status != Status.RUNNING):
             return "ignored"  # disabled, or the build already moved on: a late "started" helps nobody
         if not started and build.status not in FINAL:
             log.warning("notify: build %s is %s, not final; ignoring a final event", build.id, build.status.value)
             return "ignored"
-        prev = item.get(attr)
-        if prev and prev.get("status") in DONE:
-            log.info("notify: build %s %s message already %s", build.id, ev.event, prev["status"])
+        prev = build.delivery(started)
+        if prev and prev.status in DONE:
+            log.info("notify: build %s %s message already %s", build.id, ev.event, prev.status)
             return "duplicate"
 
         channel = build.notify.channel or self.default_channel
@@ -522,7 +522,7 @@ class Notifier:
             self._write(build.id, attr, {"status": "skipped", "reason": why}, prev, started)
             return "skipped"
 
-        if prev and prev.get("status") == "sending" and prev.get("lease_until", 0) <= self.clock():
+        if prev and prev.status == "sending" and prev.lease_until <= self.clock():
             return self._unconfirmed(build.id, attr, prev, started)
         # everything that can fail before the post happens before the claim, so a worker
         # that dies holding a claim died while posting or after it (see _unconfirmed)
@@ -532,7 +532,7 @@ class Notifier:
             log.info("notify: build %s %s message is being sent or was sent; duplicate dropped", build.id, ev.event)
             return "duplicate"
         result = webhook if isinstance(webhook, Delivery) else self.sender.send(
-            webhook, build_message(build, api_url=self.api_url, started=started))
+            webhook, build_message(build.public(), api_url=self.api_url, started=started))
         return self._finish(build.id, attr, ev, claim, result, started)
 
     # ---- steps --------------------------------------------------------------------
@@ -550,13 +550,13 @@ class Notifier:
             log.warning("notify: reading the webhook from SSM failed: %s", type(e).__name__)
             return Delivery(ok=False, retryable=True, error_type="ssm_error")
 
-    def _unconfirmed(self, build_id: str, attr: str, prev: dict, started: bool) -> str:
+    def _unconfirmed(self, build_id: str, attr: str, prev: DeliveryClaim, started: bool) -> str:
         """A claim whose worker died (its lease ran out) before recording the outcome. It
         claimed only once the webhook was in hand, so it died posting or after posting:
         the message is *not* sent again. Slack shows each outcome at most once; the rare
         cost is a message lost with a worker that died mid-post (logged, and recorded as
         ``unconfirmed`` with error ``worker_died``, never as sent)."""
-        value = {"status": "unconfirmed", "channel": prev.get("channel"), "attempts": prev.get("attempts", 1),
+        value = {"status": "unconfirmed", "channel": prev.channel, "attempts": prev.attempts or 1,
                  "token": secrets.token_hex(8), "updated_at": now_iso(), "error": "worker_died"}
         if not self._write(build_id, attr, value, prev, started):
             return "duplicate"
@@ -564,16 +564,17 @@ class Notifier:
                   build_id, "start" if started else "final")
         return "unconfirmed"
 
-    def _claim(self, build_id: str, attr: str, channel: str, prev: dict | None, started: bool) -> dict | None:
+    def _claim(self, build_id: str, attr: str, channel: str, prev: DeliveryClaim | None,
+               started: bool) -> dict | None:
         """Take the delivery: only one worker at a time, and never after it is done. A
         claim left by a worker that died ends ``unconfirmed`` after ``lease_seconds``."""
         now = self.clock()
-        if prev and prev.get("status") == "sending" and prev.get("lease_until", 0) > now:
+        if prev and prev.status == "sending" and prev.lease_until > now:
             return None
         claim = {
             "status": "sending",
             "channel": channel,
-            "attempts": int((prev or {}).get("attempts", 0)) + 1,
+            "attempts": ((prev.attempts or 0) if prev else 0) + 1,
             "lease_until": int(now + self.lease_seconds),
             "token": secrets.token_hex(8),
             "updated_at": now_iso(),
@@ -603,7 +604,8 @@ class Notifier:
                   build_id, ev.event, claim["channel"], claim["attempts"], result.error)
         return "failed"
 
-    def _write(self, build_id: str, attr: str, value: dict, prev: dict | None, started: bool) -> bool:
+    def _write(self, build_id: str, attr: str, value: dict, prev: DeliveryClaim | dict | None,
+               started: bool) -> bool:
         """Replace the bookkeeping map if nobody changed it since ``prev`` was read."""
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
@@ -612,7 +614,7 @@ class Notifier:
         else:
             cond = "#a.#tok = :tok"
             names["#tok"] = "token"
-            values[":tok"] = prev.get("token", "")
+            values[":tok"] = prev["token"] if isinstance(prev, dict) else prev.token
         if started:
             cond += " AND #s = :running"
             values[":running"] = Status.RUNNING.value

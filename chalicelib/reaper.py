@@ -31,7 +31,7 @@ from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.instances import Instances, TaggedInstance
 from chalicelib.lifecycle import LAUNCHED, Lifecycle
-from chalicelib.notify import FINAL_ATTR
+from chalicelib.records import BuildRecord
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
 
@@ -80,7 +80,7 @@ class Reaper:
         for record in active:
             self._reap_build(record, now, alive, terminated, report)
         self._reap_orphans(active, alive, terminated, now, report)
-        self._release_slots({r["id"] for r in active}, report)
+        self._release_slots({r.id for r in active}, report)
         # the newest builds of each final state: one Query each, whole items (nothing read again)
         recent = {status: self.store.recent_records(status, 20) for status in sorted(FINAL)}
         if self._ecr is not None:
@@ -91,21 +91,20 @@ class Reaper:
         return report
 
     # ---- builds -----------------------------------------------------------------
-    def _adopt(self, record: dict, alive: dict[str, TaggedInstance], report: ReapReport) -> dict:
+    def _adopt(self, record: BuildRecord, alive: dict[str, TaggedInstance], report: ReapReport) -> BuildRecord:
         """A launched build with no instance recorded whose current attempt has a live
         instance (the launcher died after RunInstances): record that instance instead of
         reaping a healthy build and terminating its instance as an orphan."""
-        if record.get("instance_id") or Status(record["status"]) not in LAUNCHED:
+        if record.instance_id or record.status not in LAUNCHED:
             return record
-        attempt = int(record.get("attempt", 1))
-        mine = sorted((i for i in alive.values() if i.build_id == record["id"] and i.attempt == attempt),
+        mine = sorted((i for i in alive.values() if i.build_id == record.id and i.attempt == record.attempt),
                       key=lambda i: (i.launched_at or "", i.id))
         if not mine:
             return record
         adopted = self.lifecycle.adopt(record, mine[0])
         if adopted is None:
             return record
-        report.adopted.append(record["id"])
+        report.adopted.append(record.id)
         return adopted
 
     def _terminate(self, iid: str | None, terminated: set[str]) -> None:
@@ -113,29 +112,27 @@ class Reaper:
             self.instances.terminate([iid])
             terminated.add(iid)
 
-    def _reap_build(self, record: dict, now: datetime, alive: dict[str, TaggedInstance],
+    def _reap_build(self, record: BuildRecord, now: datetime, alive: dict[str, TaggedInstance],
                     terminated: set[str], report: ReapReport) -> None:
         lc = self.lifecycle
-        bid = record["id"]
-        status = Status(record["status"])
-        iid = record.get("instance_id")
+        bid, status, iid = record.id, record.status, record.instance_id
         if status.final:  # the index lags a moment behind the table
             return
-        since = ((record.get("instance") or {}).get("launched_at") or record.get("launch_started_at")
-                 or record.get("updated_at"))
+        since = ((record.instance.launched_at if record.instance else None) or record.launch_started_at
+                 or record.updated_at)
 
-        deadline = _at(record.get("deadline_at"))
+        deadline = _at(record.deadline_at)
         # a healthy build's instance is terminated only once the build is final (or queued
         # again): the write first, so a tick that dies between the two leaves an orphan the
         # next tick terminates, never a live build without its instance
         if status in LAUNCHED and deadline and now >= deadline:
-            reason = f"timed out: still {status.value.lower()} at its deadline ({record.get('timeout_minutes')} minutes)"
+            reason = f"timed out: still {status.value.lower()} at its deadline ({record.timeout_minutes} minutes)"
             if lc.fail(record, reason, expect=[status], to=Status.TIMED_OUT):
                 self._terminate(iid, terminated)
                 report.timed_out.append(bid)
             return
 
-        if record.get("cancel_requested"):
+        if record.cancel_requested:
             if status == Status.QUEUED:
                 if lc.cancelled(record, expect=[Status.QUEUED]):
                     report.cancelled.append(bid)
@@ -150,12 +147,12 @@ class Reaper:
             return
 
         if status == Status.QUEUED:
-            queued = _at(record.get("queued_at") or record.get("created_at")) or now
+            queued = _at(record.queued_at or record.created_at) or now
             if now - queued > self.config.launch_grace:
                 mins = int(self.config.launch_grace.total_seconds() // 60)
                 item = lc.requeue(record, f"not launched within {mins} minutes")
                 if item is not None:
-                    (report.failed if item["status"] == Status.FAILED else report.relaunched).append(bid)
+                    (report.failed if item.status == Status.FAILED else report.relaunched).append(bid)
             return
 
         if status == Status.LAUNCHING:
@@ -164,11 +161,11 @@ class Reaper:
                 item = lc.relaunch(record, f"instance {iid or '(none)'} did not start within {mins} minutes")
                 if item is not None:
                     self._terminate(iid, terminated)
-                    (report.relaunched if item["status"] == Status.QUEUED else report.failed).append(bid)
+                    (report.relaunched if item.status == Status.QUEUED else report.failed).append(bid)
             return
 
         # RUNNING
-        beat = _at(record.get("heartbeat_at") or since) or now
+        beat = _at(record.heartbeat_at or since) or now
         if now - beat > self.config.stale_heartbeat:
             mins = int((now - beat).total_seconds() // 60)
             if lc.settle_pushed(record, f"no report from instance {iid} for {mins} minutes after it began pushing"):
@@ -180,9 +177,9 @@ class Reaper:
                 report.failed.append(bid)
 
     # ---- orphans ----------------------------------------------------------------
-    def _reap_orphans(self, active: list[dict], alive: dict[str, TaggedInstance], terminated: set[str],
+    def _reap_orphans(self, active: list[BuildRecord], alive: dict[str, TaggedInstance], terminated: set[str],
                       now: datetime, report: ReapReport) -> None:
-        by_id = {r["id"]: r for r in active}
+        by_id = {r.id: r for r in active}
         for inst in alive.values():
             if inst.id in terminated or inst.keep:
                 continue
@@ -199,19 +196,19 @@ class Reaper:
                 report.orphans_terminated.append(inst.id)
 
     @staticmethod
-    def _belongs(inst: TaggedInstance, record: dict | None) -> bool:
-        if record is None or Status(record["status"]).final:
+    def _belongs(inst: TaggedInstance, record: BuildRecord | None) -> bool:
+        if record is None or record.status.final:
             return False
-        if record.get("instance_id"):
-            return record["instance_id"] == inst.id
+        if record.instance_id:
+            return record.instance_id == inst.id
         # launched, not yet recorded by the launcher: the attempt must be the current one
-        return Status(record["status"]) in (Status.QUEUED, Status.LAUNCHING) and inst.attempt == record.get("attempt")
+        return record.status in (Status.QUEUED, Status.LAUNCHING) and inst.attempt == record.attempt
 
     # ---- quota ------------------------------------------------------------------
     def _release_slots(self, active_ids: set[str], report: ReapReport) -> None:
         for build_id in sorted(self.store.slot_holders() - active_ids):
             try:
-                final = Status(self.store.get_record(build_id)["status"]).final
+                final = self.store.get_record(build_id).status.final
             except BuildNotFound:
                 final = True
             if final:
@@ -219,7 +216,8 @@ class Reaper:
                 report.slots_released.append(build_id)
 
     # ---- notifications ----------------------------------------------------------
-    def _requeue_notifications(self, recent: dict[Status, list[dict]], now: datetime, report: ReapReport) -> None:
+    def _requeue_notifications(self, recent: dict[Status, list[BuildRecord]], now: datetime,
+                               report: ReapReport) -> None:
         """The newest final builds of each final state whose Slack delivery was never
         claimed (no ``notification``) ``notify_grace`` after they ended: their notify
         message was lost between the final write and the send. The message goes on the
@@ -228,26 +226,25 @@ class Reaper:
         grace = self.config.notify_grace
         for status, records in recent.items():
             for record in records:
-                finished = _at(record.get("finished_at"))
-                if record.get(FINAL_ATTR) or finished is None or not grace <= now - finished <= grace + _DAY:
+                finished = _at(record.finished_at)
+                if record.notification or finished is None or not grace <= now - finished <= grace + _DAY:
                     continue
-                self.lifecycle.transitions.notify_queue.send({"build_id": record["id"], "status": status.value})
-                report.notifications_requeued.append(record["id"])
+                self.lifecycle.transitions.notify_queue.send({"build_id": record.id, "status": status.value})
+                report.notifications_requeued.append(record.id)
 
     # ---- digests ----------------------------------------------------------------
-    def _check_digests(self, succeeded: list[dict], now: datetime, report: ReapReport) -> None:
+    def _check_digests(self, succeeded: list[BuildRecord], now: datetime, report: ReapReport) -> None:
         """SUCCEEDED builds of the last while with no ECR push seen: ask ECR once each. The
         index query returns whole items, so nothing is read again; the write is conditional
         on what was checked (no digest recorded meanwhile, not checked by another tick)."""
         for record in succeeded:
-            finished = _at(record.get("finished_at"))
+            finished = _at(record.finished_at)
             # checked once, on the first tick past the grace; a day later it is left alone
             if finished is None or not self.config.digest_grace <= now - finished <= self.config.digest_grace + _DAY:
                 continue
-            if record.get("ecr_digest") or record.get("digest_checked"):
+            if record.ecr_digest or record.digest_checked:
                 continue
-            image = record.get("image") or {}
-            repository, digest, tags = image.get("repository") or "", image.get("digest"), image.get("tags") or []
+            repository, digest, tags = record.image.repository, record.image.digest, record.image.tags
             found = self._ecr_digest(repository, digest, tags)
             if found == "not-ecr":
                 continue
@@ -259,13 +256,13 @@ class Reaper:
                 fields["reason"] = f"reported SUCCEEDED but ECR has no image {what} in {repository}"
             try:
                 self.store.update_fields(
-                    record["id"], fields, expect=[Status.SUCCEEDED],
+                    record.id, fields, expect=[Status.SUCCEEDED],
                     extra_condition=("attribute_not_exists(ecr_digest) AND attribute_not_exists(digest_checked)", {}))
             except InvalidTransition:
                 continue  # a push event or another tick got there first
             if not found:
-                report.digests_flagged.append(record["id"])
-            report.digests_checked.append(record["id"])
+                report.digests_flagged.append(record.id)
+            report.digests_checked.append(record.id)
 
     def _ecr_digest(self, repository: str, digest: str | None, tags: list[str]) -> str | None:
         registry, _, name = repository.partition("/")

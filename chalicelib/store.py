@@ -1,12 +1,8 @@
-"""Build records in DynamoDB, moved only by conditional writes.
+"""Build records in DynamoDB, moved only by conditional writes. Every read and write
+returns a :class:`~chalicelib.records.BuildRecord` (the item layout is described there).
 
-Item layout (table keyed by ``id``):
-- a build: the public fields of :class:`Build` plus ``kind``, ``created_key``
-  (``created_at#id``, the sort key of every index), ``active`` (only while not final:
-  the sparse index the reaper reads), ``instance_id`` (once launched) and ``token_hash``.
-- ``idem#<sha256>``: an Idempotency-Key, the body's hash and the build it made.
-- ``quota#active``: the string set of active build ids; a build enters it in the same
-  transaction that creates it and leaves it once final (set deletes are idempotent).
+A build enters the quota sets in the same transaction that creates it and leaves them
+once final (set deletes are idempotent).
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from chalicelib.errors import (
     InvalidTransition,
     QuotaExceeded,
 )
+from chalicelib.records import BuildRecord
 from chalicelib.schemas import Build, TimelineEvent
 from chalicelib.spend import KeyQuota
 from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
@@ -88,7 +85,7 @@ class ConditionFailed(InvalidTransition):
     checked (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), so the caller can tell why
     without another read."""
 
-    def __init__(self, message: str, old: dict) -> None:
+    def __init__(self, message: str, old: BuildRecord) -> None:
         super().__init__(message)
         self.old = old
 
@@ -245,18 +242,18 @@ class BuildStore:
         return self.get(item["build_id"])
 
     # ---- read -------------------------------------------------------------------
-    def get_record(self, build_id: str) -> dict:
-        """The whole stored item, internal fields included."""
+    def get_record(self, build_id: str) -> BuildRecord:
+        """The whole stored build, internal fields included."""
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}}, ConsistentRead=True)
         item = resp.get("Item")
         if not item or from_item({"kind": item.get("kind", {"S": ""})})["kind"] != "build":
             raise BuildNotFound(f"no build with id {build_id!r}")
-        return from_item(item)
+        return BuildRecord.of(from_item(item))
 
     def get(self, build_id: str) -> Build:
-        return Build.model_validate(self.get_record(build_id))
+        return self.get_record(build_id).public()
 
-    def find_by_instance(self, instance_id: str) -> dict | None:
+    def find_by_instance(self, instance_id: str) -> BuildRecord | None:
         resp = self._db.query(
             TableName=self._table,
             IndexName="by-instance",
@@ -265,7 +262,7 @@ class BuildStore:
             Limit=1,
         )
         items = resp.get("Items", [])
-        return from_item(items[0]) if items else None
+        return BuildRecord.of(from_item(items[0])) if items else None
 
     def list(self, *, status: Status | None = None, framework: str | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[Build], str | None]:
@@ -303,7 +300,7 @@ class BuildStore:
             resp = self._db.query(**kwargs)
             items = resp.get("Items", [])
             for n, item in enumerate(items):
-                builds.append(Build.model_validate(from_item(item)))
+                builds.append(Build.model_validate(from_item(item)))  # a page: no internal fields
                 last = {k: item[k] for k in LIST_INDEX_KEYS[index]}
                 if len(builds) >= limit and (n + 1 < len(items) or "LastEvaluatedKey" in resp):
                     return builds, self._encode_cursor(last, index)  # more may follow this one
@@ -314,7 +311,7 @@ class BuildStore:
         # the read budget ran out: the page may be short (even empty) but still has a cursor
         return builds, (self._encode_cursor(start, index) if start else None)
 
-    def recent_records(self, status: Status, limit: int) -> list[dict]:
+    def recent_records(self, status: Status, limit: int) -> list[BuildRecord]:
         """The newest ``limit`` builds in ``status`` as whole items, internal attributes
         included (the ``by-status`` index projects ALL): one Query."""
         resp = self._db.query(
@@ -326,9 +323,9 @@ class BuildStore:
             ScanIndexForward=False,
             Limit=limit,
         )
-        return [from_item(i) for i in resp.get("Items", [])]
+        return [BuildRecord.of(from_item(i)) for i in resp.get("Items", [])]
 
-    def active_records(self) -> Iterator[dict]:
+    def active_records(self) -> Iterator[BuildRecord]:
         """Every build that is not final (the sparse ``by-active`` index), oldest first."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -339,7 +336,7 @@ class BuildStore:
         while True:
             resp = self._db.query(**kwargs)
             for item in resp.get("Items", []):
-                yield from_item(item)
+                yield BuildRecord.of(from_item(item))
             if "LastEvaluatedKey" not in resp:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
@@ -364,7 +361,7 @@ class BuildStore:
         remove: Iterable[str] = (),
         record_event: bool = True,
         extra_condition: tuple[str, dict[str, Any]] | None = None,
-    ) -> dict:
+    ) -> BuildRecord:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
         the table allows ``to`` from). One conditional UpdateItem; returns the new item.
 
@@ -424,15 +421,15 @@ class BuildStore:
             old = e.response.get("Item")
             if not old:
                 raise BuildNotFound(f"no build with id {build_id!r}") from None
-            item = from_item(old)
+            record = BuildRecord.of(from_item(old))
             raise ConditionFailed(
-                f"build {build_id} is {item.get('status')}; it cannot move to {to.value}", item
+                f"build {build_id} is {record.status.value}; it cannot move to {to.value}", record
             ) from None
-        return from_item(resp["Attributes"])
+        return BuildRecord.of(from_item(resp["Attributes"]))
 
     def update_fields(self, build_id: str, fields: dict[str, Any], *,
                       expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = (),
-                      extra_condition: tuple[str, dict[str, Any]] | None = None) -> dict:
+                      extra_condition: tuple[str, dict[str, Any]] | None = None) -> BuildRecord:
         """Set fields on a build that is still in one of ``expect`` (no timeline entry) and,
         with ``extra_condition``, for which that condition holds too."""
         names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields)}}
@@ -465,12 +462,12 @@ class BuildStore:
             old = e.response.get("Item")
             if not old:
                 raise BuildNotFound(f"no build with id {build_id!r}") from None
-            item = from_item(old)
-            raise ConditionFailed(f"build {build_id} is {item.get('status')}", item) from None
-        return from_item(resp["Attributes"])
+            record = BuildRecord.of(from_item(old))
+            raise ConditionFailed(f"build {build_id} is {record.status.value}", record) from None
+        return BuildRecord.of(from_item(resp["Attributes"]))
 
     def set_if(self, build_id: str, attribute: str, value: Any, *, condition: str,
-               names: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> dict | None:
+               names: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> BuildRecord | None:
         """Set one attribute of a build when ``condition`` holds (optimistic concurrency
         for bookkeeping such as the Slack notification claim). ``condition`` may use
         ``#s`` for ``status`` and ``#a`` for ``attribute``. Returns the new item, or None
@@ -493,7 +490,7 @@ class BuildStore:
             if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             return None
-        return from_item(resp["Attributes"])
+        return BuildRecord.of(from_item(resp["Attributes"]))
 
     # ---- quota ------------------------------------------------------------------
     def release_slot(self, build_id: str) -> None:

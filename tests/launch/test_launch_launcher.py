@@ -84,7 +84,8 @@ def submit(aws, **req) -> tuple[str, dict]:
 
 
 def record(build_id: str) -> dict:
-    return wiring.store().get_record(build_id)
+    """The stored build as plain data (the fields the item holds)."""
+    return wiring.store().get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
 
 def instances(ec2) -> list[dict]:
@@ -135,7 +136,7 @@ def test_launch_sets_every_parameter(aws, ec2_env):
     assert rec["instance"]["lifecycle"] == "spot" and rec["instance"]["az"]
     assert isinstance(rec["instance"]["price"], float)
     assert rec["launch_started_at"] and rec["deadline_at"] > rec["launch_started_at"]
-    assert wiring.store().find_by_instance(iid)["id"] == build_id
+    assert wiring.store().find_by_instance(iid).id == build_id
 
 
 def test_the_app_handler_launches_from_the_queue(aws, ec2_env, api):
@@ -158,7 +159,7 @@ def test_a_message_delivered_twice_launches_one_instance(aws, ec2_env):
 def test_two_racing_launchers_launch_one_instance(aws, ec2_env, monkeypatch):
     """The second launcher read the build while it was still QUEUED: its conditional write loses."""
     build_id, msg = submit(aws)
-    stale = record(build_id)
+    stale = wiring.store().get_record(build_id)
     assert wiring.launcher().handle(msg).action == "launched"
     monkeypatch.setattr(wiring.store(), "get_record", lambda _id: stale)
     assert wiring.launcher().handle(msg).action == "ignored"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chalicelib import clock as clock_module
+from chalicelib.records import BuildRecord
 from chalicelib.states import Status
 
 
@@ -217,7 +218,7 @@ def test_digest_recorded_after_the_index_read_is_not_flagged(world, api, clock, 
     # GIVEN the index's copy of a SUCCEEDED build without an ECR digest...
     (bid,) = _succeeded_in_ecr_account(world, monkeypatch, ["sha256:" + "3" * 64])
     copy = world.get(bid)
-    monkeypatch.setattr(type(world.store), "recent_records", lambda self, status, limit: [dict(copy)])
+    monkeypatch.setattr(type(world.store), "recent_records", lambda self, status, limit: [BuildRecord.of(copy)])
     # ...while the push event recorded it in the table meanwhile
     world.store.update_fields(bid, {"ecr_digest": "sha256:" + "3" * 64}, expect=[Status.SUCCEEDED])
     clock.advance(minutes=16)

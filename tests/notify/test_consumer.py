@@ -27,7 +27,8 @@ def final_event(aws) -> NotifyEvent:
 
 
 def record(build_id: str) -> dict:
-    return wiring.store().get_record(build_id)
+    """The stored build as plain data (the fields the item holds)."""
+    return wiring.store().get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
 
 def invoke(api, *bodies: dict | str):
