@@ -51,7 +51,7 @@ from chalicelib.queues import Queue
 from chalicelib.records import BuildRecord, token_hash
 from chalicelib.schemas import InstanceInfo
 from chalicelib.states import Status
-from chalicelib.store import BuildStore
+from chalicelib.store import BuildStore, at_attempt, on_instance, without_instance
 from chalicelib.transitions import Transitions
 
 log = logging.getLogger("voltabuild.launcher")
@@ -155,7 +155,7 @@ class Launcher:
                     "deadline_at": iso(started + timedelta(minutes=record.timeout_minutes)),
                     "token_hash": token_hash(token),
                 },
-                extra_condition=("attempt = :attempt", {":attempt": msg.attempt}),
+                extra_condition=at_attempt(msg.attempt),
             )
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
@@ -179,8 +179,7 @@ class Launcher:
         try:
             record = self.store.update_fields(
                 msg.build_id, {"token_hash": token_hash(token)}, expect=[Status.LAUNCHING],
-                extra_condition=("attempt = :attempt AND attribute_not_exists(instance_id)",
-                                 {":attempt": msg.attempt}))
+                extra_condition=at_attempt(msg.attempt) & without_instance())
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: attempt {msg.attempt} moved on"))
         return self._start(record, msg, token, resumed=True)
@@ -302,8 +301,7 @@ class Launcher:
             self.store.update_fields(
                 msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid, "launch_rounds": 0},
                 expect=[Status.LAUNCHING, Status.RUNNING],
-                extra_condition=("attempt = :attempt AND (attribute_not_exists(instance_id) OR instance_id = :iid)",
-                                 {":attempt": msg.attempt, ":iid": iid}))
+                extra_condition=at_attempt(msg.attempt) & (without_instance() | on_instance(iid)))
         except InvalidTransition:
             # the build ended or moved on while we launched (cancelled, timed out, relaunched):
             # the instance must go
@@ -345,8 +343,7 @@ class Launcher:
         try:
             self.transitions.move(msg.build_id, Status.CANCELLED, expect=[expect],
                                   message="cancelled by request before launch",
-                                  extra_condition=("attempt = :attempt AND attribute_not_exists(instance_id)",
-                                                   {":attempt": msg.attempt}))
+                                  extra_condition=at_attempt(msg.attempt) & without_instance())
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: moved on"))
         return self._note(Outcome("cancelled", msg.build_id))

@@ -30,7 +30,7 @@ from chalicelib.pushed import PushedImages, settle
 from chalicelib.queues import Queue
 from chalicelib.records import BuildRecord
 from chalicelib.states import Status
-from chalicelib.store import NOT_CANCELLED, BuildStore
+from chalicelib.store import BuildStore, all_of, at_attempt, not_cancelled, on_instance, without_instance
 from chalicelib.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,7 @@ class Lifecycle:
         try:
             item = self.store.update_fields(
                 record.id, {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
-                extra_condition=("attempt = :att AND attribute_not_exists(instance_id)",
-                                 {":att": record.attempt}))
+                extra_condition=at_attempt(record.attempt) & without_instance())
         except InvalidTransition as e:
             log.info("not adopted: %s", e)
             return None
@@ -265,16 +264,8 @@ class Lifecycle:
         """Transitions.move that treats a lost race (duplicate/late event) as a no-op.
         ``instance_id``: only while that is the build's instance; ``unless_cancelled``:
         only while no cancel was requested."""
-        conds: list[str] = []
-        values: dict[str, Any] = {}
-        if instance_id:
-            conds.append("instance_id = :iid")
-            values[":iid"] = instance_id
-        if unless_cancelled:
-            conds.append(NOT_CANCELLED[0])
-            values.update(NOT_CANCELLED[1])
-        if conds:
-            kwargs["extra_condition"] = (" AND ".join(conds), values)
+        kwargs["extra_condition"] = all_of(on_instance(instance_id) if instance_id else None,
+                                           not_cancelled() if unless_cancelled else None)
         try:
             return self.transitions.move(build_id, to, expect=list(expect), **kwargs)
         except InvalidTransition as e:
@@ -303,12 +294,9 @@ class Lifecycle:
         digest = self.pushed.digest(record)
         if not digest:
             return None
-        conds, values = [NOT_CANCELLED[0]], dict(NOT_CANCELLED[1])
-        if record.instance_id:
-            conds.append("instance_id = :iid")
-            values[":iid"] = record.instance_id
+        when = all_of(not_cancelled(), on_instance(record.instance_id) if record.instance_id else None)
         try:
-            return settle(self.transitions, record, digest, what, extra_condition=(" AND ".join(conds), values))
+            return settle(self.transitions, record, digest, what, extra_condition=when)
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return None
@@ -329,15 +317,14 @@ class Lifecycle:
                       else f"{why}; gave up after {attempt} attempts")
             return self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
                              fields=fields)
-        cond = "attempt = :att" + (" AND instance_id = :iid" if iid else "") + f" AND {NOT_CANCELLED[0]}"
-        values: dict[str, Any] = {":att": attempt, **({":iid": iid} if iid else {}), **NOT_CANCELLED[1]}
         try:
             item = self.transitions.move(
                 record.id, Status.QUEUED, expect=list(LAUNCHED),
                 message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
                 fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
                         **(fields or {})},
-                remove=ATTEMPT_FIELDS, extra_condition=(cond, values),
+                remove=ATTEMPT_FIELDS,
+                extra_condition=all_of(at_attempt(attempt), on_instance(iid) if iid else None, not_cancelled()),
             )
         except InvalidTransition as e:
             log.info("ignored: %s", e)

@@ -4,9 +4,10 @@ A build that becomes final puts ``{"build_id", "status"}`` on the notify queue (
 ``Transitions.move``); :class:`Notifier` consumes it apart from the state change, so
 Slack being down, slow or rate limiting never fails or delays a transition:
 
-1. the build's quota slot is given back (idempotent, first, whatever happens next);
-2. the delivery is *claimed* on the build record (``notification``) with a conditional
-   write, so a duplicate queue message finds it claimed or done and sends nothing;
+1. the delivery is *claimed* on the build record (``notification``) with a conditional
+   write that also reads the build, so a duplicate queue message finds it claimed or done
+   and sends nothing;
+2. the build's quota slots are given back (idempotent, whatever the claim's outcome);
 3. the channel's webhook URL is read from SSM (SecureString, cached per warm Lambda);
 4. ``slack_sdk``'s webhook client posts the message, retrying 5xx, 429 (after its
    ``Retry-After``), timeouts and connection errors a few times in-process;
@@ -42,9 +43,8 @@ from slack_sdk.http_retry.builtin_handlers import (
 from slack_sdk.webhook import WebhookClient
 
 from chalicelib.clock import now_iso, parse
-from chalicelib.errors import BuildNotFound
 from chalicelib.queues import Queue
-from chalicelib.records import DeliveryClaim
+from chalicelib.records import BuildRecord, DeliveryClaim
 from chalicelib.schemas import Build
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
@@ -498,44 +498,47 @@ class Notifier:
         ``failed``, ``skipped``, ``unconfirmed``, ``duplicate`` or ``ignored``. Raises only on an AWS
         error of the table or queue (the message then comes back: everything is idempotent)."""
         started = ev.event == "started"
-        if not started:
-            self.store.release_slot(ev.build_id)
-        try:
-            build = self.store.get_record(ev.build_id)
-        except BuildNotFound:
+        if started and not self.notify_on_start:
+            return "ignored"  # disabled: nothing to read
+        claim = {"status": "sending", "lease_until": int(self.clock() + self.lease_seconds),
+                 "token": secrets.token_hex(8), "updated_at": now_iso()}
+        build, claimed = self.store.claim_delivery(ev.build_id, started, claim)
+        if not started:  # whatever happens next, the slot goes back
+            self.store.release_slot(ev.build_id, owner_key=build.owner_key if build else None)
+        if build is None:
             log.warning("notify: build %s does not exist; nothing to send", ev.build_id)
             return "ignored"
-        attr = START_ATTR if started else FINAL_ATTR
-        if started and (not self.notify_on_start or build.status != Status.RUNNING):
-            return "ignored"  # disabled, or the build already moved on: a late "started" helps nobody
+        if started and build.status != Status.RUNNING:
+            return "ignored"  # the build already moved on: a late "started" helps nobody
         if not started and build.status not in FINAL:
             log.warning("notify: build %s is %s, not final; ignoring a final event", build.id, build.status.value)
             return "ignored"
-        prev = build.delivery(started)
-        if prev and prev.status in DONE:
-            log.info("notify: build %s %s message already %s", build.id, ev.event, prev.status)
-            return "duplicate"
-
+        prev = build.delivery(started)  # as it was before the claim
+        if not claimed:
+            return self._not_claimed(build, ev, prev)
         channel = build.notify.channel or self.default_channel
+        claim.update(channel=channel, attempts=((prev.attempts or 0) if prev else 0) + 1)
         if not build.notify.slack or not channel:
             why = "the request turned Slack off" if not build.notify.slack else "no Slack channel is configured"
-            self._write(build.id, attr, {"status": "skipped", "reason": why}, prev, started)
+            self._write(build.id, {"status": "skipped", "reason": why}, claim, started)
             return "skipped"
-
-        if prev and prev.status == "sending" and prev.lease_until <= self.clock():
-            return self._unconfirmed(build.id, attr, prev, started)
-        # everything that can fail before the post happens before the claim, so a worker
-        # that dies holding a claim died while posting or after it (see _unconfirmed)
         webhook = self._webhook(channel)
-        claim = self._claim(build.id, attr, channel, prev, started)
-        if claim is None:
-            log.info("notify: build %s %s message is being sent or was sent; duplicate dropped", build.id, ev.event)
-            return "duplicate"
         result = webhook if isinstance(webhook, Delivery) else self.sender.send(
             webhook, build_message(build.public(), api_url=self.api_url, started=started))
-        return self._finish(build.id, attr, ev, claim, result, started)
+        return self._finish(build.id, ev, claim, result, started)
 
     # ---- steps --------------------------------------------------------------------
+    def _not_claimed(self, build: BuildRecord, ev: NotifyEvent, prev: DeliveryClaim | None) -> str:
+        """The claim lost: the message was sent (or settled) already, another worker holds
+        it, or a worker died holding it (its lease ran out)."""
+        if prev is not None and prev.status == "sending" and prev.lease_until <= self.clock():
+            return self._unconfirmed(build.id, prev, ev.event == "started")
+        if prev is not None and prev.status in DONE:
+            log.info("notify: build %s %s message already %s", build.id, ev.event, prev.status)
+        else:
+            log.info("notify: build %s %s message is being sent; duplicate dropped", build.id, ev.event)
+        return "duplicate"
+
     def _webhook(self, channel: str) -> str | Delivery:
         """The channel's webhook URL, or the failed Delivery that reading it amounts to."""
         try:
@@ -550,76 +553,43 @@ class Notifier:
             log.warning("notify: reading the webhook from SSM failed: %s", type(e).__name__)
             return Delivery(ok=False, retryable=True, error_type="ssm_error")
 
-    def _unconfirmed(self, build_id: str, attr: str, prev: DeliveryClaim, started: bool) -> str:
-        """A claim whose worker died (its lease ran out) before recording the outcome. It
-        claimed only once the webhook was in hand, so it died posting or after posting:
-        the message is *not* sent again. Slack shows each outcome at most once; the rare
-        cost is a message lost with a worker that died mid-post (logged, and recorded as
-        ``unconfirmed`` with error ``worker_died``, never as sent)."""
+    def _unconfirmed(self, build_id: str, prev: DeliveryClaim, started: bool) -> str:
+        """A claim whose worker died (its lease ran out) before recording the outcome: it
+        died reading the webhook (a warm Lambda has it cached: no call), posting or after
+        posting, so the message is *not* sent again. Slack shows each outcome at most once;
+        the rare cost is a message lost with a worker that died in that window (logged, and
+        recorded as ``unconfirmed`` with error ``worker_died``, never as sent)."""
         value = {"status": "unconfirmed", "channel": prev.channel, "attempts": prev.attempts or 1,
                  "token": secrets.token_hex(8), "updated_at": now_iso(), "error": "worker_died"}
-        if not self._write(build_id, attr, value, prev, started):
+        if not self._write(build_id, value, prev, started):
             return "duplicate"
         log.error("notify: build %s: a worker died while posting its %s message; not sending it again",
                   build_id, "start" if started else "final")
         return "unconfirmed"
 
-    def _claim(self, build_id: str, attr: str, channel: str, prev: DeliveryClaim | None,
-               started: bool) -> dict | None:
-        """Take the delivery: only one worker at a time, and never after it is done. A
-        claim left by a worker that died ends ``unconfirmed`` after ``lease_seconds``."""
-        now = self.clock()
-        if prev and prev.status == "sending" and prev.lease_until > now:
-            return None
-        claim = {
-            "status": "sending",
-            "channel": channel,
-            "attempts": ((prev.attempts or 0) if prev else 0) + 1,
-            "lease_until": int(now + self.lease_seconds),
-            "token": secrets.token_hex(8),
-            "updated_at": now_iso(),
-        }
-        return claim if self._write(build_id, attr, claim, prev, started) else None
-
-    def _finish(self, build_id: str, attr: str, ev: NotifyEvent, claim: dict, result: Delivery,
-                started: bool) -> str:
+    def _finish(self, build_id: str, ev: NotifyEvent, claim: dict, result: Delivery, started: bool) -> str:
         base = {"channel": claim["channel"], "attempts": claim["attempts"], "token": secrets.token_hex(8),
                 "updated_at": now_iso()}
         if result.ok:
-            self._write(build_id, attr, {**base, "status": "sent", "sent_at": now_iso()}, claim, started)
+            self._write(build_id, {**base, "status": "sent", "sent_at": now_iso()}, claim, started)
             log.info("notify: build %s %s message sent to Slack channel %s", build_id, ev.event, claim["channel"])
             return "sent"
         if result.retryable and claim["attempts"] < self.max_attempts:
             delay = self.retry_base_seconds * 2 ** (claim["attempts"] - 1)
             delay = int(min(900, max(delay, result.retry_after or 0)))
-            if not self._write(build_id, attr, {**base, "status": "retrying", **result.error_fields(),
+            if not self._write(build_id, {**base, "status": "retrying", **result.error_fields(),
                                                 "retry_in_seconds": delay}, claim, started):
                 return "duplicate"
             self.queue.send(ev.model_copy(update={"attempt": ev.attempt + 1}).body(), delay_seconds=delay)
             log.warning("notify: build %s %s message not delivered (attempt %d of %d: %s); retrying in %ds",
                         build_id, ev.event, claim["attempts"], self.max_attempts, result.error, delay)
             return "retrying"
-        self._write(build_id, attr, {**base, "status": "failed", **result.error_fields()}, claim, started)
+        self._write(build_id, {**base, "status": "failed", **result.error_fields()}, claim, started)
         log.error("notify: build %s %s message to Slack channel %s failed after %d attempt(s): %s",
                   build_id, ev.event, claim["channel"], claim["attempts"], result.error)
         return "failed"
 
-    def _write(self, build_id: str, attr: str, value: dict, prev: DeliveryClaim | dict | None,
-               started: bool) -> bool:
+    def _write(self, build_id: str, value: dict, prev: DeliveryClaim | dict | None, started: bool) -> bool:
         """Replace the bookkeeping map if nobody changed it since ``prev`` was read."""
-        names: dict[str, str] = {}
-        values: dict[str, Any] = {}
-        if prev is None:
-            cond = "attribute_not_exists(#a)"
-        else:
-            cond = "#a.#tok = :tok"
-            names["#tok"] = "token"
-            values[":tok"] = prev["token"] if isinstance(prev, dict) else prev.token
-        if started:
-            cond += " AND #s = :running"
-            values[":running"] = Status.RUNNING.value
-        else:
-            finals = sorted(s.value for s in FINAL)
-            cond += " AND #s IN (" + ", ".join(f":fin{i}" for i in range(len(finals))) + ")"
-            values.update({f":fin{i}": s for i, s in enumerate(finals)})
-        return self.store.set_if(build_id, attr, value, condition=cond, names=names, values=values) is not None
+        token = None if prev is None else prev["token"] if isinstance(prev, dict) else prev.token
+        return self.store.record_delivery(build_id, started, value, token) is not None

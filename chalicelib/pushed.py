@@ -24,6 +24,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from boto3.dynamodb.conditions import ConditionBase
 from botocore.exceptions import ClientError
 
 from chalicelib import clock
@@ -93,7 +94,7 @@ def succeeded_fields(record: BuildRecord, digest: str, what: str) -> dict[str, A
 
 
 def settle(transitions, record: BuildRecord, digest: str, what: str, *,
-           extra_condition: tuple[str, dict] | None = None) -> BuildRecord:
+           extra_condition: ConditionBase | None = None) -> BuildRecord:
     """Move a RUNNING build that pushed ``digest`` to SUCCEEDED with the note. Raises
     InvalidTransition when it moved on meanwhile (the caller treats that as a lost race)."""
     log.warning("build %s: %s, but its image is in ECR at %s: SUCCEEDED", record.id, what, digest)

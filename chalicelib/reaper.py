@@ -33,7 +33,7 @@ from chalicelib.instances import Instances, TaggedInstance
 from chalicelib.lifecycle import LAUNCHED, Lifecycle
 from chalicelib.records import BuildRecord
 from chalicelib.states import FINAL, Status
-from chalicelib.store import BuildStore
+from chalicelib.store import BuildStore, digest_unchecked
 
 log = logging.getLogger(__name__)
 _DAY = timedelta(days=1)
@@ -257,7 +257,7 @@ class Reaper:
             try:
                 self.store.update_fields(
                     record.id, fields, expect=[Status.SUCCEEDED],
-                    extra_condition=("attribute_not_exists(ecr_digest) AND attribute_not_exists(digest_checked)", {}))
+                    extra_condition=digest_unchecked())
             except InvalidTransition:
                 continue  # a push event or another tick got there first
             if not found:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
+from boto3.dynamodb.conditions import ConditionBase
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from chalicelib.clock import now_iso
@@ -23,8 +24,17 @@ from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, In
 from chalicelib.http import parse_body
 from chalicelib.pushed import PushedImages, settle
 from chalicelib.records import BUILD_ID, BuildRecord, HostFailure, token_hash
-from chalicelib.states import PHASE_ORDER, Phase, Status, phase_forward
-from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
+from chalicelib.states import Phase, Status, phase_forward
+from chalicelib.store import (
+    BuildStore,
+    ConditionFailed,
+    before_phase,
+    holding_token,
+    in_phase,
+    not_cancelled,
+    not_in_phase,
+    without_instance,
+)
 from chalicelib.transitions import Transitions
 
 Text = Annotated[str, StringConstraints(max_length=2000)]
@@ -112,7 +122,7 @@ class Reports:
         except (BadRequest, PayloadTooLarge):
             self._authenticate(build_id, hashed)  # a bad token is told so before a bad body
             raise
-        guard = ("token_hash = :token_hash", {":token_hash": hashed})
+        guard = holding_token(hashed)
         try:
             if isinstance(report, PhaseReport):
                 item = self._phase(build_id, report, hashed, guard)
@@ -126,14 +136,14 @@ class Reports:
             item = self._identify(build_id, report.instance_id, guard) or item
         return {"id": build_id, "status": item.status.value, "phase": item.phase.value if item.phase else None}
 
-    def _identify(self, build_id: str, instance_id: str, guard: tuple) -> BuildRecord | None:
+    def _identify(self, build_id: str, instance_id: str, guard: ConditionBase) -> BuildRecord | None:
         """Record the reporting instance on a build that has none (the launcher died after
         RunInstances): the token proves it runs this attempt. Conditional on the token and
         on no instance being recorded meanwhile; losing changes nothing."""
         try:
             return self.store.update_fields(
                 build_id, {"instance_id": instance_id}, expect=_REPORTABLE,
-                extra_condition=(f"({guard[0]}) AND attribute_not_exists(instance_id)", guard[1]))
+                extra_condition=guard & without_instance())
         except InvalidTransition:
             return None
 
@@ -162,7 +172,7 @@ class Reports:
         return Conflict(f"build {build_id} moved on; the report was not applied")
 
     # ---- the reports ------------------------------------------------------------------------
-    def _running(self, build_id: str, hashed: str, guard: tuple, message: str) -> BuildRecord:
+    def _running(self, build_id: str, hashed: str, guard: ConditionBase, message: str) -> BuildRecord:
         """LAUNCHING -> RUNNING: the instance spoke before EC2's 'running' event arrived."""
         try:
             return self.transitions.move(build_id, Status.RUNNING, expect=[Status.LAUNCHING], message=message,
@@ -170,18 +180,14 @@ class Reports:
         except InvalidTransition as e:
             return self._lost(e, build_id, hashed)  # the EC2 event won: it is RUNNING now
 
-    def _phase(self, build_id: str, report: PhaseReport, hashed: str, guard: tuple) -> BuildRecord:
+    def _phase(self, build_id: str, report: PhaseReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         """One write for a new phase, from LAUNCHING (the first report) or RUNNING; the same
         phase again (a retried report) refreshes the heartbeat only; an earlier one is 409."""
         message = report.message or f"{report.phase.value.lower()}"
-        before = [p.value for p in Phase if PHASE_ORDER[p] < PHASE_ORDER[report.phase]]
-        values = {f":pp{i}": p for i, p in enumerate(before)}
-        earlier = f" OR phase IN ({', '.join(values)})" if values else ""
-        cond = f"({guard[0]}) AND (attribute_not_exists(phase){earlier})"
         try:
             return self.transitions.move(
                 build_id, Status.RUNNING, expect=list(_REPORTABLE), phase=report.phase, message=message,
-                fields={"heartbeat_at": now_iso()}, extra_condition=(cond, {**guard[1], **values}),
+                fields={"heartbeat_at": now_iso()}, extra_condition=guard & before_phase(report.phase),
             )
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
@@ -194,13 +200,13 @@ class Reports:
             return self.store.transition(
                 build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
                 fields={"heartbeat_at": now_iso()},
-                extra_condition=(f"({guard[0]}) AND phase = :same", {**guard[1], ":same": current.value}),
+                extra_condition=guard & in_phase(current),
             )
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
 
-    def _heartbeat(self, build_id: str, hashed: str, guard: tuple) -> BuildRecord:
+    def _heartbeat(self, build_id: str, hashed: str, guard: ConditionBase) -> BuildRecord:
         try:
             return self.store.transition(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
                                          fields={"heartbeat_at": now_iso()}, extra_condition=guard)
@@ -210,7 +216,7 @@ class Reports:
             raise self._moved_on(build_id)
         return self._running(build_id, hashed, guard, "the instance reported in")
 
-    def _result(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> BuildRecord:
+    def _result(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         if report.status == "SUCCEEDED":
             return self._succeeded(build_id, report, hashed, guard)
         if report.cause == "host" and self.relaunch is not None:
@@ -219,20 +225,18 @@ class Reports:
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
 
-        def fail(cond: str, values: dict) -> BuildRecord:
+        def fail(cond: ConditionBase) -> BuildRecord:
             return self.transitions.move(
                 build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
-                fields={"reason": reason[-6000:]}, remove=["token_hash"],
-                extra_condition=(cond, {**guard[1], **values}),
+                fields={"reason": reason[-6000:]}, remove=["token_hash"], extra_condition=cond,
             )
 
-        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
-        # a failure after the push may be a lost SUCCEEDED report: that is decided apart
-        not_pushing = (" AND (attribute_not_exists(phase) OR phase <> :pushing)", {":pushing": Phase.PUSHING.value})
+        cond = guard & not_cancelled()
         try:
             if self.pushed is None:
-                return fail(cond, NOT_CANCELLED[1])
-            return fail(cond + not_pushing[0], {**NOT_CANCELLED[1], **not_pushing[1]})
+                return fail(cond)
+            # a failure after the push may be a lost SUCCEEDED report: that is decided apart
+            return fail(cond & not_in_phase(Phase.PUSHING))
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
         if not old.cancel_requested:
@@ -252,7 +256,7 @@ class Reports:
             raise self._moved_on(build_id) from None
 
     def _failed_after_push(self, build_id: str, old: BuildRecord, report: ResultReport, hashed: str,
-                           guard: tuple, fail, cond: str) -> BuildRecord:
+                           guard: ConditionBase, fail, cond: ConditionBase) -> BuildRecord:
         """FAILED reported in PUSHING: SUCCEEDED with a note when ECR holds every tag at the
         image this attempt pushed (its SUCCEEDED report was lost), else FAILED as reported.
         See chalicelib/pushed.py for the choice."""
@@ -260,10 +264,8 @@ class Reports:
         try:
             if digest:
                 what = f"the instance reported FAILED ({(report.reason or 'no reason given')[:300]})"
-                return settle(self.transitions, old, digest, what,
-                              extra_condition=(f"({guard[0]}) AND {NOT_CANCELLED[0]}",
-                                               {**guard[1], **NOT_CANCELLED[1]}))
-            return fail(cond, NOT_CANCELLED[1])
+                return settle(self.transitions, old, digest, what, extra_condition=guard & not_cancelled())
+            return fail(cond)
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
@@ -284,7 +286,7 @@ class Reports:
             raise self._moved_on(build_id)
         return item
 
-    def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> BuildRecord:
+    def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         def move() -> BuildRecord:
             return self.transitions.move(
                 build_id, Status.SUCCEEDED, expect=[Status.RUNNING],

@@ -11,11 +11,12 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from boto3.dynamodb.conditions import Attr, ConditionBase, ConditionExpressionBuilder
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
@@ -31,7 +32,7 @@ from chalicelib.errors import (
 from chalicelib.records import BuildRecord
 from chalicelib.schemas import Build, TimelineEvent
 from chalicelib.spend import KeyQuota
-from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
+from chalicelib.states import ACTIVE, FINAL, PHASE_ORDER, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
 QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids (issue 17)
@@ -46,8 +47,7 @@ CONFLICT_RETRIES = 5
 # the most index items one listing request reads (a status+framework filter skips the
 # others' builds after reading them); when reached, the page ends early with a cursor
 MAX_ITEMS_READ = 200
-# an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
-NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
+_LOOK_UP = object()  # release_slot: read the build's owner key
 _ser = TypeSerializer()
 _deser = TypeDeserializer()
 
@@ -78,6 +78,63 @@ def _path(names: dict[str, str], placeholder: str, name: str) -> str:
     parts = [f"{placeholder}_{j}" for j in range(len(name.split(".")))]
     names.update(zip(parts, name.split("."), strict=True))
     return ".".join(parts)
+
+
+# ---- conditions a write may rest on, by name (combine them with & and |) -------------
+def all_of(*conditions: ConditionBase | None) -> ConditionBase | None:
+    """The conditions that are not None, all together (None when there are none)."""
+    out = None
+    for c in conditions:
+        if c is not None:
+            out = c if out is None else out & c
+    return out
+
+
+def _in_states(states: Iterable[Status]) -> ConditionBase:
+    return Attr("status").is_in(sorted(s.value for s in states))
+
+
+def not_cancelled() -> ConditionBase:
+    """No cancel was requested (the flag may be absent)."""
+    return ~Attr("cancel_requested").eq(True)
+
+
+def at_attempt(attempt: int) -> ConditionBase:
+    return Attr("attempt").eq(attempt)
+
+
+def on_instance(instance_id: str) -> ConditionBase:
+    """``instance_id`` is the build's recorded instance."""
+    return Attr("instance_id").eq(instance_id)
+
+
+def without_instance() -> ConditionBase:
+    """No instance is recorded for the current attempt."""
+    return Attr("instance_id").not_exists()
+
+
+def holding_token(hashed: str) -> ConditionBase:
+    """The current attempt's report token hashes to ``hashed``."""
+    return Attr("token_hash").eq(hashed)
+
+
+def in_phase(phase: Phase) -> ConditionBase:
+    return Attr("phase").eq(phase.value)
+
+
+def not_in_phase(phase: Phase) -> ConditionBase:
+    return Attr("phase").not_exists() | Attr("phase").ne(phase.value)
+
+
+def before_phase(phase: Phase) -> ConditionBase:
+    """No phase yet, or one earlier than ``phase``."""
+    earlier = [p.value for p in Phase if PHASE_ORDER[p] < PHASE_ORDER[phase]]
+    return Attr("phase").not_exists() | Attr("phase").is_in(earlier) if earlier else Attr("phase").not_exists()
+
+
+def digest_unchecked() -> ConditionBase:
+    """Neither ECR's push event nor the reaper recorded a digest check."""
+    return Attr("ecr_digest").not_exists() & Attr("digest_checked").not_exists()
 
 
 class ConditionFailed(InvalidTransition):
@@ -348,7 +405,7 @@ class BuildStore:
     def _decode_cursor(self, cursor: str, index: str) -> dict:
         return {k: {"S": v} for k, v in self._cursors.decode(cursor, index).items()}
 
-    # ---- transitions ------------------------------------------------------------
+    # ---- writes -----------------------------------------------------------------
     def transition(
         self,
         build_id: str,
@@ -360,14 +417,15 @@ class BuildStore:
         fields: dict[str, Any] | None = None,
         remove: Iterable[str] = (),
         record_event: bool = True,
-        extra_condition: tuple[str, dict[str, Any]] | None = None,
+        extra_condition: ConditionBase | None = None,
     ) -> BuildRecord:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
-        the table allows ``to`` from). One conditional UpdateItem; returns the new item.
+        the table allows ``to`` from) and ``extra_condition`` holds. One conditional
+        UpdateItem; returns the build as it is now.
 
         A field name with a dot sets an attribute of a map (``image.digest``).
 
-        Raises InvalidTransition (a :class:`ConditionFailed` carrying the old item) when
+        Raises InvalidTransition (a :class:`ConditionFailed` carrying the old build) when
         the build was not in an expected state (a duplicate, late or out-of-order event):
         the caller decides whether that is an error or something to ignore.
         """
@@ -375,135 +433,136 @@ class BuildStore:
         sources = {s for s in sources if allowed(s, to)}
         if not sources:
             raise InvalidTransition(f"no state may move to {to.value}")
+        sets, removes, appends = self._moved_fields(to, phase, message, record_event)
+        return self._update(
+            build_id, {**sets, **(fields or {})}, removes=[*removes, *remove], appends=appends,
+            condition=_in_states(sources) & extra_condition if extra_condition else _in_states(sources),
+            refused=lambda old: f"build {build_id} is {old.status.value}; it cannot move to {to.value}",
+        )
+
+    @staticmethod
+    def _moved_fields(to: Status, phase: Phase | None, message: str,
+                      record_event: bool) -> tuple[dict[str, Any], list[str], dict[str, list]]:
+        """What a move to ``to`` sets, removes and appends besides the caller's fields:
+        the status and its timeline entry, the phase, and for a final state its end."""
         now = now_iso()
-        values: dict[str, Any] = {":to": to.value, ":now": now}
-        sets = ["#s = :to", "updated_at = :now"]
-        removes = list(remove)
+        sets: dict[str, Any] = {"status": to.value}
+        removes: list[str] = []
+        appends: dict[str, list] = {}
         if record_event:
             ev = TimelineEvent(at=now, status=to, phase=phase, message=message[:2000])
-            values[":ev"] = [ev.model_dump(mode="json")]
-            sets.append("events = list_append(events, :ev)")
+            appends["events"] = [ev.model_dump(mode="json")]
         if phase is not None:
-            values[":ph"] = phase.value
-            sets.append("phase = :ph")
+            sets["phase"] = phase.value
         elif to != Status.RUNNING:
             removes.append("phase")
         if to in FINAL:
-            sets.append("finished_at = :now")
+            sets["finished_at"] = now
             removes.append("active")
-        names = {"#s": "status"}
-        for i, (name, value) in enumerate((fields or {}).items()):
-            values[f":f{i}"] = value
-            sets.append(f"{_path(names, f'#f{i}', name)} = :f{i}")
-        src = sorted(s.value for s in sources)
-        cond = "#s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
-        values.update({f":src{i}": s for i, s in enumerate(src)})
-        if extra_condition:
-            cond = f"({cond}) AND ({extra_condition[0]})"
-            values.update(extra_condition[1])
-        expr = "SET " + ", ".join(sets)
-        if removes:
-            expr += " REMOVE " + ", ".join(dict.fromkeys(removes))
-        try:
-            resp = self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": build_id}},
-                UpdateExpression=expr,
-                ConditionExpression=f"attribute_exists(id) AND kind = :kind AND {cond}",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={":kind": {"S": "build"}, **{k: to_av(v) for k, v in values.items()}},
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as e:
-            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            old = e.response.get("Item")
-            if not old:
-                raise BuildNotFound(f"no build with id {build_id!r}") from None
-            record = BuildRecord.of(from_item(old))
-            raise ConditionFailed(
-                f"build {build_id} is {record.status.value}; it cannot move to {to.value}", record
-            ) from None
-        return BuildRecord.of(from_item(resp["Attributes"]))
+        return sets, removes, appends
 
     def update_fields(self, build_id: str, fields: dict[str, Any], *,
                       expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = (),
-                      extra_condition: tuple[str, dict[str, Any]] | None = None) -> BuildRecord:
+                      extra_condition: ConditionBase | None = None) -> BuildRecord:
         """Set fields on a build that is still in one of ``expect`` (no timeline entry) and,
         with ``extra_condition``, for which that condition holds too."""
-        names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields)}}
-        values = {f":f{i}": v for i, v in enumerate(fields.values())}
-        src = sorted(s.value for s in expect)
-        values.update({f":src{i}": s for i, s in enumerate(src)})
-        values[":now"] = now_iso()
-        expr = "SET updated_at = :now" + "".join(f", #f{i} = :f{i}" for i in range(len(fields)))
-        rm = list(remove)
-        if rm:
-            expr += " REMOVE " + ", ".join(rm)
-        cond = "attribute_exists(id) AND #s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
-        if extra_condition:
-            cond = f"{cond} AND ({extra_condition[0]})"
-            values.update(extra_condition[1])
+        cond = _in_states(expect)
+        return self._update(build_id, fields, removes=list(remove),
+                            condition=cond & extra_condition if extra_condition else cond,
+                            refused=lambda old: f"build {build_id} is {old.status.value}")
+
+    def record_delivery(self, build_id: str, started: bool, value: dict[str, Any],
+                        prev_token: str | None) -> BuildRecord | None:
+        """Write the notifier's bookkeeping of the "started" or the final Slack message, if
+        nobody changed it since it held ``prev_token`` (None: since it did not exist) and the
+        build is still RUNNING (started) or final. Returns the build, or None when that lost."""
+        attr = "start_notification" if started else "notification"
+        unchanged = (Attr(attr).not_exists() if prev_token is None
+                     else Attr(f"{attr}.token").eq(prev_token))
+        state = _in_states([Status.RUNNING] if started else FINAL)
+        try:
+            return self._update(build_id, {attr: value}, condition=unchanged & state, refused=lambda old: "")
+        except InvalidTransition:
+            return None
+
+    def claim_delivery(self, build_id: str, started: bool, claim: dict[str, Any]) -> tuple[BuildRecord | None, bool]:
+        """Claim the delivery of the "started" or the final Slack message, reading the build
+        in the same write: the claim holds when no delivery was recorded or the last one is
+        to be retried, and the build is still RUNNING (started) or final. Returns the build
+        as it was before the write (None: no such build) and whether the claim holds."""
+        attr = "start_notification" if started else "notification"
+        free = Attr(attr).not_exists() | Attr(f"{attr}.status").eq("retrying")
+        state = _in_states([Status.RUNNING] if started else FINAL)
+        try:
+            return self._update(build_id, {attr: claim}, condition=free & state, refused=lambda old: "",
+                                returns="ALL_OLD"), True
+        except BuildNotFound:
+            return None, False
+        except ConditionFailed as e:
+            return e.old, False
+
+    def _update(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
+                refused: Callable[[BuildRecord], str], removes: Iterable[str] = (),
+                appends: dict[str, list] | None = None, returns: str = "ALL_NEW") -> BuildRecord:
+        """The one UpdateItem of a build: SET ``sets`` (and ``updated_at``), append to the
+        lists in ``appends``, REMOVE ``removes``, when the item is a build and ``condition``
+        holds. Returns the build after the write (``returns="ALL_OLD"``: before it). Raises
+        BuildNotFound, or ConditionFailed with the old build and ``refused(old)``."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":now": now_iso()}
+        parts = ["updated_at = :now"]
+        for i, (name, value) in enumerate(sets.items()):
+            values[f":u{i}"] = value
+            parts.append(f"{_path(names, f'#u{i}', name)} = :u{i}")
+        for i, (name, items) in enumerate((appends or {}).items()):
+            values[f":a{i}"] = items
+            path = _path(names, f"#a{i}", name)
+            parts.append(f"{path} = list_append({path}, :a{i})")
+        expr = "SET " + ", ".join(parts)
+        gone = [_path(names, f"#r{i}", name) for i, name in enumerate(dict.fromkeys(removes))]
+        if gone:
+            expr += " REMOVE " + ", ".join(gone)
+        cond = ConditionExpressionBuilder().build_expression(
+            Attr("id").exists() & Attr("kind").eq("build") & condition)
+        names.update(cond.attribute_name_placeholders)
+        values.update(cond.attribute_value_placeholders)
         try:
             resp = self._db.update_item(
                 TableName=self._table,
                 Key={"id": {"S": build_id}},
                 UpdateExpression=expr,
-                ConditionExpression=cond,
+                ConditionExpression=cond.condition_expression,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues={k: to_av(v) for k, v in values.items()},
-                ReturnValues="ALL_NEW",
+                ReturnValues=returns,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as e:
             if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             old = e.response.get("Item")
-            if not old:
+            if not old or old.get("kind", {}).get("S") != "build":
                 raise BuildNotFound(f"no build with id {build_id!r}") from None
             record = BuildRecord.of(from_item(old))
-            raise ConditionFailed(f"build {build_id} is {record.status.value}", record) from None
-        return BuildRecord.of(from_item(resp["Attributes"]))
-
-    def set_if(self, build_id: str, attribute: str, value: Any, *, condition: str,
-               names: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> BuildRecord | None:
-        """Set one attribute of a build when ``condition`` holds (optimistic concurrency
-        for bookkeeping such as the Slack notification claim). ``condition`` may use
-        ``#s`` for ``status`` and ``#a`` for ``attribute``. Returns the new item, or None
-        when the condition failed."""
-        try:
-            resp = self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": build_id}},
-                UpdateExpression="SET #a = :a, updated_at = :now",
-                ConditionExpression=f"attribute_exists(id) AND kind = :kind AND ({condition})",
-                ExpressionAttributeNames={"#a": attribute, **({"#s": "status"} if "#s" in condition else {}),
-                                          **(names or {})},
-                ExpressionAttributeValues={
-                    ":kind": {"S": "build"}, ":a": to_av(value), ":now": to_av(now_iso()),
-                    **{k: to_av(v) for k, v in (values or {}).items()},
-                },
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as e:
-            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return None
+            raise ConditionFailed(refused(record), record) from None
         return BuildRecord.of(from_item(resp["Attributes"]))
 
     # ---- quota ------------------------------------------------------------------
-    def release_slot(self, build_id: str) -> None:
-        """Give a finished build's quota slots back, the stage's and its API key's (idempotent)."""
+    def release_slot(self, build_id: str, *, owner_key: str | None | object = _LOOK_UP) -> None:
+        """Give a finished build's quota slots back, the stage's and its API key's (idempotent).
+        ``owner_key``: the build's API key as the caller read it (None: none); by default the
+        store reads it."""
         self._db.update_item(
             TableName=self._table,
             Key={"id": {"S": QUOTA_ID}},
             UpdateExpression="DELETE ids :me",
             ExpressionAttributeValues={":me": {"SS": [build_id]}},
         )
-        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
-                                 ProjectionExpression="owner_key", ConsistentRead=True)
-        owner = resp.get("Item", {}).get("owner_key", {}).get("S")
+        owner = owner_key
+        if owner is _LOOK_UP:
+            resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
+                                     ProjectionExpression="owner_key", ConsistentRead=True)
+            owner = resp.get("Item", {}).get("owner_key", {}).get("S")
         if owner:
             self._db.update_item(
                 TableName=self._table,

@@ -70,6 +70,7 @@ class World:
         from chalicelib import clock
         from chalicelib.errors import InvalidTransition
         from chalicelib.states import Status
+        from chalicelib.store import at_attempt
 
         record = self.store.get_record(build_id)
         if record.status != Status.QUEUED or record.cancel_requested:
@@ -88,7 +89,7 @@ class World:
                                  "price": 0.5, "launched_at": clock.iso(now)},
                     "deadline_at": clock.iso(now + timedelta(minutes=timeout_minutes)),
                 },
-                extra_condition=("attempt = :a", {":a": attempt}),
+                extra_condition=at_attempt(attempt),
             )
         except InvalidTransition:
             self.ec2.terminate_instances(InstanceIds=[iid])

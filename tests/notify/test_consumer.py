@@ -216,9 +216,8 @@ def test_a_claim_left_by_a_dead_worker_is_never_sent_again(aws, slack, sink, mak
     ev = final_event(aws)
     now = [1_000_000.0]
     notifier = notifier_factory(clock=lambda: now[0], lease_seconds=50)
-    wiring.store().set_if(build_id, "notification", {"status": "sending", "channel": "default", "attempts": 1,
-                                                     "lease_until": int(now[0] + 50), "token": "dead"},
-                          condition="attribute_not_exists(#a)")
+    wiring.store().record_delivery(build_id, False, {"status": "sending", "channel": "default", "attempts": 1,
+                                                     "lease_until": int(now[0] + 50), "token": "dead"}, None)
     assert notifier.handle(ev) == "duplicate"  # lease still held: someone may be sending
     now[0] += 51
     assert notifier.handle(ev) == "unconfirmed"  # SQS redelivered the message after the lease
@@ -230,7 +229,7 @@ def test_a_claim_left_by_a_dead_worker_is_never_sent_again(aws, slack, sink, mak
 
 def test_a_worker_that_dies_before_claiming_leaves_the_message_to_its_redelivery(aws, slack, sink, make_build,
                                                                                  notifier_factory):
-    """The webhook read fails (SSM down): nothing is claimed, so the redelivery sends it."""
+    """The webhook read fails (SSM down): the claim is released as ``retrying``, so the redelivery sends it."""
     from botocore.exceptions import EndpointConnectionError
 
     build_id = make_build(Status.FAILED)
