@@ -36,6 +36,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra import policies
 from infra.local import load_template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,6 +300,7 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
         scratch = Path(tmp) / "project"
         scratch.mkdir()
         _copy_project(Path(project), scratch)
+        policies.write(scratch, [stage])  # generated from infra/policy.template.json
         merge = Path(tmp) / "merge-template.json"
         merge.write_text(json.dumps(merge_template(stage), indent=2))
         _chalice_package(scratch, stage, merge, out_dir, region)
