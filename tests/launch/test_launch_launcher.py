@@ -19,6 +19,7 @@ from chalicelib import wiring
 from chalicelib.hostscript import script_of
 from chalicelib.launcher import backoff_seconds
 from chalicelib.schemas import BuildRequest
+from infra.local import prepare_ec2
 
 TYPES = ["g5.xlarge", "g4dn.xlarge"]
 
@@ -57,24 +58,13 @@ class SentMessages:
 def ec2_env(aws, monkeypatch):
     """What a deployment has before the first launch: an AMI, subnets, the builder
     security group (no inbound rules) and instance profile."""
-    ec2 = aws.client("ec2")
-    iam = aws.client("iam")
-    ami = ec2.register_image(Name="voltabuild-test-dlami", RootDeviceName="/dev/sda1",
-                             Architecture="x86_64")["ImageId"]
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets(
-        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"])[:2]
-    sg = ec2.create_security_group(GroupName="voltabuild-test-builder", Description="builders", VpcId=vpc)["GroupId"]
-    iam.create_role(RoleName="voltabuild-test-builder", AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="voltabuild-test-builder")
-    iam.add_role_to_instance_profile(InstanceProfileName="voltabuild-test-builder", RoleName="voltabuild-test-builder")
-    env = {"AMI_ID": ami, "SUBNET_IDS": ",".join(subnets), "SECURITY_GROUP_ID": sg,
-           "INSTANCE_PROFILE": "voltabuild-test-builder", "PUBLIC_API_URL": "https://api.example.test/api",
-           "LAUNCH_MAX_RETRIES": "2"}
+    prepared = prepare_ec2(aws.session, "voltabuild-test-builder")
+    env = {**prepared, "PUBLIC_API_URL": "https://api.example.test/api", "LAUNCH_MAX_RETRIES": "2"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     wiring.reset()
-    return {"ami": ami, "subnets": subnets, "sg": sg, "ec2": ec2}
+    return {"ami": prepared["AMI_ID"], "subnets": prepared["SUBNET_IDS"].split(","),
+            "sg": prepared["SECURITY_GROUP_ID"], "ec2": aws.client("ec2")}
 
 
 def submit(aws, **req) -> tuple[str, dict]:
