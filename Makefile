@@ -51,7 +51,7 @@ test-flaky: venv system-deps
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-# ---- the local stack (issue 6) --------------------------------------------------------
+# ---- the local stack --------------------------------------------------------
 up: venv system-deps
 	$(PY) -m voltabuild_local up
 
@@ -64,7 +64,7 @@ status: venv
 demo: venv system-deps
 	$(PY) -m voltabuild_local demo $(if $(KEEP),--keep)
 
-# ---- deployment (issue 9) -------------------------------------------------------------
+# ---- deployment -------------------------------------------------------------
 STAGE ?= dev
 
 package: venv
@@ -80,7 +80,7 @@ mutate: venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-mutate.txt
 	$(PY) scripts/mutate.py $(MODULE)
 
-# ---- benchmarks (issue 10) -----------------------------------------------------------
+# ---- benchmarks -----------------------------------------------------------
 # `make bench`: API calls per operation, latency ratios, scale, cold start (bench/results.json)
 bench: venv
 	$(PY) -m bench.run
@@ -90,7 +90,7 @@ FUZZ_EXAMPLES ?= 300
 fuzz: venv
 	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
-# ---- the catalog (issue 25) -----------------------------------------------------------
+# ---- the catalog -----------------------------------------------------------
 # `make catalog-refresh`: releases on PyPI newer than the catalog, as a patch for review
 .PHONY: catalog-refresh
 catalog-refresh: venv

@@ -5,9 +5,10 @@ from __future__ import annotations
 from chalice import Chalice
 
 from chalicelib import wiring
-from chalicelib.http import error_response, handle_errors, json_response, parse_body
-from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
-from chalicelib.notify import parse_event as parse_notify_event
+from chalicelib.bodies import parse_body
+from chalicelib.cloud_events import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
+from chalicelib.http import error_response, handle_errors, json_response
+from chalicelib.notify_events import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
 app = Chalice(app_name="voltabuild")
@@ -84,7 +85,7 @@ def cancel_build(build_id):
     return json_response(build, 200 if done else 202)
 
 
-# ---- launcher and the instance's reports (issue 4) ----------------------------------
+# ---- launcher and the instance's reports ----------------------------------
 @app.on_sqs_message(queue=wiring.queue_name("launch"), batch_size=1, name="launcher")
 def launcher(event):
     """Launch queue: one build attempt per message; stale and duplicate messages are
@@ -112,7 +113,7 @@ def build_logs(build_id):
     return json_response(wiring.build_logs().read(build_id, cursor=q.get("next"), limit=q.get("limit")))
 
 
-# ---- event-driven lifecycle: EventBridge handlers, reaper (issue 7) -----------------
+# ---- event-driven lifecycle: EventBridge handlers, reaper -----------------
 # Thin: parse the event into a typed wrapper, call one lifecycle function. A malformed
 # event is logged and dropped (retrying cannot fix it); everything else is idempotent.
 def _lifecycle_event(event, wrapper, action: str) -> dict:
@@ -150,7 +151,7 @@ def reaper(event):
 
 
 
-# ---- notifications (issue 8) ------------------------------------------------------
+# ---- notifications ------------------------------------------------------
 
 
 @app.on_sqs_message(queue=wiring.queue_name("notify"), batch_size=1)

@@ -11,8 +11,8 @@ from chalicelib import gpu
 from chalicelib.catalog import Catalog
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, Conflict, InvalidTransition
+from chalicelib.names import check_build_id
 from chalicelib.queues import Queue
-from chalicelib.records import BUILD_ID
 from chalicelib.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, TimelineEvent
 from chalicelib.settings import Settings
 from chalicelib.spend import Ceilings, KeyQuota, gpu_hours
@@ -39,14 +39,6 @@ def stage_tags(prefix: str, tags: list[str]) -> list[str]:
 
 def new_build_id() -> str:
     return "b-" + secrets.token_hex(10)
-
-
-def check_build_id(build_id: str) -> str:
-    from chalicelib.errors import BuildNotFound
-
-    if not BUILD_ID.match(build_id or ""):
-        raise BuildNotFound(f"no build with id {build_id!r} (build ids look like b-0123456789abcdef0123)")
-    return build_id
 
 
 class BuildService:

@@ -18,8 +18,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.catalog import DOCKER_TAG, Catalog
-from chalicelib.records import BUILD_ID, BuildRecord
+from chalicelib.catalog import Catalog
+from chalicelib.names import BUILD_ID, DOCKER_TAG
+from chalicelib.records import BuildRecord
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "host.sh"
 USER_DATA_LIMIT = 16 * 1024
@@ -59,22 +60,33 @@ def _check(name: str, value: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-def _plain(name: str, value: str, limit: int = 1024) -> str:
+def _printable(name: str, value: str, limit: int = 1024) -> str:
     if not isinstance(value, str) or _CONTROL.search(value) or len(value) > limit:
         raise RenderError(f"{name}: control characters or over {limit} characters")
     return value
 
 
-def pack_context(context_dir: Path) -> str:
-    """A deterministic tar.gz of the build context, base64 on one line."""
+def _context_files(context_dir: Path, common_dir: Path | None) -> dict[str, Path]:
+    """The build context's files by path: the framework's folder, plus each file of the
+    shared folder (the GPU images' one entrypoint) that the folder does not have itself."""
+    files: dict[str, Path] = {}
+    for folder in (context_dir, common_dir):
+        if folder is None or not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.name != "README.md":
+                files.setdefault(rel.as_posix(), path)
+    return files
+
+
+def pack_context(context_dir: Path, common_dir: Path | None = None) -> str:
+    """A deterministic tar.gz of the build context (see :func:`_context_files`), base64 on one line."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
-            rel = path.relative_to(context_dir)
-            if any(part.startswith(".") for part in rel.parts) or rel.name == "README.md":
-                continue
-            info = tarfile.TarInfo(rel.as_posix())
+        for rel, path in sorted(_context_files(context_dir, common_dir).items()):
+            info = tarfile.TarInfo(rel)
             data = path.read_bytes()
             info.size = len(data)
             info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
@@ -120,7 +132,7 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
     arg_list = []
     for name, value in args.items():
         _check("build arg name", name, _ARG_NAME)
-        arg_list.append(f"{name}={_plain(f'build_args.{name}', value)}")
+        arg_list.append(f"{name}={_printable(f'build_args.{name}', value)}")
     tags = [_check("tag", t, DOCKER_TAG) for t in record.image.tags]
     if not tags:
         raise RenderError("image.tags: a build needs at least one tag")
@@ -147,8 +159,8 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),
         _array("BUILD_ARGS", arg_list),
-        _array("SMOKE_TEST", [_plain("smoke_test", a) for a in spec.smoke_test]),
-        _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec))),
+        _array("SMOKE_TEST", [_printable("smoke_test", a) for a in spec.smoke_test]),
+        _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec), catalog.common_context_dir)),
     ])
     return _template().replace("@@CONFIG@@", config)
 

@@ -28,6 +28,9 @@ accepted, a broken deployment) are permanent: the build fails at once with the r
 Capacity errors move on to the next instance type x subnet; when every one failed the build
 goes back to QUEUED and the message comes back later (SQS delay, doubling) until
 ``max_retries`` rounds, then FAILED with what was tried. Other errors fail the build at once.
+
+Over 300 lines: one launch message's whole path (resume, rounds over types, subnets and
+markets, recording the instance, the endings) plus the AMI, root-device and price lookups.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from chalicelib.clock import iso, now
 from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
 from chalicelib.hostscript import HostConfig, RenderError, render, user_data
 from chalicelib.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
+from chalicelib.names import BUILD_ID
 from chalicelib.queues import Queue
 from chalicelib.records import BuildRecord, token_hash
 from chalicelib.schemas import InstanceInfo
@@ -73,7 +77,7 @@ class LaunchMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    build_id: str = Field(pattern=r"^b-[0-9a-f]{20}$")
+    build_id: str = Field(pattern=BUILD_ID.pattern)
     attempt: int = Field(ge=1)
 
 

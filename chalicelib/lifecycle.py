@@ -1,5 +1,6 @@
 """What the cloud's events do to a build: EC2 state changes, spot interruption warnings
-and ECR pushes, parsed at the edge into typed read-only wrappers.
+and ECR pushes (parsed in cloud_events.py), and the moves the reaper shares: adopt an
+instance, relaunch, requeue, fail, cancel.
 
 Every action is a conditional write through :class:`Transitions` that also checks the
 event's instance is still the build's current one, so a duplicate, late or out-of-order
@@ -11,6 +12,9 @@ Query, no second read): the index may lag a moment behind the table, so the writ
 from it is conditioned on everything the decision rested on (status, instance, no cancel
 requested, attempt). Only when that write loses is the build read once, consistently, and
 the decision made again from what it really is.
+
+Over 300 lines: the three events' decisions and the moves the reaper shares with them
+(adopt, relaunch, requeue, fail, time out, cancel, settle a pushed build) belong together.
 """
 
 from __future__ import annotations
@@ -18,13 +22,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from chalicelib import clock
-from chalicelib.errors import BuildNotFound, InvalidTransition, VoltabuildError
+from chalicelib.buildlogs import BuildLogs
+from chalicelib.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
+from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.pushed import PushedImages, settle
 from chalicelib.queues import Queue
@@ -42,143 +45,17 @@ _LOST = "lost"  # a conditional write made from the index's copy lost: read agai
 ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "token_hash", "launch_started_at")
 
 
-class MalformedEvent(VoltabuildError):
-    """An event that does not have the shape AWS documents: logged and dropped."""
-
-
-def _detail(event: dict[str, Any], detail_type: str) -> dict[str, Any]:
-    if not isinstance(event, dict) or event.get("detail-type") != detail_type:
-        got = event.get("detail-type") if isinstance(event, dict) else type(event).__name__
-        raise MalformedEvent(f"detail-type: expected {detail_type!r}, got {got!r}")
-    detail = event.get("detail")
-    if not isinstance(detail, dict):
-        raise MalformedEvent("detail: missing or not an object")
-    return detail
-
-
-def _str(detail: dict[str, Any], key: str, *, required: bool = True) -> str | None:
-    value = detail.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise MalformedEvent(f"detail.{key}: missing or not a string")
-    return value
-
-
-@dataclass(frozen=True)
-class InstanceStateChange:
-    """``EC2 Instance State-change Notification``."""
-
-    instance_id: str
-    state: str
-    time: str = ""
-
-    DETAIL_TYPE = "EC2 Instance State-change Notification"
-    STATES = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> InstanceStateChange:
-        d = _detail(event, cls.DETAIL_TYPE)
-        state = _str(d, "state")
-        if state not in cls.STATES:
-            raise MalformedEvent(f"detail.state: {state!r} is not one of {', '.join(cls.STATES)}")
-        return cls(instance_id=_str(d, "instance-id"), state=state, time=str(event.get("time", "")))
-
-
-@dataclass(frozen=True)
-class SpotInterruption:
-    """``EC2 Spot Instance Interruption Warning`` (two minutes before the instance goes)."""
-
-    instance_id: str
-    action: str
-    time: str = ""
-
-    DETAIL_TYPE = "EC2 Spot Instance Interruption Warning"
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> SpotInterruption:
-        d = _detail(event, cls.DETAIL_TYPE)
-        return cls(instance_id=_str(d, "instance-id"), action=_str(d, "instance-action"),
-                   time=str(event.get("time", "")))
-
-
-@dataclass(frozen=True)
-class ImagePushed:
-    """``ECR Image Action``. ``repository`` is ``<account>.dkr.ecr.<region>.amazonaws.com/<name>``,
-    the form builds record in ``image.repository``."""
-
-    repository: str
-    tag: str | None
-    digest: str
-    action: str
-    result: str
-    name: str = ""  # the repository name alone
-
-    DETAIL_TYPE = "ECR Image Action"
-
-    @classmethod
-    def from_event(cls, event: dict[str, Any]) -> ImagePushed:
-        d = _detail(event, cls.DETAIL_TYPE)
-        account, region = event.get("account"), event.get("region")
-        if not isinstance(account, str) or not isinstance(region, str):
-            raise MalformedEvent("account, region: missing")
-        name = _str(d, "repository-name")
-        return cls(
-            name=name,
-            repository=f"{account}.dkr.ecr.{region}.amazonaws.com/{name}",
-            tag=_str(d, "image-tag", required=False),
-            digest=_str(d, "image-digest"),
-            action=_str(d, "action-type"),
-            result=_str(d, "result"),
-        )
-
-    @property
-    def successful_push(self) -> bool:
-        return self.action == "PUSH" and self.result == "SUCCESS" and bool(self.tag)
-
-
 @dataclass(frozen=True)
 class LifecycleConfig:
     stage: str = "dev"
-    launch_grace: timedelta = timedelta(minutes=10)
-    stale_heartbeat: timedelta = timedelta(minutes=15)
-    orphan_grace: timedelta = timedelta(minutes=4)
-    digest_grace: timedelta = timedelta(minutes=15)
-    # a final build whose Slack delivery nobody claimed this long after it ended lost its
-    # notify message (the Lambda died between the final write and the send): send it again
-    notify_grace: timedelta = timedelta(minutes=10)
-    log_lines: int = 20
-
-
-class LogTail:
-    """The last lines of a build's log in CloudWatch Logs: streams in ``group`` whose
-    names start with the build id (the newest by name wins). Best effort: [] if none."""
-
-    def __init__(self, logs, group: str) -> None:
-        self._logs = logs
-        self.group = group
-
-    def last_lines(self, build_id: str, n: int) -> list[str]:
-        try:
-            streams = self._logs.describe_log_streams(
-                logGroupName=self.group, logStreamNamePrefix=build_id).get("logStreams", [])
-            if not streams:
-                return []
-            name = max(s["logStreamName"] for s in streams)
-            events = self._logs.get_log_events(logGroupName=self.group, logStreamName=name,
-                                               limit=n, startFromHead=False).get("events", [])
-        except ClientError as e:
-            if e.response["Error"]["Code"] != "ResourceNotFoundException":
-                raise
-            return []
-        return [e["message"].rstrip("\n") for e in events][-n:]
+    log_lines: int = 20  # of the build's log, in the reason of a build whose instance was lost
 
 
 class Lifecycle:
     """Moves builds in answer to what happens to their instances and images."""
 
     def __init__(self, store: BuildStore, transitions: Transitions, instances: Instances,
-                 launch_queue: Queue, config: LifecycleConfig, logs: LogTail | None = None,
+                 launch_queue: Queue, config: LifecycleConfig, logs: BuildLogs | None = None,
                  pushed: PushedImages | None = None) -> None:
         self.pushed = pushed  # ECR, to settle a build that pushed but never reported (None: never)
         self.store = store
@@ -272,14 +149,23 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
 
-    def fail(self, record: BuildRecord, reason: str, *, expect: Iterable[Status], to: Status = Status.FAILED,
+    def fail(self, record: BuildRecord, reason: str, *, expect: Iterable[Status],
+             instance_id: str | None = None, unless_cancelled: bool = False,
+             fields: dict[str, Any] | None = None) -> BuildRecord | None:
+        return self._end(record, Status.FAILED, reason, expect=expect, instance_id=instance_id,
+                         unless_cancelled=unless_cancelled, fields=fields)
+
+    def time_out(self, record: BuildRecord, reason: str, *, expect: Iterable[Status]) -> BuildRecord | None:
+        return self._end(record, Status.TIMED_OUT, reason, expect=expect)
+
+    def _end(self, record: BuildRecord, to: Status, reason: str, *, expect: Iterable[Status],
              instance_id: str | None = None, unless_cancelled: bool = False,
              fields: dict[str, Any] | None = None) -> BuildRecord | None:
         return self._move(record.id, to, expect=expect, instance_id=instance_id, message=reason,
                           fields={"reason": reason, **(fields or {})}, unless_cancelled=unless_cancelled)
 
-    def cancelled(self, record: BuildRecord, *, expect: Iterable[Status], instance_id: str | None = None,
-                  note: str = "") -> BuildRecord | None:
+    def cancel(self, record: BuildRecord, *, expect: Iterable[Status], instance_id: str | None = None,
+               note: str = "") -> BuildRecord | None:
         msg = "cancelled by request" + (f"; {note}" if note else "")
         return self._move(record.id, Status.CANCELLED, expect=expect, instance_id=instance_id,
                           message=msg, fields={"reason": "cancelled by request"})
@@ -311,7 +197,7 @@ class Lifecycle:
         attempt, max_attempts, iid = record.attempt, record.max_attempts, record.instance_id
         reclaims = record.spot_reclaims + (1 if reclaimed else 0)
         if record.cancel_requested:
-            return self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=why)
+            return self.cancel(record, expect=LAUNCHED, instance_id=iid, note=why)
         if attempt >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
                       else f"{why}; gave up after {attempt} attempts")
@@ -337,7 +223,7 @@ class Lifecycle:
         late launcher run of the old one is ignored, and send the launch message again."""
         attempt = record.attempt
         if record.cancel_requested:
-            return self.cancelled(record, expect=[Status.QUEUED])
+            return self.cancel(record, expect=[Status.QUEUED])
         if attempt >= record.max_attempts:
             return self.fail(record, f"{why}; gave up after {attempt} attempts", expect=[Status.QUEUED])
         try:
@@ -386,7 +272,7 @@ class Lifecycle:
         if record.status not in LAUNCHED:
             return "ignored"
         if record.cancel_requested:
-            moved = self.cancelled(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
+            moved = self.cancel(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
             return "cancelled" if moved else _LOST
         inst = self.instances.describe(iid) if iid else None
         if inst is not None and inst.state_reason == SPOT_RECLAIMED:

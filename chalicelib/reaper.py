@@ -31,6 +31,7 @@ from chalicelib import clock
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.instances import Instances, TaggedInstance
 from chalicelib.lifecycle import LAUNCHED, Lifecycle
+from chalicelib.notify_events import enqueue_final
 from chalicelib.records import BuildRecord
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore, digest_unchecked
@@ -62,12 +63,34 @@ def _at(value: str | None) -> datetime | None:
     return clock.parse(value) if value else None
 
 
+@dataclass
+class _Tick:
+    """What one tick knows while it reaps builds."""
+
+    now: datetime
+    alive: dict[str, TaggedInstance]
+    terminated: set[str]
+    report: ReapReport
+
+
+@dataclass(frozen=True)
+class ReaperConfig:
+    launch_grace: timedelta = timedelta(minutes=10)
+    stale_heartbeat: timedelta = timedelta(minutes=15)
+    orphan_grace: timedelta = timedelta(minutes=4)
+    digest_grace: timedelta = timedelta(minutes=15)
+    # a final build whose Slack delivery nobody claimed this long after it ended lost its
+    # notify message (the Lambda died between the final write and the send): send it again
+    notify_grace: timedelta = timedelta(minutes=10)
+
+
 class Reaper:
-    def __init__(self, store: BuildStore, lifecycle: Lifecycle, instances: Instances, ecr=None) -> None:
+    def __init__(self, store: BuildStore, lifecycle: Lifecycle, instances: Instances,
+                 config: ReaperConfig | None = None, ecr=None) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.instances = instances
-        self.config = lifecycle.config
+        self.config = config or ReaperConfig()
         self._ecr = ecr
 
     def tick(self) -> ReapReport:
@@ -114,67 +137,88 @@ class Reaper:
 
     def _reap_build(self, record: BuildRecord, now: datetime, alive: dict[str, TaggedInstance],
                     terminated: set[str], report: ReapReport) -> None:
-        lc = self.lifecycle
-        bid, status, iid = record.id, record.status, record.instance_id
-        if status.final:  # the index lags a moment behind the table
+        if record.status.final:  # the index lags a moment behind the table
             return
-        since = ((record.instance.launched_at if record.instance else None) or record.launch_started_at
-                 or record.updated_at)
-
-        deadline = _at(record.deadline_at)
+        tick = _Tick(now, alive, terminated, report)
         # a healthy build's instance is terminated only once the build is final (or queued
         # again): the write first, so a tick that dies between the two leaves an orphan the
         # next tick terminates, never a live build without its instance
-        if status in LAUNCHED and deadline and now >= deadline:
-            reason = f"timed out: still {status.value.lower()} at its deadline ({record.timeout_minutes} minutes)"
-            if lc.fail(record, reason, expect=[status], to=Status.TIMED_OUT):
-                self._terminate(iid, terminated)
-                report.timed_out.append(bid)
+        if self._timed_out(record, tick):
             return
-
         if record.cancel_requested:
-            if status == Status.QUEUED:
-                if lc.cancelled(record, expect=[Status.QUEUED]):
-                    report.cancelled.append(bid)
-            elif iid:
-                gone = iid not in alive
-                self._terminate(iid, terminated)
-                if gone and lc.cancelled(record, expect=[status], instance_id=iid, note=f"instance {iid} gone"):
-                    report.cancelled.append(bid)
-            elif now - (_at(since) or now) > self.config.launch_grace:
-                if lc.cancelled(record, expect=[status]):
-                    report.cancelled.append(bid)
+            self._reap_cancelled(record, tick)
             return
+        {Status.QUEUED: self._reap_queued, Status.LAUNCHING: self._reap_launching,
+         Status.RUNNING: self._reap_running}[record.status](record, tick)
 
-        if status == Status.QUEUED:
-            queued = _at(record.queued_at or record.created_at) or now
-            if now - queued > self.config.launch_grace:
-                mins = int(self.config.launch_grace.total_seconds() // 60)
-                item = lc.requeue(record, f"not launched within {mins} minutes")
-                if item is not None:
-                    (report.failed if item.status == Status.FAILED else report.relaunched).append(bid)
+    @staticmethod
+    def _since(record: BuildRecord) -> datetime | None:
+        """When the current attempt's instance started (or its launch did, or the last write)."""
+        return _at((record.instance.launched_at if record.instance else None) or record.launch_started_at
+                   or record.updated_at)
+
+    def _timed_out(self, record: BuildRecord, tick: _Tick) -> bool:
+        """A launched build past its deadline: TIMED_OUT, then its instance terminated."""
+        deadline = _at(record.deadline_at)
+        if record.status not in LAUNCHED or not deadline or tick.now < deadline:
+            return False
+        reason = (f"timed out: still {record.status.value.lower()} at its deadline "
+                  f"({record.timeout_minutes} minutes)")
+        if self.lifecycle.time_out(record, reason, expect=[record.status]):
+            self._terminate(record.instance_id, tick.terminated)
+            tick.report.timed_out.append(record.id)
+        return True
+
+    def _reap_cancelled(self, record: BuildRecord, tick: _Tick) -> None:
+        """A cancel was requested: CANCELLED once its instance is gone (terminated first)."""
+        lc, bid, iid = self.lifecycle, record.id, record.instance_id
+        if record.status == Status.QUEUED:
+            if lc.cancel(record, expect=[Status.QUEUED]):
+                tick.report.cancelled.append(bid)
+        elif iid:
+            gone = iid not in tick.alive
+            self._terminate(iid, tick.terminated)
+            if gone and lc.cancel(record, expect=[record.status], instance_id=iid, note=f"instance {iid} gone"):
+                tick.report.cancelled.append(bid)
+        elif tick.now - (self._since(record) or tick.now) > self.config.launch_grace:
+            if lc.cancel(record, expect=[record.status]):
+                tick.report.cancelled.append(bid)
+
+    def _reap_queued(self, record: BuildRecord, tick: _Tick) -> None:
+        """Not launched within the grace (its launch message lost): launched again, or FAILED."""
+        queued = _at(record.queued_at or record.created_at) or tick.now
+        if tick.now - queued <= self.config.launch_grace:
             return
+        mins = int(self.config.launch_grace.total_seconds() // 60)
+        item = self.lifecycle.requeue(record, f"not launched within {mins} minutes")
+        if item is not None:
+            (tick.report.failed if item.status == Status.FAILED else tick.report.relaunched).append(record.id)
 
-        if status == Status.LAUNCHING:
-            if now - (_at(since) or now) > self.config.launch_grace:
-                mins = int(self.config.launch_grace.total_seconds() // 60)
-                item = lc.relaunch(record, f"instance {iid or '(none)'} did not start within {mins} minutes")
-                if item is not None:
-                    self._terminate(iid, terminated)
-                    (report.relaunched if item.status == Status.QUEUED else report.failed).append(bid)
+    def _reap_launching(self, record: BuildRecord, tick: _Tick) -> None:
+        """Its instance did not start within the grace: launched again as attempt + 1, or FAILED."""
+        if tick.now - (self._since(record) or tick.now) <= self.config.launch_grace:
             return
+        iid = record.instance_id
+        mins = int(self.config.launch_grace.total_seconds() // 60)
+        item = self.lifecycle.relaunch(record, f"instance {iid or '(none)'} did not start within {mins} minutes")
+        if item is not None:
+            self._terminate(iid, tick.terminated)
+            (tick.report.relaunched if item.status == Status.QUEUED else tick.report.failed).append(record.id)
 
-        # RUNNING
-        beat = _at(record.heartbeat_at or since) or now
-        if now - beat > self.config.stale_heartbeat:
-            mins = int((now - beat).total_seconds() // 60)
-            if lc.settle_pushed(record, f"no report from instance {iid} for {mins} minutes after it began pushing"):
-                self._terminate(iid, terminated)
-                report.settled_pushed.append(bid)
-            elif lc.fail(record, f"no report from instance {iid} for {mins} minutes",
-                         expect=[Status.RUNNING], instance_id=iid):
-                self._terminate(iid, terminated)
-                report.failed.append(bid)
+    def _reap_running(self, record: BuildRecord, tick: _Tick) -> None:
+        """No heartbeat within the grace: SUCCEEDED if it had pushed (pushed.py), else FAILED."""
+        beat = _at(record.heartbeat_at) or self._since(record) or tick.now
+        if tick.now - beat <= self.config.stale_heartbeat:
+            return
+        lc, iid = self.lifecycle, record.instance_id
+        mins = int((tick.now - beat).total_seconds() // 60)
+        if lc.settle_pushed(record, f"no report from instance {iid} for {mins} minutes after it began pushing"):
+            self._terminate(iid, tick.terminated)
+            tick.report.settled_pushed.append(record.id)
+        elif lc.fail(record, f"no report from instance {iid} for {mins} minutes",
+                     expect=[Status.RUNNING], instance_id=iid):
+            self._terminate(iid, tick.terminated)
+            tick.report.failed.append(record.id)
 
     # ---- orphans ----------------------------------------------------------------
     def _reap_orphans(self, active: list[BuildRecord], alive: dict[str, TaggedInstance], terminated: set[str],
@@ -229,7 +273,7 @@ class Reaper:
                 finished = _at(record.finished_at)
                 if record.notification or finished is None or not grace <= now - finished <= grace + _DAY:
                     continue
-                self.lifecycle.transitions.notify_queue.send({"build_id": record.id, "status": status.value})
+                enqueue_final(self.lifecycle.transitions.notify_queue, record.id, status)
                 report.notifications_requeued.append(record.id)
 
     # ---- digests ----------------------------------------------------------------

@@ -14,14 +14,10 @@ Item layout (table keyed by ``id``):
 from __future__ import annotations
 
 import hashlib
-import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.schemas import Build, NotificationInfo
-
-# a build id: "b-" and 20 hex digits (builds.new_build_id draws them)
-BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 
 
 def token_hash(token: str) -> str:

@@ -19,11 +19,12 @@ from typing import Annotated, Literal
 from boto3.dynamodb.conditions import ConditionBase
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
+from chalicelib.bodies import parse_body
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
-from chalicelib.http import parse_body
+from chalicelib.names import BUILD_ID
 from chalicelib.pushed import PushedImages, settle
-from chalicelib.records import BUILD_ID, BuildRecord, HostFailure, token_hash
+from chalicelib.records import BuildRecord, HostFailure, token_hash
 from chalicelib.states import Phase, Status, phase_forward
 from chalicelib.store import (
     BuildStore,
@@ -197,7 +198,7 @@ class Reports:
         if current != report.phase:
             raise self._moved_on(build_id)
         try:
-            return self.store.transition(
+            return self.transitions.move(
                 build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
                 fields={"heartbeat_at": now_iso()},
                 extra_condition=guard & in_phase(current),
@@ -208,7 +209,7 @@ class Reports:
 
     def _heartbeat(self, build_id: str, hashed: str, guard: ConditionBase) -> BuildRecord:
         try:
-            return self.store.transition(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
+            return self.transitions.move(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
                                          fields={"heartbeat_at": now_iso()}, extra_condition=guard)
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from chalicelib.catalog import DOCKER_TAG
+from chalicelib.names import DOCKER_TAG
 from chalicelib.states import Phase, Status
 
 DockerTag = Annotated[

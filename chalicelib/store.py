@@ -3,6 +3,10 @@ returns a :class:`~chalicelib.records.BuildRecord` (the item layout is described
 
 A build enters the quota sets in the same transaction that creates it and leaves them
 once final (set deletes are idempotent).
+
+Over 300 lines on purpose: every DynamoDB expression of the builds table lives here (callers
+name what a write rests on with the conditions below: :func:`not_cancelled`,
+:func:`at_attempt`, ...), so none is spelled anywhere else.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from chalicelib.spend import KeyQuota
 from chalicelib.states import ACTIVE, FINAL, PHASE_ORDER, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
-QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids (issue 17)
+QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids
 QUOTA_GPU_PREFIX = "quota#gpuh#"  # + API key id + "#" + UTC day: GPU-hours booked that day
 # the key attributes of each index a listing pages (a cursor must name exactly these)
 LIST_INDEX_KEYS = {
@@ -52,13 +56,13 @@ _ser = TypeSerializer()
 _deser = TypeDeserializer()
 
 
-def _plain(value: Any) -> Any:
+def _native(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _native(v) for k, v in value.items()}
     if isinstance(value, (list, set)):
-        return [_plain(v) for v in value]
+        return [_native(v) for v in value]
     return value
 
 
@@ -67,7 +71,7 @@ def to_av(value: Any) -> dict:
 
 
 def from_item(item: dict) -> dict:
-    return {k: _plain(_deser.deserialize(v)) for k, v in item.items()}
+    return {k: _native(_deser.deserialize(v)) for k, v in item.items()}
 
 
 def _path(names: dict[str, str], placeholder: str, name: str) -> str:
@@ -175,48 +179,7 @@ class BuildStore:
         Returns ``(build, created)``; ``created`` is False when an Idempotency-Key
         matched an earlier request with the same body, whose build is returned.
         """
-        # `notification` belongs to the notifier, which claims it with attribute_not_exists
-        record = build.model_dump(mode="json", exclude={"notification"})
-        record.update(
-            kind="build",
-            created_key=f"{build.created_at}#{build.id}",
-            active="1",
-        )
-        if quota is not None:
-            record["owner_key"] = quota.key_id
-        items: list[dict] = [{
-            "Put": {
-                "TableName": self._table,
-                "Item": {k: to_av(v) for k, v in record.items()},
-                "ConditionExpression": "attribute_not_exists(id)",
-            }
-        }]
-        items.append({
-            "Update": {
-                "TableName": self._table,
-                "Key": {"id": {"S": QUOTA_ID}},
-                "UpdateExpression": "ADD ids :me",
-                "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
-                "ExpressionAttributeValues": {":me": {"SS": [build.id]}, ":max": {"N": str(self.max_active)}},
-            }
-        })
-        if idempotency:
-            items.append({
-                "Put": {
-                    "TableName": self._table,
-                    "Item": {
-                        "id": {"S": idempotency.item_id},
-                        "build_id": {"S": build.id},
-                        "body_hash": {"S": idempotency.body_hash},
-                        "expires_at": {"N": str(epoch_in(days=1))},
-                    },
-                    "ConditionExpression": "attribute_not_exists(id)",
-                }
-            })
-        key_limits: list[tuple[int, str]] = []  # (position in the transaction, limit)
-        for limit, item in self._key_quota_items(build, quota, gpu_hours) if quota is not None else ():
-            key_limits.append((len(items), limit))
-            items.append(item)
+        items, key_limits = self._creation(build, idempotency, quota, gpu_hours)
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 self._db.transact_write_items(TransactItems=items)
@@ -225,15 +188,16 @@ class BuildStore:
                 if e.response["Error"]["Code"] != "TransactionCanceledException":
                     raise
                 reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
-                if idempotency and len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                refused = {at for at, code in enumerate(reasons) if code == "ConditionalCheckFailed"}
+                if idempotency and 2 in refused:
                     return self._replay(idempotency), False
-                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                if 1 in refused:
                     raise QuotaExceeded(
                         f"too many active builds: the limit is {self.max_active}; "
                         "wait for one to finish or cancel one"
                     ) from None
                 for at, limit in key_limits:
-                    if len(reasons) > at and reasons[at] == "ConditionalCheckFailed":
+                    if at in refused:
                         self._raise_key_quota(quota, gpu_hours, limit)
                 if "TransactionConflict" not in reasons:
                     raise
@@ -242,19 +206,55 @@ class BuildStore:
             time.sleep(random.uniform(0, 0.025 * 2**attempt))
         raise Busy("too many builds are being submitted at this moment; retry in a second")
 
-    # ---- per-key quotas (issue 17) --------------------------------------------------
+    def _creation(self, build: Build, idempotency: Idempotency | None, quota: KeyQuota | None,
+                  gpu_hours: float) -> tuple[list[dict], list[tuple[int, str]]]:
+        """The transaction that creates ``build``: its item, the stage's quota slot, the
+        Idempotency-Key's item and the key's quota items; and where each key limit sits in it
+        as ``(position, limit)`` (a refusal there is that limit reached)."""
+        # `notification` belongs to the notifier, which claims it with attribute_not_exists
+        record = build.model_dump(mode="json", exclude={"notification"})
+        record.update(kind="build", created_key=f"{build.created_at}#{build.id}", active="1")
+        if quota is not None:
+            record["owner_key"] = quota.key_id
+        items: list[dict] = [
+            {"Put": {"TableName": self._table, "Item": {k: to_av(v) for k, v in record.items()},
+                     "ConditionExpression": "attribute_not_exists(id)"}},
+            self._slot_item(QUOTA_ID, build.id, self.max_active),
+        ]
+        if idempotency:
+            items.append({"Put": {
+                "TableName": self._table,
+                "Item": {
+                    "id": {"S": idempotency.item_id},
+                    "build_id": {"S": build.id},
+                    "body_hash": {"S": idempotency.body_hash},
+                    "expires_at": {"N": str(epoch_in(days=1))},
+                },
+                "ConditionExpression": "attribute_not_exists(id)",
+            }})
+        key_limits: list[tuple[int, str]] = []
+        for limit, item in self._key_quota_items(build, quota, gpu_hours) if quota is not None else ():
+            key_limits.append((len(items), limit))
+            items.append(item)
+        return items, key_limits
+
+    def _slot_item(self, quota_id: str, build_id: str, limit: int) -> dict:
+        """Take a slot in the active-build set ``quota_id`` while it holds fewer than ``limit``."""
+        return {"Update": {
+            "TableName": self._table,
+            "Key": {"id": {"S": quota_id}},
+            "UpdateExpression": "ADD ids :me",
+            "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
+            "ExpressionAttributeValues": {":me": {"SS": [build_id]}, ":max": {"N": str(limit)}},
+        }}
+
+    # ---- per-key quotas -----------------------------------------------------------------
     def _key_quota_items(self, build: Build, quota: KeyQuota, hours: float) -> list[tuple[str, dict]]:
         """The key's active-build set and its GPU-hours booked today (UTC), each conditional,
         as ``(limit, transaction item)`` for the limits the deployment sets."""
         out: list[tuple[str, dict]] = []
         if quota.max_active is not None:
-            out.append(("active", {"Update": {
-                "TableName": self._table,
-                "Key": {"id": {"S": f"{QUOTA_KEY_PREFIX}{quota.key_id}"}},
-                "UpdateExpression": "ADD ids :me",
-                "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
-                "ExpressionAttributeValues": {":me": {"SS": [build.id]}, ":max": {"N": str(quota.max_active)}},
-            }}))
+            out.append(("active", self._slot_item(f"{QUOTA_KEY_PREFIX}{quota.key_id}", build.id, quota.max_active)))
         if quota.max_gpu_hours_per_day is not None:
             if hours > quota.max_gpu_hours_per_day:
                 self._raise_key_quota(quota, hours, "gpu")
@@ -406,7 +406,7 @@ class BuildStore:
         return {k: {"S": v} for k, v in self._cursors.decode(cursor, index).items()}
 
     # ---- writes -----------------------------------------------------------------
-    def transition(
+    def move(
         self,
         build_id: str,
         to: Status,
@@ -549,27 +549,31 @@ class BuildStore:
 
     # ---- quota ------------------------------------------------------------------
     def release_slot(self, build_id: str, *, owner_key: str | None | object = _LOOK_UP) -> None:
-        """Give a finished build's quota slots back, the stage's and its API key's (idempotent).
-        ``owner_key``: the build's API key as the caller read it (None: none); by default the
-        store reads it."""
-        self._db.update_item(
-            TableName=self._table,
-            Key={"id": {"S": QUOTA_ID}},
-            UpdateExpression="DELETE ids :me",
-            ExpressionAttributeValues={":me": {"SS": [build_id]}},
-        )
+        """Give a finished build's quota slots back, the stage's and its API key's (idempotent),
+        in one write. ``owner_key``: the build's API key as the caller read it (None: none); by
+        default the store reads it."""
         owner = owner_key
         if owner is _LOOK_UP:
             resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
                                      ProjectionExpression="owner_key", ConsistentRead=True)
             owner = resp.get("Item", {}).get("owner_key", {}).get("S")
-        if owner:
-            self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{owner}"}},
-                UpdateExpression="DELETE ids :me",
-                ExpressionAttributeValues={":me": {"SS": [build_id]}},
-            )
+        sets = [QUOTA_ID, *([f"{QUOTA_KEY_PREFIX}{owner}"] if owner else [])]
+        leave = [{"TableName": self._table, "Key": {"id": {"S": s}}, "UpdateExpression": "DELETE ids :me",
+                  "ExpressionAttributeValues": {":me": {"SS": [build_id]}}} for s in sets]
+        if len(leave) > 1:
+            for attempt in range(CONFLICT_RETRIES + 1):
+                try:
+                    self._db.transact_write_items(TransactItems=[{"Update": u} for u in leave])
+                    return
+                except ClientError as e:
+                    reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                    if e.response["Error"]["Code"] != "TransactionCanceledException" or \
+                            "TransactionConflict" not in reasons:
+                        raise
+                # a submit's transaction holds the set a moment: try again after a short jitter
+                time.sleep(random.uniform(0, 0.025 * 2**attempt))
+        for update in leave:  # one set; or the sets are that busy: one write each (idempotent)
+            self._db.update_item(**update)
 
     def key_slot_holders(self, key_id: str) -> set[str]:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{key_id}"}},

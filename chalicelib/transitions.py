@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.notify import enqueue_started
+from chalicelib.notify_events import enqueue_final, enqueue_started
 from chalicelib.queues import Queue
 from chalicelib.records import BuildRecord
 from chalicelib.states import FINAL, Status
@@ -28,13 +28,13 @@ class Transitions:
         self.notify_on_start = notify_on_start
 
     def move(self, build_id: str, to: Status, **kwargs: Any) -> BuildRecord:
-        """``BuildStore.transition`` plus the notifications. Raises InvalidTransition
+        """``BuildStore.move`` plus the notifications. Raises InvalidTransition
         when the build was not in a state that allows ``to``: only the caller that won
         the conditional write sends a notification, so a duplicate event can never
         produce a second one."""
-        item = self.store.transition(build_id, to, **kwargs)
+        item = self.store.move(build_id, to, **kwargs)
         if to in FINAL:
-            self.notify_queue.send({"build_id": build_id, "status": to.value})
+            enqueue_final(self.notify_queue, build_id, to)
         elif to == Status.RUNNING and kwargs.get("record_event", True) and just_started(item):
             enqueue_started(self.notify_queue, build_id, enabled=self.notify_on_start)
         return item

@@ -16,11 +16,13 @@ from botocore.config import Config
 
 from chalicelib.builds import BuildService
 from chalicelib.catalog import Catalog, load_catalog
-from chalicelib.notify import Notifier, SlackSender, WebhookDirectory
+from chalicelib.notify import Notifier
 from chalicelib.queues import Queue
 from chalicelib.settings import Settings, check_cursor_key
+from chalicelib.slack_delivery import SlackSender
 from chalicelib.store import BuildStore
 from chalicelib.transitions import Transitions
+from chalicelib.webhooks import WebhookDirectory
 
 _BOTO_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
 
@@ -86,7 +88,7 @@ def notifier() -> Notifier:
     )
 
 
-# ---- event-driven lifecycle (issue 7) ----
+# ---- event-driven lifecycle ----
 @cache
 def instances():
     from chalicelib.instances import Instances
@@ -96,29 +98,27 @@ def instances():
 
 @cache
 def lifecycle():
+    from chalicelib.lifecycle import Lifecycle, LifecycleConfig
+    from chalicelib.pushed import PushedImages
+
+    return Lifecycle(store(), transitions(), instances(), launch_queue(), LifecycleConfig(stage=settings().stage),
+                     logs=build_logs(), pushed=PushedImages(client("ecr")))
+
+
+@cache
+def reaper():
     from datetime import timedelta
 
-    from chalicelib.lifecycle import Lifecycle, LifecycleConfig, LogTail
+    from chalicelib.reaper import Reaper, ReaperConfig
 
     s = settings()
-    config = LifecycleConfig(
-        stage=s.stage,
+    config = ReaperConfig(
         launch_grace=timedelta(minutes=s.launch_grace_minutes),
         stale_heartbeat=timedelta(minutes=s.stale_heartbeat_minutes),
         orphan_grace=timedelta(minutes=s.orphan_grace_minutes),
         digest_grace=timedelta(minutes=s.digest_grace_minutes),
     )
-    from chalicelib.pushed import PushedImages
-
-    return Lifecycle(store(), transitions(), instances(), launch_queue(), config,
-                     logs=LogTail(client("logs"), s.build_log_group), pushed=PushedImages(client("ecr")))
-
-
-@cache
-def reaper():
-    from chalicelib.reaper import Reaper
-
-    return Reaper(store(), lifecycle(), instances(), ecr=client("ecr"))
+    return Reaper(store(), lifecycle(), instances(), config, ecr=client("ecr"))
 
 
 def queue_name(kind: str) -> str:
@@ -128,7 +128,7 @@ def queue_name(kind: str) -> str:
     return f"voltabuild-{os.environ.get('VOLTABUILD_STAGE', 'dev')}-{kind}"
 
 
-# ---- launcher and the instance's reports (issue 4) ----
+# ---- launcher and the instance's reports ----
 @cache
 def launcher():
     from chalicelib.hostscript import HostConfig
@@ -182,7 +182,7 @@ def reset() -> None:
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
                openapi_document, notifier, instances, lifecycle, reaper):
         fn.cache_clear()
-    for fn in (launcher, reports, build_logs, relauncher):  # issue 4
+    for fn in (launcher, reports, build_logs, relauncher):
         fn.cache_clear()
 
 

@@ -6,7 +6,7 @@ one final notification, and no instance of ours is left running.
 
 The cloud is simulated on top of moto: EC2 state changes seen in moto become the events
 AWS would send (delivered later, maybe twice, maybe never), the launch queue is served by
-a stand-in launcher, instance reports are the store/transition calls the report handler
+a stand-in launcher, instance reports are the store/move calls the report handler
 makes, the notify consumer's conditional claim stands in for Slack, and the clock is moved
 by the test.
 """

@@ -10,8 +10,9 @@ import logging
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify import NotifyEvent, WebhookDirectory, enqueue_started
+from chalicelib.notify_events import NotifyEvent, enqueue_started
 from chalicelib.states import Status
+from chalicelib.webhooks import WebhookDirectory
 
 from .conftest import RecordingQueue, Reply
 
@@ -48,7 +49,7 @@ def test_each_final_state_sends_one_message_and_gives_the_quota_slot_back(api, a
     build_id = make_build(final, reason=reason)
     assert build_id in wiring.store().slot_holders()
     ev = final_event(aws)
-    assert ev.status == final and ev.event == "final"
+    assert ev.event == "final"
 
     # WHEN the consumer Lambda gets the notify-queue message
     invoke(api, ev.body())
@@ -257,7 +258,7 @@ def test_a_final_event_for_a_build_that_is_not_final_sends_nothing(aws, slack, s
     from chalicelib.schemas import BuildRequest
 
     build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
-    ev = NotifyEvent(build_id=build.id, status=Status.SUCCEEDED)
+    ev = NotifyEvent(build_id=build.id)
     assert notifier_factory().handle(ev) == "ignored"
     assert sink.received == []
 
@@ -328,7 +329,7 @@ def test_started_message_is_opt_in_and_sent_once(aws, slack, sink, notifier_fact
     assert enqueue_started(queue, build.id, enabled=False) is False
     assert enqueue_started(queue, build.id, enabled=True) is True
     (body, _), = queue.sent
-    assert body == {"build_id": build.id, "status": "RUNNING", "event": "started", "attempt": 1}
+    assert body == {"build_id": build.id, "event": "started", "attempt": 1}
     ev = NotifyEvent.model_validate(body)
 
     assert notifier_factory(notify_on_start=False).handle(ev) == "ignored"

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify import NotifyEvent
+from chalicelib.notify_events import NotifyEvent
 from chalicelib.states import Status
 
 from .conftest import Reply
