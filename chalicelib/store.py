@@ -52,6 +52,7 @@ CONFLICT_RETRIES = 5
 # others' builds after reading them); when reached, the page ends early with a cursor
 MAX_ITEMS_READ = 200
 _LOOK_UP = object()  # release_slot: read the build's owner key
+_KEEP = object()  # record_delivery: leave the quota slots alone
 _ser = TypeSerializer()
 _deser = TypeDeserializer()
 
@@ -471,43 +472,50 @@ class BuildStore:
                             condition=cond & extra_condition if extra_condition else cond,
                             refused=lambda old: f"build {build_id} is {old.status.value}")
 
-    def record_delivery(self, build_id: str, started: bool, value: dict[str, Any],
-                        prev_token: str | None) -> BuildRecord | None:
+    def record_delivery(self, build_id: str, started: bool, value: dict[str, Any], prev_token: str | None,
+                        *, release_owner: str | None | object = _KEEP) -> bool:
         """Write the notifier's bookkeeping of the "started" or the final Slack message, if
         nobody changed it since it held ``prev_token`` (None: since it did not exist) and the
-        build is still RUNNING (started) or final. Returns the build, or None when that lost."""
+        build is still RUNNING (started) or final. Returns whether it was written.
+
+        With ``release_owner`` (the build's API key, or None), the build's quota slots are
+        given back too: in the same transaction as the write, or, when the write lost, on
+        their own (either way they are released)."""
         attr = "start_notification" if started else "notification"
         unchanged = (Attr(attr).not_exists() if prev_token is None
                      else Attr(f"{attr}.token").eq(prev_token))
         state = _in_states([Status.RUNNING] if started else FINAL)
-        try:
-            return self._update(build_id, {attr: value}, condition=unchanged & state, refused=lambda old: "")
-        except InvalidTransition:
-            return None
+        if release_owner is _KEEP:
+            try:
+                self._update(build_id, {attr: value}, condition=unchanged & state, refused=lambda old: "")
+            except InvalidTransition:
+                return False
+            return True
+        write = self._update_request(build_id, {attr: value}, condition=unchanged & state)
+        leave = self._leave_requests(build_id, release_owner)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._db.transact_write_items(TransactItems=[{"Update": u} for u in [write, *leave]])
+                return True
+            except ClientError as e:
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                if e.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                if reasons[:1] == ["ConditionalCheckFailed"]:
+                    self._leave(leave)
+                    return False
+                if "TransactionConflict" not in reasons:
+                    raise
+            # a submit's transaction holds a quota set a moment: try again after a short jitter
+            time.sleep(random.uniform(0, 0.025 * 2**attempt))
+        written = self.record_delivery(build_id, started, value, prev_token)
+        self._leave(leave)
+        return written
 
-    def claim_delivery(self, build_id: str, started: bool, claim: dict[str, Any]) -> tuple[BuildRecord | None, bool]:
-        """Claim the delivery of the "started" or the final Slack message, reading the build
-        in the same write: the claim holds when no delivery was recorded or the last one is
-        to be retried, and the build is still RUNNING (started) or final. Returns the build
-        as it was before the write (None: no such build) and whether the claim holds."""
-        attr = "start_notification" if started else "notification"
-        free = Attr(attr).not_exists() | Attr(f"{attr}.status").eq("retrying")
-        state = _in_states([Status.RUNNING] if started else FINAL)
-        try:
-            return self._update(build_id, {attr: claim}, condition=free & state, refused=lambda old: "",
-                                returns="ALL_OLD"), True
-        except BuildNotFound:
-            return None, False
-        except ConditionFailed as e:
-            return e.old, False
-
-    def _update(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
-                refused: Callable[[BuildRecord], str], removes: Iterable[str] = (),
-                appends: dict[str, list] | None = None, returns: str = "ALL_NEW") -> BuildRecord:
-        """The one UpdateItem of a build: SET ``sets`` (and ``updated_at``), append to the
-        lists in ``appends``, REMOVE ``removes``, when the item is a build and ``condition``
-        holds. Returns the build after the write (``returns="ALL_OLD"``: before it). Raises
-        BuildNotFound, or ConditionFailed with the old build and ``refused(old)``."""
+    def _update_request(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
+                        removes: Iterable[str] = (), appends: dict[str, list] | None = None) -> dict[str, Any]:
+        """The UpdateItem request of a build: SET ``sets`` (and ``updated_at``), append to the
+        lists in ``appends``, REMOVE ``removes``, when the item is a build and ``condition`` holds."""
         names: dict[str, str] = {}
         values: dict[str, Any] = {":now": now_iso()}
         parts = ["updated_at = :now"]
@@ -526,17 +534,24 @@ class BuildStore:
             Attr("id").exists() & Attr("kind").eq("build") & condition)
         names.update(cond.attribute_name_placeholders)
         values.update(cond.attribute_value_placeholders)
+        return {
+            "TableName": self._table,
+            "Key": {"id": {"S": build_id}},
+            "UpdateExpression": expr,
+            "ConditionExpression": cond.condition_expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {k: to_av(v) for k, v in values.items()},
+        }
+
+    def _update(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
+                refused: Callable[[BuildRecord], str], removes: Iterable[str] = (),
+                appends: dict[str, list] | None = None) -> BuildRecord:
+        """The one UpdateItem of a build (see :meth:`_update_request`). Returns the build after
+        the write. Raises BuildNotFound, or ConditionFailed with the old build and ``refused(old)``."""
+        request = self._update_request(build_id, sets, condition=condition, removes=removes, appends=appends)
         try:
-            resp = self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": build_id}},
-                UpdateExpression=expr,
-                ConditionExpression=cond.condition_expression,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={k: to_av(v) for k, v in values.items()},
-                ReturnValues=returns,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            resp = self._db.update_item(**request, ReturnValues="ALL_NEW",
+                                        ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as e:
             if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
@@ -549,31 +564,25 @@ class BuildStore:
 
     # ---- quota ------------------------------------------------------------------
     def release_slot(self, build_id: str, *, owner_key: str | None | object = _LOOK_UP) -> None:
-        """Give a finished build's quota slots back, the stage's and its API key's (idempotent),
-        in one write. ``owner_key``: the build's API key as the caller read it (None: none); by
-        default the store reads it."""
+        """Give a finished build's quota slots back, the stage's and its API key's (idempotent).
+        ``owner_key``: the build's API key as the caller read it (None: none); by default the
+        store reads it."""
         owner = owner_key
         if owner is _LOOK_UP:
             resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
                                      ProjectionExpression="owner_key", ConsistentRead=True)
             owner = resp.get("Item", {}).get("owner_key", {}).get("S")
+        self._leave(self._leave_requests(build_id, owner))
+
+    def _leave_requests(self, build_id: str, owner: str | None) -> list[dict[str, Any]]:
+        """The UpdateItem requests that take ``build_id`` out of the stage's set and its key's."""
         sets = [QUOTA_ID, *([f"{QUOTA_KEY_PREFIX}{owner}"] if owner else [])]
-        leave = [{"TableName": self._table, "Key": {"id": {"S": s}}, "UpdateExpression": "DELETE ids :me",
-                  "ExpressionAttributeValues": {":me": {"SS": [build_id]}}} for s in sets]
-        if len(leave) > 1:
-            for attempt in range(CONFLICT_RETRIES + 1):
-                try:
-                    self._db.transact_write_items(TransactItems=[{"Update": u} for u in leave])
-                    return
-                except ClientError as e:
-                    reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
-                    if e.response["Error"]["Code"] != "TransactionCanceledException" or \
-                            "TransactionConflict" not in reasons:
-                        raise
-                # a submit's transaction holds the set a moment: try again after a short jitter
-                time.sleep(random.uniform(0, 0.025 * 2**attempt))
-        for update in leave:  # one set; or the sets are that busy: one write each (idempotent)
-            self._db.update_item(**update)
+        return [{"TableName": self._table, "Key": {"id": {"S": s}}, "UpdateExpression": "DELETE ids :me",
+                 "ExpressionAttributeValues": {":me": {"SS": [build_id]}}} for s in sets]
+
+    def _leave(self, requests: list[dict[str, Any]]) -> None:
+        for request in requests:  # set deletes: idempotent, unconditional
+            self._db.update_item(**request)
 
     def key_slot_holders(self, key_id: str) -> set[str]:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{key_id}"}},

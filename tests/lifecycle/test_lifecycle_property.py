@@ -168,7 +168,7 @@ class Cloud:
         for msg in self.world.aws.messages("NotifyQueue"):
             if msg.get("event", "final") != "final":
                 continue
-            if self.world.store.record_delivery(msg["build_id"], False, {"status": "sent"}, None) is not None:
+            if self.world.store.record_delivery(msg["build_id"], False, {"status": "sent"}, None):
                 self.notifications.append(msg)
             self.world.store.release_slot(msg["build_id"])
 
