@@ -53,7 +53,7 @@ test-flaky: venv system-deps
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-# ---- the local stack (issue 6) --------------------------------------------------------
+# ---- the local stack --------------------------------------------------------
 up: venv system-deps
 	$(PY) -m voltabuild_local up
 
@@ -69,7 +69,7 @@ metrics: venv
 demo: venv system-deps
 	$(PY) -m voltabuild_local demo $(if $(KEEP),--keep)
 
-# ---- deployment (issue 9) -------------------------------------------------------------
+# ---- deployment -------------------------------------------------------------
 STAGE ?= dev
 
 package: venv
@@ -85,7 +85,7 @@ mutate: venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-mutate.txt
 	$(PY) scripts/mutate.py $(MODULE)
 
-# ---- benchmarks (issue 10) -----------------------------------------------------------
+# ---- benchmarks -----------------------------------------------------------
 # `make bench`: API calls per operation, latency ratios, scale, cold start (bench/results.json)
 # (FAST=1: fewer samples and a burst of 10 canaries instead of 50; needs buildah as root, as make demo)
 bench: venv system-deps
@@ -96,7 +96,7 @@ FUZZ_EXAMPLES ?= 300
 fuzz: venv
 	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
-# ---- the catalog (issue 25) -----------------------------------------------------------
+# ---- the catalog -----------------------------------------------------------
 # `make lock`: the images' lock files (buildspecs/locks/, scripts/lock.py); ALL=1 every combination.
 # Reproducible: --exclude-newer at each version's PACKAGES_AS_OF, and uv pinned in requirements-dev.txt.
 .PHONY: lock

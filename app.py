@@ -5,9 +5,11 @@ from __future__ import annotations
 from chalice import Chalice
 
 from chalicelib import metrics, observability, wiring
+from chalicelib.bodies import parse_body
+from chalicelib.cloud_events import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
 from chalicelib.contexts import ContextRequest
-from chalicelib.http import error_response, handle_errors, json_response, parse_body
-from chalicelib.lifecycle import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
+from chalicelib.http import error_response, handle_errors, json_response
+from chalicelib.notify_events import parse_event as parse_notify_event
 from chalicelib.schemas import BuildList, BuildRequest
 
 observability.setup()  # JSON log lines (chalicelib/observability.py); metrics: EMF lines
@@ -108,7 +110,7 @@ def cancel_build(build_id):
     return json_response(build, 200 if done else 202)
 
 
-# ---- launcher and the instance's reports (issue 4) ----------------------------------
+# ---- launcher and the instance's reports ----------------------------------
 @app.on_sqs_message(queue=wiring.queue_name("launch"), batch_size=1, name="launcher")
 def launcher(event):
     """Launch queue: one build attempt per message; stale and duplicate messages are
@@ -137,7 +139,7 @@ def build_logs(build_id):
     return json_response(wiring.build_logs().read(build_id, cursor=q.get("next"), limit=q.get("limit")))
 
 
-# ---- event-driven lifecycle: EventBridge handlers, reaper (issue 7) -----------------
+# ---- event-driven lifecycle: EventBridge handlers, reaper -----------------
 # Thin: parse the event into a typed wrapper, call one lifecycle function. A malformed
 # event is logged and dropped (retrying cannot fix it); everything else is idempotent.
 def _lifecycle_event(event, wrapper, action: str) -> dict:
@@ -177,7 +179,7 @@ def reaper(event):
 
 
 
-# ---- notifications (issue 8) ------------------------------------------------------
+# ---- notifications ------------------------------------------------------
 
 
 @app.on_sqs_message(queue=wiring.queue_name("notify"), batch_size=1)
@@ -185,8 +187,6 @@ def notify_consumer(event):
     """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
     message, its delivery recorded on the build. See chalicelib/notify.py."""
     observability.bind("notify", event.context)
-    from chalicelib.notify import parse_event as parse_notify_event  # Slack's SDK: this function's alone
-
     for record in event:
         message = parse_notify_event(record.body)
         if message is not None:

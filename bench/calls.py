@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bench import world
-from chalicelib.notify import FINAL_ATTR
+from chalicelib.records import BuildRecord, token_hash
 
 SERVICES = ("dynamodb", "sqs", "ec2", "ssm", "logs", "ecr")
 
@@ -116,12 +116,12 @@ class Bench:
     def event(self, handler: str, event: dict) -> str:
         return self.api.lambda_.invoke(handler, event).payload.get("outcome", "?")
 
-    def record(self, build_id: str) -> dict:
+    def record(self, build_id: str) -> BuildRecord:
         return self.wiring.store().get_record(build_id)
 
     def give_token(self, build_id: str) -> None:
         """The launcher's token is only in the user-data: put a known one's hash in its place."""
-        self.wiring.store().update_fields(build_id, {"token_hash": hashlib.sha256(world.TOKEN.encode()).hexdigest()})
+        self.wiring.store().update_fields(build_id, {"token_hash": token_hash(world.TOKEN)})
 
 
 def _expect(status: int, got: tuple[int, dict | None], what: str) -> dict:
@@ -153,14 +153,14 @@ def operations(b: Bench) -> None:
     # launch consumer: QUEUED -> LAUNCHING with a spot instance; the message is the one submit
     # sent (a new build's carries its timeout: the launcher writes before it reads)
     for bid in ids[:3]:
-        msg = {"build_id": bid, "attempt": 1, "timeout_minutes": b.record(bid)["timeout_minutes"]}
+        msg = {"build_id": bid, "attempt": 1, "timeout_minutes": b.record(bid).timeout_minutes}
         b.run("launch consumer (SQS launch queue)", "launcher", 3,
               lambda msg=msg: b.sqs("launcher", "launch", msg),
-              after=lambda bid=bid: b.record(bid)["status"])
+              after=lambda bid=bid: b.record(bid).status.value)
     a, c, d = ids[:3]
     # EC2 running: LAUNCHING -> RUNNING
     for bid in (a, c, d):
-        iid = b.record(bid)["instance_id"]
+        iid = b.record(bid).instance_id
         b.run("EC2 state change: running", "on_instance_state", 2,
               lambda iid=iid: b.event("on_instance_state", world.load_event("ec2-state-running", **{"instance-id": iid})))
     for bid in (a, c, d):
@@ -181,7 +181,7 @@ def operations(b: Bench) -> None:
                                       {"type": "result", "status": "SUCCEEDED", "digest": digest}, auth),
                           "result")["status"])
     # the instance of the build that succeeded terminates itself: its time is recorded (terminate lag)
-    iid = b.record(a)["instance_id"]
+    iid = b.record(a).instance_id
     b.wiring.client("ec2").terminate_instances(InstanceIds=[iid])
     b.run("EC2 state change: terminated (build final)", "on_instance_state", 2,
           lambda: b.event("on_instance_state", world.load_event("ec2-state-terminated", **{"instance-id": iid})),
@@ -190,17 +190,17 @@ def operations(b: Bench) -> None:
           lambda: f"{len(_expect(200, b.http('GET', f'/builds/{a}/logs'), 'logs')['lines'])} lines")
     # ECR push of the image build `a` reported
     rec = b.record(a)
-    registry, _, repo = rec["image"]["repository"].partition("/")
-    for tag in rec["image"]["tags"][:2]:
+    registry, _, repo = rec.image.repository.partition("/")
+    for tag in rec.image.tags[:2]:
         event = world.load_event("ecr-image-push", **{"repository-name": repo, "image-tag": tag, "image-digest": digest})
         event["account"], event["region"] = registry.split(".")[0], world.REGION
         b.run("ECR image push", "on_image_pushed", 2, lambda event=event: b.event("on_image_pushed", event))
     # spot interruption: RUNNING -> QUEUED as attempt 2, launch message sent
-    iid = b.record(c)["instance_id"]
+    iid = b.record(c).instance_id
     b.run("EC2 spot interruption warning", "on_spot_interruption", 2,
           lambda: b.event("on_spot_interruption", world.load_event("ec2-spot-interruption", **{"instance-id": iid})))
     # terminated under a running build: FAILED with the log's last lines
-    iid = b.record(d)["instance_id"]
+    iid = b.record(d).instance_id
     b.wiring.client("ec2").terminate_instances(InstanceIds=[iid])
     b.run("EC2 state change: terminated", "on_instance_state", 2,
           lambda: b.event("on_instance_state", world.load_event("ec2-state-terminated", **{"instance-id": iid})))
@@ -209,10 +209,10 @@ def operations(b: Bench) -> None:
           lambda: _expect(200, b.http("DELETE", f"/builds/{ids[3]}"), "cancel")["status"])
     # notify consumer: the final states of a, d and ids[3] (the first read of the webhook is cold)
     for bid in (a, d, ids[3]):
-        status = b.record(bid)["status"]
+        status = b.record(bid).status.value
         b.run("notify consumer (SQS notify queue)", "notify_consumer", 3,
               lambda bid=bid, status=status: b.sqs("notify_consumer", "notify", {"build_id": bid, "status": status}),
-              after=lambda bid=bid: "slack message " + (b.record(bid).get(FINAL_ATTR) or {}).get("status", "?"))
+              after=lambda bid=bid: "slack message " + getattr(b.record(bid).notification, "status", "?"))
 
 
 def reaper_ticks(b: Bench, on_progress: Callable[[str], None]) -> list[dict]:

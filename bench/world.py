@@ -76,47 +76,23 @@ class SlackSink:
 
 
 # ---- the deployment's EC2 side ---------------------------------------------------------
-def prepare_ec2(session) -> dict[str, str]:
-    """What a deployment has before the first launch (an AMI, subnets, the builder security
-    group and instance profile), as the launcher's environment variables."""
-    ec2 = session.client("ec2")
-    iam = session.client("iam")
-    ami = ec2.register_image(Name="voltabuild-bench-dlami", RootDeviceName="/dev/sda1",
-                             Architecture="x86_64")["ImageId"]
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets(
-        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"])[:2]
-    sg = ec2.create_security_group(GroupName="voltabuild-bench-builder", Description="builders",
-                                   VpcId=vpc)["GroupId"]
-    iam.create_role(RoleName="voltabuild-bench-builder", AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="voltabuild-bench-builder")
-    iam.add_role_to_instance_profile(InstanceProfileName="voltabuild-bench-builder",
-                                     RoleName="voltabuild-bench-builder")
-    return {"AMI_ID": ami, "SUBNET_IDS": ",".join(subnets), "SECURITY_GROUP_ID": sg,
-            "INSTANCE_PROFILE": "voltabuild-bench-builder"}
-
-
 @contextlib.contextmanager
 def moto_in_process(*, slack_url: str | None = None) -> Iterator[dict[str, str]]:
     """moto's in-process AWS with voltabuild's resources (infra/resources.yaml), the app's
     environment pointing at them and every lazy object of chalicelib.wiring reset."""
-    import boto3
-    from moto import mock_aws
-
     from chalicelib import wiring
-    from infra.local import create_resources, stage_environment
+    from infra.local import emulated_aws, prepare_ec2
 
-    base_environment()
-    with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        resources = create_resources(session)
-        env = {**stage_environment(resources), **prepare_ec2(session)}
+    def prepare(session) -> dict[str, str]:
         if slack_url:
             session.client("ssm").put_parameter(Name="/voltabuild/dev/slack/default", Value=slack_url,
                                                 Type="SecureString", Overwrite=True)
-        with wiring.environment(env):
-            wiring.settings()  # cached now: chalice.test.Client's stage variables cannot change it
-            yield resources
+        return prepare_ec2(session, "voltabuild-bench-builder")
+
+    base_environment()
+    with emulated_aws(REGION, prepare=prepare) as (_session, resources):
+        wiring.settings()  # cached now: chalice.test.Client's stage variables cannot change it
+        yield resources
 
 
 def api_client():
@@ -188,6 +164,7 @@ def running_item(instance_id: str | None = None) -> tuple[str, dict]:
     """A healthy RUNNING build (fresh heartbeat, deadline ahead), or a fresh QUEUED one when
     ``instance_id`` is None. Returns (build id, item)."""
     from chalicelib.clock import now
+    from chalicelib.records import token_hash
     from chalicelib.states import Status
 
     build = planned_build()
@@ -199,7 +176,7 @@ def running_item(instance_id: str | None = None) -> tuple[str, dict]:
         "instance": {"id": instance_id, "type": "g5.xlarge", "az": "us-east-1a", "lifecycle": "spot",
                      "price": 0.42, "launched_at": _iso(t - timedelta(minutes=5))},
         "heartbeat_at": _iso(t), "deadline_at": _iso(t + timedelta(hours=2)),
-        "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest(),
+        "token_hash": token_hash(TOKEN),
     }
     return build.id, build_item(build, active=True, extra=extra)
 

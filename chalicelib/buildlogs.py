@@ -1,4 +1,5 @@
-"""``GET /builds/{id}/logs?next=&limit=``: a build's log lines from CloudWatch Logs.
+"""A build's log lines from CloudWatch Logs: a page of them for ``GET /builds/{id}/logs?next=&limit=``,
+and the last few for the reason of a build whose instance was lost.
 
 The host script ships its log to the group ``/voltabuild/builds``, one stream per build
 (named by the build id; a relaunched attempt appends to the same stream). Lines come
@@ -16,9 +17,9 @@ from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
-from chalicelib.builds import check_build_id
 from chalicelib.clock import iso
 from chalicelib.errors import BadRequest
+from chalicelib.names import check_build_id
 from chalicelib.store import BuildStore
 
 _CURSOR = re.compile(r"^[fb]/[0-9]{1,80}(/s)?$")
@@ -71,3 +72,20 @@ class BuildLogs:
             kwargs["nextToken"] = token
         return {"build_id": build.id, "status": build.status.value, "lines": lines,
                 "next": token if lines else cursor}
+
+    def last_lines(self, build_id: str, n: int) -> list[str]:
+        """The last ``n`` lines of the build's log: the streams whose names start with the
+        build id (the newest by name wins). Best effort: [] if none."""
+        try:
+            streams = self._logs.describe_log_streams(
+                logGroupName=self.group, logStreamNamePrefix=build_id).get("logStreams", [])
+            if not streams:
+                return []
+            name = max(s["logStreamName"] for s in streams)
+            events = self._logs.get_log_events(logGroupName=self.group, logStreamName=name,
+                                               limit=n, startFromHead=False).get("events", [])
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            return []
+        return [e["message"].rstrip("\n") for e in events][-n:]

@@ -11,6 +11,7 @@ from chalicelib import gpu
 from chalicelib.catalog import Catalog
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, Conflict, InvalidTransition
+from chalicelib.names import check_build_id
 from chalicelib.queues import Queue
 from chalicelib.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, TimelineEvent
 from chalicelib.settings import Settings
@@ -19,7 +20,6 @@ from chalicelib.states import Status
 from chalicelib.store import BuildStore, Idempotency
 from chalicelib.transitions import Transitions
 
-BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -39,14 +39,6 @@ def stage_tags(prefix: str, tags: list[str]) -> list[str]:
 
 def new_build_id() -> str:
     return "b-" + secrets.token_hex(10)
-
-
-def check_build_id(build_id: str) -> str:
-    from chalicelib.errors import BuildNotFound
-
-    if not BUILD_ID.match(build_id or ""):
-        raise BuildNotFound(f"no build with id {build_id!r} (build ids look like b-0123456789abcdef0123)")
-    return build_id
 
 
 class BuildService:
@@ -186,7 +178,7 @@ class BuildService:
             try:
                 item = self.transitions.move(build.id, Status.CANCELLED, expect=[Status.QUEUED],
                                              message="cancelled by request")
-                return Build.model_validate(item), True
+                return item.public(), True
             except InvalidTransition:
                 build = self.get(build_id)  # it moved on meanwhile: fall through
         if build.status.final:
@@ -197,8 +189,7 @@ class BuildService:
         except InvalidTransition:
             build = self.get(build_id)
             raise Conflict(f"build {build.id} already finished as {build.status.value}; nothing to cancel") from None
-        if self.instances is not None and item.get("instance_id") and item["status"] in (Status.LAUNCHING,
-                                                                                         Status.RUNNING):
+        if self.instances is not None and item.instance_id and item.status in (Status.LAUNCHING, Status.RUNNING):
             # the build becomes CANCELLED when the termination is seen (EC2 event or the reaper)
-            self.instances.terminate([item["instance_id"]])
-        return Build.model_validate(item), False
+            self.instances.terminate([item.instance_id])
+        return item.public(), False

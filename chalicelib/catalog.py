@@ -3,6 +3,10 @@
 One YAML per framework under ``buildspecs/`` plus ``_hardware.yaml`` (GPU families and
 CUDA releases). Everything is loaded into frozen pydantic models; a broken file fails at
 load with an error naming the file and the field.
+
+Over 300 lines: the hardware table's models and the buildspecs' validate one another at
+load. The natural split (the hardware table into a module of its own, the buildspecs
+here) waits for the move into sub-packages (docs/layout.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chalicelib import catalog_compiled
 from chalicelib.errors import BadRequest, CatalogError
+from chalicelib.names import DOCKER_TAG
+
+COMMON_CONTEXT = "dockerfiles/common"  # under the catalog's root: see Catalog.common_context_dir
 
 _HERE = Path(__file__).resolve().parent
 # A deployment package carries the catalog inside chalicelib/_bundle (see `make package`);
@@ -25,7 +32,6 @@ _HERE = Path(__file__).resolve().parent
 _BUNDLE = _HERE / "_bundle"
 ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
 
-DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 # what each tag-template field can hold, for telling a canonical tag when a request sends one
@@ -496,6 +502,11 @@ class Catalog(_Frozen):
 
     def context_dir(self, spec: BuildSpec) -> Path:
         return self.root / spec.dockerfile
+
+    @property
+    def common_context_dir(self) -> Path:
+        """Files every build context gets unless it has its own: the GPU images' entrypoint."""
+        return self.root / COMMON_CONTEXT
 
     @cached_property
     def summary(self) -> dict:

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 from chalicelib import gpu
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest
+from chalicelib.records import BuildRecord
 from chalicelib.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, TimelineEvent
 from chalicelib.sources import check_user_build_args, check_user_tags, repository_name
 from chalicelib.states import Status
@@ -207,27 +208,27 @@ def source_values(source: dict | None, *, context_url: str = "", max_bytes: int 
     return v
 
 
-def host_job(record: dict, catalog, *, context_url: str = "", max_bytes: int = 0) -> HostJob:
-    """The host script's values for a source or extend build (``record['source']`` set)."""
-    source = record["source"]
-    repository = record["image"]["repository"].split("/", 1)[1]
+def host_job(record: BuildRecord, catalog, *, context_url: str = "", max_bytes: int = 0) -> HostJob:
+    """The host script's values for a source or extend build (``record.source`` set)."""
+    source = record.source
+    repository = record.image.repository.split("/", 1)[1]
     values = source_values(source, context_url=context_url, max_bytes=max_bytes)
     if source["kind"] == "extend":
-        spec = catalog.spec(record["framework"])
+        spec = catalog.spec(record.framework)
         budget = min(spec.max_image_gb * EXTEND_GROWTH, spec.root_volume_gb / 2)
         return HostJob(repository, list(spec.smoke_test), pack_files({"Dockerfile": extend_dockerfile(source)}),
                        {"BASE_IMAGE": source["base"]}, values, int(budget * 10**9))
     if source["kind"] == "context" and not context_url:
         raise ValueError("a context build needs the context's download URL")
-    return HostJob(repository, list(source["smoke_test"]), "", dict(record.get("build_args") or {}), values)
+    return HostJob(repository, list(source["smoke_test"]), "", dict(record.build_args), values)
 
 
-def launch_spec(catalog, record: dict):
+def launch_spec(catalog, record: BuildRecord):
     """What the launcher needs of a build's spec (its root volume): the catalog's for a
     catalog or extend build, a fixed one for a user's own Dockerfile."""
-    if (record.get("source") or {}).get("kind") in ("context", "git"):
+    if (record.source or {}).get("kind") in ("context", "git"):
         return SimpleNamespace(framework=CUSTOM_FRAMEWORK, root_volume_gb=ROOT_VOLUME_GB)
-    return catalog.spec(record["framework"])
+    return catalog.spec(record.framework)
 
 
 # ---- at launch: what the launcher does for a source or extend build -----------------------
@@ -270,15 +271,15 @@ class Repositories:
         return True
 
 
-def prepare_source(record: dict, contexts, repositories) -> dict:
+def prepare_source(record: BuildRecord, contexts, repositories) -> dict:
     """The launcher's part of a source or extend build: its own repository exists, and an
     uploaded context (still there) has a presigned GET URL for the whole attempt. Returns
     the extra keyword arguments of ``hostscript.render``."""
-    source = record.get("source")
+    source = record.source
     if not source:
         return {}
     if repositories is not None:
-        repositories.ensure(record["image"]["repository"].split("/", 1)[1])
+        repositories.ensure(record.image.repository.split("/", 1)[1])
     if source["kind"] != "context":
         return {}
     if contexts is None:
@@ -288,5 +289,5 @@ def prepare_source(record: dict, contexts, repositories) -> dict:
     except BadRequest as e:
         raise SourceError(e.message) from None
     # valid through boot, the build and a margin: the instance downloads it first thing
-    url = contexts.download_url(source["context"], (int(record["timeout_minutes"]) + 60) * 60)
+    url = contexts.download_url(source["context"], (record.timeout_minutes + 60) * 60)
     return {"context_url": url, "context_max_bytes": contexts.max_bytes}

@@ -22,10 +22,6 @@ class BadRequest(VoltabuildError):
     """The request (or what it names) is not allowed; the message says what is."""
 
 
-class Unauthorized(VoltabuildError):
-    """Missing or wrong credentials."""
-
-
 class Forbidden(VoltabuildError):
     """Credentials that do not open this resource."""
 

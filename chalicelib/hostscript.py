@@ -18,12 +18,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.catalog import DOCKER_TAG, Catalog
+from chalicelib.catalog import Catalog
+from chalicelib.names import BUILD_ID, DOCKER_TAG
+from chalicelib.records import BuildRecord
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "host.sh"
 USER_DATA_LIMIT = 16 * 1024
 
-_BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
@@ -59,22 +60,33 @@ def _check(name: str, value: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-def _plain(name: str, value: str, limit: int = 1024) -> str:
+def _printable(name: str, value: str, limit: int = 1024) -> str:
     if not isinstance(value, str) or _CONTROL.search(value) or len(value) > limit:
         raise RenderError(f"{name}: control characters or over {limit} characters")
     return value
 
 
-def pack_context(context_dir: Path) -> str:
-    """A deterministic tar.gz of the build context, base64 on one line."""
+def _context_files(context_dir: Path, common_dir: Path | None) -> dict[str, Path]:
+    """The build context's files by path: the framework's folder, plus each file of the
+    shared folder (the GPU images' one entrypoint) that the folder does not have itself."""
+    files: dict[str, Path] = {}
+    for folder in (context_dir, common_dir):
+        if folder is None or not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.name != "README.md":
+                files.setdefault(rel.as_posix(), path)
+    return files
+
+
+def pack_context(context_dir: Path, common_dir: Path | None = None) -> str:
+    """A deterministic tar.gz of the build context (see :func:`_context_files`), base64 on one line."""
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
-            rel = path.relative_to(context_dir)
-            if any(part.startswith(".") for part in rel.parts) or rel.name == "README.md":
-                continue
-            info = tarfile.TarInfo(rel.as_posix())
+        for rel, path in sorted(_context_files(context_dir, common_dir).items()):
+            info = tarfile.TarInfo(rel)
             data = path.read_bytes()
             if rel.name == "Dockerfile" or rel.suffix == ".sh":
                 data = strip_comments(data)
@@ -125,9 +137,9 @@ def _array(name: str, values: list[str]) -> str:
     return f"readonly -a {name}=(" + " ".join(shlex.quote(v) for v in values) + ")"
 
 
-def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
+def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
            instance_type: str | None = None, context_url: str = "", context_max_bytes: int = 0) -> str:
-    """The host script for one attempt of one build (``record`` is the stored build item) on
+    """The host script for one attempt of one build (``record`` is the stored build) on
     ``instance_type`` (default: the build's first): its family sets the driver branch the
     script installs on a host that has none. A source or extend build (issue 20) takes its
     repository, args, smoke test and source variables from chalicelib/custom_builds.py;
@@ -136,35 +148,36 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
     job = _source_job(record, catalog, context_url, context_max_bytes)
     hw = catalog.hardware
-    itype = instance_type or (record.get("instance_types") or catalog.spec(record["framework"]).instance_types)[0]
+    itype = instance_type or (record.instance_types or catalog.spec(record.framework).instance_types)[0]
     if not hw.is_known_instance_type(itype) or hw.ami_of(itype) is None:
         raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
     driver_branch = hw.ami_of(itype).driver_branch
-    build_id = _check("build id", record["id"], _BUILD_ID)
+    build_id = _check("build id", record.id, BUILD_ID)
     if job is None:
-        spec = catalog.spec(record["framework"])
-        resolved = spec.resolve(record["version"], record["cuda"], record["python"])
-        args = spec.docker_build_args(resolved, hw, record.get("build_args") or {})
+        spec = catalog.spec(record.framework)
+        resolved = spec.resolve(record.version, record.cuda, record.python)
+        args = spec.docker_build_args(resolved, hw, record.build_args)
         args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
-        repository, smoke, context_b64, arg_pattern = spec.repository, spec.smoke_test, None, _ARG_NAME
+        repository, smoke, arg_pattern = spec.repository, spec.smoke_test, _ARG_NAME
+        context_b64 = pack_context(catalog.context_dir(spec), catalog.common_context_dir)
         cuda_value, max_image_bytes = resolved.cuda, int(spec.max_image_gb * 10**9)
     else:
         args, repository, smoke, context_b64 = job.build_args, job.repository, job.smoke_test, job.context_b64
-        arg_pattern, cuda_value, max_image_bytes = _USER_ARG_NAME, record["cuda"], job.max_image_bytes
+        arg_pattern, cuda_value, max_image_bytes = _USER_ARG_NAME, record.cuda, job.max_image_bytes
     arg_list = []
     for name, value in args.items():
         _check("build arg name", name, arg_pattern)
-        arg_list.append(f"{name}={_plain(f'build_args.{name}', value)}")
-    tags = [_check("tag", t, DOCKER_TAG) for t in record["image"]["tags"]]
+        arg_list.append(f"{name}={_printable(f'build_args.{name}', value)}")
+    tags = [_check("tag", t, DOCKER_TAG) for t in record.image.tags]
     if not tags:
         raise RenderError("image.tags: a build needs at least one tag")
     cuda = _check("cuda", cuda_value, _VERSION)
     release = hw.cuda[cuda]
     health = release.health_image
-    timeout = int(record["timeout_minutes"])
+    timeout = record.timeout_minutes
     config = "\n".join([
         _assign("BUILD_ID", build_id),
-        _assign("ATTEMPT", int(record.get("attempt", 1))),
+        _assign("ATTEMPT", record.attempt),
         _assign("STAGE", _check("stage", cfg.stage, re.compile(r"^[a-z0-9-]{1,32}$"))),
         _assign("API_URL", _check("api url", cfg.api_url, _URL)),
         _assign("TOKEN", _check("token", token, _TOKEN)),
@@ -182,14 +195,14 @@ def render(record: dict, catalog: Catalog, cfg: HostConfig, *, token: str, build
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),
         _array("BUILD_ARGS", arg_list),
-        _array("SMOKE_TEST", [_plain("smoke_test", a) for a in smoke]),
-        _assign("CONTEXT_B64", pack_context(catalog.context_dir(spec)) if context_b64 is None else context_b64),
+        _array("SMOKE_TEST", [_printable("smoke_test", a) for a in smoke]),
+        _assign("CONTEXT_B64", context_b64),
         *_source_config(record, context_url, context_max_bytes),
     ])
     return _template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(job))
 
 
-# ---- build your own (issue 20): a user's context, a git repository, an extension ----
+# ---- build your own: a user's context, a git repository, an extension ----
 _USER_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _SOURCE_CHECKS = {
     "SOURCE_KIND": re.compile(r"^(catalog|context|git|extend)$"),
@@ -220,8 +233,8 @@ def _sources_part(job) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _source_job(record: dict, catalog: Catalog, context_url: str, context_max_bytes: int):
-    if not record.get("source"):
+def _source_job(record: BuildRecord, catalog: Catalog, context_url: str, context_max_bytes: int):
+    if not record.source:
         return None
     from chalicelib.custom_builds import host_job
 
@@ -231,13 +244,13 @@ def _source_job(record: dict, catalog: Catalog, context_url: str, context_max_by
         raise RenderError(str(e)) from None
 
 
-def _source_config(record: dict, context_url: str, context_max_bytes: int) -> list[str]:
+def _source_config(record: BuildRecord, context_url: str, context_max_bytes: int) -> list[str]:
     """The source variables (every build sets them all; ``..`` never passes, whatever the
     API already checked) and, for an uploaded context, the unpacker the script runs."""
     from chalicelib.custom_builds import source_values
 
-    values = source_values(record.get("source"), context_url=context_url, max_bytes=context_max_bytes)
-    if not record.get("source"):
+    values = source_values(record.source, context_url=context_url, max_bytes=context_max_bytes)
+    if not record.source:
         values = {k: values[k] for k in _CORE_SOURCE_VARIABLES}
     lines = []
     for name, value in values.items():
@@ -245,7 +258,7 @@ def _source_config(record: dict, context_url: str, context_max_bytes: int) -> li
         if name in ("CONTEXT_PATH", "DOCKERFILE") and ".." in value.split("/"):
             raise RenderError(f"{name.lower()}: {value!r} leaves the context")
         lines.append(_assign(name, value))
-    if record.get("source"):
+    if record.source:
         unpacker = UNPACKER.read_text() if values["SOURCE_KIND"] == "context" else ""
         lines.append(_assign("UNPACKER", unpacker))
     return lines

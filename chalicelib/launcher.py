@@ -30,11 +30,13 @@ accepted, a broken deployment) are permanent: the build fails at once with the r
 Capacity errors move on to the next instance type x subnet; when every one failed the build
 goes back to QUEUED and the message comes back later (SQS delay, doubling) until
 ``max_retries`` rounds, then FAILED with what was tried. Other errors fail the build at once.
+
+Over 300 lines: one launch message's whole path (resume, rounds over types, subnets and
+markets, recording the instance, the endings) plus the AMI, root-device and price lookups.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -52,10 +54,20 @@ from chalicelib.custom_builds import SourceError, launch_spec, prepare_source
 from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
 from chalicelib.hostscript import HostConfig, RenderError, render, user_data
 from chalicelib.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
+from chalicelib.names import BUILD_ID
 from chalicelib.queues import Queue
+from chalicelib.records import BuildRecord, token_hash
 from chalicelib.schemas import InstanceInfo
 from chalicelib.states import Status
-from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
+from chalicelib.store import (
+    BuildStore,
+    ConditionFailed,
+    all_of,
+    at_attempt,
+    not_cancelled,
+    on_instance,
+    without_instance,
+)
 from chalicelib.transitions import Transitions
 from chalicelib.warmcache import TtlCache
 
@@ -82,7 +94,7 @@ class LaunchMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    build_id: str = Field(pattern=r"^b-[0-9a-f]{20}$")
+    build_id: str = Field(pattern=BUILD_ID.pattern)
     attempt: int = Field(ge=1)
     # the build's timeout, sent with a new build's message: the launcher then writes before
     # it reads (one call less); a message without it (a relaunch) reads the build first
@@ -111,10 +123,6 @@ class Outcome:
     action: str
     detail: str = ""
     instance_id: str | None = None
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def backoff_seconds(round_: int) -> int:
@@ -155,20 +163,20 @@ class Launcher:
             return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
         return self._decide(record, msg)
 
-    def _decide(self, record: dict, msg: LaunchMessage) -> Outcome:
-        attempt = int(record.get("attempt", 1))
-        if record["status"] == Status.LAUNCHING and attempt == msg.attempt and not record.get("instance_id"):
+    def _decide(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
+        attempt = record.attempt
+        if record.status == Status.LAUNCHING and attempt == msg.attempt and not record.instance_id:
             return self._resume(record, msg)
-        if record["status"] != Status.QUEUED or attempt != msg.attempt:
+        if record.status != Status.QUEUED or attempt != msg.attempt:
             return self._note(Outcome(
                 "ignored", f"{msg.build_id}: stale or duplicate message for attempt {msg.attempt} "
-                f"(the build is {record['status']}, attempt {attempt})"))
-        if record.get("cancel_requested"):
+                f"(the build is {record.status.value}, attempt {attempt})"))
+        if record.cancel_requested:
             return self._cancel(msg)
         return self._launch(record, msg)
 
     # ---- the launch ---------------------------------------------------------------------
-    def _launch(self, record: dict, msg: LaunchMessage) -> Outcome:
+    def _launch(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
         token = secrets.token_urlsafe(32)
         started = now()
         try:
@@ -177,10 +185,10 @@ class Launcher:
                 message=f"launching attempt {msg.attempt}",
                 fields={
                     "launch_started_at": iso(started),
-                    "deadline_at": iso(started + timedelta(minutes=int(record["timeout_minutes"]))),
+                    "deadline_at": iso(started + timedelta(minutes=record.timeout_minutes)),
                     "token_hash": token_hash(token),
                 },
-                extra_condition=("attempt = :attempt", {":attempt": msg.attempt}),
+                extra_condition=at_attempt(msg.attempt),
             )
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
@@ -192,7 +200,6 @@ class Launcher:
         found it decides, as a read would have (resume, cancel, or a stale message)."""
         token = secrets.token_urlsafe(32)
         started = now()
-        cond, values = NOT_CANCELLED
         try:
             record = self.transitions.move(
                 msg.build_id, Status.LAUNCHING, expect=[Status.QUEUED],
@@ -202,7 +209,7 @@ class Launcher:
                     "deadline_at": iso(started + timedelta(minutes=int(msg.timeout_minutes or 0))),
                     "token_hash": token_hash(token),
                 },
-                extra_condition=(f"attempt = :attempt AND {cond}", {":attempt": msg.attempt, **values}),
+                extra_condition=all_of(at_attempt(msg.attempt), not_cancelled()),
             )
         except BuildNotFound:
             return self._note(Outcome("ignored", f"{msg.build_id}: no such build"))
@@ -210,7 +217,7 @@ class Launcher:
             return self._decide(e.old, msg)
         return self._start(record, msg, token)
 
-    def _resume(self, record: dict, msg: LaunchMessage) -> Outcome:
+    def _resume(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
         """The message came back for a LAUNCHING attempt with no instance recorded: the
         launcher that took it died (or timed out) after the LAUNCHING write. Its instance,
         if RunInstances got that far, carries the attempt's tags: record it. Otherwise launch
@@ -219,22 +226,21 @@ class Launcher:
         if found is not None:
             outcome = self._record(record, msg, found, "spot" if found.get("InstanceLifecycle") == "spot"
                                    else "on-demand")
-            if outcome.action == "launched" and record.get("cancel_requested"):
+            if outcome.action == "launched" and record.cancel_requested:
                 self.ec2.terminate_instances(InstanceIds=[found["InstanceId"]])  # the cancel did not see it
             return outcome
-        if record.get("cancel_requested"):
+        if record.cancel_requested:
             return self._cancel(msg, expect=Status.LAUNCHING)
         token = secrets.token_urlsafe(32)
         try:
             record = self.store.update_fields(
                 msg.build_id, {"token_hash": token_hash(token)}, expect=[Status.LAUNCHING],
-                extra_condition=("attempt = :attempt AND attribute_not_exists(instance_id)",
-                                 {":attempt": msg.attempt}))
+                extra_condition=at_attempt(msg.attempt) & without_instance())
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: attempt {msg.attempt} moved on"))
         return self._start(record, msg, token, resumed=True)
 
-    def _start(self, record: dict, msg: LaunchMessage, token: str, *, resumed: bool = False) -> Outcome:
+    def _start(self, record: BuildRecord, msg: LaunchMessage, token: str, *, resumed: bool = False) -> Outcome:
         """RunInstances for a LAUNCHING attempt whose ``token_hash`` is ``token``'s.
 
         Catalog and rendering errors (the catalog changed since the build was accepted, or
@@ -244,7 +250,7 @@ class Launcher:
             source = prepare_source(record, self.contexts, self.repositories)
         except (BadRequest, CatalogError, SourceError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}")
-        build_date = record.get("launch_started_at") or iso(now())
+        build_date = record.launch_started_at or iso(now())
         hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
 
         def host(itype: str) -> tuple[str, str, bytes]:
@@ -255,7 +261,7 @@ class Launcher:
                 hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
             return hosts[itype]
 
-        rounds = int(record.get("launch_rounds", 0))
+        rounds = record.launch_rounds
         # a resumed launch renders another token: its ClientTokens must differ from the
         # dead launcher's (same token, other parameters is an error in EC2)
         suffix = f"-r{token_hash(token)[:8]}" if resumed else ""
@@ -289,24 +295,24 @@ class Launcher:
                     return self._record(record, msg, inst, market)
         return self._retry_later(record, msg, tried)
 
-    def _launched(self, record: dict) -> dict | None:
+    def _launched(self, record: BuildRecord) -> dict | None:
         """A live instance already launched for the record's current attempt, if any."""
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
-            {"Name": f"tag:{TAG_BUILD}", "Values": [record["id"]]},
-            {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(record.get("attempt", 1))]},
+            {"Name": f"tag:{TAG_BUILD}", "Values": [record.id]},
+            {"Name": f"tag:{TAG_ATTEMPT}", "Values": [str(record.attempt)]},
             {"Name": f"tag:{TAG_STAGE}", "Values": [self.cfg.stage]},
             {"Name": "instance-state-name", "Values": ["pending", "running"]},
         ])
         found = [i for page in pages for res in page.get("Reservations", []) for i in res.get("Instances", [])]
         return min(found, key=lambda i: str(i.get("LaunchTime", ""))) if found else None
 
-    def _run(self, record: dict, spec, market: str, itype: str, subnet: str | None, image_id: str,
+    def _run(self, record: BuildRecord, spec, market: str, itype: str, subnet: str | None, image_id: str,
              root_device: str, data: bytes, client_token: str) -> dict:
         tags = [
-            {"Key": TAG_BUILD, "Value": record["id"]},
+            {"Key": TAG_BUILD, "Value": record.id},
             {"Key": TAG_STAGE, "Value": self.cfg.stage},
-            {"Key": TAG_ATTEMPT, "Value": str(record.get("attempt", 1))},
-            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record['framework']}-{record['id']}"},
+            {"Key": TAG_ATTEMPT, "Value": str(record.attempt)},
+            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record.framework}-{record.id}"},
         ]
         kwargs: dict[str, Any] = {
             "ImageId": image_id,
@@ -325,8 +331,8 @@ class Launcher:
         }
         if market == "spot":
             spot: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
-            if record.get("max_price"):
-                spot["MaxPrice"] = f"{float(record['max_price']):.4f}"
+            if record.max_price:
+                spot["MaxPrice"] = f"{record.max_price:.4f}"
             kwargs["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
         if subnet:
             kwargs["SubnetId"] = subnet
@@ -337,7 +343,7 @@ class Launcher:
             kwargs["IamInstanceProfile"] = {key: self.cfg.instance_profile}
         return self.ec2.run_instances(**kwargs)["Instances"][0]
 
-    def _record(self, record: dict, msg: LaunchMessage, inst: dict, market: str) -> Outcome:
+    def _record(self, record: BuildRecord, msg: LaunchMessage, inst: dict, market: str) -> Outcome:
         iid = inst["InstanceId"]
         az = inst.get("Placement", {}).get("AvailabilityZone")
         launched = inst.get("LaunchTime")
@@ -352,8 +358,7 @@ class Launcher:
             self.store.update_fields(
                 msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid, "launch_rounds": 0},
                 expect=[Status.LAUNCHING, Status.RUNNING],
-                extra_condition=("attempt = :attempt AND (attribute_not_exists(instance_id) OR instance_id = :iid)",
-                                 {":attempt": msg.attempt, ":iid": iid}))
+                extra_condition=at_attempt(msg.attempt) & (without_instance() | on_instance(iid)))
         except InvalidTransition:
             # the build ended or moved on while we launched (cancelled, timed out, relaunched):
             # the instance must go
@@ -363,8 +368,8 @@ class Launcher:
         return self._note(Outcome("launched", f"{msg.build_id}: {info.type} {market} in {az}", iid))
 
     # ---- endings -------------------------------------------------------------------------
-    def _retry_later(self, record: dict, msg: LaunchMessage, tried: list[str]) -> Outcome:
-        rounds = int(record.get("launch_rounds", 0)) + 1
+    def _retry_later(self, record: BuildRecord, msg: LaunchMessage, tried: list[str]) -> Outcome:
+        rounds = record.launch_rounds + 1
         what = "; ".join(tried)
         if rounds > self.cfg.max_retries:
             return self._fail(msg.build_id, f"no capacity after {rounds} launch rounds; last round tried: {what}")
@@ -395,19 +400,18 @@ class Launcher:
         try:
             self.transitions.move(msg.build_id, Status.CANCELLED, expect=[expect],
                                   message="cancelled by request before launch",
-                                  extra_condition=("attempt = :attempt AND attribute_not_exists(instance_id)",
-                                                   {":attempt": msg.attempt}))
+                                  extra_condition=at_attempt(msg.attempt) & without_instance())
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: moved on"))
         return self._note(Outcome("cancelled", msg.build_id))
 
     # ---- lookups -------------------------------------------------------------------------
     @staticmethod
-    def _order(record: dict) -> list[str]:
+    def _order(record: BuildRecord) -> list[str]:
         """The build's instance types, those whose host failed an earlier attempt last: a
         host failure moves on to the next type (and comes back to it only when all failed)."""
-        failed = {f.get("instance_type") for f in record.get("host_failures") or []}
-        types = list(record["instance_types"])
+        failed = {f.instance_type for f in record.host_failures}
+        types = list(record.instance_types)
         return [t for t in types if t not in failed] + [t for t in types if t in failed]
 
     def ami_source(self, instance_type: str) -> str:

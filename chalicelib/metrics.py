@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import clock, observability
+from chalicelib.schemas import Build
 from chalicelib.segments import segment_durations
 
 NAMESPACE = "voltabuild"
@@ -151,9 +152,9 @@ def host_cause(reason: str) -> str:
     return "other"
 
 
-def build_finished(item: Mapping[str, Any]) -> None:
+def build_finished(item: Build) -> None:
     """A build reached a final state: its outcome, its segments and, where known, its cost."""
-    outcome, framework = str(item.get("status")), str(item.get("framework") or "unknown")
+    outcome, framework = item.status.value, item.framework or "unknown"
     emit("BuildsFinished", Outcome=outcome, Framework=framework)
     segments = build_segments(item)
     for name, seconds in segments.items():
@@ -169,28 +170,30 @@ def _seconds(a: str | None, b: str | None) -> float | None:
     return max(0.0, (clock.parse(b) - clock.parse(a)).total_seconds())
 
 
-def build_segments(item: Mapping[str, Any]) -> dict[str, float]:
+def build_segments(item: Build) -> dict[str, float]:
     """Seconds per segment of a finished build (chalicelib/segments.py reads its timeline),
     and ``total``: accepted -> final."""
     out = {k: v for k, v in segment_durations(item).items() if k != "terminate_lag"}
-    total = _seconds(item.get("created_at"), item.get("finished_at"))
+    total = _seconds(item.created_at, item.finished_at)
     if total is not None:
         out["total"] = total
     return out
 
 
-def instance_terminated(item: Mapping[str, Any]) -> None:
+def instance_terminated(item: Build) -> None:
     """A final build's instance is gone (``instance_terminated_at`` set): its terminate lag."""
     lag = segment_durations(item).get("terminate_lag")
     if lag is not None:
         emit("BuildSegmentSeconds", lag, Segment="terminate_lag")
 
 
-def build_cost(item: Mapping[str, Any]) -> float | None:
+def build_cost(item: Build) -> float | None:
     """Price at launch x hours from launch to the end; None when either is unknown."""
-    inst = item.get("instance") or {}
-    price = inst.get("price")
-    secs = _seconds(inst.get("launched_at"), item.get("finished_at"))
+    inst = item.instance
+    if inst is None:
+        return None
+    price = inst.price
+    secs = _seconds(inst.launched_at, item.finished_at)
     if price is None or secs is None:
         return None
     return round(float(price) * secs / 3600, 6)

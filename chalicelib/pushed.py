@@ -24,9 +24,11 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from boto3.dynamodb.conditions import ConditionBase
 from botocore.exceptions import ClientError
 
 from chalicelib import clock
+from chalicelib.records import BuildRecord
 from chalicelib.states import Phase, Status
 
 log = logging.getLogger(__name__)
@@ -41,14 +43,13 @@ class PushedImages:
     def __init__(self, ecr) -> None:
         self._ecr = ecr
 
-    def digest(self, record: dict) -> str | None:
+    def digest(self, record: BuildRecord) -> str | None:
         """The digest every tag of ``record``'s image points at in ECR, if this attempt
         pushed it (see the module doc); None otherwise."""
-        if record.get("phase") != Phase.PUSHING.value:
+        if record.phase != Phase.PUSHING:
             return None  # the host script pushes only in PUSHING: nothing was pushed
-        image = record.get("image") or {}
-        registry, _, name = (image.get("repository") or "").partition("/")
-        tags = list(image.get("tags") or [])
+        registry, _, name = record.image.repository.partition("/")
+        tags = list(record.image.tags)
         if ".dkr.ecr." not in registry or not name or not tags:
             return None  # a local registry (the local stack) is not ECR's to judge
         try:
@@ -64,11 +65,11 @@ class PushedImages:
         if len(digests) != 1 or not set(tags) <= found:
             return None
         (digest,) = digests
-        seen = record.get("ecr_digest")
+        seen = record.ecr_digest
         if seen:
             return digest if seen == digest else None
         pushed_at = details[0].get("imagePushedAt")
-        since = _at(record.get("launch_started_at") or (record.get("instance") or {}).get("launched_at"))
+        since = _at(record.launch_started_at or (record.instance.launched_at if record.instance else None))
         # ECR's times may be whole seconds: a minute's slack (no build pushes within a
         # minute of its launch, so an image pushed before that is not this attempt's)
         if not isinstance(pushed_at, datetime) or since is None or pushed_at < since - _SLACK:
@@ -80,10 +81,10 @@ def _at(value: str | None) -> datetime | None:
     return clock.parse(value) if value else None
 
 
-def succeeded_fields(record: dict, digest: str, what: str) -> dict[str, Any]:
+def succeeded_fields(record: BuildRecord, digest: str, what: str) -> dict[str, Any]:
     """The keyword arguments of ``Transitions.move`` that settle ``record`` as SUCCEEDED
     although ``what`` (the instance's failure, or its silence) said otherwise."""
-    tags = ", ".join((record.get("image") or {}).get("tags") or [])
+    tags = ", ".join(record.image.tags)
     return {
         "message": (f"{what}; but ECR holds every tag ({tags}) at {digest}, pushed by this attempt "
                     "after its GPU test passed: the build succeeded")[:2000],
@@ -92,10 +93,10 @@ def succeeded_fields(record: dict, digest: str, what: str) -> dict[str, Any]:
     }
 
 
-def settle(transitions, record: dict, digest: str, what: str, *, extra_condition: tuple[str, dict] | None = None
-           ) -> dict:
+def settle(transitions, record: BuildRecord, digest: str, what: str, *,
+           extra_condition: ConditionBase | None = None) -> BuildRecord:
     """Move a RUNNING build that pushed ``digest`` to SUCCEEDED with the note. Raises
     InvalidTransition when it moved on meanwhile (the caller treats that as a lost race)."""
-    log.warning("build %s: %s, but its image is in ECR at %s: SUCCEEDED", record["id"], what, digest)
-    return transitions.move(record["id"], Status.SUCCEEDED, expect=[Status.RUNNING],
+    log.warning("build %s: %s, but its image is in ECR at %s: SUCCEEDED", record.id, what, digest)
+    return transitions.move(record.id, Status.SUCCEEDED, expect=[Status.RUNNING],
                             extra_condition=extra_condition, **succeeded_fields(record, digest, what))

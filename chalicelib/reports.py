@@ -11,22 +11,32 @@ relaunch; a report that came too late (a phase that would move backwards) gets 4
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
+from boto3.dynamodb.conditions import ConditionBase
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from chalicelib import metrics
-from chalicelib.builds import BUILD_ID
+from chalicelib.bodies import parse_body
 from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict, Forbidden, InvalidTransition, PayloadTooLarge
-from chalicelib.http import parse_body
+from chalicelib.names import BUILD_ID
 from chalicelib.pushed import PushedImages, settle
-from chalicelib.states import PHASE_ORDER, Phase, Status, phase_forward
-from chalicelib.store import NOT_CANCELLED, BuildStore, ConditionFailed
+from chalicelib.records import BuildRecord, HostFailure, token_hash
+from chalicelib.states import Phase, Status, phase_forward
+from chalicelib.store import (
+    BuildStore,
+    ConditionFailed,
+    before_phase,
+    holding_token,
+    in_phase,
+    not_cancelled,
+    not_in_phase,
+    without_instance,
+)
 from chalicelib.transitions import Transitions
 
 Text = Annotated[str, StringConstraints(max_length=2000)]
@@ -92,10 +102,6 @@ def _measured(report: ResultReport) -> dict:
     return out
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def bearer(header: str | None) -> str | None:
     if not header:
         return None
@@ -112,7 +118,7 @@ class Reports:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
     def __init__(self, store: BuildStore, transitions: Transitions,
-                 relaunch: Callable[..., dict | None] | None = None, pushed: PushedImages | None = None) -> None:
+                 relaunch: Callable[..., BuildRecord | None] | None = None, pushed: PushedImages | None = None) -> None:
         self.store = store
         self.transitions = transitions
         # Lifecycle.relaunch: a host failure queues the build again as a new attempt
@@ -125,13 +131,13 @@ class Reports:
         # shapes first, so a malformed id or token (an anonymous flood) costs no DynamoDB call
         if not token or not TOKEN_SHAPE.match(token) or not BUILD_ID.match(build_id or ""):
             raise Forbidden(_FORBIDDEN)
-        hashed = hash_token(token)
+        hashed = token_hash(token)
         try:
             report = parse_body(raw_body, InstanceReport).root
         except (BadRequest, PayloadTooLarge):
             self._authenticate(build_id, hashed)  # a bad token is told so before a bad body
             raise
-        guard = ("token_hash = :token_hash", {":token_hash": hashed})
+        guard = holding_token(hashed)
         try:
             if isinstance(report, PhaseReport):
                 item = self._phase(build_id, report, hashed, guard)
@@ -141,37 +147,37 @@ class Reports:
                 item = self._result(build_id, report, hashed, guard)
         except BuildNotFound:
             raise Forbidden(_FORBIDDEN) from None
-        if report.instance_id and not item.get("instance_id") and item["status"] in _REPORTABLE:
+        if report.instance_id and not item.instance_id and item.status in _REPORTABLE:
             item = self._identify(build_id, report.instance_id, guard) or item
-        return {"id": build_id, "status": item["status"], "phase": item.get("phase")}
+        return {"id": build_id, "status": item.status.value, "phase": item.phase.value if item.phase else None}
 
-    def _identify(self, build_id: str, instance_id: str, guard: tuple) -> dict | None:
+    def _identify(self, build_id: str, instance_id: str, guard: ConditionBase) -> BuildRecord | None:
         """Record the reporting instance on a build that has none (the launcher died after
         RunInstances): the token proves it runs this attempt. Conditional on the token and
         on no instance being recorded meanwhile; losing changes nothing."""
         try:
             return self.store.update_fields(
                 build_id, {"instance_id": instance_id}, expect=_REPORTABLE,
-                extra_condition=(f"({guard[0]}) AND attribute_not_exists(instance_id)", guard[1]))
+                extra_condition=guard & without_instance())
         except InvalidTransition:
             return None
 
     # ---- auth -------------------------------------------------------------------------------
     @staticmethod
-    def _check(old: dict, hashed: str) -> dict:
+    def _check(old: BuildRecord, hashed: str) -> BuildRecord:
         """``old`` (a build as a lost write found it) if the token opens it, else 403."""
-        stored = old.get("token_hash") or ""
-        if not stored or not hmac.compare_digest(stored, hashed) or old.get("status") not in _REPORTABLE:
+        stored = old.token_hash or ""
+        if not stored or not hmac.compare_digest(stored, hashed) or old.status not in _REPORTABLE:
             raise Forbidden(_FORBIDDEN)
         return old
 
-    def _authenticate(self, build_id: str, hashed: str) -> dict:
+    def _authenticate(self, build_id: str, hashed: str) -> BuildRecord:
         try:
             return self._check(self.store.get_record(build_id), hashed)
         except BuildNotFound:
             raise Forbidden(_FORBIDDEN) from None
 
-    def _lost(self, e: InvalidTransition, build_id: str, hashed: str) -> dict:
+    def _lost(self, e: InvalidTransition, build_id: str, hashed: str) -> BuildRecord:
         """The build as the lost write found it, if the token opens it (else 403)."""
         old = e.old if isinstance(e, ConditionFailed) else None
         return self._check(old, hashed) if old is not None else self._authenticate(build_id, hashed)
@@ -181,7 +187,7 @@ class Reports:
         return Conflict(f"build {build_id} moved on; the report was not applied")
 
     # ---- the reports ------------------------------------------------------------------------
-    def _running(self, build_id: str, hashed: str, guard: tuple, message: str) -> dict:
+    def _running(self, build_id: str, hashed: str, guard: ConditionBase, message: str) -> BuildRecord:
         """LAUNCHING -> RUNNING: the instance spoke before EC2's 'running' event arrived."""
         try:
             return self.transitions.move(build_id, Status.RUNNING, expect=[Status.LAUNCHING], message=message,
@@ -189,47 +195,43 @@ class Reports:
         except InvalidTransition as e:
             return self._lost(e, build_id, hashed)  # the EC2 event won: it is RUNNING now
 
-    def _phase(self, build_id: str, report: PhaseReport, hashed: str, guard: tuple) -> dict:
+    def _phase(self, build_id: str, report: PhaseReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         """One write for a new phase, from LAUNCHING (the first report) or RUNNING; the same
         phase again (a retried report) refreshes the heartbeat only; an earlier one is 409."""
         message = report.message or f"{report.phase.value.lower()}"
-        before = [p.value for p in Phase if PHASE_ORDER[p] < PHASE_ORDER[report.phase]]
-        values = {f":pp{i}": p for i, p in enumerate(before)}
-        earlier = f" OR phase IN ({', '.join(values)})" if values else ""
-        cond = f"({guard[0]}) AND (attribute_not_exists(phase){earlier})"
         try:
             return self.transitions.move(
                 build_id, Status.RUNNING, expect=list(_REPORTABLE), phase=report.phase, message=message,
-                fields={"heartbeat_at": now_iso()}, extra_condition=(cond, {**guard[1], **values}),
+                fields={"heartbeat_at": now_iso()}, extra_condition=guard & before_phase(report.phase),
             )
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
-        current = old.get("phase")
-        if not phase_forward(Phase(current) if current else None, report.phase):
-            raise Conflict(f"phase: the build is already {current}; {report.phase.value} would move it backwards")
-        if current != report.phase.value:
+        current = old.phase
+        if not phase_forward(current, report.phase):
+            raise Conflict(f"phase: the build is already {current.value}; {report.phase.value} would move it backwards")
+        if current != report.phase:
             raise self._moved_on(build_id)
         try:
-            return self.store.transition(
+            return self.transitions.move(
                 build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
                 fields={"heartbeat_at": now_iso()},
-                extra_condition=(f"({guard[0]}) AND phase = :same", {**guard[1], ":same": current}),
+                extra_condition=guard & in_phase(current),
             )
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
 
-    def _heartbeat(self, build_id: str, hashed: str, guard: tuple) -> dict:
+    def _heartbeat(self, build_id: str, hashed: str, guard: ConditionBase) -> BuildRecord:
         try:
-            return self.store.transition(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
+            return self.transitions.move(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False,
                                          fields={"heartbeat_at": now_iso()}, extra_condition=guard)
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
-        if old["status"] != Status.LAUNCHING:
+        if old.status != Status.LAUNCHING:
             raise self._moved_on(build_id)
         return self._running(build_id, hashed, guard, "the instance reported in")
 
-    def _result(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
+    def _result(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         if report.status == "SUCCEEDED":
             return self._succeeded(build_id, report, hashed, guard)
         if report.cause == "host" and self.relaunch is not None:
@@ -238,24 +240,22 @@ class Reports:
         if report.log_tail.strip():
             reason = f"{reason}\n--- last log lines ---\n{report.log_tail.rstrip()}"
 
-        def fail(cond: str, values: dict) -> dict:
+        def fail(cond: ConditionBase) -> BuildRecord:
             return self.transitions.move(
                 build_id, Status.FAILED, expect=list(_REPORTABLE), message=report.reason or "the build failed",
-                fields={"reason": reason[-6000:]}, remove=["token_hash"],
-                extra_condition=(cond, {**guard[1], **values}),
+                fields={"reason": reason[-6000:]}, remove=["token_hash"], extra_condition=cond,
             )
 
-        cond = f"({guard[0]}) AND {NOT_CANCELLED[0]}"
-        # a failure after the push may be a lost SUCCEEDED report: that is decided apart
-        not_pushing = (" AND (attribute_not_exists(phase) OR phase <> :pushing)", {":pushing": Phase.PUSHING.value})
+        cond = guard & not_cancelled()
         try:
             if self.pushed is None:
-                return fail(cond, NOT_CANCELLED[1])
-            return fail(cond + not_pushing[0], {**NOT_CANCELLED[1], **not_pushing[1]})
+                return fail(cond)
+            # a failure after the push may be a lost SUCCEEDED report: that is decided apart
+            return fail(cond & not_in_phase(Phase.PUSHING))
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
-        if not old.get("cancel_requested"):
-            if self.pushed is None or old.get("phase") != Phase.PUSHING.value:
+        if not old.cancel_requested:
+            if self.pushed is None or old.phase != Phase.PUSHING:
                 raise self._moved_on(build_id)
             return self._failed_after_push(build_id, old, report, hashed, guard, fail, cond)
         # a cancel terminates the instance, whose trap then reports a failure: that
@@ -270,8 +270,8 @@ class Reports:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
 
-    def _failed_after_push(self, build_id: str, old: dict, report: ResultReport, hashed: str, guard: tuple,
-                           fail, cond: str) -> dict:
+    def _failed_after_push(self, build_id: str, old: BuildRecord, report: ResultReport, hashed: str,
+                           guard: ConditionBase, fail, cond: ConditionBase) -> BuildRecord:
         """FAILED reported in PUSHING: SUCCEEDED with a note when ECR holds every tag at the
         image this attempt pushed (its SUCCEEDED report was lost), else FAILED as reported.
         See chalicelib/pushed.py for the choice."""
@@ -279,32 +279,31 @@ class Reports:
         try:
             if digest:
                 what = f"the instance reported FAILED ({(report.reason or 'no reason given')[:300]})"
-                return settle(self.transitions, old, digest, what,
-                              extra_condition=(f"({guard[0]}) AND {NOT_CANCELLED[0]}",
-                                               {**guard[1], **NOT_CANCELLED[1]}))
-            return fail(cond, NOT_CANCELLED[1])
+                return settle(self.transitions, old, digest, what, extra_condition=guard & not_cancelled())
+            return fail(cond)
         except InvalidTransition as e:
             self._lost(e, build_id, hashed)
             raise self._moved_on(build_id) from None
 
-    def _host_failed(self, build_id: str, report: ResultReport, hashed: str) -> dict:
+    def _host_failed(self, build_id: str, report: ResultReport, hashed: str) -> BuildRecord:
         """The host failed (no driver, driver too old, GPU not visible): record it and queue
         the build again as a new attempt, which the launcher starts on another instance type
         (Lifecycle.relaunch; its write holds only for this attempt and instance, so a report
         that lost a race changes nothing). Out of attempts, the build fails with the cause."""
         old = self._authenticate(build_id, hashed)
-        itype = (old.get("instance") or {}).get("type")
+        itype = old.instance.type if old.instance else None
         reason = report.reason or "the host failed"
-        failure = {"attempt": int(old.get("attempt", 1)), "instance_type": itype, "reason": reason[:500]}
+        failure = HostFailure(attempt=old.attempt, instance_type=itype, reason=reason[:500])
+        failures = [f.model_dump(mode="json") for f in [*old.host_failures, failure]]
         item = self.relaunch(old, f"host failure on {itype or 'the instance'}: {reason}"[:1500],
-                             fields={"host_failures": [*(old.get("host_failures") or []), failure]})
+                             fields={"host_failures": failures})
         if item is None:
             raise self._moved_on(build_id)
         metrics.emit("HostFailures", Cause=metrics.host_cause(reason))
         return item
 
-    def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: tuple) -> dict:
-        def move() -> dict:
+    def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
+        def move() -> BuildRecord:
             return self.transitions.move(
                 build_id, Status.SUCCEEDED, expect=[Status.RUNNING],
                 message=report.message or f"pushed {report.digest}",
@@ -317,7 +316,7 @@ class Reports:
             return move()
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
-        if old["status"] != Status.LAUNCHING:
+        if old.status != Status.LAUNCHING:
             raise self._moved_on(build_id)
         # no phase report came first: LAUNCHING -> RUNNING -> SUCCEEDED
         self._running(build_id, hashed, guard, "the instance reported in")

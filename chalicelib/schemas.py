@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
-from chalicelib.catalog import DOCKER_TAG
+from chalicelib.names import DOCKER_TAG
 from chalicelib.segments import segment_durations
 from chalicelib.sources import Extend, Source, check_smoke_test
 from chalicelib.states import Phase, Status

@@ -1,4 +1,4 @@
-"""Deployment settings: read from the environment by app.py only, passed into the domain."""
+"""Deployment settings: read from the environment by wiring.py only, passed into the domain."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class ConfigurationError(RuntimeError):
     """The deployment's settings are unsafe or broken: the function refuses to serve."""
 
 
-# ---- abuse, integrity and blast radius (issue 17) ----
+# ---- abuse, integrity and blast radius ----
 MIN_CURSOR_KEY_HEX = 32  # 128 bits, as hex (scripts/deploy.sh draws 256)
 
 
@@ -71,21 +71,21 @@ class Settings:
     max_active_builds: int = 20
     max_attempts: int = 3
     slack_channels: tuple[str, ...] = ("default",)
-    # notifications (issue 8): the first of slack_channels is the default channel
+    # notifications: the first of slack_channels is the default channel
     slack_parameter_prefix: str = "/voltabuild/dev/slack/"
     slack_webhook_cache_seconds: int = 300
     notify_on_start: bool = False
     notify_timeout_seconds: float = 5.0
     notify_max_attempts: int = 5
-    # event-driven lifecycle (issue 7): the reaper's thresholds
+    # event-driven lifecycle: the reaper's thresholds
     launch_grace_minutes: int = 10
     stale_heartbeat_minutes: int = 15
     orphan_grace_minutes: int = 4
     digest_grace_minutes: int = 15
 
-    # launcher and host script (issue 4)
+    # launcher and host script
     build_log_group: str = "/voltabuild/builds"
-    # AMIs (issue 15): each family's AMI comes from buildspecs/_hardware.yaml unless a
+    # AMIs: each family's AMI comes from buildspecs/_hardware.yaml unless a
     # deployment overrides it: ami_overrides per family, else ami_id / ami_parameter for all
     ami_parameter: str = ""
     ami_id: str = ""
@@ -100,7 +100,7 @@ class Settings:
     vcs_ref: str = "unknown"
     vcs_url: str = ""
 
-    # ---- spend guards (issue 17): stage ceilings and per-API-key quotas ----
+    # ---- spend guards: stage ceilings and per-API-key quotas ----
     # MAX_INSTANCE_SIZES: "family=size,...", "*" for every other family (e.g. "*=2xlarge,p5=4xlarge")
     max_instance_sizes: tuple[tuple[str, str], ...] = ()
     max_price_ceiling: float | None = None
@@ -166,7 +166,7 @@ class Settings:
 
 
 def _spend_from_env(env: Mapping[str, str]) -> dict:
-    """The spend settings (issue 17); a malformed value is a deployment error: it raises."""
+    """The spend settings; a malformed value is a deployment error: it raises."""
     sizes = []
     for item in _list(env.get("MAX_INSTANCE_SIZES")):
         family, _, size = item.partition("=")

@@ -1,12 +1,12 @@
-"""Build records in DynamoDB, moved only by conditional writes.
+"""Build records in DynamoDB, moved only by conditional writes. Every read and write
+returns a :class:`~chalicelib.records.BuildRecord` (the item layout is described there).
 
-Item layout (table keyed by ``id``):
-- a build: the public fields of :class:`Build` plus ``kind``, ``created_key``
-  (``created_at#id``, the sort key of every index), ``active`` (only while not final:
-  the sparse index the reaper reads), ``instance_id`` (once launched) and ``token_hash``.
-- ``idem#<sha256>``: an Idempotency-Key, the body's hash and the build it made.
-- ``quota#active``: the string set of active build ids; a build enters it in the same
-  transaction that creates it and leaves it once final (set deletes are idempotent).
+A build enters the quota sets in the same transaction that creates it and leaves them
+once final (set deletes are idempotent).
+
+Over 300 lines on purpose: every DynamoDB expression of the builds table lives here (callers
+name what a write rests on with the conditions below: :func:`not_cancelled`,
+:func:`at_attempt`, ...), so none is spelled anywhere else.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from boto3.dynamodb.conditions import Attr, ConditionBase, ConditionExpressionBuilder
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
@@ -32,12 +33,13 @@ from chalicelib.errors import (
     InvalidTransition,
     QuotaExceeded,
 )
+from chalicelib.records import BuildRecord
 from chalicelib.schemas import Build, TimelineEvent
 from chalicelib.spend import KeyQuota
-from chalicelib.states import ACTIVE, FINAL, Phase, Status, allowed, sources_for
+from chalicelib.states import ACTIVE, FINAL, PHASE_ORDER, Phase, Status, allowed, sources_for
 
 QUOTA_ID = "quota#active"
-QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids (issue 17)
+QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids
 QUOTA_GPU_PREFIX = "quota#gpuh#"  # + API key id + "#" + UTC day: GPU-hours booked that day
 # the key attributes of each index a listing pages (a cursor must name exactly these)
 LIST_INDEX_KEYS = {
@@ -49,19 +51,19 @@ CONFLICT_RETRIES = 5
 # the most index items one listing request reads (a status+framework filter skips the
 # others' builds after reading them); when reached, the page ends early with a cursor
 MAX_ITEMS_READ = 200
-# an extra condition for a write decided on "no cancel was requested" (the flag may be absent)
-NOT_CANCELLED = ("NOT (cancel_requested = :cancel_yes)", {":cancel_yes": True})
+_LOOK_UP = object()  # release_slot: read the build's owner key
+_KEEP = object()  # record_delivery: leave the quota slots alone
 _ser = TypeSerializer()
 _deser = TypeDeserializer()
 
 
-def _plain(value: Any) -> Any:
+def _native(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _native(v) for k, v in value.items()}
     if isinstance(value, (list, set)):
-        return [_plain(v) for v in value]
+        return [_native(v) for v in value]
     return value
 
 
@@ -70,7 +72,7 @@ def to_av(value: Any) -> dict:
 
 
 def from_item(item: dict) -> dict:
-    return {k: _plain(_deser.deserialize(v)) for k, v in item.items()}
+    return {k: _native(_deser.deserialize(v)) for k, v in item.items()}
 
 
 def _path(names: dict[str, str], placeholder: str, name: str) -> str:
@@ -83,12 +85,74 @@ def _path(names: dict[str, str], placeholder: str, name: str) -> str:
     return ".".join(parts)
 
 
+# ---- conditions a write may rest on, by name (combine them with & and |) -------------
+def all_of(*conditions: ConditionBase | None) -> ConditionBase | None:
+    """The conditions that are not None, all together (None when there are none)."""
+    out = None
+    for c in conditions:
+        if c is not None:
+            out = c if out is None else out & c
+    return out
+
+
+def _in_states(states: Iterable[Status]) -> ConditionBase:
+    return Attr("status").is_in(sorted(s.value for s in states))
+
+
+def not_cancelled() -> ConditionBase:
+    """No cancel was requested (the flag may be absent)."""
+    return ~Attr("cancel_requested").eq(True)
+
+
+def at_attempt(attempt: int) -> ConditionBase:
+    return Attr("attempt").eq(attempt)
+
+
+def on_instance(instance_id: str) -> ConditionBase:
+    """``instance_id`` is the build's recorded instance."""
+    return Attr("instance_id").eq(instance_id)
+
+
+def without_instance() -> ConditionBase:
+    """No instance is recorded for the current attempt."""
+    return Attr("instance_id").not_exists()
+
+
+def holding_token(hashed: str) -> ConditionBase:
+    """The current attempt's report token hashes to ``hashed``."""
+    return Attr("token_hash").eq(hashed)
+
+
+def in_phase(phase: Phase) -> ConditionBase:
+    return Attr("phase").eq(phase.value)
+
+
+def not_in_phase(phase: Phase) -> ConditionBase:
+    return Attr("phase").not_exists() | Attr("phase").ne(phase.value)
+
+
+def before_phase(phase: Phase) -> ConditionBase:
+    """No phase yet, or one earlier than ``phase``."""
+    earlier = [p.value for p in Phase if PHASE_ORDER[p] < PHASE_ORDER[phase]]
+    return Attr("phase").not_exists() | Attr("phase").is_in(earlier) if earlier else Attr("phase").not_exists()
+
+
+def termination_unrecorded() -> ConditionBase:
+    """The instance's termination time is not recorded yet (the EC2 handler writes it once)."""
+    return Attr("instance_terminated_at").not_exists()
+
+
+def digest_unchecked() -> ConditionBase:
+    """Neither ECR's push event nor the reaper recorded a digest check."""
+    return Attr("ecr_digest").not_exists() & Attr("digest_checked").not_exists()
+
+
 class ConditionFailed(InvalidTransition):
     """A conditional write lost: ``old`` is the build as it was when the condition was
     checked (``ReturnValuesOnConditionCheckFailure=ALL_OLD``), so the caller can tell why
     without another read."""
 
-    def __init__(self, message: str, old: dict) -> None:
+    def __init__(self, message: str, old: BuildRecord) -> None:
         super().__init__(message)
         self.old = old
 
@@ -121,49 +185,7 @@ class BuildStore:
         Returns ``(build, created)``; ``created`` is False when an Idempotency-Key
         matched an earlier request with the same body, whose build is returned.
         """
-        # `notification` belongs to the notifier, which claims it with attribute_not_exists, and
-        # `instance_terminated_at` to the EC2 handler (the same); `segments` is computed on reading
-        record = build.model_dump(mode="json", exclude={"notification", "instance_terminated_at", "segments"})
-        record.update(
-            kind="build",
-            created_key=f"{build.created_at}#{build.id}",
-            active="1",
-        )
-        if quota is not None:
-            record["owner_key"] = quota.key_id
-        items: list[dict] = [{
-            "Put": {
-                "TableName": self._table,
-                "Item": {k: to_av(v) for k, v in record.items()},
-                "ConditionExpression": "attribute_not_exists(id)",
-            }
-        }]
-        items.append({
-            "Update": {
-                "TableName": self._table,
-                "Key": {"id": {"S": QUOTA_ID}},
-                "UpdateExpression": "ADD ids :me",
-                "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
-                "ExpressionAttributeValues": {":me": {"SS": [build.id]}, ":max": {"N": str(self.max_active)}},
-            }
-        })
-        if idempotency:
-            items.append({
-                "Put": {
-                    "TableName": self._table,
-                    "Item": {
-                        "id": {"S": idempotency.item_id},
-                        "build_id": {"S": build.id},
-                        "body_hash": {"S": idempotency.body_hash},
-                        "expires_at": {"N": str(epoch_in(days=1))},
-                    },
-                    "ConditionExpression": "attribute_not_exists(id)",
-                }
-            })
-        key_limits: list[tuple[int, str]] = []  # (position in the transaction, limit)
-        for limit, item in self._key_quota_items(build, quota, gpu_hours) if quota is not None else ():
-            key_limits.append((len(items), limit))
-            items.append(item)
+        items, key_limits = self._creation(build, idempotency, quota, gpu_hours)
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 self._db.transact_write_items(TransactItems=items)
@@ -172,15 +194,16 @@ class BuildStore:
                 if e.response["Error"]["Code"] != "TransactionCanceledException":
                     raise
                 reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
-                if idempotency and len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
+                refused = {at for at, code in enumerate(reasons) if code == "ConditionalCheckFailed"}
+                if idempotency and 2 in refused:
                     return self._replay(idempotency), False
-                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                if 1 in refused:
                     raise QuotaExceeded(
                         f"too many active builds: the limit is {self.max_active}; "
                         "wait for one to finish or cancel one"
                     ) from None
                 for at, limit in key_limits:
-                    if len(reasons) > at and reasons[at] == "ConditionalCheckFailed":
+                    if at in refused:
                         self._raise_key_quota(quota, gpu_hours, limit)
                 if "TransactionConflict" not in reasons:
                     raise
@@ -189,19 +212,56 @@ class BuildStore:
             time.sleep(random.uniform(0, 0.025 * 2**attempt))
         raise Busy("too many builds are being submitted at this moment; retry in a second")
 
-    # ---- per-key quotas (issue 17) --------------------------------------------------
+    def _creation(self, build: Build, idempotency: Idempotency | None, quota: KeyQuota | None,
+                  gpu_hours: float) -> tuple[list[dict], list[tuple[int, str]]]:
+        """The transaction that creates ``build``: its item, the stage's quota slot, the
+        Idempotency-Key's item and the key's quota items; and where each key limit sits in it
+        as ``(position, limit)`` (a refusal there is that limit reached)."""
+        # `notification` belongs to the notifier, which claims it with attribute_not_exists, and
+        # `instance_terminated_at` to the EC2 handler (the same); `segments` is computed on reading
+        record = build.model_dump(mode="json", exclude={"notification", "instance_terminated_at", "segments"})
+        record.update(kind="build", created_key=f"{build.created_at}#{build.id}", active="1")
+        if quota is not None:
+            record["owner_key"] = quota.key_id
+        items: list[dict] = [
+            {"Put": {"TableName": self._table, "Item": {k: to_av(v) for k, v in record.items()},
+                     "ConditionExpression": "attribute_not_exists(id)"}},
+            self._slot_item(QUOTA_ID, build.id, self.max_active),
+        ]
+        if idempotency:
+            items.append({"Put": {
+                "TableName": self._table,
+                "Item": {
+                    "id": {"S": idempotency.item_id},
+                    "build_id": {"S": build.id},
+                    "body_hash": {"S": idempotency.body_hash},
+                    "expires_at": {"N": str(epoch_in(days=1))},
+                },
+                "ConditionExpression": "attribute_not_exists(id)",
+            }})
+        key_limits: list[tuple[int, str]] = []
+        for limit, item in self._key_quota_items(build, quota, gpu_hours) if quota is not None else ():
+            key_limits.append((len(items), limit))
+            items.append(item)
+        return items, key_limits
+
+    def _slot_item(self, quota_id: str, build_id: str, limit: int) -> dict:
+        """Take a slot in the active-build set ``quota_id`` while it holds fewer than ``limit``."""
+        return {"Update": {
+            "TableName": self._table,
+            "Key": {"id": {"S": quota_id}},
+            "UpdateExpression": "ADD ids :me",
+            "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
+            "ExpressionAttributeValues": {":me": {"SS": [build_id]}, ":max": {"N": str(limit)}},
+        }}
+
+    # ---- per-key quotas -----------------------------------------------------------------
     def _key_quota_items(self, build: Build, quota: KeyQuota, hours: float) -> list[tuple[str, dict]]:
         """The key's active-build set and its GPU-hours booked today (UTC), each conditional,
         as ``(limit, transaction item)`` for the limits the deployment sets."""
         out: list[tuple[str, dict]] = []
         if quota.max_active is not None:
-            out.append(("active", {"Update": {
-                "TableName": self._table,
-                "Key": {"id": {"S": f"{QUOTA_KEY_PREFIX}{quota.key_id}"}},
-                "UpdateExpression": "ADD ids :me",
-                "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
-                "ExpressionAttributeValues": {":me": {"SS": [build.id]}, ":max": {"N": str(quota.max_active)}},
-            }}))
+            out.append(("active", self._slot_item(f"{QUOTA_KEY_PREFIX}{quota.key_id}", build.id, quota.max_active)))
         if quota.max_gpu_hours_per_day is not None:
             if hours > quota.max_gpu_hours_per_day:
                 self._raise_key_quota(quota, hours, "gpu")
@@ -246,18 +306,18 @@ class BuildStore:
         return self.get(item["build_id"])
 
     # ---- read -------------------------------------------------------------------
-    def get_record(self, build_id: str) -> dict:
-        """The whole stored item, internal fields included."""
+    def get_record(self, build_id: str) -> BuildRecord:
+        """The whole stored build, internal fields included."""
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}}, ConsistentRead=True)
         item = resp.get("Item")
         if not item or from_item({"kind": item.get("kind", {"S": ""})})["kind"] != "build":
             raise BuildNotFound(f"no build with id {build_id!r}")
-        return from_item(item)
+        return BuildRecord.of(from_item(item))
 
     def get(self, build_id: str) -> Build:
-        return Build.model_validate(self.get_record(build_id))
+        return self.get_record(build_id).public()
 
-    def find_by_instance(self, instance_id: str) -> dict | None:
+    def find_by_instance(self, instance_id: str) -> BuildRecord | None:
         resp = self._db.query(
             TableName=self._table,
             IndexName="by-instance",
@@ -266,7 +326,7 @@ class BuildStore:
             Limit=1,
         )
         items = resp.get("Items", [])
-        return from_item(items[0]) if items else None
+        return BuildRecord.of(from_item(items[0])) if items else None
 
     def list(self, *, status: Status | None = None, framework: str | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[Build], str | None]:
@@ -304,7 +364,7 @@ class BuildStore:
             resp = self._db.query(**kwargs)
             items = resp.get("Items", [])
             for n, item in enumerate(items):
-                builds.append(Build.model_validate(from_item(item)))
+                builds.append(Build.model_validate(from_item(item)))  # a page: no internal fields
                 last = {k: item[k] for k in LIST_INDEX_KEYS[index]}
                 if len(builds) >= limit and (n + 1 < len(items) or "LastEvaluatedKey" in resp):
                     return builds, self._encode_cursor(last, index)  # more may follow this one
@@ -315,7 +375,7 @@ class BuildStore:
         # the read budget ran out: the page may be short (even empty) but still has a cursor
         return builds, (self._encode_cursor(start, index) if start else None)
 
-    def recent_records(self, status: Status, limit: int) -> list[dict]:
+    def recent_records(self, status: Status, limit: int) -> list[BuildRecord]:
         """The newest ``limit`` builds in ``status`` as whole items, internal attributes
         included (the ``by-status`` index projects ALL): one Query."""
         resp = self._db.query(
@@ -327,9 +387,9 @@ class BuildStore:
             ScanIndexForward=False,
             Limit=limit,
         )
-        return [from_item(i) for i in resp.get("Items", [])]
+        return [BuildRecord.of(from_item(i)) for i in resp.get("Items", [])]
 
-    def active_records(self) -> Iterator[dict]:
+    def active_records(self) -> Iterator[BuildRecord]:
         """Every build that is not final (the sparse ``by-active`` index), oldest first."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
@@ -340,7 +400,7 @@ class BuildStore:
         while True:
             resp = self._db.query(**kwargs)
             for item in resp.get("Items", []):
-                yield from_item(item)
+                yield BuildRecord.of(from_item(item))
             if "LastEvaluatedKey" not in resp:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
@@ -352,8 +412,8 @@ class BuildStore:
     def _decode_cursor(self, cursor: str, index: str) -> dict:
         return {k: {"S": v} for k, v in self._cursors.decode(cursor, index).items()}
 
-    # ---- transitions ------------------------------------------------------------
-    def transition(
+    # ---- writes -----------------------------------------------------------------
+    def move(
         self,
         build_id: str,
         to: Status,
@@ -364,14 +424,15 @@ class BuildStore:
         fields: dict[str, Any] | None = None,
         remove: Iterable[str] = (),
         record_event: bool = True,
-        extra_condition: tuple[str, dict[str, Any]] | None = None,
-    ) -> dict:
+        extra_condition: ConditionBase | None = None,
+    ) -> BuildRecord:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
-        the table allows ``to`` from). One conditional UpdateItem; returns the new item.
+        the table allows ``to`` from) and ``extra_condition`` holds. One conditional
+        UpdateItem; returns the build as it is now.
 
         A field name with a dot sets an attribute of a map (``image.digest``).
 
-        Raises InvalidTransition (a :class:`ConditionFailed` carrying the old item) when
+        Raises InvalidTransition (a :class:`ConditionFailed` carrying the old build) when
         the build was not in an expected state (a duplicate, late or out-of-order event):
         the caller decides whether that is an error or something to ignore.
         """
@@ -379,142 +440,155 @@ class BuildStore:
         sources = {s for s in sources if allowed(s, to)}
         if not sources:
             raise InvalidTransition(f"no state may move to {to.value}")
+        sets, removes, appends = self._moved_fields(to, phase, message, record_event)
+        return self._update(
+            build_id, {**sets, **(fields or {})}, removes=[*removes, *remove], appends=appends,
+            condition=_in_states(sources) & extra_condition if extra_condition else _in_states(sources),
+            refused=lambda old: f"build {build_id} is {old.status.value}; it cannot move to {to.value}",
+        )
+
+    @staticmethod
+    def _moved_fields(to: Status, phase: Phase | None, message: str,
+                      record_event: bool) -> tuple[dict[str, Any], list[str], dict[str, list]]:
+        """What a move to ``to`` sets, removes and appends besides the caller's fields:
+        the status and its timeline entry, the phase, and for a final state its end."""
         now = now_iso()
-        values: dict[str, Any] = {":to": to.value, ":now": now}
-        sets = ["#s = :to", "updated_at = :now"]
-        removes = list(remove)
+        sets: dict[str, Any] = {"status": to.value}
+        removes: list[str] = []
+        appends: dict[str, list] = {}
         if record_event:
             ev = TimelineEvent(at=now, status=to, phase=phase, message=message[:2000])
-            values[":ev"] = [ev.model_dump(mode="json")]
-            sets.append("events = list_append(events, :ev)")
+            appends["events"] = [ev.model_dump(mode="json")]
         if phase is not None:
-            values[":ph"] = phase.value
-            sets.append("phase = :ph")
+            sets["phase"] = phase.value
         elif to != Status.RUNNING:
             removes.append("phase")
         if to in FINAL:
-            sets.append("finished_at = :now")
+            sets["finished_at"] = now
             removes.append("active")
-        names = {"#s": "status"}
-        for i, (name, value) in enumerate((fields or {}).items()):
-            values[f":f{i}"] = value
-            sets.append(f"{_path(names, f'#f{i}', name)} = :f{i}")
-        src = sorted(s.value for s in sources)
-        cond = "#s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
-        values.update({f":src{i}": s for i, s in enumerate(src)})
-        if extra_condition:
-            cond = f"({cond}) AND ({extra_condition[0]})"
-            values.update(extra_condition[1])
-        expr = "SET " + ", ".join(sets)
-        if removes:
-            expr += " REMOVE " + ", ".join(dict.fromkeys(removes))
-        try:
-            resp = self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": build_id}},
-                UpdateExpression=expr,
-                ConditionExpression=f"attribute_exists(id) AND kind = :kind AND {cond}",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={":kind": {"S": "build"}, **{k: to_av(v) for k, v in values.items()}},
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as e:
-            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            old = e.response.get("Item")
-            if not old:
-                raise BuildNotFound(f"no build with id {build_id!r}") from None
-            item = from_item(old)
-            raise ConditionFailed(
-                f"build {build_id} is {item.get('status')}; it cannot move to {to.value}", item
-            ) from None
-        return from_item(resp["Attributes"])
+        return sets, removes, appends
 
     def update_fields(self, build_id: str, fields: dict[str, Any], *,
                       expect: Iterable[Status] = ACTIVE, remove: Iterable[str] = (),
-                      extra_condition: tuple[str, dict[str, Any]] | None = None) -> dict:
+                      extra_condition: ConditionBase | None = None) -> BuildRecord:
         """Set fields on a build that is still in one of ``expect`` (no timeline entry) and,
         with ``extra_condition``, for which that condition holds too."""
-        names = {"#s": "status", **{f"#f{i}": n for i, n in enumerate(fields)}}
-        values = {f":f{i}": v for i, v in enumerate(fields.values())}
-        src = sorted(s.value for s in expect)
-        values.update({f":src{i}": s for i, s in enumerate(src)})
-        values[":now"] = now_iso()
-        expr = "SET updated_at = :now" + "".join(f", #f{i} = :f{i}" for i in range(len(fields)))
-        rm = list(remove)
-        if rm:
-            expr += " REMOVE " + ", ".join(rm)
-        cond = "attribute_exists(id) AND #s IN (" + ", ".join(f":src{i}" for i in range(len(src))) + ")"
-        if extra_condition:
-            cond = f"{cond} AND ({extra_condition[0]})"
-            values.update(extra_condition[1])
+        cond = _in_states(expect)
+        return self._update(build_id, fields, removes=list(remove),
+                            condition=cond & extra_condition if extra_condition else cond,
+                            refused=lambda old: f"build {build_id} is {old.status.value}")
+
+    def record_delivery(self, build_id: str, started: bool, value: dict[str, Any], prev_token: str | None,
+                        *, release_owner: str | None | object = _KEEP) -> bool:
+        """Write the notifier's bookkeeping of the "started" or the final Slack message, if
+        nobody changed it since it held ``prev_token`` (None: since it did not exist) and the
+        build is still RUNNING (started) or final. Returns whether it was written.
+
+        With ``release_owner`` (the build's API key, or None), the build's quota slots are
+        given back too: in the same transaction as the write, or, when the write lost, on
+        their own (either way they are released)."""
+        attr = "start_notification" if started else "notification"
+        unchanged = (Attr(attr).not_exists() if prev_token is None
+                     else Attr(f"{attr}.token").eq(prev_token))
+        state = _in_states([Status.RUNNING] if started else FINAL)
+        if release_owner is _KEEP:
+            try:
+                self._update(build_id, {attr: value}, condition=unchanged & state, refused=lambda old: "")
+            except InvalidTransition:
+                return False
+            return True
+        write = self._update_request(build_id, {attr: value}, condition=unchanged & state)
+        leave = self._leave_requests(build_id, release_owner)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._db.transact_write_items(TransactItems=[{"Update": u} for u in [write, *leave]])
+                return True
+            except ClientError as e:
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                if e.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                if reasons[:1] == ["ConditionalCheckFailed"]:
+                    self._leave(leave)
+                    return False
+                if "TransactionConflict" not in reasons:
+                    raise
+            # a submit's transaction holds a quota set a moment: try again after a short jitter
+            time.sleep(random.uniform(0, 0.025 * 2**attempt))
+        written = self.record_delivery(build_id, started, value, prev_token)
+        self._leave(leave)
+        return written
+
+    def _update_request(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
+                        removes: Iterable[str] = (), appends: dict[str, list] | None = None) -> dict[str, Any]:
+        """The UpdateItem request of a build: SET ``sets`` (and ``updated_at``), append to the
+        lists in ``appends``, REMOVE ``removes``, when the item is a build and ``condition`` holds."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":now": now_iso()}
+        parts = ["updated_at = :now"]
+        for i, (name, value) in enumerate(sets.items()):
+            values[f":u{i}"] = value
+            parts.append(f"{_path(names, f'#u{i}', name)} = :u{i}")
+        for i, (name, items) in enumerate((appends or {}).items()):
+            values[f":a{i}"] = items
+            path = _path(names, f"#a{i}", name)
+            parts.append(f"{path} = list_append({path}, :a{i})")
+        expr = "SET " + ", ".join(parts)
+        gone = [_path(names, f"#r{i}", name) for i, name in enumerate(dict.fromkeys(removes))]
+        if gone:
+            expr += " REMOVE " + ", ".join(gone)
+        cond = ConditionExpressionBuilder().build_expression(
+            Attr("id").exists() & Attr("kind").eq("build") & condition)
+        names.update(cond.attribute_name_placeholders)
+        values.update(cond.attribute_value_placeholders)
+        return {
+            "TableName": self._table,
+            "Key": {"id": {"S": build_id}},
+            "UpdateExpression": expr,
+            "ConditionExpression": cond.condition_expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": {k: to_av(v) for k, v in values.items()},
+        }
+
+    def _update(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
+                refused: Callable[[BuildRecord], str], removes: Iterable[str] = (),
+                appends: dict[str, list] | None = None) -> BuildRecord:
+        """The one UpdateItem of a build (see :meth:`_update_request`). Returns the build after
+        the write. Raises BuildNotFound, or ConditionFailed with the old build and ``refused(old)``."""
+        request = self._update_request(build_id, sets, condition=condition, removes=removes, appends=appends)
         try:
-            resp = self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": build_id}},
-                UpdateExpression=expr,
-                ConditionExpression=cond,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={k: to_av(v) for k, v in values.items()},
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            resp = self._db.update_item(**request, ReturnValues="ALL_NEW",
+                                        ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as e:
             if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             old = e.response.get("Item")
-            if not old:
+            if not old or old.get("kind", {}).get("S") != "build":
                 raise BuildNotFound(f"no build with id {build_id!r}") from None
-            item = from_item(old)
-            raise ConditionFailed(f"build {build_id} is {item.get('status')}", item) from None
-        return from_item(resp["Attributes"])
-
-    def set_if(self, build_id: str, attribute: str, value: Any, *, condition: str,
-               names: dict[str, str] | None = None, values: dict[str, Any] | None = None) -> dict | None:
-        """Set one attribute of a build when ``condition`` holds (optimistic concurrency
-        for bookkeeping such as the Slack notification claim). ``condition`` may use
-        ``#s`` for ``status`` and ``#a`` for ``attribute``. Returns the new item, or None
-        when the condition failed."""
-        try:
-            resp = self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": build_id}},
-                UpdateExpression="SET #a = :a, updated_at = :now",
-                ConditionExpression=f"attribute_exists(id) AND kind = :kind AND ({condition})",
-                ExpressionAttributeNames={"#a": attribute, **({"#s": "status"} if "#s" in condition else {}),
-                                          **(names or {})},
-                ExpressionAttributeValues={
-                    ":kind": {"S": "build"}, ":a": to_av(value), ":now": to_av(now_iso()),
-                    **{k: to_av(v) for k, v in (values or {}).items()},
-                },
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as e:
-            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return None
-        return from_item(resp["Attributes"])
+            record = BuildRecord.of(from_item(old))
+            raise ConditionFailed(refused(record), record) from None
+        return BuildRecord.of(from_item(resp["Attributes"]))
 
     # ---- quota ------------------------------------------------------------------
-    def release_slot(self, build_id: str) -> None:
-        """Give a finished build's quota slots back, the stage's and its API key's (idempotent)."""
-        self._db.update_item(
-            TableName=self._table,
-            Key={"id": {"S": QUOTA_ID}},
-            UpdateExpression="DELETE ids :me",
-            ExpressionAttributeValues={":me": {"SS": [build_id]}},
-        )
-        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
-                                 ProjectionExpression="owner_key", ConsistentRead=True)
-        owner = resp.get("Item", {}).get("owner_key", {}).get("S")
-        if owner:
-            self._db.update_item(
-                TableName=self._table,
-                Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{owner}"}},
-                UpdateExpression="DELETE ids :me",
-                ExpressionAttributeValues={":me": {"SS": [build_id]}},
-            )
+    def release_slot(self, build_id: str, *, owner_key: str | None | object = _LOOK_UP) -> None:
+        """Give a finished build's quota slots back, the stage's and its API key's (idempotent).
+        ``owner_key``: the build's API key as the caller read it (None: none); by default the
+        store reads it."""
+        owner = owner_key
+        if owner is _LOOK_UP:
+            resp = self._db.get_item(TableName=self._table, Key={"id": {"S": build_id}},
+                                     ProjectionExpression="owner_key", ConsistentRead=True)
+            owner = resp.get("Item", {}).get("owner_key", {}).get("S")
+        self._leave(self._leave_requests(build_id, owner))
+
+    def _leave_requests(self, build_id: str, owner: str | None) -> list[dict[str, Any]]:
+        """The UpdateItem requests that take ``build_id`` out of the stage's set and its key's."""
+        sets = [QUOTA_ID, *([f"{QUOTA_KEY_PREFIX}{owner}"] if owner else [])]
+        return [{"TableName": self._table, "Key": {"id": {"S": s}}, "UpdateExpression": "DELETE ids :me",
+                 "ExpressionAttributeValues": {":me": {"SS": [build_id]}}} for s in sets]
+
+    def _leave(self, requests: list[dict[str, Any]]) -> None:
+        for request in requests:  # set deletes: idempotent, unconditional
+            self._db.update_item(**request)
 
     def key_slot_holders(self, key_id: str) -> set[str]:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": f"{QUOTA_KEY_PREFIX}{key_id}"}},

@@ -8,17 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib import metrics
+from chalicelib.notify_events import enqueue_final, enqueue_started
 from chalicelib.queues import Queue
+from chalicelib.records import BuildRecord
 from chalicelib.states import FINAL, Status
 from chalicelib.store import BuildStore
 
 
-def just_started(item: dict) -> bool:
-    """True when the move that returned ``item`` was the one out of LAUNCHING: its
+def just_started(record: BuildRecord) -> bool:
+    """True when the move that returned ``record`` was the one out of LAUNCHING: its
     timeline entry is the first RUNNING one after something else."""
-    events = item.get("events") or []
-    return (len(events) >= 2 and events[-1].get("status") == Status.RUNNING.value
-            and events[-2].get("status") != Status.RUNNING.value)
+    events = record.events
+    return len(events) >= 2 and events[-1].status == Status.RUNNING and events[-2].status != Status.RUNNING
 
 
 class Transitions:
@@ -27,17 +28,15 @@ class Transitions:
         self.notify_queue = notify_queue
         self.notify_on_start = notify_on_start
 
-    def move(self, build_id: str, to: Status, **kwargs: Any) -> dict:
-        """``BuildStore.transition`` plus the notifications. Raises InvalidTransition
+    def move(self, build_id: str, to: Status, **kwargs: Any) -> BuildRecord:
+        """``BuildStore.move`` plus the notifications. Raises InvalidTransition
         when the build was not in a state that allows ``to``: only the caller that won
         the conditional write sends a notification, so a duplicate event can never
         produce a second one."""
-        item = self.store.transition(build_id, to, **kwargs)
+        item = self.store.move(build_id, to, **kwargs)
         if to in FINAL:
-            self.notify_queue.send({"build_id": build_id, "status": to.value})
+            enqueue_final(self.notify_queue, build_id, to)
             metrics.build_finished(item)
         elif to == Status.RUNNING and kwargs.get("record_event", True) and just_started(item):
-            from chalicelib.notify import enqueue_started  # not at import: notify brings Slack's SDK
-
             enqueue_started(self.notify_queue, build_id, enabled=self.notify_on_start)
         return item

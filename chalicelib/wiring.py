@@ -98,7 +98,9 @@ def openapi_document() -> dict:
 
 @cache
 def notifier():
-    from chalicelib.notify import Notifier, SlackSender, WebhookDirectory  # Slack: the notifier's alone
+    from chalicelib.notify import Notifier  # Slack's SDK: the notifier's alone
+    from chalicelib.slack_delivery import SlackSender
+    from chalicelib.webhooks import WebhookDirectory
 
     s = settings()
     return Notifier(
@@ -110,7 +112,7 @@ def notifier():
     )
 
 
-# ---- event-driven lifecycle (issue 7) ----
+# ---- event-driven lifecycle ----
 @cache
 def instances():
     from chalicelib.instances import Instances
@@ -120,29 +122,27 @@ def instances():
 
 @cache
 def lifecycle():
+    from chalicelib.lifecycle import Lifecycle, LifecycleConfig
+    from chalicelib.pushed import PushedImages
+
+    return Lifecycle(store(), transitions(), instances(), launch_queue(), LifecycleConfig(stage=settings().stage),
+                     logs=build_logs(), pushed=PushedImages(client("ecr")))
+
+
+@cache
+def reaper():
     from datetime import timedelta
 
-    from chalicelib.lifecycle import Lifecycle, LifecycleConfig, LogTail
+    from chalicelib.reaper import Reaper, ReaperConfig
 
     s = settings()
-    config = LifecycleConfig(
-        stage=s.stage,
+    config = ReaperConfig(
         launch_grace=timedelta(minutes=s.launch_grace_minutes),
         stale_heartbeat=timedelta(minutes=s.stale_heartbeat_minutes),
         orphan_grace=timedelta(minutes=s.orphan_grace_minutes),
         digest_grace=timedelta(minutes=s.digest_grace_minutes),
     )
-    from chalicelib.pushed import PushedImages
-
-    return Lifecycle(store(), transitions(), instances(), launch_queue(), config,
-                     logs=LogTail(client("logs"), s.build_log_group), pushed=PushedImages(client("ecr")))
-
-
-@cache
-def reaper():
-    from chalicelib.reaper import Reaper
-
-    return Reaper(store(), lifecycle(), instances(), ecr=client("ecr"))
+    return Reaper(store(), lifecycle(), instances(), config, ecr=client("ecr"))
 
 
 def queue_name(kind: str) -> str:
@@ -157,7 +157,7 @@ def stage() -> str:
     return os.environ.get("VOLTABUILD_STAGE", "dev")
 
 
-# ---- launcher and the instance's reports (issue 4) ----
+# ---- launcher and the instance's reports ----
 @cache
 def launcher():
     from chalicelib.custom_builds import Repositories
@@ -213,7 +213,7 @@ def reset() -> None:
     for fn in (settings, client, catalog, store, launch_queue, notify_queue, transitions, builds,
                openapi_document, notifier, instances, lifecycle, reaper):
         fn.cache_clear()
-    for fn in (launcher, reports, build_logs, relauncher):  # issue 4
+    for fn in (launcher, reports, build_logs, relauncher):
         fn.cache_clear()
     contexts.cache_clear()  # issue 20
     context_links.cache_clear()

@@ -1,4 +1,5 @@
-"""Create voltabuild's resources in an emulated AWS (moto) from infra/resources.yaml.
+"""The emulated AWS (moto) the local stack, the benchmarks and the tests run on: voltabuild's
+resources from infra/resources.yaml, the EC2 prerequisites of a launch, and moto in-process.
 
 The same definitions a deployment uses: the local stack and the tests call
 :func:`create_resources`; nothing here is a second hand-written copy.
@@ -13,11 +14,13 @@ The builder role, instance profile and security group are left to whoever needs 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import re
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +297,44 @@ def stage_environment(resources: dict[str, str], stage: str = "dev") -> dict[str
     if "ContextsBucket" in resources:
         env["CONTEXTS_BUCKET"] = resources["ContextsBucket"]
     return env
+
+
+def prepare_ec2(session, name: str, *, subnets: int = 2) -> dict[str, str]:
+    """What an account has before the first launch, in the emulation: an AMI, subnets of
+    the default VPC, the builder security group (no inbound rules) and an instance profile
+    named ``name``; returned as the launcher's environment variables."""
+    ec2 = session.client("ec2")
+    iam = session.client("iam")
+    ami = ec2.register_image(Name=f"{name}-dlami", RootDeviceName="/dev/sda1", Architecture="x86_64")["ImageId"]
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    found = sorted(s["SubnetId"] for s in ec2.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"])[:subnets]
+    sg = ec2.create_security_group(GroupName=name, Description="voltabuild builders", VpcId=vpc)["GroupId"]
+    rules = ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0].get("IpPermissions", [])
+    if rules:
+        ec2.revoke_security_group_ingress(GroupId=sg, IpPermissions=rules)
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                "Principal": {"Service": "ec2.amazonaws.com"}}]}))
+    iam.create_instance_profile(InstanceProfileName=name)
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return {"AMI_ID": ami, "SUBNET_IDS": ",".join(found), "SECURITY_GROUP_ID": sg, "INSTANCE_PROFILE": name}
+
+
+@contextlib.contextmanager
+def emulated_aws(region: str = "us-east-1", *,
+                 prepare: Callable[[Any], dict[str, str]] | None = None) -> Iterator[tuple[Any, dict[str, str]]]:
+    """moto's in-process AWS with voltabuild's resources created, the app's environment
+    pointing at them (plus what ``prepare(session)`` returns) and every lazy object of
+    ``chalicelib.wiring`` reset. Yields ``(session, resources)``."""
+    import boto3
+    from moto import mock_aws
+
+    from chalicelib import wiring
+
+    with mock_aws():
+        session = boto3.session.Session(region_name=region)
+        resources = create_resources(session)
+        env = {**stage_environment(resources), **(prepare(session) if prepare else {})}
+        with wiring.environment(env):
+            yield session, resources

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib import catalog_compiled
+from infra import policies
 from infra.local import load_template
 from infra.operations import add_operations
 
@@ -339,6 +340,7 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
         scratch = Path(tmp) / "project"
         scratch.mkdir()
         _copy_project(Path(project), scratch)
+        policies.write(scratch, [stage])  # generated from infra/policy.template.json
         merge = Path(tmp) / "merge-template.json"
         merge.write_text(json.dumps(merge_template(stage), indent=2))
         _chalice_package(scratch, stage, merge, out_dir, region)

@@ -1,7 +1,8 @@
 """What the Lambdas call in AWS, derived from the code, and what an IAM policy allows.
 
-The deployment's Lambda policies are hand-kept (``.chalice/policy-<stage>.json``,
-``autogen_policy: false``); this module keeps them honest:
+The deployment's Lambda policies are hand-kept (``infra/policy.template.json``, written out
+as ``.chalice/policy-<stage>.json`` by infra/policies.py; ``autogen_policy: false``); this
+module keeps them honest:
 
 * :func:`aws_calls` reads app.py and chalicelib/ (a static AST scan, so handlers added
   later are covered without anyone registering them): every service a client is made for
@@ -15,7 +16,7 @@ The deployment's Lambda policies are hand-kept (``.chalice/policy-<stage>.json``
   :func:`allows` judge a policy (after :func:`resolve` has filled in CloudFormation's
   ``Fn::Sub`` pseudo parameters).
 
-    python -m infra.permissions [.chalice/policy-dev.json]   # lists calls and what is missing
+    python -m infra.permissions [policy.json]   # lists calls and what the dev policy (or that one) lacks
 """
 
 from __future__ import annotations
@@ -136,11 +137,14 @@ def aws_calls(files: Iterable[Path] | None = None, *, root: Path = ROOT) -> list
     calls: set[Call] = set()
     for path, tree in trees.items():
         rel = path.relative_to(root) if path.is_relative_to(root) else path
-        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+        # a transaction's item kinds are looked for in its class (the items may be built by
+        # the class's other methods), else in its function
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)]
 
         def enclosing(node: ast.AST, functions=functions) -> ast.AST | None:
             inner = [f for f in functions if f.lineno <= node.lineno <= (f.end_lineno or f.lineno)]
-            return max(inner, key=lambda f: f.lineno) if inner else None
+            classes = [f for f in inner if isinstance(f, ast.ClassDef)]
+            return max(classes or inner, key=lambda f: f.lineno) if inner else None
 
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
@@ -428,13 +432,16 @@ def unknown_actions(policy: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    policy_path = Path(argv[0]) if argv else ROOT / ".chalice" / "policy-dev.json"
+    from infra import policies
+
+    name = Path(argv[0]).name if argv else "the dev policy"
+    policy = json.loads(Path(argv[0]).read_text()) if argv else policies.policy("dev")
     calls = aws_calls()
     for c in calls:
         print(f"{c.action:45} {c.where}")
-    missing = missing_actions(resolve(json.loads(policy_path.read_text())), calls)
+    missing = missing_actions(resolve(policy), calls)
     for action, where in sorted(missing.items()):
-        print(f"MISSING in {policy_path.name}: {action} (needed at {', '.join(where)})", file=sys.stderr)
+        print(f"MISSING in {name}: {action} (needed at {', '.join(where)})", file=sys.stderr)
     return 1 if missing else 0
 
 

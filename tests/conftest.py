@@ -28,17 +28,10 @@ os.environ.update(
 def moto_aws():
     """moto's in-process AWS with voltabuild's resources created from infra/resources.yaml;
     the app's environment points at them and every lazy client is reset."""
-    import boto3
-    from moto import mock_aws
+    from infra.local import emulated_aws
 
-    from chalicelib import wiring
-    from infra.local import create_resources, stage_environment
-
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        resources = create_resources(session)
-        with wiring.environment(stage_environment(resources)):
-            yield Aws(session, resources)
+    with emulated_aws("us-east-1") as (session, resources):
+        yield Aws(session, resources)
 
 
 @pytest.fixture

@@ -173,7 +173,7 @@ class Stack:
             _wait_http(health, proc=proc, log=log)
 
     def _up(self, state: dict, ports: dict[str, int]) -> None:
-        from infra.local import create_resources, stage_environment
+        from infra.local import create_resources, prepare_ec2, stage_environment
 
         py = sys.executable
         base_env = {
@@ -194,7 +194,7 @@ class Stack:
                     {**base_env, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_DISABLE_GLOBAL_CORS": "true"}, f"{moto_url}/moto-api/")
         session = EndpointSession(moto_url)
         resources = create_resources(session, STAGE)
-        ec2_env = self._ec2_prerequisites(session)
+        ec2_env = prepare_ec2(session, f"voltabuild-{STAGE}-builder", subnets=3)
 
         api_url = f"http://127.0.0.1:{ports['api']}"
         registry = f"127.0.0.1:{ports['registry']}"
@@ -248,30 +248,6 @@ class Stack:
             "# written by `make up`: the local stack's endpoints (source it, or let the CLI read it)\n"
             + "".join(f"{k}={v}\n" for k, v in client_env.items())
         )
-
-    def _ec2_prerequisites(self, session: EndpointSession) -> dict[str, str]:
-        """What a real account has before the first launch: an AMI, subnets, the
-        builder security group (no inbound rules) and instance profile."""
-        ec2 = session.client("ec2")
-        iam = session.client("iam")
-        ami = ec2.register_image(Name="voltabuild-local-dlami", RootDeviceName="/dev/sda1",
-                                 Architecture="x86_64")["ImageId"]
-        vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-        subnets = [s["SubnetId"] for s in ec2.describe_subnets(
-            Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]][:3]
-        sg = ec2.create_security_group(GroupName="voltabuild-dev-builder", Description="voltabuild builders",
-                                       VpcId=vpc)["GroupId"]
-        rules = ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0].get("IpPermissions", [])
-        if rules:
-            ec2.revoke_security_group_ingress(GroupId=sg, IpPermissions=rules)
-        iam.create_role(RoleName="voltabuild-dev-builder", AssumeRolePolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                    "Principal": {"Service": "ec2.amazonaws.com"}}]}))
-        iam.create_instance_profile(InstanceProfileName="voltabuild-dev-builder")
-        iam.add_role_to_instance_profile(InstanceProfileName="voltabuild-dev-builder",
-                                         RoleName="voltabuild-dev-builder")
-        return {"AMI_ID": ami, "SUBNET_IDS": ",".join(subnets), "SECURITY_GROUP_ID": sg,
-                "INSTANCE_PROFILE": "voltabuild-dev-builder"}
 
     def _slack_parameters(self, session: EndpointSession, sink_url: str, app_env: dict[str, str]) -> None:
         ssm = session.client("ssm")

@@ -223,7 +223,7 @@ class Executor:
         finally:
             self._terminate(iid)
 
-    def _recorded(self, iid: str, build_id: str) -> dict | None:
+    def _recorded(self, iid: str, build_id: str):
         """The build record once the launcher has recorded ``iid`` on it (it does so right
         after RunInstances), or None when it never does within ``record_wait_s``."""
         from chalicelib import wiring
@@ -234,8 +234,8 @@ class Executor:
             try:
                 record = wiring.store().get_record(build_id)
             except BuildNotFound:
-                record = {}
-            if record.get("instance_id") == iid:
+                record = None
+            if record is not None and record.instance_id == iid:
                 return record
             if time.monotonic() >= deadline:
                 return None
@@ -255,8 +255,8 @@ class Executor:
         if self.builder is None:
             log.error("%s: neither a Docker engine nor buildah (as root) is available; the build cannot run", iid)
             return
-        repo = record["image"]["repository"].split("/", 1)[1]
-        before = {t: self._digest(repo, t) for t in record["image"]["tags"]}
+        repo = record.image.repository.split("/", 1)[1]
+        before = {t: self._digest(repo, t) for t in record.image.tags}
         # the venv's bin first: the script's `aws` (CloudWatch Logs) is the AWS CLI installed there
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = {**os.environ, "PATH": path, "VOLTABUILD_LOCAL": "1", "VOLTABUILD_BUILDER": self.builder,

@@ -165,7 +165,7 @@ def test_cancel_a_running_build_is_recorded_and_answered_202(api, aws):
     from chalicelib.states import Status
 
     _, build = post(api, {"framework": "canary"})
-    wiring.store().transition(build["id"], Status.LAUNCHING)
+    wiring.store().move(build["id"], Status.LAUNCHING)
     resp = api.http.delete(f"/builds/{build['id']}")
     assert resp.status_code == 202
     body = json.loads(resp.body)

@@ -13,6 +13,7 @@ import yaml
 from chalicelib.catalog import load_catalog
 from chalicelib.errors import BadRequest, CatalogError
 from chalicelib.gpu import place
+from infra import policies
 
 ROOT = Path(__file__).resolve().parents[2]
 WHY = "Maxwell M60: no current DLAMI lists g3 and voltabuild has no driver path for it"
@@ -98,9 +99,8 @@ def test_the_cli_shows_each_familys_ami_and_driver(root_with_g3):
 @pytest.mark.parametrize("stage", ["dev", "prod"])
 def test_the_launcher_may_read_every_ami_parameter_of_the_table(stage):
     import fnmatch
-    import json
 
-    policy = json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text())
+    policy = policies.policy(stage)
     readable = []
     for st in policy["Statement"]:
         if "ssm:GetParameter" in st["Action"]:

@@ -15,6 +15,7 @@ from factcheck import entries, entry_problems, host_problems, load_facts, proble
 
 from chalicelib.catalog import Catalog, load_catalog
 from chalicelib.hostscript import HostConfig, render
+from chalicelib.records import BuildRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)
@@ -31,7 +32,9 @@ def record_for(catalog: Catalog, framework: str, **over) -> dict:
     r = spec.resolve(over.get("version"), over.get("cuda"), over.get("python"))
     return {"id": "b-0123456789abcdef0123", "framework": framework, "version": r.version, "cuda": r.cuda,
             "python": r.python, "build_args": {}, "timeout_minutes": 45, "attempt": 1,
-            "image": {"tags": spec.tags_for(r, catalog.hardware)}}
+            "image": {"repository": spec.repository, "tags": spec.tags_for(r, catalog.hardware)},
+            "status": "LAUNCHING", "instance_types": [], "notify": {"slack": False},
+            "created_at": "2026-12-02T05:00:00Z", "updated_at": "2026-12-02T05:00:00Z"}
 
 
 @pytest.mark.parametrize("framework", SPECS)
@@ -128,7 +131,7 @@ def test_a_health_image_that_does_not_exist_fails(tmp_path):
 def test_rendered_user_data_names_a_real_ami_real_tags_and_a_driver_that_supports_the_gpu(
         framework, over, instance_type, ami, base, health, driver):
     rec = record_for(CATALOG, framework, **over)
-    script = render(rec, CATALOG, CFG, token=TOKEN, build_date="2026-12-02T05:00:00Z", instance_type=instance_type)
+    script = render(BuildRecord.of(rec), CATALOG, CFG, token=TOKEN, build_date="2026-12-02T05:00:00Z", instance_type=instance_type)
     hw = CATALOG.hardware
     # the AMI the launcher resolves for this type is a vendored fact that boots this family
     path = hw.ami_of(instance_type)

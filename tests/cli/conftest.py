@@ -61,7 +61,7 @@ class Builds:
 
         if "phase" in kw and isinstance(kw["phase"], str):
             kw["phase"] = Phase(kw["phase"])
-        item = self.store.transition(build_id, Status(to), **kw)
+        item = self.store.move(build_id, Status(to), **kw)
         if Status(to).final:
             self.store.release_slot(build_id)
         return item
@@ -75,7 +75,7 @@ class Builds:
 
         for build_id in self.made:
             try:
-                self.store.transition(build_id, Status.CANCELLED, message="test cleanup")
+                self.store.move(build_id, Status.CANCELLED, message="test cleanup")
             except InvalidTransition:
                 pass
             self.store.release_slot(build_id)

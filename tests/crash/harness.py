@@ -189,7 +189,8 @@ class Sim:
         return build.id
 
     def record(self) -> dict:
-        return self.wiring.store().get_record(self.build_id)
+        """The stored build as plain data (the fields the item holds)."""
+        return self.wiring.store().get_record(self.build_id).model_dump(mode="json", exclude_unset=True)
 
     # ---- the instance side -------------------------------------------------------------
     def instances(self) -> list[dict]:

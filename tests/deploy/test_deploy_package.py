@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import policies
 from infra.local import load_template
 from infra.package import PackagingError, check_zip, wire_queue_triggers
 
@@ -20,7 +21,7 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 
 
 def policy_file(stage: str) -> dict:
-    return json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text())
+    return policies.policy(stage)
 
 
 def _functions(template: dict) -> dict[str, dict]:

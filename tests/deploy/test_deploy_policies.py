@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.catalog import load_catalog
+from infra import policies
 from infra.local import load_template
 from infra.permissions import (
     allows,
@@ -29,7 +30,7 @@ ACCOUNT, REGION = "123456789012", "us-east-1"
 
 
 def lambda_policy(stage: str) -> dict:
-    return resolve(json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text()))
+    return resolve(policies.policy(stage))
 
 
 def builder_role(stage: str) -> dict:
@@ -219,10 +220,18 @@ def test_lambdas_may_write_their_own_logs(stage):
 
 
 def test_prod_policy_is_the_dev_policy_for_prod():
-    dev = (ROOT / ".chalice" / "policy-dev.json").read_text()
-    prod = (ROOT / ".chalice" / "policy-prod.json").read_text()
+    dev, prod = policies.policy_text("dev"), policies.policy_text("prod")
     as_prod = dev.replace("voltabuild-dev-", "voltabuild-prod-").replace("/voltabuild/dev/", "/voltabuild/prod/")
     assert as_prod.replace('"dev"', '"prod"') == prod
+    assert "dev" not in policies.policy_text("qa").replace("voltabuild-qa", ""), "no stage name is hard-coded"
+
+
+def test_the_policy_files_chalice_reads_are_generated_for_every_stage(tmp_path):
+    (tmp_path / ".chalice").mkdir()
+    (tmp_path / ".chalice" / "config.json").write_text((ROOT / ".chalice" / "config.json").read_text())
+    written = policies.write(tmp_path)
+    assert sorted(p.name for p in written) == ["policy-dev.json", "policy-prod.json"]
+    assert json.loads((tmp_path / ".chalice" / "policy-prod.json").read_text()) == policies.policy("prod")
 
 
 # ---- the build instance's role ------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_every_module_the_catalog_and_a_slack_webhook_work_from_the_slim_zip_alo
         "import app\n"
         "from chalicelib.catalog import load_catalog\n"
         "from chalicelib.openapi import document\n"
-        "from chalicelib.notify import SlackSender\n"
+        "from chalicelib.slack_delivery import SlackSender\n"
         "cat = load_catalog()\n"
         "assert 'yaml' not in sys.modules, 'the compiled catalog was not used'\n"
         "assert document()['paths']\n"

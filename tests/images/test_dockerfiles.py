@@ -4,15 +4,18 @@ the default image), and the conventions every image shares hold."""
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import shlex
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from chalicelib.catalog import BuildSpec, load_catalog
-from chalicelib.hostscript import strip_comments
+from chalicelib.hostscript import pack_context, strip_comments
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)
@@ -203,12 +206,18 @@ def test_gpu_health_checks_are_one_script():
     assert {fw for fw, text in texts.items() if text != texts["pytorch"]} == set()
 
 
-def test_gpu_entrypoints_are_one_script():
-    # Each build context is its own folder, so the GPU images carry a copy each; keep them equal
-    # (edit dockerfiles/pytorch/entrypoint.sh and copy it to the others).
-    texts = {s.framework: (CATALOG.context_dir(s) / "entrypoint.sh").read_text() for s in GPU_SPECS}
-    reference = texts["pytorch"]
-    assert {fw for fw, text in texts.items() if text != reference} == set()
+def test_gpu_images_are_built_with_the_one_shared_entrypoint():
+    # GIVEN the GPU build contexts, which keep no entrypoint of their own,
+    # WHEN each is packed for the host script, THEN it carries dockerfiles/common/entrypoint.sh, executable
+    common = CATALOG.common_context_dir / "entrypoint.sh"
+    for s in GPU_SPECS:
+        assert not (CATALOG.context_dir(s) / "entrypoint.sh").exists(), f"{s.framework}: a copy of the entrypoint"
+        blob = base64.b64decode(pack_context(CATALOG.context_dir(s), CATALOG.common_context_dir))
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            member = tar.getmember("entrypoint.sh")
+            assert tar.extractfile(member).read() == common.read_bytes()
+            assert member.mode & 0o111, "entrypoint.sh must be executable"
+            assert "Dockerfile" in tar.getnames()
 
 
 def test_pytorch_has_one_copy_of_cuda():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chalicelib.catalog import Catalog, load_catalog
 from chalicelib.hostscript import HostConfig, render
+from chalicelib.records import BuildRecord
 
 SHIMS = Path(__file__).resolve().parent / "shims"
 BUILD_ID = "b-0123456789abcdef0123"
@@ -22,13 +23,15 @@ CFG = HostConfig(api_url="https://api.example.test/api", region="us-east-1", sta
 
 
 def record_for(catalog: Catalog, framework: str = "pytorch", **over) -> dict:
+    """A stored build's fields (no instance types: the script's default, the framework's first)."""
     spec = catalog.spec(framework)
     r = spec.resolve(over.pop("version", None), over.pop("cuda", None), over.pop("python", None))
     rec = {
         "id": BUILD_ID, "framework": framework, "version": r.version, "cuda": r.cuda, "python": r.python,
         "build_args": {}, "image": {"repository": f"{CFG.registry}/{spec.repository}",
                                     "tags": spec.tags_for(r, catalog.hardware)},
-        "timeout_minutes": 45, "attempt": 1,
+        "timeout_minutes": 45, "attempt": 1, "status": "LAUNCHING", "instance_types": [],
+        "notify": {"slack": False}, "created_at": "2026-11-28T15:00:00Z", "updated_at": "2026-11-28T15:00:00Z",
     }
     rec.update(over)
     return rec
@@ -106,5 +109,5 @@ def run_script(tmp: Path, script: str, env: dict[str, str] | None = None, *,
 
 def render_for(record: dict, catalog: Catalog | None = None, cfg: HostConfig = CFG,
                instance_type: str | None = None) -> str:
-    return render(record, catalog or load_catalog(), cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z",
+    return render(BuildRecord.of(record), catalog or load_catalog(), cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z",
                   instance_type=instance_type)

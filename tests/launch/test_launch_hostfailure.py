@@ -13,6 +13,7 @@ from test_launch_launcher import instances
 
 from chalicelib import wiring
 from chalicelib.launcher import Launcher
+from chalicelib.records import BuildRecord, HostFailure
 from chalicelib.schemas import BuildRequest
 from chalicelib.states import Phase, Status
 
@@ -42,7 +43,8 @@ def post(api, build_id: str, body: dict, token: str = TOKEN):
 
 
 def record(build_id: str) -> dict:
-    return wiring.store().get_record(build_id)
+    """The stored build as plain data (the fields the item holds)."""
+    return wiring.store().get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
 
 def test_a_host_failure_records_its_cause_and_queues_a_new_attempt(api, aws):
@@ -68,7 +70,7 @@ def test_the_next_attempt_starts_on_the_next_instance_type(api, aws, ec2_env):
     build_id = _running_on(aws, "g5.xlarge", types=["g5.xlarge", "g4dn.xlarge"])
     assert post(api, build_id, HOST_FAIL).status_code == 202
     (msg,) = aws.messages("LaunchQueue")
-    assert Launcher._order(record(build_id)) == ["g4dn.xlarge", "g5.xlarge"]
+    assert Launcher._order(wiring.store().get_record(build_id)) == ["g4dn.xlarge", "g5.xlarge"]
     assert wiring.launcher().handle(msg).action == "launched"
     (inst,) = instances(ec2_env["ec2"])
     assert inst["InstanceType"] == "g4dn.xlarge"
@@ -76,8 +78,10 @@ def test_the_next_attempt_starts_on_the_next_instance_type(api, aws, ec2_env):
 
 
 def test_every_type_that_failed_its_host_goes_last_in_the_order_it_was_listed():
-    rec = {"instance_types": ["p3.2xlarge", "g4dn.xlarge", "g5.xlarge"],
-           "host_failures": [{"instance_type": "p3.2xlarge"}, {"instance_type": "g4dn.xlarge"}]}
+    rec = BuildRecord.model_construct(
+        instance_types=["p3.2xlarge", "g4dn.xlarge", "g5.xlarge"],
+        host_failures=[HostFailure(attempt=1, instance_type="p3.2xlarge"),
+                       HostFailure(attempt=2, instance_type="g4dn.xlarge")])
     assert Launcher._order(rec) == ["g5.xlarge", "p3.2xlarge", "g4dn.xlarge"]
 
 

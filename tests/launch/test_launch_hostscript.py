@@ -20,6 +20,7 @@ from hostrun import BUILD_ID, CFG, TOKEN, record_for, render_for, run_script
 
 from chalicelib.catalog import load_catalog
 from chalicelib.hostscript import RenderError, pack_context, render, script_of, strip_comments, user_data
+from chalicelib.records import BuildRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELLCHECK = ROOT / ".venv" / "bin" / "shellcheck"
@@ -73,14 +74,14 @@ def test_the_build_context_travels_inside_the_script(catalog, tmp_path):
 
 def test_render_refuses_values_that_are_not_what_they_claim(catalog):
     rec = record_for(catalog, "canary")
-    for bad in [dict(id="b-1; reboot"), dict(image={"tags": ["ok", "$(reboot)"]}),
-                dict(image={"tags": []})]:
+    for bad in [dict(id="b-1; reboot"), dict(image={**rec["image"], "tags": ["ok", "$(reboot)"]}),
+                dict(image={**rec["image"], "tags": []})]:
         with pytest.raises(RenderError):
             render_for({**rec, **bad}, catalog)
     with pytest.raises(RenderError):
-        render(rec, catalog, CFG, token="short", build_date="x")
+        render(BuildRecord.of(rec), catalog, CFG, token="short", build_date="x")
     with pytest.raises(RenderError):
-        render(rec, catalog, CFG.__class__(**{**CFG.__dict__, "api_url": "https://x/$(id)"}),
+        render(BuildRecord.of(rec), catalog, CFG.__class__(**{**CFG.__dict__, "api_url": "https://x/$(id)"}),
                token=TOKEN, build_date="x")
 
 
@@ -338,7 +339,7 @@ def test_control_characters_are_refused_at_render(permissive_catalog):
 def test_heartbeats_and_log_shipping_while_the_build_runs(catalog, tmp_path):
     cfg = CFG.__class__(**{**CFG.__dict__, "heartbeat_seconds": 1})
     rec = record_for(catalog)
-    script = render(rec, catalog, cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z")
+    script = render(BuildRecord.of(rec), catalog, cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z")
     run = run_script(tmp_path, script, {"SHIM_BUILD_SLEEP": "4"})
     assert run.rc == 0, run.output
     assert any(r["type"] == "heartbeat" for r in run.reports())

@@ -19,6 +19,7 @@ from chalicelib import wiring
 from chalicelib.hostscript import script_of
 from chalicelib.launcher import backoff_seconds
 from chalicelib.schemas import BuildRequest
+from infra.local import prepare_ec2
 
 TYPES = ["g5.xlarge", "g4dn.xlarge"]
 
@@ -57,24 +58,13 @@ class SentMessages:
 def ec2_env(aws, monkeypatch):
     """What a deployment has before the first launch: an AMI, subnets, the builder
     security group (no inbound rules) and instance profile."""
-    ec2 = aws.client("ec2")
-    iam = aws.client("iam")
-    ami = ec2.register_image(Name="voltabuild-test-dlami", RootDeviceName="/dev/sda1",
-                             Architecture="x86_64")["ImageId"]
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets(
-        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"])[:2]
-    sg = ec2.create_security_group(GroupName="voltabuild-test-builder", Description="builders", VpcId=vpc)["GroupId"]
-    iam.create_role(RoleName="voltabuild-test-builder", AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="voltabuild-test-builder")
-    iam.add_role_to_instance_profile(InstanceProfileName="voltabuild-test-builder", RoleName="voltabuild-test-builder")
-    env = {"AMI_ID": ami, "SUBNET_IDS": ",".join(subnets), "SECURITY_GROUP_ID": sg,
-           "INSTANCE_PROFILE": "voltabuild-test-builder", "PUBLIC_API_URL": "https://api.example.test/api",
-           "LAUNCH_MAX_RETRIES": "2"}
+    prepared = prepare_ec2(aws.session, "voltabuild-test-builder")
+    env = {**prepared, "PUBLIC_API_URL": "https://api.example.test/api", "LAUNCH_MAX_RETRIES": "2"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     wiring.reset()
-    return {"ami": ami, "subnets": subnets, "sg": sg, "ec2": ec2}
+    return {"ami": prepared["AMI_ID"], "subnets": prepared["SUBNET_IDS"].split(","),
+            "sg": prepared["SECURITY_GROUP_ID"], "ec2": aws.client("ec2")}
 
 
 def submit(aws, **req) -> tuple[str, dict]:
@@ -84,7 +74,8 @@ def submit(aws, **req) -> tuple[str, dict]:
 
 
 def record(build_id: str) -> dict:
-    return wiring.store().get_record(build_id)
+    """The stored build as plain data (the fields the item holds)."""
+    return wiring.store().get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
 
 def instances(ec2) -> list[dict]:
@@ -135,7 +126,7 @@ def test_launch_sets_every_parameter(aws, ec2_env):
     assert rec["instance"]["lifecycle"] == "spot" and rec["instance"]["az"]
     assert isinstance(rec["instance"]["price"], float)
     assert rec["launch_started_at"] and rec["deadline_at"] > rec["launch_started_at"]
-    assert wiring.store().find_by_instance(iid)["id"] == build_id
+    assert wiring.store().find_by_instance(iid).id == build_id
 
 
 def test_the_app_handler_launches_from_the_queue(aws, ec2_env, api):
@@ -158,7 +149,7 @@ def test_a_message_delivered_twice_launches_one_instance(aws, ec2_env):
 def test_two_racing_launchers_launch_one_instance(aws, ec2_env, monkeypatch):
     """The second launcher read the build while it was still QUEUED: its conditional write loses."""
     build_id, msg = submit(aws)
-    stale = record(build_id)
+    stale = wiring.store().get_record(build_id)
     assert wiring.launcher().handle(msg).action == "launched"
     monkeypatch.setattr(wiring.store(), "get_record", lambda _id: stale)
     assert wiring.launcher().handle(msg).action == "ignored"

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from chalicelib import wiring
+from chalicelib.records import BuildRecord
 from chalicelib.schemas import BuildRequest
 from chalicelib.states import Status
 
@@ -40,7 +41,8 @@ def post(api, build_id: str, body, token: str | None = TOKEN, scheme: str = "Bea
 
 
 def record(build_id: str) -> dict:
-    return wiring.store().get_record(build_id)
+    """The stored build as plain data (the fields the item holds)."""
+    return wiring.store().get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
 
 def phase(p: str) -> dict:
@@ -252,7 +254,7 @@ def test_a_token_replaced_between_check_and_write_changes_nothing(api, build_id,
     """The write itself is conditional on the token's hash: a relaunch that replaced the
     token after the check still wins."""
     wiring.store().update_fields(build_id, {"token_hash": hashlib.sha256(b"relaunched").hexdigest()})
-    stale = {**record(build_id), "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest()}
+    stale = BuildRecord.of({**record(build_id), "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest()})
     real_get = wiring.store().get_record
     calls = []
 
@@ -389,7 +391,7 @@ def pushing(aws, monkeypatch):
     aws.messages("LaunchQueue")
     wiring.transitions().move(build.id, Status.LAUNCHING, expect=[Status.QUEUED], fields={
         "token_hash": hashlib.sha256(TOKEN.encode()).hexdigest(), "instance_id": "i-0123456789abcdef0",
-        "launch_started_at": wiring.store().get_record(build.id)["created_at"]})
+        "launch_started_at": wiring.store().get_record(build.id).created_at})
     return build.id  # its ECR repository comes with the stage's resources (infra/)
 
 

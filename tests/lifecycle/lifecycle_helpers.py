@@ -70,13 +70,14 @@ class World:
         from chalicelib import clock
         from chalicelib.errors import InvalidTransition
         from chalicelib.states import Status
+        from chalicelib.store import at_attempt
 
         record = self.store.get_record(build_id)
-        if record["status"] != Status.QUEUED or record.get("cancel_requested"):
+        if record.status != Status.QUEUED or record.cancel_requested:
             return None
-        if attempt is not None and attempt != int(record["attempt"]):
+        if attempt is not None and attempt != record.attempt:
             return None  # a stale launch message
-        attempt = int(record["attempt"])
+        attempt = record.attempt
         iid = self.run_instance(build_id, attempt)
         now = clock.now()
         try:
@@ -88,7 +89,7 @@ class World:
                                  "price": 0.5, "launched_at": clock.iso(now)},
                     "deadline_at": clock.iso(now + timedelta(minutes=timeout_minutes)),
                 },
-                extra_condition=("attempt = :a", {":a": attempt}),
+                extra_condition=at_attempt(attempt),
             )
         except InvalidTransition:
             self.ec2.terminate_instances(InstanceIds=[iid])
@@ -104,7 +105,8 @@ class World:
         return {t["Key"]: t["Value"] for t in resp["Reservations"][0]["Instances"][0].get("Tags", [])}
 
     def get(self, build_id: str) -> dict:
-        return self.store.get_record(build_id)
+        """The stored build as plain data (the fields the item holds)."""
+        return self.store.get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
     def final_notifications(self) -> list[dict]:
         return [m for m in self.aws.messages("NotifyQueue") if m.get("status") in

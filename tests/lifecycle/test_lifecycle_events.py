@@ -6,6 +6,7 @@ import time
 
 from lifecycle_helpers import load_event
 
+from chalicelib.records import BuildRecord
 from chalicelib.states import Status
 
 
@@ -260,7 +261,7 @@ def running_build(world, fire) -> tuple[str, str]:
 def stale_index(monkeypatch, world, copy: dict) -> None:
     """The by-instance index still returns ``copy`` (an index lags the table a moment)."""
     monkeypatch.setattr(type(world.store), "find_by_instance",
-                        lambda self, i: dict(copy) if copy.get("instance_id") == i else None)
+                        lambda self, i: BuildRecord.of(copy) if copy.get("instance_id") == i else None)
 
 
 def test_running_is_one_query_and_one_conditional_write(world, fire, aws_calls):

@@ -6,7 +6,7 @@ one final notification, and no instance of ours is left running.
 
 The cloud is simulated on top of moto: EC2 state changes seen in moto become the events
 AWS would send (delivered later, maybe twice, maybe never), the launch queue is served by
-a stand-in launcher, instance reports are the store/transition calls the report handler
+a stand-in launcher, instance reports are the store/move calls the report handler
 makes, the notify consumer's conditional claim stands in for Slack, and the clock is moved
 by the test.
 """
@@ -20,6 +20,7 @@ from lifecycle_helpers import Crasher, load_event
 from chalicelib import clock as clock_module
 from chalicelib.errors import InvalidTransition, VoltabuildError
 from chalicelib.states import FINAL, Phase, Status, allowed
+from chalicelib.store import on_instance
 
 # weighted by repetition: mostly the normal life of a build, with the faults mixed in
 OPS = ("launch",) * 4 + ("deliver",) * 5 + ("report",) * 6 + ("drop", "interrupt", "cancel", "tick", "tick", "advance",
@@ -79,7 +80,7 @@ class Cloud:
         iid = self.current_instance(bid)
         if iid is None:
             return
-        guard = ("instance_id = :iid", {":iid": iid})
+        guard = on_instance(iid)
         moves = self.world.wiring.transitions()
         now = clock_module.now_iso()
         try:
@@ -167,8 +168,7 @@ class Cloud:
         for msg in self.world.aws.messages("NotifyQueue"):
             if msg.get("event", "final") != "final":
                 continue
-            if self.world.store.set_if(msg["build_id"], "notification", {"status": "sent"},
-                                       condition="attribute_not_exists(#a)") is not None:
+            if self.world.store.record_delivery(msg["build_id"], False, {"status": "sent"}, None):
                 self.notifications.append(msg)
             self.world.store.release_slot(msg["build_id"])
 

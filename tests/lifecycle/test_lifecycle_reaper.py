@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chalicelib import clock as clock_module
+from chalicelib.records import BuildRecord
 from chalicelib.states import Status
 
 
@@ -192,7 +193,7 @@ def _succeeded_in_ecr_account(world, monkeypatch, digests: list[str]) -> list[st
         image = dict(world.get(bid)["image"], digest=digest)
         world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], fields={"image": image})
         world.ec2.terminate_instances(InstanceIds=[iid])  # the instance ends itself after its report
-        world.store.set_if(bid, "notification", {"status": "sent"}, condition="attribute_not_exists(#a)")
+        world.store.record_delivery(bid, False, {"status": "sent"}, None)
         ids.append(bid)
     return ids
 
@@ -217,7 +218,7 @@ def test_digest_recorded_after_the_index_read_is_not_flagged(world, api, clock, 
     # GIVEN the index's copy of a SUCCEEDED build without an ECR digest...
     (bid,) = _succeeded_in_ecr_account(world, monkeypatch, ["sha256:" + "3" * 64])
     copy = world.get(bid)
-    monkeypatch.setattr(type(world.store), "recent_records", lambda self, status, limit: [dict(copy)])
+    monkeypatch.setattr(type(world.store), "recent_records", lambda self, status, limit: [BuildRecord.of(copy)])
     # ...while the push event recorded it in the table meanwhile
     world.store.update_fields(bid, {"ecr_digest": "sha256:" + "3" * 64}, expect=[Status.SUCCEEDED])
     clock.advance(minutes=16)
@@ -230,7 +231,6 @@ def test_digest_recorded_after_the_index_read_is_not_flagged(world, api, clock, 
 
 # ---- lost notifications (issue 16) ---------------------------------------------------------
 def test_a_final_build_whose_notify_message_was_lost_is_notified_again_once(world, api, clock, aws):
-    from chalicelib.notify import FINAL_ATTR
 
     bid = world.submit()
     world.launch(bid)
@@ -242,7 +242,7 @@ def test_a_final_build_whose_notify_message_was_lost_is_notified_again_once(worl
     assert tick(api)["notifications_requeued"] == 1
     assert world.final_notifications() == [{"build_id": bid, "status": "CANCELLED"}]
     # once the consumer claimed the delivery (here: Slack was off for it), it is never sent again
-    world.store.set_if(bid, FINAL_ATTR, {"status": "skipped"}, condition="attribute_not_exists(#a)")
+    world.store.record_delivery(bid, False, {"status": "skipped"}, None)
     clock.advance(minutes=5)
     assert tick(api).get("notifications_requeued") is None
     assert world.final_notifications() == []

@@ -135,7 +135,9 @@ def notifier_factory(aws, slack, sleeps):
     """A Notifier like wiring's, with a short HTTP timeout, recorded sleeps and a
     recording queue, so retries take no wall-clock time beyond the sink's own."""
     from chalicelib import wiring
-    from chalicelib.notify import Notifier, SlackSender, WebhookDirectory
+    from chalicelib.notify import Notifier
+    from chalicelib.slack_delivery import SlackSender
+    from chalicelib.webhooks import WebhookDirectory
 
     def make(**kw):
         s = wiring.settings()

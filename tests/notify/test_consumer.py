@@ -10,8 +10,9 @@ import logging
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify import NotifyEvent, WebhookDirectory, enqueue_started
+from chalicelib.notify_events import NotifyEvent, enqueue_started
 from chalicelib.states import Status
+from chalicelib.webhooks import WebhookDirectory
 
 from .conftest import RecordingQueue, Reply
 
@@ -27,7 +28,8 @@ def final_event(aws) -> NotifyEvent:
 
 
 def record(build_id: str) -> dict:
-    return wiring.store().get_record(build_id)
+    """The stored build as plain data (the fields the item holds)."""
+    return wiring.store().get_record(build_id).model_dump(mode="json", exclude_unset=True)
 
 
 def invoke(api, *bodies: dict | str):
@@ -47,7 +49,7 @@ def test_each_final_state_sends_one_message_and_gives_the_quota_slot_back(api, a
     build_id = make_build(final, reason=reason)
     assert build_id in wiring.store().slot_holders()
     ev = final_event(aws)
-    assert ev.status == final and ev.event == "final"
+    assert ev.event == "final"
 
     # WHEN the consumer Lambda gets the notify-queue message
     invoke(api, ev.body())
@@ -215,9 +217,8 @@ def test_a_claim_left_by_a_dead_worker_is_never_sent_again(aws, slack, sink, mak
     ev = final_event(aws)
     now = [1_000_000.0]
     notifier = notifier_factory(clock=lambda: now[0], lease_seconds=50)
-    wiring.store().set_if(build_id, "notification", {"status": "sending", "channel": "default", "attempts": 1,
-                                                     "lease_until": int(now[0] + 50), "token": "dead"},
-                          condition="attribute_not_exists(#a)")
+    wiring.store().record_delivery(build_id, False, {"status": "sending", "channel": "default", "attempts": 1,
+                                                     "lease_until": int(now[0] + 50), "token": "dead"}, None)
     assert notifier.handle(ev) == "duplicate"  # lease still held: someone may be sending
     now[0] += 51
     assert notifier.handle(ev) == "unconfirmed"  # SQS redelivered the message after the lease
@@ -229,7 +230,7 @@ def test_a_claim_left_by_a_dead_worker_is_never_sent_again(aws, slack, sink, mak
 
 def test_a_worker_that_dies_before_claiming_leaves_the_message_to_its_redelivery(aws, slack, sink, make_build,
                                                                                  notifier_factory):
-    """The webhook read fails (SSM down): nothing is claimed, so the redelivery sends it."""
+    """The webhook read fails (SSM down): the claim is released as ``retrying``, so the redelivery sends it."""
     from botocore.exceptions import EndpointConnectionError
 
     build_id = make_build(Status.FAILED)
@@ -257,7 +258,7 @@ def test_a_final_event_for_a_build_that_is_not_final_sends_nothing(aws, slack, s
     from chalicelib.schemas import BuildRequest
 
     build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
-    ev = NotifyEvent(build_id=build.id, status=Status.SUCCEEDED)
+    ev = NotifyEvent(build_id=build.id)
     assert notifier_factory().handle(ev) == "ignored"
     assert sink.received == []
 
@@ -328,7 +329,7 @@ def test_started_message_is_opt_in_and_sent_once(aws, slack, sink, notifier_fact
     assert enqueue_started(queue, build.id, enabled=False) is False
     assert enqueue_started(queue, build.id, enabled=True) is True
     (body, _), = queue.sent
-    assert body == {"build_id": build.id, "status": "RUNNING", "event": "started", "attempt": 1}
+    assert body == {"build_id": build.id, "event": "started", "attempt": 1}
     ev = NotifyEvent.model_validate(body)
 
     assert notifier_factory(notify_on_start=False).handle(ev) == "ignored"

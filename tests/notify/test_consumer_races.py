@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify import NotifyEvent
+from chalicelib.notify_events import NotifyEvent
 from chalicelib.states import Status
 
 from .conftest import Reply
@@ -50,4 +50,4 @@ def test_concurrent_duplicates_send_one_message(aws, slack, sink, make_build, no
     # THEN one won the claim (its first try hung up, its retry got through); the rest sent nothing
     assert sorted(outcomes) == ["duplicate", "duplicate", "duplicate", "sent"]
     assert len(sink.received) == 2 and len(sink.posted()) == 1
-    assert wiring.store().get_record(build_id)["notification"]["status"] == "sent"
+    assert wiring.store().get_record(build_id).notification.status == "sent"

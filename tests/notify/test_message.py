@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from chalicelib.notify import build_message, estimate_cost, format_duration
 from chalicelib.schemas import Build
+from chalicelib.slack_message import build_message, estimate_cost, format_duration
 from chalicelib.states import Status
 
 API = "https://api.example.test/api"

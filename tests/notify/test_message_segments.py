@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chalicelib.notify import build_message
+from chalicelib.slack_message import build_message
 from chalicelib.states import Status
 from tests.notify.test_message import a_build
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chalicelib.notify import build_message, image_size_text
+from chalicelib.slack_message import build_message, image_size_text
 from chalicelib.states import Status
 
 from .test_message import a_build, everything

@@ -30,7 +30,7 @@ def test_the_first_move_to_running_asks_for_one_start_message(aws, launching):
     t.move(build_id, Status.RUNNING, expect=[Status.RUNNING], phase=Phase.BUILDING)
     t.move(build_id, Status.RUNNING, expect=[Status.RUNNING], record_event=False, fields={"heartbeat_at": "x"})
     assert aws.messages("NotifyQueue") == [
-        {"build_id": build_id, "status": "RUNNING", "event": "started", "attempt": 1}]
+        {"build_id": build_id, "event": "started", "attempt": 1}]
 
 
 def test_no_start_message_unless_enabled(aws, launching):

@@ -31,7 +31,7 @@ class AwsCalls:
 @pytest.fixture
 def launching(api, aws):
     build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
-    wiring.store().transition(build.id, Status.LAUNCHING,
+    wiring.store().move(build.id, Status.LAUNCHING,
                               fields={"token_hash": hashlib.sha256(GOOD_TOKEN.encode()).hexdigest(),
                                       "instance_id": "i-0123456789abcdef0"})
     return build.id

@@ -9,8 +9,9 @@ import logging
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify import WEBHOOK_URL, Delivery, WebhookDirectory, WebhookInvalid
+from chalicelib.slack_delivery import Delivery
 from chalicelib.states import Status
+from chalicelib.webhooks import WEBHOOK_URL, WebhookDirectory, WebhookInvalid
 from tests.notify.conftest import Reply
 from tests.notify.test_consumer import final_event, record
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chalicelib.catalog import DOCKER_TAG, load_catalog
+from chalicelib.catalog import load_catalog
 from chalicelib.errors import BadRequest, CatalogError
+from chalicelib.names import DOCKER_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)

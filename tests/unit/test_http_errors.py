@@ -7,12 +7,12 @@ import json
 import pytest
 
 from chalicelib import errors
+from chalicelib.cloud_events import MalformedEvent
 from chalicelib.http import handle_errors, status_of
-from chalicelib.lifecycle import MalformedEvent
 
 
 @pytest.mark.parametrize("error, status", [
-    (errors.BadRequest("x"), 400), (errors.Unauthorized("x"), 401), (errors.Forbidden("x"), 403),
+    (errors.BadRequest("x"), 400), (errors.Forbidden("x"), 403),
     (errors.BuildNotFound("x"), 404), (errors.Conflict("x"), 409), (errors.InvalidTransition("x"), 409),
     (errors.IdempotencyConflict("x"), 409), (errors.PayloadTooLarge("x"), 413), (errors.QuotaExceeded("x"), 429),
     (errors.Busy("x"), 503), (errors.CatalogError("x"), 500), (MalformedEvent("x"), 500),

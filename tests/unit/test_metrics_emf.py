@@ -8,6 +8,7 @@ import json
 import pytest
 
 from chalicelib import metrics, observability
+from chalicelib.schemas import Build
 from voltabuild_local.emf import events, problems
 
 
@@ -62,10 +63,15 @@ def test_the_schema_refuses_what_the_specification_forbids(broken, why):
 
 
 def test_segments_and_cost_of_a_finished_build_come_from_its_timeline():
-    item = {
+    fields = {
+        "id": "b-0123456789abcdef0123", "version": "1.0", "cuda": "12.6", "python": "3.12",
+        "instance_types": ["g5.xlarge"], "timeout_minutes": 30, "updated_at": "2026-12-02T07:10:00Z",
+        "build_args": {}, "notify": {"slack": True},
+        "image": {"repository": "r/voltabuild/canary", "tags": ["1.0"]},
         "status": "SUCCEEDED", "framework": "canary", "created_at": "2026-12-02T07:00:00Z",
         "finished_at": "2026-12-02T07:10:00Z",
-        "instance": {"price": 0.9, "launched_at": "2026-12-02T07:01:00Z"},
+        "instance": {"id": "i-0abc", "type": "g5.xlarge", "lifecycle": "spot", "price": 0.9,
+                     "launched_at": "2026-12-02T07:01:00Z"},
         "events": [
             {"at": "2026-12-02T07:00:00Z", "status": "QUEUED"},
             {"at": "2026-12-02T07:01:00Z", "status": "LAUNCHING"},
@@ -77,10 +83,12 @@ def test_segments_and_cost_of_a_finished_build_come_from_its_timeline():
             {"at": "2026-12-02T07:10:00Z", "status": "SUCCEEDED"},
         ],
     }
+    item = Build.model_validate(fields)
     assert metrics.build_segments(item) == {"queued": 60, "launching": 60, "booting": 60, "preparing": 60,
                                             "building": 240, "testing": 60, "pushing": 60, "total": 600}
     assert metrics.build_cost(item) == pytest.approx(0.9 * 9 / 60)
-    assert metrics.build_cost({**item, "instance": {"launched_at": "2026-12-02T07:01:00Z"}}) is None
+    unpriced = {**fields, "instance": {**fields["instance"], "price": None}}
+    assert metrics.build_cost(Build.model_validate(unpriced)) is None
 
 
 @pytest.mark.parametrize("reason, cause", [
