@@ -5,12 +5,12 @@ from __future__ import annotations
 from chalice import Chalice
 
 from chalicelib import metrics, observability, wiring
-from chalicelib.bodies import parse_body
-from chalicelib.cloud_events import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
-from chalicelib.contexts import ContextRequest
-from chalicelib.http import error_response, handle_errors, json_response
-from chalicelib.notify_events import parse_event as parse_notify_event
-from chalicelib.schemas import BuildList, BuildRequest
+from chalicelib.api.bodies import parse_body
+from chalicelib.api.http import error_response, handle_errors, json_response
+from chalicelib.builds.schemas import BuildList, BuildRequest
+from chalicelib.custom.contexts import ContextRequest
+from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
+from chalicelib.notifications.notify_events import parse_event as parse_notify_event
 
 observability.setup()  # JSON log lines (chalicelib/observability.py); metrics: EMF lines
 metrics.configure(stage=wiring.stage())
@@ -78,7 +78,7 @@ def submit_build():
 @app.route("/contexts", methods=["POST"], api_key_required=True)
 @handle_errors
 def upload_context():
-    """An upload target for a build context (issue 20; chalicelib/contexts.py)."""
+    """An upload target for a build context (issue 20; chalicelib/custom/contexts.py)."""
     body = parse_body(app.current_request.raw_body, ContextRequest)
     result = wiring.contexts().request_upload(body)
     return json_response(result, 200 if result.uploaded else 201)
@@ -114,7 +114,7 @@ def cancel_build(build_id):
 @app.on_sqs_message(queue=wiring.queue_name("launch"), batch_size=1, name="launcher")
 def launcher(event):
     """Launch queue: one build attempt per message; stale and duplicate messages are
-    ignored (see chalicelib/launcher.py)."""
+    ignored (see chalicelib/launching/launcher.py)."""
     observability.bind("launcher", event.context)
     for record in event:
         wiring.launcher().handle(record.body)
@@ -185,7 +185,7 @@ def reaper(event):
 @app.on_sqs_message(queue=wiring.queue_name("notify"), batch_size=1)
 def notify_consumer(event):
     """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
-    message, its delivery recorded on the build. See chalicelib/notify.py."""
+    message, its delivery recorded on the build. See chalicelib/notifications/notify.py."""
     observability.bind("notify", event.context)
     for record in event:
         message = parse_notify_event(record.body)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bench import world
-from chalicelib.records import BuildRecord, token_hash
+from chalicelib.builds.records import BuildRecord, token_hash
 
 SERVICES = ("dynamodb", "sqs", "ec2", "ssm", "logs", "ecr")
 
@@ -32,7 +32,6 @@ class CallCounter:
 
     def attach(self) -> None:
         from chalicelib import wiring
-
         for name in SERVICES:
             wiring.client(name).meta.events.register("before-call", self._on_call)
 
@@ -82,7 +81,6 @@ class Measured:
 class Bench:
     def __init__(self, api, counter: CallCounter, resources: dict[str, str]) -> None:
         from chalicelib import wiring
-
         self.api = api
         self.counter = counter
         self.resources = resources

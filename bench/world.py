@@ -108,7 +108,7 @@ def api_client():
 def planned_build(framework: str = "canary"):
     """A Build exactly as POST /builds would plan it (ids, defaults, tags, timeline)."""
     from chalicelib import wiring
-    from chalicelib.schemas import BuildRequest
+    from chalicelib.builds.schemas import BuildRequest
 
     return wiring.builds().plan(BuildRequest(framework=framework))
 
@@ -117,7 +117,7 @@ def build_item(build, *, active: bool, extra: dict | None = None) -> dict:
     """The DynamoDB item of ``build`` as ``BuildStore.create`` writes it (the public record
     plus ``kind`` and ``created_key``, and ``active`` only while not final), with ``extra``
     attributes set as later writes would leave them."""
-    from chalicelib.store import to_av
+    from chalicelib.builds.store import to_av
 
     record = build.model_dump(mode="json")
     record.update(kind="build", created_key=f"{build.created_at}#{build.id}")
@@ -136,8 +136,8 @@ def _iso(dt) -> str:
 def finished_item(i: int) -> dict:
     """The ``i``-th newest finished build, as the system leaves it: SUCCEEDED (digest
     recorded by the ECR push event, Slack message sent), FAILED or CANCELLED; no ``active``."""
+    from chalicelib.builds.states import Status
     from chalicelib.clock import now
-    from chalicelib.states import Status
 
     build = planned_build()
     # a busy service: one build ending every 2 minutes, the newest 20 minutes ago
@@ -163,9 +163,9 @@ def finished_item(i: int) -> dict:
 def running_item(instance_id: str | None = None) -> tuple[str, dict]:
     """A healthy RUNNING build (fresh heartbeat, deadline ahead), or a fresh QUEUED one when
     ``instance_id`` is None. Returns (build id, item)."""
+    from chalicelib.builds.records import token_hash
+    from chalicelib.builds.states import Status
     from chalicelib.clock import now
-    from chalicelib.records import token_hash
-    from chalicelib.states import Status
 
     build = planned_build()
     t = now()
@@ -191,7 +191,7 @@ def batch_write(ddb, table: str, items: list[dict]) -> None:
 
 def add_quota_holders(ddb, table: str, build_ids: list[str]) -> None:
     """Seeded active builds hold a quota slot, as store.create would have given them."""
-    from chalicelib.store import QUOTA_ID
+    from chalicelib.builds.store import QUOTA_ID
 
     for i in range(0, len(build_ids), 1000):
         ddb.update_item(TableName=table, Key={"id": {"S": QUOTA_ID}}, UpdateExpression="ADD ids :me",

@@ -1,4 +1,4 @@
-"""Domain errors. They say what went wrong, never how to answer it: ``chalicelib/http.py``
+"""Domain errors. They say what went wrong, never how to answer it: ``chalicelib/api/http.py``
 alone maps each to an HTTP status (the launcher, consumers and the reaper raise and catch
 the same errors and have no HTTP in them)."""
 

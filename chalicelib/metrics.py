@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import clock, observability
-from chalicelib.schemas import Build
-from chalicelib.segments import segment_durations
+from chalicelib.builds.schemas import Build
+from chalicelib.builds.segments import segment_durations
 
 NAMESPACE = "voltabuild"
 STAGE = "Stage"
@@ -57,32 +57,32 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("BuildsRefused", "Count", "POST /builds refused: 400 bad request, 409 conflict, 413 too large, "
            "429 over a quota", "app.py http middleware", (("Reason",),), {"Reason": REFUSALS}),
     Metric("BuildsFinished", "Count", "builds that reached a final state (counted once: the winning write)",
-           "chalicelib/transitions.py Transitions.move", (("Outcome",), ("Outcome", "Framework")),
+           "chalicelib/builds/transitions.py Transitions.move", (("Outcome",), ("Outcome", "Framework")),
            {"Outcome": FINAL_OUTCOMES}),
     Metric("BuildSegmentSeconds", "Seconds", "time a finished build spent in each segment of its life "
-           "(queued, launching, booting, preparing, building, testing, pushing, chalicelib/segments.py; "
+           "(queued, launching, booting, preparing, building, testing, pushing, chalicelib/builds/segments.py; "
            "total: accepted to final; terminate_lag: final to the instance's termination)",
-           "chalicelib/transitions.py Transitions.move (final); chalicelib/lifecycle.py (terminate_lag)",
+           "chalicelib/builds/transitions.py Transitions.move (final); chalicelib/events/lifecycle.py (terminate_lag)",
            (("Segment",),), {"Segment": SEGMENTS}),
     Metric("BuildCostUSD", "None", "a finished build's instance cost: its last attempt's price at launch x the "
            "hours from that launch to the end (earlier, interrupted attempts and unknown prices are not counted)",
-           "chalicelib/transitions.py Transitions.move (final)", ((), ("Framework",))),
+           "chalicelib/builds/transitions.py Transitions.move (final)", ((), ("Framework",))),
     Metric("SpotInterruptions", "Count", "spot interruption warnings and reclaimed spot instances",
-           "chalicelib/lifecycle.py Lifecycle.relaunch"),
+           "chalicelib/events/lifecycle.py Lifecycle.relaunch"),
     Metric("Relaunches", "Count", "builds queued again as a new attempt (spot interruption, host failure)",
-           "chalicelib/lifecycle.py Lifecycle.relaunch"),
+           "chalicelib/events/lifecycle.py Lifecycle.relaunch"),
     Metric("HostFailures", "Count", "an instance failed the build rather than the build failing: the driver, "
-           "the GPU, or the instance lost before it reported", "chalicelib/reports.py, chalicelib/lifecycle.py",
+           "the GPU, or the instance lost before it reported", "chalicelib/launching/reports.py, chalicelib/events/lifecycle.py",
            ((), ("Cause",)), {"Cause": HOST_CAUSES}),
     Metric("OrphansMarked", "Count", "instances tagged ours with no live build, marked for termination",
-           "chalicelib/reaper.py Reaper.tick"),
+           "chalicelib/events/reaper.py Reaper.tick"),
     Metric("OrphansTerminated", "Count", "orphan instances terminated on a later reaper tick",
-           "chalicelib/reaper.py Reaper.tick"),
+           "chalicelib/events/reaper.py Reaper.tick"),
     Metric("ReaperRuns", "Count", "reaper ticks that completed (a heartbeat: none for 15 minutes alarms)",
-           "chalicelib/reaper.py Reaper.tick"),
+           "chalicelib/events/reaper.py Reaper.tick"),
     Metric("SlackDeliveries", "Count", "Slack messages by outcome: sent, retried (a failed try that will be "
            "tried again), failed (out of tries), abandoned (a worker died mid-post)",
-           "chalicelib/notify.py Notifier", (("Outcome",),), {"Outcome": SLACK_OUTCOMES}),
+           "chalicelib/notifications/notify.py Notifier", (("Outcome",),), {"Outcome": SLACK_OUTCOMES}),
 )}
 
 
@@ -171,7 +171,7 @@ def _seconds(a: str | None, b: str | None) -> float | None:
 
 
 def build_segments(item: Build) -> dict[str, float]:
-    """Seconds per segment of a finished build (chalicelib/segments.py reads its timeline),
+    """Seconds per segment of a finished build (chalicelib/builds/segments.py reads its timeline),
     and ``total``: accepted -> final."""
     out = {k: v for k, v in segment_durations(item).items() if k != "terminate_lag"}
     total = _seconds(item.created_at, item.finished_at)

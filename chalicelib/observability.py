@@ -14,7 +14,7 @@ set by one :func:`bind` call at the start of each handler (a thread of ``chalice
 or of the local worker has its own).
 
 Secrets are never passed to a log call: tokens are hashed before they are stored, Slack
-webhook URLs are redacted from slack_sdk's logger (chalicelib/notify.py), the API key is
+webhook URLs are redacted from slack_sdk's logger (chalicelib/notifications/notify.py), the API key is
 never logged; ``tests/e2e/test_observability_e2e.py`` scans a whole local build's logs.
 """
 

@@ -14,12 +14,12 @@ from functools import cache
 import boto3
 from botocore.config import Config
 
-from chalicelib.builds import BuildService
-from chalicelib.catalog import Catalog, load_catalog
+from chalicelib.builds.builds import BuildService
+from chalicelib.builds.store import BuildStore
+from chalicelib.builds.transitions import Transitions
 from chalicelib.queues import Queue
 from chalicelib.settings import Settings, check_cursor_key
-from chalicelib.store import BuildStore
-from chalicelib.transitions import Transitions
+from chalicelib.specs.catalog import Catalog, load_catalog
 
 _BOTO_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
 
@@ -72,7 +72,7 @@ def builds() -> BuildService:
 @cache
 def contexts():
     """The API's side of uploaded build contexts (issue 20)."""
-    from chalicelib.contexts import Contexts
+    from chalicelib.custom.contexts import Contexts
 
     s = settings()
     return Contexts(client("s3"), s.contexts_bucket, max_bytes=s.context_max_bytes,
@@ -82,7 +82,7 @@ def contexts():
 @cache
 def context_links():
     """The launcher's side: presigned GETs of uploaded contexts (issue 20)."""
-    from chalicelib.contexts import ContextLinks
+    from chalicelib.custom.contexts import ContextLinks
 
     s = settings()
     return ContextLinks(client("s3"), s.contexts_bucket, max_bytes=s.context_max_bytes,
@@ -91,16 +91,16 @@ def context_links():
 
 @cache
 def openapi_document() -> dict:
-    from chalicelib.openapi import document
+    from chalicelib.api.openapi import document
 
     return document()
 
 
 @cache
 def notifier():
-    from chalicelib.notify import Notifier  # Slack's SDK: the notifier's alone
-    from chalicelib.slack_delivery import SlackSender
-    from chalicelib.webhooks import WebhookDirectory
+    from chalicelib.notifications.notify import Notifier  # Slack's SDK: the notifier's alone
+    from chalicelib.notifications.slack_delivery import SlackSender
+    from chalicelib.notifications.webhooks import WebhookDirectory
 
     s = settings()
     return Notifier(
@@ -115,15 +115,15 @@ def notifier():
 # ---- event-driven lifecycle ----
 @cache
 def instances():
-    from chalicelib.instances import Instances
+    from chalicelib.events.instances import Instances
 
     return Instances(client("ec2"), settings().stage)
 
 
 @cache
 def lifecycle():
-    from chalicelib.lifecycle import Lifecycle, LifecycleConfig
-    from chalicelib.pushed import PushedImages
+    from chalicelib.events.lifecycle import Lifecycle, LifecycleConfig
+    from chalicelib.launching.pushed import PushedImages
 
     return Lifecycle(store(), transitions(), instances(), launch_queue(), LifecycleConfig(stage=settings().stage),
                      logs=build_logs(), pushed=PushedImages(client("ecr")))
@@ -133,7 +133,7 @@ def lifecycle():
 def reaper():
     from datetime import timedelta
 
-    from chalicelib.reaper import Reaper, ReaperConfig
+    from chalicelib.events.reaper import Reaper, ReaperConfig
 
     s = settings()
     config = ReaperConfig(
@@ -160,9 +160,9 @@ def stage() -> str:
 # ---- launcher and the instance's reports ----
 @cache
 def launcher():
-    from chalicelib.custom_builds import Repositories
-    from chalicelib.hostscript import HostConfig
-    from chalicelib.launcher import LaunchConfig, Launcher
+    from chalicelib.custom.custom_builds import Repositories
+    from chalicelib.launching.hostscript import HostConfig
+    from chalicelib.launching.launcher import LaunchConfig, Launcher
 
     s = settings()
     host = HostConfig(api_url=s.api_url, region=s.region, stage=s.stage, registry=s.registry,
@@ -181,8 +181,8 @@ def launcher():
 
 @cache
 def reports():
-    from chalicelib.pushed import PushedImages
-    from chalicelib.reports import Reports
+    from chalicelib.launching.pushed import PushedImages
+    from chalicelib.launching.reports import Reports
 
     return Reports(store(), transitions(), relaunch=relauncher(), pushed=PushedImages(client("ecr")))
 
@@ -192,14 +192,14 @@ def relauncher():
     """``Lifecycle.relaunch`` for the reports function (a host failure queues the build
     again): the lifecycle's moves only, made without its EC2 and log clients, so the
     anonymous reports route's role touches no instance (infra/permissions)."""
-    from chalicelib.lifecycle import Lifecycle, LifecycleConfig
+    from chalicelib.events.lifecycle import Lifecycle, LifecycleConfig
 
     return Lifecycle(store(), transitions(), None, launch_queue(), LifecycleConfig(stage=settings().stage)).relaunch
 
 
 @cache
 def build_logs():
-    from chalicelib.buildlogs import BuildLogs
+    from chalicelib.launching.buildlogs import BuildLogs
 
     return BuildLogs(client("logs"), settings().build_log_group, store())
 

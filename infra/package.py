@@ -21,7 +21,7 @@
    (:func:`scope_function_roles`).
 6. The zip is slimmed (:func:`slim_zip`: parts of dependencies no function imports left
    out) and checked: boto3/botocore come with the Lambda runtime and must not be in it, and
-   PyYAML is not needed (the catalog is compiled to JSON, ``chalicelib/catalog_compiled.py``).
+   PyYAML is not needed (the catalog is compiled to JSON, ``chalicelib/specs/catalog_compiled.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib import catalog_compiled
+from chalicelib.specs import catalog_compiled
 from infra import policies
 from infra.local import load_template
 from infra.operations import add_operations

@@ -300,12 +300,12 @@ _AWS_CLI = re.compile(r"(?:^|[\s;|&(])aws\s+(?P<service>[a-z0-9-]+)\s+(?P<comman
 
 
 def host_script_calls(root: Path = ROOT) -> list[Call]:
-    """Every ``aws <service> <command>`` the build instance runs (chalicelib/templates/*.sh),
+    """Every ``aws <service> <command>`` the build instance runs (chalicelib/launching/templates/*.sh),
     with its IAM action: what the builder role must allow."""
     from botocore import xform_name
 
     calls = set()
-    for path in sorted((root / "chalicelib" / "templates").glob("*.sh")):
+    for path in sorted((root / "chalicelib" / "launching" / "templates").glob("*.sh")):
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if line.lstrip().startswith("#"):
                 continue

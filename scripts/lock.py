@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chalicelib.catalog import BuildSpec, Catalog, Resolved, load_catalog  # noqa: E402
+from chalicelib.specs.catalog import BuildSpec, Catalog, Resolved, load_catalog  # noqa: E402
 
 LOCKS = ROOT / "buildspecs" / "locks"
 PLATFORM = "x86_64-manylinux_2_28"

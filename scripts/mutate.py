@@ -62,12 +62,20 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+def module_path(module: str) -> str:
+    """``chalicelib/<package>/<module>.py``: where the module lives in the tree."""
+    found = sorted((ROOT / "chalicelib").rglob(f"{module}.py"))
+    if len(found) != 1:
+        raise SystemExit(f"no single chalicelib module named {module!r}: {found}")
+    return str(found[0].relative_to(ROOT))
+
+
 def _config(module: str) -> str:
     tests = json.dumps(MODULES[module])
     return (
         "\n[tool.mutmut]\n"
         'source_paths = ["chalicelib"]\n'
-        f'only_mutate = ["chalicelib/{module}.py"]\n'
+        f'only_mutate = ["{module_path(module)}"]\n'
         f"also_copy = {json.dumps(ALSO_COPY)}\n"
         f"pytest_add_cli_args_test_selection = {tests}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'

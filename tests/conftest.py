@@ -120,7 +120,7 @@ class Aws:
                 sqs.delete_message(QueueUrl=self.resources[logical], ReceiptHandle=m["ReceiptHandle"])
 
     def items(self) -> list[dict]:
-        from chalicelib.store import from_item
+        from chalicelib.builds.store import from_item
 
         ddb = self.client("dynamodb")
         return [from_item(i) for i in ddb.scan(TableName=self.resources["BuildsTable"])["Items"]]

@@ -310,7 +310,7 @@ def prepare_local_base() -> None:
     """The canary's default BASE_IMAGE (a public busybox) cannot be pulled here: make one
     from Debian's busybox-static and give it that name in buildah's local storage, so the
     canary builds unchanged and without network. Nothing to do where Docker builds."""
-    from chalicelib.catalog import load_catalog
+    from chalicelib.specs.catalog import load_catalog
     from voltabuild_local.worker import detect_builder
 
     if detect_builder() != "buildah":

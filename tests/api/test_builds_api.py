@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chalicelib.store import QUOTA_ID
+from chalicelib.builds.store import QUOTA_ID
 
 JSON = {"Content-Type": "application/json"}
 
@@ -69,7 +69,6 @@ def test_idempotency_key_replays_and_conflicts(api, aws):
 
 def test_quota_of_active_builds_gives_429_naming_the_limit(api, aws, monkeypatch):
     from chalicelib import wiring
-
     monkeypatch.setenv("MAX_ACTIVE_BUILDS", "2")
     wiring.reset()
     assert wiring.settings().max_active_builds == 2  # cached before chalice applies the stage's env
@@ -162,7 +161,7 @@ def test_cancel_a_queued_build_at_once_and_a_finished_one_is_409(api, aws):
 
 def test_cancel_a_running_build_is_recorded_and_answered_202(api, aws):
     from chalicelib import wiring
-    from chalicelib.states import Status
+    from chalicelib.builds.states import Status
 
     _, build = post(api, {"framework": "canary"})
     wiring.store().move(build["id"], Status.LAUNCHING)

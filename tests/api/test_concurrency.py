@@ -12,15 +12,15 @@ import threading
 
 import pytest
 
-from chalicelib.builds import BuildService
-from chalicelib.catalog import load_catalog
+from chalicelib.builds.builds import BuildService
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Status
+from chalicelib.builds.store import BuildStore
+from chalicelib.builds.transitions import Transitions
 from chalicelib.errors import InvalidTransition
 from chalicelib.queues import Queue
-from chalicelib.schemas import BuildRequest
 from chalicelib.settings import Settings
-from chalicelib.states import Status
-from chalicelib.store import BuildStore
-from chalicelib.transitions import Transitions
+from chalicelib.specs.catalog import load_catalog
 from infra.local import create_resources, stage_environment
 
 

@@ -9,8 +9,8 @@ import boto3
 import pytest
 
 from chalicelib import clock, wiring
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Status
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Status
 
 
 @pytest.fixture(scope="module")

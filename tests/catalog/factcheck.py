@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from chalicelib.catalog import Catalog
+from chalicelib.specs.catalog import Catalog
 
 FACT_FILES = ("cuda-images.yaml", "drivers.yaml", "amis.yaml")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chalicelib.catalog import load_catalog
 from chalicelib.errors import BadRequest, CatalogError
-from chalicelib.gpu import place
+from chalicelib.specs.catalog import load_catalog
+from chalicelib.specs.gpu import place
 from infra import policies
 
 ROOT = Path(__file__).resolve().parents[2]

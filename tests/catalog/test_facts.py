@@ -13,9 +13,9 @@ import pytest
 import yaml
 from factcheck import entries, entry_problems, host_problems, load_facts, problems
 
-from chalicelib.catalog import Catalog, load_catalog
-from chalicelib.hostscript import HostConfig, render
-from chalicelib.records import BuildRecord
+from chalicelib.builds.records import BuildRecord
+from chalicelib.launching.hostscript import HostConfig, render
+from chalicelib.specs.catalog import Catalog, load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 from infra.catalog_refresh import is_stale, load_releases, load_wheels, newest_minors
 
 ROOT = Path(__file__).resolve().parents[2]

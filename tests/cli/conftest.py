@@ -41,7 +41,7 @@ class Builds:
     fills up across the session."""
 
     def __init__(self, api) -> None:
-        from chalicelib.store import BuildStore
+        from chalicelib.builds.store import BuildStore
 
         ddb = api.session().client("dynamodb")
         table = next(t for t in ddb.list_tables()["TableNames"] if t.endswith("-builds"))
@@ -57,7 +57,7 @@ class Builds:
         return resp.json()
 
     def move(self, build_id: str, to: str, **kw) -> dict:
-        from chalicelib.states import Phase, Status
+        from chalicelib.builds.states import Phase, Status
 
         if "phase" in kw and isinstance(kw["phase"], str):
             kw["phase"] = Phase(kw["phase"])
@@ -70,8 +70,8 @@ class Builds:
         self.made.append(build_id)
 
     def cleanup(self) -> None:
+        from chalicelib.builds.states import Status
         from chalicelib.errors import InvalidTransition
-        from chalicelib.states import Status
 
         for build_id in self.made:
             try:

@@ -1,4 +1,4 @@
-"""What a build costs (chalicelib/billing.py): per-second billing with a 60 s minimum, the
+"""What a build costs (chalicelib/costs/billing.py): per-second billing with a 60 s minimum, the
 root volume prorated, estimates until terminated, relaunches summed, the stage budget."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib.billing import (
+from chalicelib.api.http import status_of
+from chalicelib.costs.billing import (
     BILLING_FACTS,
     BudgetExceeded,
     CellWorstCase,
@@ -25,7 +26,6 @@ from chalicelib.billing import (
     usage_from_instance,
 )
 from chalicelib.errors import BadRequest
-from chalicelib.http import status_of
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 FAST = settings(max_examples=60, deadline=None)

@@ -1,4 +1,4 @@
-"""Per-day cost aggregates (chalicelib/costagg.py) against in-process moto: the ADDs ride in
+"""Per-day cost aggregates (chalicelib/costs/costagg.py) against in-process moto: the ADDs ride in
 the transaction of a conditional final write, so after any interleaving of final events —
 duplicates and late ones included — the aggregates equal the sum of the builds' costs."""
 
@@ -15,8 +15,8 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chalicelib.billing import InstanceUsage, Lifecycle, PriceSource, build_cost
-from chalicelib.costagg import (
+from chalicelib.costs.billing import InstanceUsage, Lifecycle, PriceSource, build_cost
+from chalicelib.costs.costagg import (
     MAX_DAYS,
     Booking,
     CostAggregates,

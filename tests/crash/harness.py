@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from lifecycle_helpers import load_event
 
-from chalicelib.hostscript import script_of
+from chalicelib.launching.hostscript import script_of
 
 SERVICES = ("dynamodb", "sqs", "ec2", "logs", "ecr", "ssm")
 ALIVE = ("pending", "running")
@@ -61,7 +61,6 @@ class CallHook:
 
     def attach(self) -> None:
         from chalicelib import wiring
-
         for name in SERVICES:
             client = wiring.client(name)
             if id(client) not in self._attached:
@@ -155,7 +154,6 @@ class Sim:
                  cancel_after_phases: int | None = None, timeout_minutes: int | None = None,
                  interrupt_after_phases: int | None = None) -> None:
         from chalicelib import wiring
-
         self.aws = aws
         self.api = api
         self.sink = sink
@@ -181,7 +179,7 @@ class Sim:
 
     # ---- the build ---------------------------------------------------------------------
     def submit(self) -> str:
-        from chalicelib.schemas import BuildRequest
+        from chalicelib.builds.schemas import BuildRequest
 
         extra = {"timeout_minutes": self.timeout_minutes} if self.timeout_minutes else {}
         build, _ = self.wiring.builds().submit(BuildRequest(framework="canary", tags=["nightly"], **extra))

@@ -38,7 +38,7 @@ def metrics_the_code_emits() -> set[str]:
     """Read from the source: emit("Name", ...) calls in app.py and chalicelib/, and the
     helpers of chalicelib/metrics.py that those call (with the names the helpers emit)."""
     names, helpers = set(), set()
-    for path in [ROOT / "app.py", *sorted((ROOT / "chalicelib").glob("*.py"))]:
+    for path in [ROOT / "app.py", *sorted((ROOT / "chalicelib").rglob("*.py"))]:
         if path.name != "metrics.py":
             n, h = _emitted_by(ast.parse(path.read_text()))
             names, helpers = names | n, helpers | h

@@ -56,7 +56,7 @@ def test_the_lambda_finds_the_catalog_and_build_contexts_in_its_zip(packages, st
     with zipfile.ZipFile(packages[stage].zip) as zf:
         zf.extractall(tmp_path)
     probe = (
-        "import chalicelib.catalog as c\n"
+        "import chalicelib.specs.catalog as c\n"
         "cat = c.load_catalog()\n"
         "print(c.ROOT)\n"
         "print(' '.join(sorted(cat.frameworks)))\n"

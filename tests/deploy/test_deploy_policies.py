@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 from infra import policies
 from infra.local import load_template
 from infra.permissions import (
@@ -86,7 +86,6 @@ def test_the_checker_catches_a_permission_the_policy_lacks(tmp_path):
     src = tmp_path / "newhandler.py"
     src.write_text(textwrap.dedent('''
         from chalicelib import wiring
-
         class Janitor:
             def __init__(self, sqs, ec2, ddb):
                 self._sqs, self._ec2, self._ddb = sqs, ec2, ddb
@@ -277,14 +276,14 @@ def test_builder_role_allows_every_aws_cli_call_of_the_host_script(stage):
 
 
 def test_the_host_script_scan_sees_a_new_aws_cli_call(tmp_path):
-    (tmp_path / "chalicelib" / "templates").mkdir(parents=True)
-    (tmp_path / "chalicelib" / "templates" / "host.sh").write_text(
+    (tmp_path / "chalicelib" / "launching" / "templates").mkdir(parents=True)
+    (tmp_path / "chalicelib" / "launching" / "templates" / "host.sh").write_text(
         "#!/usr/bin/env bash\n# aws s3 cp is only mentioned here\n"
         "x=$(aws ssm get-parameter --name /p)\naws ec2 describe-tags | jq .\n")
     calls = host_script_calls(tmp_path)
     assert [(c.action, c.where) for c in calls] == [
-        ("ec2:DescribeTags", "chalicelib/templates/host.sh:4"),
-        ("ssm:GetParameter", "chalicelib/templates/host.sh:3")]
+        ("ec2:DescribeTags", "chalicelib/launching/templates/host.sh:4"),
+        ("ssm:GetParameter", "chalicelib/launching/templates/host.sh:3")]
     assert set(missing_actions(builder_policy("dev"), calls)) == {"ec2:DescribeTags", "ssm:GetParameter"}
 
 
@@ -359,7 +358,7 @@ def test_the_call_graph_attributes_every_call_to_some_function():
     per_function = {c.where for calls in function_calls().values() for c in calls}
     everywhere = {c.where for c in aws_calls()}
     assert everywhere - per_function == set()
-    reaper = {c.action for c in function_calls()["Reaper"] if c.where.startswith("chalicelib/reaper.py")}
+    reaper = {c.action for c in function_calls()["Reaper"] if c.where.startswith("chalicelib/events/reaper.py")}
     assert "ecr:DescribeImages" in reaper and "ec2:DescribeImages" not in reaper
 
 

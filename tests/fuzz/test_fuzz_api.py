@@ -1,5 +1,5 @@
 """API fuzzing: schemathesis takes the OpenAPI document the API serves (``GET /openapi.json``,
-checked equal to ``chalicelib.openapi.document()``) and sends generated requests, valid and
+checked equal to ``chalicelib.api.openapi.document()``) and sends generated requests, valid and
 invalid, to every operation on a local stack of its own (moto server + ``chalice local``),
 then follows the document's links from new builds in stateful workflows.
 
@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from chalicelib.openapi import document
+from chalicelib.api.openapi import document
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "12"))
 CHECKS = [
@@ -87,7 +87,7 @@ def test_the_document_describes_every_route_of_the_app():
 
     routes = {(path, method.lower()) for path, entry in app_module.app.routes.items() for method in entry}
     documented = {(path, method) for path, ops in DOCUMENT["paths"].items() for method in ops}
-    assert routes - documented == set(), "routes missing from chalicelib/openapi.py"
+    assert routes - documented == set(), "routes missing from chalicelib/api/openapi.py"
 
 
 @schema.parametrize()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.catalog import load_catalog
 from chalicelib.errors import BadRequest
-from chalicelib.gpu import check_arch_list
+from chalicelib.specs.catalog import load_catalog
+from chalicelib.specs.gpu import check_arch_list
 
 
 @pytest.fixture(scope="module")

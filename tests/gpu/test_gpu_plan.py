@@ -6,12 +6,12 @@ import re
 
 import pytest
 
-from chalicelib.builds import BuildService
-from chalicelib.catalog import load_catalog
+from chalicelib.builds.builds import BuildService
+from chalicelib.builds.schemas import BuildRequest
 from chalicelib.errors import BadRequest
-from chalicelib.gpu import ARCH_LIST_ARG, covered, parse_arch_list
-from chalicelib.schemas import BuildRequest
 from chalicelib.settings import Settings
+from chalicelib.specs.catalog import load_catalog
+from chalicelib.specs.gpu import ARCH_LIST_ARG, covered, parse_arch_list
 
 CATALOG = load_catalog()
 HW = CATALOG.hardware

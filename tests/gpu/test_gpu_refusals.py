@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.catalog import load_catalog
 from chalicelib.errors import BadRequest
-from chalicelib.gpu import ARCH_LIST_ARG, check_arch_list, check_known, place
+from chalicelib.specs.catalog import load_catalog
+from chalicelib.specs.gpu import ARCH_LIST_ARG, check_arch_list, check_known, place
 
 CATALOG = load_catalog()
 HW = CATALOG.hardware

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.catalog import ROOT, load_catalog
 from chalicelib.errors import BadRequest, CatalogError
-from chalicelib.gpu import Arch, covered, parse_arch_list
+from chalicelib.specs.catalog import ROOT, load_catalog
+from chalicelib.specs.gpu import Arch, covered, parse_arch_list
 
 HW = load_catalog().hardware
 ROWS = [(fam, cuda) for fam in HW.families for cuda in HW.cuda]

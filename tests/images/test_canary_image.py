@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)

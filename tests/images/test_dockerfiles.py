@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.catalog import BuildSpec, load_catalog
-from chalicelib.hostscript import pack_context, strip_comments
+from chalicelib.launching.hostscript import pack_context, strip_comments
+from chalicelib.specs.catalog import BuildSpec, load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

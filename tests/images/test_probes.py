@@ -2,7 +2,7 @@
 framework packages: what `devices` reports; that the GPU check (`matmul`, which the entrypoint's
 --check runs) fails on a wrong result, on a build without code for the GPU's architecture (naming
 the missing sm_XY) and when the framework's own element-wise/reduction kernels fail; and the
-architecture-coverage rule itself, against chalicelib.gpu's."""
+architecture-coverage rule itself, against chalicelib.specs.gpu's."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib.gpu import Arch
+from chalicelib.specs.gpu import Arch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -419,7 +419,7 @@ cc_strategy = st.tuples(st.integers(5, 12), st.integers(0, 9))
 
 @given(entries=st.lists(st.tuples(cc_strategy, st.booleans()), max_size=5), gpu=cc_strategy)
 def test_covering_agrees_with_the_service_rule(entries, gpu):
-    # The API refuses a source build whose TORCH_CUDA_ARCH_LIST misses a GPU (chalicelib.gpu);
+    # The API refuses a source build whose TORCH_CUDA_ARCH_LIST misses a GPU (chalicelib.specs.gpu);
     # the image's own check must judge the same list the same way. "8.6+PTX" builds sm_86 and
     # compute_86, which is what torch.cuda.get_arch_list() then reports.
     archs = [Arch(cc, ptx) for cc, ptx in entries]

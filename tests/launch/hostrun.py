@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chalicelib.catalog import Catalog, load_catalog
-from chalicelib.hostscript import HostConfig, render
-from chalicelib.records import BuildRecord
+from chalicelib.builds.records import BuildRecord
+from chalicelib.launching.hostscript import HostConfig, render
+from chalicelib.specs.catalog import Catalog, load_catalog
 
 SHIMS = Path(__file__).resolve().parent / "shims"
 BUILD_ID = "b-0123456789abcdef0123"

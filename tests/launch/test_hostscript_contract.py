@@ -1,5 +1,5 @@
 """What the rendered user-data promises EC2, cloud-init and the instance, pinned down one
-behaviour at a time (each test fails on a small change to chalicelib/hostscript.py that
+behaviour at a time (each test fails on a small change to chalicelib/launching/hostscript.py that
 the other tests let through: see the mutation-testing section of the README)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import tarfile
 import pytest
 from hostrun import record_for, render_for
 
-from chalicelib.catalog import load_catalog
-from chalicelib.hostscript import USER_DATA_LIMIT, RenderError, pack_context, script_of, user_data
+from chalicelib.launching.hostscript import USER_DATA_LIMIT, RenderError, pack_context, script_of, user_data
+from chalicelib.specs.catalog import load_catalog
 
 
 @pytest.fixture(scope="module")

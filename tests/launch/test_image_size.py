@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hostrun import record_for, render_for, run_script
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import test_launch_launcher as launch_tests
 from test_launch_launcher import Ec2Faults, instances, record, submit
 
 from chalicelib import wiring
-from chalicelib.hostscript import script_of
+from chalicelib.launching.hostscript import script_of
 from chalicelib.settings import Settings
 
 ec2_env = launch_tests.ec2_env  # the fixture: a deployment's AMI, subnets, security group, profile

@@ -10,9 +10,9 @@ import pytest
 from test_launch_launcher import ec2_env, instances, record, submit  # noqa: F401 (ec2_env: a fixture)
 
 from chalicelib import clock, wiring
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Status
-from chalicelib.warmcache import TtlCache
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Status
+from chalicelib.launching.warmcache import TtlCache
 
 
 class Calls:

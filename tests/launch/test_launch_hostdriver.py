@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hostrun import BUILD_ID, SHIMS, record_for, render_for, run_script
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import test_launch_launcher as launch_tests
 from test_launch_launcher import instances
 
 from chalicelib import wiring
-from chalicelib.launcher import Launcher
-from chalicelib.records import BuildRecord, HostFailure
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Phase, Status
+from chalicelib.builds.records import BuildRecord, HostFailure
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Phase, Status
+from chalicelib.launching.launcher import Launcher
 
 ec2_env = launch_tests.ec2_env  # the fixture: a deployment's AMI, subnets, security group, profile
 TOKEN = "tok-" + "h" * 40

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from hostrun import BUILD_ID, CFG, TOKEN, record_for, render_for, run_script
 
-from chalicelib.catalog import load_catalog
-from chalicelib.hostscript import RenderError, pack_context, render, script_of, strip_comments, user_data
-from chalicelib.records import BuildRecord
+from chalicelib.builds.records import BuildRecord
+from chalicelib.launching.hostscript import RenderError, pack_context, render, script_of, strip_comments, user_data
+from chalicelib.specs.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELLCHECK = ROOT / ".venv" / "bin" / "shellcheck"

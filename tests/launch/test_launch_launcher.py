@@ -16,9 +16,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import wiring
-from chalicelib.hostscript import script_of
-from chalicelib.launcher import backoff_seconds
-from chalicelib.schemas import BuildRequest
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.launching.hostscript import script_of
+from chalicelib.launching.launcher import backoff_seconds
 from infra.local import prepare_ec2
 
 TYPES = ["g5.xlarge", "g4dn.xlarge"]
@@ -299,7 +299,7 @@ def test_a_build_that_ended_during_the_launch_gets_its_instance_terminated(aws, 
 
     def run_then_time_out(*a, **kw):
         inst = real_run(*a, **kw)
-        wiring.transitions().move(build_id, __import__("chalicelib.states").states.Status.TIMED_OUT,
+        wiring.transitions().move(build_id, __import__("chalicelib.builds.states").builds.states.Status.TIMED_OUT,
                                   message="reaper")
         return inst
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from chalicelib import wiring
-from chalicelib.records import BuildRecord
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Status
+from chalicelib.builds.records import BuildRecord
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Status
 
 TOKEN = "tok-" + "x" * 40
 DIGEST = "sha256:" + "c" * 64
@@ -376,7 +376,7 @@ def test_a_forged_token_records_no_instance(api, aws):
     assert "instance_id" not in record(bid)
 
 
-# ---- pushed, but reported FAILED (issue 16; the choice is documented in chalicelib/pushed.py) --------
+# ---- pushed, but reported FAILED (issue 16; the choice is documented in chalicelib/launching/pushed.py) --------
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
                                   "digest": "sha256:" + "d" * 64}, "layers": []})

@@ -38,7 +38,6 @@ class World:
 
     def __init__(self, aws) -> None:
         from chalicelib import wiring
-
         self.aws = aws
         self.wiring = wiring
         self.ec2 = aws.client("ec2")
@@ -48,7 +47,7 @@ class World:
         return self.wiring.store()
 
     def submit(self, **request) -> str:
-        from chalicelib.schemas import BuildRequest
+        from chalicelib.builds.schemas import BuildRequest
 
         build, _ = self.wiring.builds().submit(BuildRequest(framework="canary", **request))
         return build.id
@@ -68,9 +67,9 @@ class World:
         """What the launcher does for a launch message: QUEUED -> LAUNCHING with an instance.
         Returns the instance id, or None when the build was not QUEUED (message ignored)."""
         from chalicelib import clock
+        from chalicelib.builds.states import Status
+        from chalicelib.builds.store import at_attempt
         from chalicelib.errors import InvalidTransition
-        from chalicelib.states import Status
-        from chalicelib.store import at_attempt
 
         record = self.store.get_record(build_id)
         if record.status != Status.QUEUED or record.cancel_requested:
@@ -121,7 +120,6 @@ class CallLog:
 
     def __init__(self) -> None:
         from chalicelib import wiring
-
         self.calls: list[str] = []
         for name in self.SERVICES:
             wiring.client(name).meta.events.register("before-call", self._on_call)
@@ -150,7 +148,6 @@ class Crasher:
 
     def _attach(self) -> None:
         from chalicelib import wiring
-
         for name in CallLog.SERVICES:
             client = wiring.client(name)
             if id(client) not in self._attached:

@@ -6,8 +6,8 @@ import time
 
 from lifecycle_helpers import load_event
 
-from chalicelib.records import BuildRecord
-from chalicelib.states import Status
+from chalicelib.builds.records import BuildRecord
+from chalicelib.builds.states import Status
 
 
 def state_event(iid: str, state: str) -> dict:
@@ -177,7 +177,7 @@ def test_interruption_after_success_changes_nothing(world, fire):
 
 
 def test_termination_by_spot_without_the_warning_still_relaunches(world, fire, monkeypatch):
-    from chalicelib.instances import Instances, TaggedInstance
+    from chalicelib.events.instances import Instances, TaggedInstance
 
     bid = world.submit()
     iid = world.launch(bid)
@@ -419,7 +419,7 @@ def test_spot_warning_of_an_unrecorded_instance_relaunches_the_build(world, fire
 
 # ---- pushed, then the instance went away without its result (issue 16) ------------------
 def test_instance_gone_after_pushing_every_tag_succeeds_with_a_note(world, fire, monkeypatch, aws):
-    from chalicelib.states import Phase
+    from chalicelib.builds.states import Phase
 
     monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
     world.wiring.reset()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lifecycle_helpers import load_event
 
-from chalicelib.states import Status
+from chalicelib.builds.states import Status
 from voltabuild_local.emf import events, problems
 
 

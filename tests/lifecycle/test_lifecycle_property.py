@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from lifecycle_helpers import Crasher, load_event
 
 from chalicelib import clock as clock_module
+from chalicelib.builds.states import FINAL, Phase, Status, allowed
+from chalicelib.builds.store import on_instance
 from chalicelib.errors import InvalidTransition, VoltabuildError
-from chalicelib.states import FINAL, Phase, Status, allowed
-from chalicelib.store import on_instance
 
 # weighted by repetition: mostly the normal life of a build, with the faults mixed in
 OPS = ("launch",) * 4 + ("deliver",) * 5 + ("report",) * 6 + ("drop", "interrupt", "cancel", "tick", "tick", "advance",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from chalicelib import clock as clock_module
-from chalicelib.records import BuildRecord
-from chalicelib.states import Status
+from chalicelib.builds.records import BuildRecord
+from chalicelib.builds.states import Status
 
 
 def tick(api) -> dict:
@@ -251,7 +251,7 @@ def test_a_final_build_whose_notify_message_was_lost_is_notified_again_once(worl
 # ---- pushed, then silent (issue 16) ----------------------------------------------------------
 def test_a_silent_build_that_pushed_every_tag_succeeds_and_one_that_did_not_fails(world, api, clock, monkeypatch,
                                                                                  aws):
-    from chalicelib.states import Phase
+    from chalicelib.builds.states import Phase
 
     monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")  # moto's account
     world.wiring.reset()

@@ -1,4 +1,4 @@
-"""Build matrices (chalicelib/matrix.py): GitHub Actions expansion, each cell planned by the
+"""Build matrices (chalicelib/builds/matrix.py): GitHub Actions expansion, each cell planned by the
 same code as a single build, refused cells listed with their reason."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from chalicelib.builds import BuildService
-from chalicelib.catalog import load_catalog
+from chalicelib.api.http import status_of
+from chalicelib.builds.builds import BuildService
+from chalicelib.builds.matrix import MAX_CELLS, Matrix, MatrixRefused, MatrixRequest, combinations, expand
+from chalicelib.builds.schemas import BuildRequest
 from chalicelib.errors import BadRequest
-from chalicelib.http import status_of
-from chalicelib.matrix import MAX_CELLS, Matrix, MatrixRefused, MatrixRequest, combinations, expand
-from chalicelib.schemas import BuildRequest
 from chalicelib.settings import Settings
+from chalicelib.specs.catalog import load_catalog
 
 CATALOG = load_catalog()
 PLAN = BuildService(None, CATALOG, Settings(), None, None).plan  # plan() does no I/O

@@ -114,7 +114,6 @@ def slack(aws, sink, monkeypatch):
     """SLACK_CHANNELS=default,alerts with their webhooks (sink URLs) in SSM SecureStrings;
     PUBLIC_API_URL set. Returns the hook URLs by channel."""
     from chalicelib import wiring
-
     hooks = {ch: f"{sink.url}/hooks/T000/B000/{ch}-s3cr3t-token" for ch in ("default", "alerts")}
     ssm = aws.client("ssm")
     for ch, url in hooks.items():
@@ -135,9 +134,9 @@ def notifier_factory(aws, slack, sleeps):
     """A Notifier like wiring's, with a short HTTP timeout, recorded sleeps and a
     recording queue, so retries take no wall-clock time beyond the sink's own."""
     from chalicelib import wiring
-    from chalicelib.notify import Notifier
-    from chalicelib.slack_delivery import SlackSender
-    from chalicelib.webhooks import WebhookDirectory
+    from chalicelib.notifications.notify import Notifier
+    from chalicelib.notifications.slack_delivery import SlackSender
+    from chalicelib.notifications.webhooks import WebhookDirectory
 
     def make(**kw):
         s = wiring.settings()
@@ -157,8 +156,8 @@ def make_build(aws):
     """Submit a canary build and move it to a final state the way the lifecycle does.
     Returns the build id; the notify queue holds the final event."""
     from chalicelib import wiring
-    from chalicelib.schemas import BuildRequest
-    from chalicelib.states import Phase, Status
+    from chalicelib.builds.schemas import BuildRequest
+    from chalicelib.builds.states import Phase, Status
 
     def make(final: Status = Status.SUCCEEDED, *, notify=True, reason: str | None = None,
              launched: bool = True) -> str:

@@ -10,9 +10,9 @@ import logging
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify_events import NotifyEvent, enqueue_started
-from chalicelib.states import Status
-from chalicelib.webhooks import WebhookDirectory
+from chalicelib.builds.states import Status
+from chalicelib.notifications.notify_events import NotifyEvent, enqueue_started
+from chalicelib.notifications.webhooks import WebhookDirectory
 
 from .conftest import RecordingQueue, Reply
 
@@ -255,7 +255,7 @@ def test_malformed_or_unknown_messages_are_dropped_without_error(api, aws, slack
 
 
 def test_a_final_event_for_a_build_that_is_not_final_sends_nothing(aws, slack, sink, notifier_factory):
-    from chalicelib.schemas import BuildRequest
+    from chalicelib.builds.schemas import BuildRequest
 
     build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
     ev = NotifyEvent(build_id=build.id)
@@ -316,8 +316,8 @@ def test_webhook_urls_are_cached_per_warm_lambda(aws, slack):
 
 
 def test_started_message_is_opt_in_and_sent_once(aws, slack, sink, notifier_factory):
-    from chalicelib.schemas import BuildRequest
-    from chalicelib.states import Phase
+    from chalicelib.builds.schemas import BuildRequest
+    from chalicelib.builds.states import Phase
 
     build, _ = wiring.builds().submit(BuildRequest(framework="canary"))
     t = wiring.transitions()

@@ -13,8 +13,8 @@ import threading
 import pytest
 
 from chalicelib import wiring
-from chalicelib.notify_events import NotifyEvent
-from chalicelib.states import Status
+from chalicelib.builds.states import Status
+from chalicelib.notifications.notify_events import NotifyEvent
 
 from .conftest import Reply
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from chalicelib.schemas import Build
-from chalicelib.slack_message import build_message, estimate_cost, format_duration
-from chalicelib.states import Status
+from chalicelib.builds.schemas import Build
+from chalicelib.builds.states import Status
+from chalicelib.notifications.slack_message import build_message, estimate_cost, format_duration
 
 API = "https://api.example.test/api"
 REPO = "123456789012.dkr.ecr.us-east-1.amazonaws.com/voltabuild/pytorch"

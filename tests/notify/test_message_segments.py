@@ -1,9 +1,9 @@
-"""The Slack message names the segment the build spent longest in (chalicelib/segments.py)."""
+"""The Slack message names the segment the build spent longest in (chalicelib/builds/segments.py)."""
 
 from __future__ import annotations
 
-from chalicelib.slack_message import build_message
-from chalicelib.states import Status
+from chalicelib.builds.states import Status
+from chalicelib.notifications.slack_message import build_message
 from tests.notify.test_message import a_build
 
 

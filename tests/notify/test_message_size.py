@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chalicelib.slack_message import build_message, image_size_text
-from chalicelib.states import Status
+from chalicelib.builds.states import Status
+from chalicelib.notifications.slack_message import build_message, image_size_text
 
 from .test_message import a_build, everything
 

@@ -4,8 +4,8 @@ that records no timeline entry) right after it must not look like a second start
 from __future__ import annotations
 
 from chalicelib import wiring
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Phase, Status
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Phase, Status
 
 
 def test_a_heartbeat_right_after_the_first_move_to_running_asks_for_no_second_start(aws, monkeypatch):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from chalicelib import wiring
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Phase, Status
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Phase, Status
 
 
 @pytest.fixture

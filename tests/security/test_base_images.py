@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from chalicelib.catalog import AllowedImage, BuildArgSpec, BuildSpec, load_catalog
 from chalicelib.errors import BadRequest
+from chalicelib.specs.catalog import AllowedImage, BuildArgSpec, BuildSpec, load_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 from hostrun import record_for, render_for, run_script  # noqa: E402

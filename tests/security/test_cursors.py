@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib import wiring
-from chalicelib.cursor import CursorCodec
+from chalicelib.api.cursor import CursorCodec
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.store import LIST_INDEX_KEYS
 from chalicelib.errors import BadRequest
-from chalicelib.schemas import BuildRequest
 from chalicelib.settings import ConfigurationError, Settings, check_cursor_key
-from chalicelib.store import LIST_INDEX_KEYS
 
 
 def forge(key: bytes, payload: bytes) -> str:

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from chalicelib import wiring
-from chalicelib.schemas import BuildRequest
-from chalicelib.states import Status
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.states import Status
 
 GOOD_TOKEN = "A" * 43  # the launcher's shape: secrets.token_urlsafe(32)
 PHASE = json.dumps({"type": "phase", "phase": "PREPARING"})
@@ -81,6 +81,6 @@ def test_a_well_formed_but_wrong_token_costs_exactly_one_write(api, aws, launchi
 def test_the_launcher_draws_tokens_of_the_accepted_shape():
     import secrets
 
-    from chalicelib.reports import TOKEN_SHAPE
+    from chalicelib.launching.reports import TOKEN_SHAPE
 
     assert all(TOKEN_SHAPE.match(secrets.token_urlsafe(32)) for _ in range(200))

@@ -10,9 +10,9 @@ import boto3
 import pytest
 
 from chalicelib import wiring
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.store import MAX_ITEMS_READ
 from chalicelib.clock import iso
-from chalicelib.schemas import BuildRequest
-from chalicelib.store import MAX_ITEMS_READ
 
 OTHERS = 300
 

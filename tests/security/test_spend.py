@@ -9,11 +9,11 @@ import json
 import pytest
 
 from chalicelib import wiring
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.builds.spend import Ceilings, gpu_hours, size_rank
+from chalicelib.builds.states import Status
 from chalicelib.errors import QuotaExceeded
-from chalicelib.schemas import BuildRequest
 from chalicelib.settings import Settings
-from chalicelib.spend import Ceilings, gpu_hours, size_rank
-from chalicelib.states import Status
 
 
 def post(api, body):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from chalicelib.catalog import load_catalog
+from chalicelib.specs.catalog import load_catalog
 
 CATALOG = load_catalog()
 PYTORCH = CATALOG.frameworks["pytorch"]
@@ -79,7 +79,7 @@ def test_every_repository_states_its_tag_mutability():
 # ---- stages that share the repositories ------------------------------------------------
 def test_a_non_prod_stage_tags_everything_under_its_own_prefix(aws, monkeypatch):
     from chalicelib import wiring
-    from chalicelib.schemas import BuildRequest
+    from chalicelib.builds.schemas import BuildRequest
 
     monkeypatch.setenv("IMAGE_TAG_PREFIX", "dev__")
     wiring.reset()

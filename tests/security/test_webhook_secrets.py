@@ -9,9 +9,9 @@ import logging
 import pytest
 
 from chalicelib import wiring
-from chalicelib.slack_delivery import Delivery
-from chalicelib.states import Status
-from chalicelib.webhooks import WEBHOOK_URL, WebhookDirectory, WebhookInvalid
+from chalicelib.builds.states import Status
+from chalicelib.notifications.slack_delivery import Delivery
+from chalicelib.notifications.webhooks import WEBHOOK_URL, WebhookDirectory, WebhookInvalid
 from tests.notify.conftest import Reply
 from tests.notify.test_consumer import final_event, record
 

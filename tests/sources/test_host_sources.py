@@ -17,9 +17,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "launch"))
 from hostrun import CFG, SHIMS, TOKEN, run_script  # noqa: E402
 
-from chalicelib.catalog import load_catalog  # noqa: E402
-from chalicelib.custom_builds import extend_dockerfile  # noqa: E402
-from chalicelib.hostscript import render, script_of, user_data  # noqa: E402
+from chalicelib.custom.custom_builds import extend_dockerfile  # noqa: E402
+from chalicelib.launching.hostscript import render, script_of, user_data  # noqa: E402
+from chalicelib.specs.catalog import load_catalog  # noqa: E402
 
 HERE_SHIMS = Path(__file__).resolve().parent / "shims"
 BUILD_ID = "b-0123456789abcdef0123"
@@ -126,7 +126,7 @@ def test_an_extension_dockerfile_passes_every_value_as_json_or_a_checked_env_lin
 
 
 def test_every_catalog_image_runs_as_the_user_an_extension_returns_to():
-    from chalicelib.custom_builds import CATALOG_UID
+    from chalicelib.custom.custom_builds import CATALOG_UID
 
     for dockerfile in (Path(__file__).resolve().parents[2] / "dockerfiles").glob("*/Dockerfile"):
         assert f"ARG NB_UID={CATALOG_UID}" in dockerfile.read_text(), dockerfile
@@ -209,7 +209,7 @@ def test_the_presigned_url_downloads_with_real_curl_from_the_emulated_s3(catalog
     import boto3
     from botocore.config import Config
 
-    from chalicelib.contexts import ContextLinks
+    from chalicelib.custom.contexts import ContextLinks
     from infra.local import create_resources
 
     bucket = create_resources(serial_moto, only={"AWS::S3::Bucket"})["ContextsBucket"]

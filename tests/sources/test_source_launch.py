@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from chalicelib import wiring
-from chalicelib.custom_builds import ECR_LIFECYCLE_POLICY
-from chalicelib.hostscript import script_of
-from chalicelib.schemas import BuildRequest
+from chalicelib.builds.schemas import BuildRequest
+from chalicelib.custom.custom_builds import ECR_LIFECYCLE_POLICY
+from chalicelib.launching.hostscript import script_of
 from infra.local import TEMPLATE
 
 DIGEST = "ab" * 32

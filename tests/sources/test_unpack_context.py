@@ -1,4 +1,4 @@
-"""The unpacker the host script ships for uploaded contexts (chalicelib/templates/
+"""The unpacker the host script ships for uploaded contexts (chalicelib/launching/templates/
 unpack_context.py): hostile tarballs are refused whole, before anything is written, with
 a reason; a good one unpacks without owners or setuid bits."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.hostscript import UNPACKER
+from chalicelib.launching.hostscript import UNPACKER
 
 spec = importlib.util.spec_from_file_location("unpack_context", UNPACKER)
 unpack_context = importlib.util.module_from_spec(spec)

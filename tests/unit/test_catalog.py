@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chalicelib.catalog import load_catalog
+from chalicelib.builds.names import DOCKER_TAG
 from chalicelib.errors import BadRequest, CatalogError
-from chalicelib.names import DOCKER_TAG
+from chalicelib.specs.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT)

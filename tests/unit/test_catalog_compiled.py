@@ -1,4 +1,4 @@
-"""The catalog compiled to JSON at package time (chalicelib/catalog_compiled.py): the
+"""The catalog compiled to JSON at package time (chalicelib/specs/catalog_compiled.py): the
 Lambda reads exactly what the YAML says, and never a stale copy."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chalicelib import catalog_compiled
-from chalicelib.catalog import load_catalog
+from chalicelib.specs import catalog_compiled
+from chalicelib.specs.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

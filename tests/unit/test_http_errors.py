@@ -1,4 +1,4 @@
-"""Domain errors carry no HTTP status; chalicelib/http.py alone maps them (issue 16)."""
+"""Domain errors carry no HTTP status; chalicelib/api/http.py alone maps them (issue 16)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from chalicelib import errors
-from chalicelib.cloud_events import MalformedEvent
-from chalicelib.http import handle_errors, status_of
+from chalicelib.api.http import handle_errors, status_of
+from chalicelib.events.cloud_events import MalformedEvent
 
 
 @pytest.mark.parametrize("error, status", [

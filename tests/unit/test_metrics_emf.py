@@ -8,7 +8,7 @@ import json
 import pytest
 
 from chalicelib import metrics, observability
-from chalicelib.schemas import Build
+from chalicelib.builds.schemas import Build
 from voltabuild_local.emf import events, problems
 
 

@@ -1,12 +1,12 @@
-"""Where a build's time goes: segment durations from its timeline (chalicelib/segments.py)."""
+"""Where a build's time goes: segment durations from its timeline (chalicelib/builds/segments.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from chalicelib.schemas import Build, TimelineEvent
-from chalicelib.segments import SEGMENTS, longest_segment, segment_durations
-from chalicelib.states import Phase, Status
+from chalicelib.builds.schemas import Build, TimelineEvent
+from chalicelib.builds.segments import SEGMENTS, longest_segment, segment_durations
+from chalicelib.builds.states import Phase, Status
 
 T0 = datetime(2026, 12, 2, 7, 0, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from chalicelib.states import ACTIVE, FINAL, TRANSITIONS, Phase, Status, allowed, phase_forward, sources_for
+from chalicelib.builds.states import ACTIVE, FINAL, TRANSITIONS, Phase, Status, allowed, phase_forward, sources_for
 
 EXPECTED = {
     ("QUEUED", "LAUNCHING"), ("QUEUED", "FAILED"), ("QUEUED", "CANCELLED"), ("QUEUED", "TIMED_OUT"),

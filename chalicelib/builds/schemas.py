@@ -1,0 +1,171 @@
+"""Request and record models: the API's contract, also used for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
+
+from chalicelib.builds.names import DOCKER_TAG
+from chalicelib.builds.segments import segment_durations
+from chalicelib.builds.states import Phase, Status
+from chalicelib.custom.sources import Extend, Source, check_smoke_test
+
+DockerTag = Annotated[
+    str,
+    StringConstraints(pattern=DOCKER_TAG.pattern),
+    Field(description="Docker tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"),
+]
+InstanceType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", max_length=32)]
+ShortStr = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")]
+ArgName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+# a user's Dockerfile may name its args in any case (issue 20); the catalog's are UPPER_SNAKE
+AnyArgName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+ChannelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+class NotifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    slack: bool = Field(True, description="send a Slack message when the build ends")
+    channel: ChannelName | None = Field(
+        None, description="a channel name the deployment configured (never a webhook URL)"
+    )
+
+
+class BuildRequest(BaseModel):
+    """Body of ``POST /builds``. Omitted fields take the buildspec's defaults. Strict:
+    a number sent as a string, or 0 for false, is refused as the schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    framework: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,31}$")] | None = Field(
+        None, description="a framework from GET /frameworks (a catalog build, or the image `extend` starts from)"
+    )
+    version: ShortStr | None = None
+    cuda: ShortStr | None = None
+    python: ShortStr | None = None
+    tags: list[DockerTag] = Field(default_factory=list, max_length=10, description="extra image tags")
+    build_args: dict[AnyArgName, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    instance_types: list[InstanceType] | None = Field(None, min_length=1, max_length=10)
+    # >= 0.0001: the launcher sends it to EC2 with 4 decimals, and DynamoDB numbers underflow below 1e-130
+    max_price: float | None = Field(None, ge=0.0001, le=100, description="spot price cap, USD per hour")
+    timeout_minutes: int | None = Field(None, ge=5)
+    notify: bool | NotifyOptions = True
+    # ---- build your own (issue 20): chalicelib/custom/sources.py ----
+    source: Source | None = Field(None, description="a user's Dockerfile: an uploaded context or a git repository")
+    extend: Extend | None = Field(None, description="pip/apt packages and env on top of the catalog image")
+    repository: Annotated[str, StringConstraints(max_length=200)] | None = Field(
+        None, description="source and extend builds: the image repository inside voltabuild/ (default voltabuild/custom)")
+    smoke_test: list[str] | None = Field(
+        None, description="source builds: argv run in the built image on the GPU (default [\"nvidia-smi\"])")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildRequest:
+        if (self.framework is None) == (self.source is None):
+            raise ValueError("framework: Field required: give exactly one of framework (a catalog build, "
+                             "optionally with extend) or source (context or git)")
+        if self.extend is not None and self.framework is None:
+            raise ValueError("extend: needs the framework (and version) of the catalog image it starts from")
+        if self.source is None and self.extend is None and (self.repository or self.smoke_test):
+            raise ValueError("repository and smoke_test belong to source and extend builds")
+        if self.smoke_test is not None:
+            if self.source is None:
+                raise ValueError("smoke_test: only a source build sets it (an extension runs its framework's test)")
+            check_smoke_test(self.smoke_test)
+        return self
+
+
+class ImageInfo(BaseModel):
+    repository: str
+    tags: list[str]
+    digest: str | None = None
+    compressed_size_bytes: int | None = Field(None, description="the pushed image's compressed size (its layers)")
+    base_image_digest: str | None = Field(None, description="the digest of the base image the build started from")
+
+
+class InstanceInfo(BaseModel):
+    id: str
+    type: str
+    az: str | None = None
+    lifecycle: str = "spot"
+    price: float | None = Field(None, description="USD per hour at launch")
+    launched_at: str | None = None
+
+
+class TimelineEvent(BaseModel):
+    at: str
+    status: Status
+    phase: Phase | None = None
+    message: str = ""
+
+
+class NotificationInfo(BaseModel):
+    """How the Slack message about the outcome went (never the webhook URL)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: str = Field(description="sending, sent, retrying, failed or skipped")
+    channel: str | None = None
+    attempts: int | None = None
+    error: str | None = Field(None, description=(
+        "why the last try failed, a type: webhook_missing, webhook_invalid, ssm_error, http_status, "
+        "timeout, connection or request_rejected"))
+    error_status: int | None = Field(None, description="the webhook's HTTP status, for http_status")
+    error_code: str | None = Field(None, description="Slack's error code (no_service, invalid_token, ...)")
+    reason: str | None = None
+    sent_at: str | None = None
+
+
+class Build(BaseModel):
+    """A build as the API returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: Status
+    phase: Phase | None = None
+    framework: str
+    version: str
+    cuda: str
+    python: str
+    build_args: dict[str, str]
+    instance_types: list[str]
+    max_price: float | None = None
+    timeout_minutes: int
+    notify: NotifyOptions
+    image: ImageInfo
+    instance: InstanceInfo | None = None
+    attempt: int = 1
+    max_attempts: int = 3
+    reason: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    cancel_requested: bool = False
+    created_at: str
+    updated_at: str
+    finished_at: str | None = None
+    deadline_at: str | None = None
+    heartbeat_at: str | None = None
+    events: list[TimelineEvent] = Field(default_factory=list)
+    notification: NotificationInfo | None = None
+    source: dict | None = Field(None, description="source and extend builds: what was built from (issue 20)")
+    instance_terminated_at: str | None = Field(None, description="when EC2 reported the instance terminated")
+
+    @computed_field(description=(  # type: ignore[prop-decorator]
+        "seconds spent in each segment that happened (queued, launching, booting, preparing, building, "
+        "testing, pushing, terminate_lag), from the timeline; the current one is not counted"))
+    @property
+    def segments(self) -> dict[str, float]:
+        return segment_durations(self)
+
+
+class BuildList(BaseModel):
+    builds: list[Build]
+    next: str | None = Field(None, description="opaque cursor for the next page, or null")
+
+
+class ErrorBody(BaseModel):
+    Code: str
+    Message: str

@@ -1,0 +1,380 @@
+"""What the cloud's events do to a build: EC2 state changes, spot interruption warnings
+and ECR pushes (parsed in cloud_events.py), and the moves the reaper shares: adopt an
+instance, relaunch, requeue, fail, cancel.
+
+Every action is a conditional write through :class:`Transitions` that also checks the
+event's instance is still the build's current one, so a duplicate, late or out-of-order
+event (EventBridge delivers at least once, in no particular order) fails the condition
+and is ignored: nothing that is final ever changes.
+
+An instance's events decide from the build as the ``by-instance`` index has it (one
+Query, no second read): the index may lag a moment behind the table, so the write made
+from it is conditioned on everything the decision rested on (status, instance, no cancel
+requested, attempt). Only when that write loses is the build read once, consistently, and
+the decision made again from what it really is.
+
+Over 300 lines: the three events' decisions and the moves the reaper shares with them
+(adopt, relaunch, requeue, fail, time out, cancel, settle a pushed build) belong together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib import clock, metrics, observability
+from chalicelib.builds.records import BuildRecord
+from chalicelib.builds.states import Status
+from chalicelib.builds.store import (
+    BuildStore,
+    all_of,
+    at_attempt,
+    not_cancelled,
+    on_instance,
+    termination_unrecorded,
+    without_instance,
+)
+from chalicelib.builds.transitions import Transitions
+from chalicelib.errors import BuildNotFound, InvalidTransition
+from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
+from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
+from chalicelib.launching.buildlogs import BuildLogs
+from chalicelib.launching.pushed import PushedImages, settle
+from chalicelib.queues import Queue
+
+log = logging.getLogger(__name__)
+
+LAUNCHED = (Status.LAUNCHING, Status.RUNNING)
+_LOST = "lost"  # a conditional write made from the index's copy lost: read again, decide again
+# attributes of one attempt (its instance, its report token): dropped when the build is
+# queued again, so the old instance's late events and reports no longer match anything
+ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "token_hash", "launch_started_at")
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    stage: str = "dev"
+    log_lines: int = 20  # of the build's log, in the reason of a build whose instance was lost
+
+
+class Lifecycle:
+    """Moves builds in answer to what happens to their instances and images."""
+
+    def __init__(self, store: BuildStore, transitions: Transitions, instances: Instances,
+                 launch_queue: Queue, config: LifecycleConfig, logs: BuildLogs | None = None,
+                 pushed: PushedImages | None = None) -> None:
+        self.pushed = pushed  # ECR, to settle a build that pushed but never reported (None: never)
+        self.store = store
+        self.transitions = transitions
+        self.instances = instances
+        self.launch_queue = launch_queue
+        self.config = config
+        self.logs = logs
+
+    # ---- lookups ----------------------------------------------------------------
+    def build_for_instance(self, instance_id: str) -> tuple[BuildRecord, bool] | None:
+        """The build whose current instance is ``instance_id`` and whether that copy was
+        read consistently; None when it is not ours (another stage's, or an earlier
+        attempt's instance).
+
+        The ``by-instance`` index first (one query; its copy may lag a moment, so every
+        write made from it is conditional on what it was decided on); when it has nothing
+        yet the instance's ``voltabuild:build-id`` tag names the build, read consistently."""
+        hit = self.store.find_by_instance(instance_id)
+        if hit is not None:
+            return hit, False
+        inst = self.instances.describe(instance_id)
+        if inst is None or not inst.build_id or inst.tags.get(TAG_STAGE) != self.config.stage:
+            return None
+        record = self.current_build(inst.build_id, instance_id, adopt=inst)
+        return (record, True) if record is not None else None
+
+    def current_build(self, build_id: str, instance_id: str, *,
+                      adopt: TaggedInstance | None = None) -> BuildRecord | None:
+        """The build read consistently, if ``instance_id`` is still its current instance
+        (or, given the instance as ``adopt``, becomes it: see :meth:`adopt`)."""
+        try:
+            record = self.store.get_record(build_id)
+        except BuildNotFound:
+            return None
+        if record.instance_id == instance_id:
+            return record
+        if adopt is not None and adopt.id == instance_id:
+            return self.adopt(record, adopt)
+        return None
+
+    def adopt(self, record: BuildRecord, inst: TaggedInstance) -> BuildRecord | None:
+        """Record ``inst`` as the build's instance when the launcher did not (it died after
+        RunInstances): only an instance of this stage tagged with the build's id and its
+        *current* attempt, only while the build is LAUNCHING or RUNNING with no instance
+        recorded (one conditional write, so a late launcher, an event and the reaper agree
+        on one instance). Returns the build as it is now, or None (not adoptable, or lost)."""
+        if (inst.build_id != record.id or inst.attempt != record.attempt
+                or inst.tags.get(TAG_STAGE) != self.config.stage or record.instance_id
+                or record.status not in LAUNCHED or inst.state not in ALIVE):
+            return None
+        observability.bind_build(record.id)
+        info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
+                "price": None, "launched_at": inst.launched_at}
+        try:
+            item = self.store.update_fields(
+                record.id, {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
+                extra_condition=at_attempt(record.attempt) & without_instance())
+        except InvalidTransition as e:
+            log.info("not adopted: %s", e)
+            return None
+        log.warning("build %s: adopted instance %s of attempt %s (its launch was not recorded)",
+                    record.id, inst.id, inst.attempt)
+        return item
+
+    def _for_instance(self, instance_id: str, decide: Callable[[BuildRecord], str]) -> str:
+        """``decide`` on the index's copy of the build; when a write it made lost (the copy
+        lagged, or another event won), read the build once, consistently, and decide again."""
+        found = self.build_for_instance(instance_id)
+        if found is None:
+            return "not ours"
+        record, consistent = found
+        observability.bind_build(record.id)
+        outcome = decide(record)
+        if outcome == _LOST and not consistent:
+            record = self.current_build(record.id, instance_id)
+            if record is None:
+                return "not ours"
+            outcome = decide(record)
+        return "ignored" if outcome == _LOST else outcome
+
+    # ---- moves ------------------------------------------------------------------
+    def _move(self, build_id: str, to: Status, *, expect: Iterable[Status], instance_id: str | None = None,
+              unless_cancelled: bool = False, **kwargs: Any) -> BuildRecord | None:
+        """Transitions.move that treats a lost race (duplicate/late event) as a no-op.
+        ``instance_id``: only while that is the build's instance; ``unless_cancelled``:
+        only while no cancel was requested."""
+        kwargs["extra_condition"] = all_of(on_instance(instance_id) if instance_id else None,
+                                           not_cancelled() if unless_cancelled else None)
+        try:
+            return self.transitions.move(build_id, to, expect=list(expect), **kwargs)
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+
+    def fail(self, record: BuildRecord, reason: str, *, expect: Iterable[Status],
+             instance_id: str | None = None, unless_cancelled: bool = False,
+             fields: dict[str, Any] | None = None) -> BuildRecord | None:
+        return self._end(record, Status.FAILED, reason, expect=expect, instance_id=instance_id,
+                         unless_cancelled=unless_cancelled, fields=fields)
+
+    def time_out(self, record: BuildRecord, reason: str, *, expect: Iterable[Status]) -> BuildRecord | None:
+        return self._end(record, Status.TIMED_OUT, reason, expect=expect)
+
+    def _end(self, record: BuildRecord, to: Status, reason: str, *, expect: Iterable[Status],
+             instance_id: str | None = None, unless_cancelled: bool = False,
+             fields: dict[str, Any] | None = None) -> BuildRecord | None:
+        return self._move(record.id, to, expect=expect, instance_id=instance_id, message=reason,
+                          fields={"reason": reason, **(fields or {})}, unless_cancelled=unless_cancelled)
+
+    def cancel(self, record: BuildRecord, *, expect: Iterable[Status], instance_id: str | None = None,
+               note: str = "") -> BuildRecord | None:
+        msg = "cancelled by request" + (f"; {note}" if note else "")
+        return self._move(record.id, Status.CANCELLED, expect=expect, instance_id=instance_id,
+                          message=msg, fields={"reason": "cancelled by request"})
+
+    def settle_pushed(self, record: BuildRecord, what: str) -> BuildRecord | None:
+        """A RUNNING build in PUSHING whose instance went silent or away (``what``): when
+        ECR holds every tag at the image this attempt pushed, SUCCEEDED with a note (see
+        chalicelib/launching/pushed.py). Returns the new item, or None (not pushed, or the write lost:
+        the caller goes on to fail it, conditionally, as before)."""
+        if self.pushed is None or record.status != Status.RUNNING or record.cancel_requested:
+            return None
+        digest = self.pushed.digest(record)
+        if not digest:
+            return None
+        when = all_of(not_cancelled(), on_instance(record.instance_id) if record.instance_id else None)
+        try:
+            return settle(self.transitions, record, digest, what, extra_condition=when)
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+
+    def relaunch(self, record: BuildRecord, why: str, *, reclaimed: bool = False,
+                 fields: dict[str, Any] | None = None) -> BuildRecord | None:
+        """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
+        spent) and send the launch message. ``record`` is LAUNCHING or RUNNING; it may be
+        an index's copy: the write holds only for its attempt and instance, and only while
+        no cancel was requested (a cancel it did not see makes the write lose). ``fields``
+        are written with the move (a host failure's record)."""
+        attempt, max_attempts, iid = record.attempt, record.max_attempts, record.instance_id
+        reclaims = record.spot_reclaims + (1 if reclaimed else 0)
+        if record.cancel_requested:
+            return self.cancel(record, expect=LAUNCHED, instance_id=iid, note=why)
+        if attempt >= max_attempts:
+            reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
+                      else f"{why}; gave up after {attempt} attempts")
+            failed = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
+                               fields=fields)
+            metrics.emit_many({"SpotInterruptions": 1} if failed and reclaimed else {})
+            return failed
+        try:
+            item = self.transitions.move(
+                record.id, Status.QUEUED, expect=list(LAUNCHED),
+                message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
+                fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
+                        **(fields or {})},
+                remove=ATTEMPT_FIELDS,
+                extra_condition=all_of(at_attempt(attempt), on_instance(iid) if iid else None, not_cancelled()),
+            )
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+        self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1})
+        metrics.emit_many({"Relaunches": 1, **({"SpotInterruptions": 1} if reclaimed else {})})
+        return item
+
+    def requeue(self, record: BuildRecord, why: str) -> BuildRecord | None:
+        """A build stuck in QUEUED (its launch message lost or failed): bump the attempt so a
+        late launcher run of the old one is ignored, and send the launch message again."""
+        attempt = record.attempt
+        if record.cancel_requested:
+            return self.cancel(record, expect=[Status.QUEUED])
+        if attempt >= record.max_attempts:
+            return self.fail(record, f"{why}; gave up after {attempt} attempts", expect=[Status.QUEUED])
+        try:
+            item = self.store.update_fields(record.id, {"attempt": attempt + 1, "queued_at": clock.now_iso()},
+                                            expect=[Status.QUEUED])
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+        self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1})
+        return item
+
+    # ---- events -----------------------------------------------------------------
+    def instance_state(self, ev: InstanceStateChange) -> str:
+        """What an instance's state change does. Returns a short word for logs/tests."""
+        if ev.state in ("pending", "stopping"):
+            return "ignored"
+        return self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
+
+    def _state_change(self, record: BuildRecord, ev: InstanceStateChange) -> str:
+        status = record.status
+        if status.final:
+            if ev.state in ("running", "stopped"):
+                self.instances.terminate([ev.instance_id])  # its build is over: don't pay for it
+                return "terminated"
+            if ev.state == "terminated" and not record.instance_terminated_at:
+                self._note_terminated(record, ev)  # the build's terminate lag (chalicelib/builds/segments.py)
+            return "final"
+        if ev.state == "running":
+            if record.cancel_requested:
+                self.instances.terminate([ev.instance_id])
+                return "terminated"
+            if status != Status.LAUNCHING:
+                return "ignored"  # already RUNNING: a duplicate event
+            moved = self._move(record.id, Status.RUNNING, expect=[Status.LAUNCHING], instance_id=ev.instance_id,
+                               unless_cancelled=True, message=f"instance {ev.instance_id} running")
+            return "running" if moved else _LOST
+        if ev.state == "stopped":
+            # shutdown behaviour is terminate: a stopped instance never finishes its build
+            self.instances.terminate([ev.instance_id])
+            return "terminated"
+        return self.instance_gone(record, ev.state)
+
+    def _note_terminated(self, record: BuildRecord, ev: InstanceStateChange) -> None:
+        """Record when a final build's instance was terminated (EventBridge's time of the change)."""
+        try:
+            when = clock.parse(ev.time) if ev.time else clock.now()
+        except ValueError:
+            when = clock.now()
+        if record.finished_at:  # EventBridge's time has whole seconds: never before the end
+            when = max(when, clock.parse(record.finished_at))
+        at = clock.iso(when)
+        try:
+            record = self.store.update_fields(
+                record.id, {"instance_terminated_at": at}, expect=[record.status],
+                extra_condition=all_of(on_instance(ev.instance_id), termination_unrecorded()))
+            metrics.instance_terminated(record)
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+
+    def instance_gone(self, record: BuildRecord, state: str) -> str:
+        """The build's instance is shutting down or terminated. Returns ``_LOST`` when the
+        write lost (``record`` was out of date); the spot-reclaim check and the log tail are
+        read only for a build that (as far as ``record`` knows) is still on this instance."""
+        iid = record.instance_id
+        if record.status not in LAUNCHED:
+            return "ignored"
+        if record.cancel_requested:
+            moved = self.cancel(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
+            return "cancelled" if moved else _LOST
+        inst = self.instances.describe(iid) if iid else None
+        if inst is not None and inst.state_reason == SPOT_RECLAIMED:
+            moved = self.relaunch(record, f"spot capacity reclaimed instance {iid}", reclaimed=True)
+            return "relaunched" if moved else _LOST
+        if self.settle_pushed(record, f"instance {iid} was {state} before it reported the result"):
+            return "succeeded"
+        reason = f"instance lost: {iid} was {state} before the build finished"
+        lines = self.logs.last_lines(record.id, self.config.log_lines) if self.logs else []
+        if lines:
+            reason += "; last log lines:\n" + "\n".join(lines)
+        moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+        if moved:
+            metrics.emit("HostFailures", Cause="instance-lost")
+        return "failed" if moved else _LOST
+
+    def spot_interruption(self, ev: SpotInterruption) -> str:
+        """Send the build back to the queue (the registry cache keeps its layers). The
+        instance is left to EC2 for its last two minutes; the reaper catches a survivor."""
+        return self._for_instance(ev.instance_id, lambda record: self._interrupted(record, ev))
+
+    def _interrupted(self, record: BuildRecord, ev: SpotInterruption) -> str:
+        if record.status not in LAUNCHED:
+            return "ignored"
+        moved = self.relaunch(record, f"spot interruption warning for {ev.instance_id} ({ev.action})",
+                              reclaimed=True)
+        if moved is None:
+            return _LOST
+        return "relaunched" if moved.status == Status.QUEUED else moved.status.value.lower()
+
+    def image_pushed(self, ev: ImagePushed) -> str:
+        """Record the digest ECR saw on the build that pushed it; flag a SUCCEEDED build
+        whose reported digest differs. One read when the build already reported this
+        digest (the newest succeeded builds), two when it did not (the active builds too)."""
+        if not ev.successful_push:
+            return "ignored"
+        record = self._build_for_image(ev)
+        if record is None:
+            return "not ours"
+        observability.bind_build(record.id)
+        fields: dict[str, Any] = {"ecr_digest": ev.digest}
+        status = record.status
+        reported = record.image.digest
+        flagged = False
+        if status == Status.SUCCEEDED and reported and reported != ev.digest:
+            fields["reason"] = (f"ECR saw {ev.digest} pushed as {ev.tag}, but the build reported {reported}")
+            flagged = True
+        try:
+            self.store.update_fields(record.id, fields, expect=[status])
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return "ignored"
+        return "flagged" if flagged else "recorded"
+
+    def _build_for_image(self, ev: ImagePushed) -> BuildRecord | None:
+        def matches(r: BuildRecord) -> bool:
+            repo = r.image.repository
+            registry, _, name = repo.partition("/")
+            # an ECR repository must be this account's and region's; a local stack's registry
+            # (not ECR) is matched by the repository name its local push events carry
+            same = repo == ev.repository or (".dkr.ecr." not in registry and name == ev.name)
+            return same and ev.tag in r.image.tags
+
+        # a build reports its digest only in its SUCCEEDED result, so only a succeeded build
+        # can match the digest itself; that result usually arrives before ECR's event: look there first
+        done = [r for r in self.store.recent_records(Status.SUCCEEDED, 20) if matches(r)]
+        same = [r for r in done if r.image.digest == ev.digest]
+        if same:
+            return same[0]
+        active = [r for r in self.store.active_records() if matches(r) and r.status == Status.RUNNING]
+        if active:
+            return max(active, key=lambda r: r.created_key)
+        return done[0] if done else None

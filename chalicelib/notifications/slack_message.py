@@ -1,0 +1,239 @@
+"""The Slack message about a build: Block Kit blocks plus a plain-text fallback, for its
+final outcome or for its start. Pure: no I/O."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.builds.schemas import Build
+from chalicelib.builds.segments import longest_note
+from chalicelib.builds.states import Status
+from chalicelib.clock import parse
+
+OUTCOME = {
+    Status.SUCCEEDED: (":white_check_mark:", "succeeded"),
+    Status.FAILED: (":x:", "failed"),
+    Status.TIMED_OUT: (":alarm_clock:", "timed out"),
+    Status.CANCELLED: (":no_entry_sign:", "was cancelled"),
+    Status.RUNNING: (":rocket:", "started"),
+}
+_SECTION_MAX = 2900  # Slack: a section's text is at most 3000 characters
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn needs only &, < and > escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    s = max(0, int(round(seconds)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h {m:02d}m {sec:02d}s"
+    if m:
+        return f"{m}m {sec:02d}s"
+    return f"{sec}s"
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (parse(end) - parse(start)).total_seconds()
+
+
+@dataclass(frozen=True)
+class Cost:
+    usd: float
+    billed_seconds: int
+    price_per_hour: float
+    lifecycle: str
+
+
+def estimate_cost(build: Build) -> Cost | None:
+    """The recorded hourly price × billed time (launch to finish, per second, at least
+    60 s, as EC2 bills Linux instances). None when no price or launch time was recorded."""
+    inst = build.instance
+    if inst is None or inst.price is None or not inst.launched_at or not build.finished_at:
+        return None
+    ran = _seconds_between(inst.launched_at, build.finished_at) or 0.0
+    billed = max(60, math.ceil(ran))
+    return Cost(usd=inst.price * billed / 3600, billed_seconds=billed, price_per_hour=inst.price,
+                lifecycle=inst.lifecycle)
+
+
+def image_size_text(n: int | None) -> str | None:
+    """An image's compressed size in decimal units (2.15 MB, 4.31 GB), or None if not measured."""
+    if n is None:
+        return None
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def image_uris(build: Build) -> list[str]:
+    """Every pushed reference: one per tag, and the digest."""
+    repo = build.image.repository
+    uris = [f"{repo}:{t}" for t in build.image.tags]
+    if build.image.digest:
+        uris.append(f"{repo}@{build.image.digest}")
+    return uris
+
+
+def _reason_parts(reason: str | None) -> tuple[str, str]:
+    """(the reason's first line, the log lines after it)."""
+    if not reason:
+        return "", ""
+    head, _, tail = reason.strip().partition("\n")
+    return head.strip(), tail.strip("\n")
+
+
+def _code_block(text: str, limit: int) -> str:
+    """A mrkdwn code block of the *last* characters of ``text`` (a log tail keeps its end)."""
+    lines = escape(text.replace("```", "`\u200b``")).splitlines()
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        line = line[-limit:]
+        if size + len(line) + 1 > limit:
+            break
+        kept.insert(0, line)
+        size += len(line) + 1
+    if len(kept) < len(lines):
+        kept.insert(0, f"… ({len(lines) - len(kept)} earlier lines cut)")
+    return "```" + "\n".join(kept) + "```"
+
+
+def build_message(build: Build, *, api_url: str = "", started: bool = False) -> dict[str, Any]:
+    """The Slack payload: Block Kit ``blocks`` plus a plain ``text`` fallback (shown in
+    notifications and by clients that cannot render blocks)."""
+    return start_message(build, api_url=api_url) if started else final_message(build, api_url=api_url)
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What every message says about the build."""
+
+    build_id: str
+    headline: str
+    what: str
+    stack: str
+    instance: str
+    cli: str
+    api: str
+    uris: list[str]
+    size: str | None  # the image's compressed size, when measured
+
+    @classmethod
+    def of(cls, build: Build, status: Status, api_url: str) -> _Facts:
+        emoji, word = OUTCOME.get(status, (":grey_question:", status.value.lower()))
+        what = f"{build.framework} {build.version}"
+        inst = build.instance
+        return cls(
+            build_id=build.id,
+            headline=f"{emoji} {what} build {word}",
+            what=what,
+            stack=f"CUDA {build.cuda} · Python {build.python}",
+            instance=f"{inst.type} ({inst.lifecycle}{', ' + inst.az if inst.az else ''})" if inst else "none launched",
+            cli=f"voltabuild status {build.id}",
+            api=f"{api_url}/builds/{build.id}" if api_url else "",
+            uris=image_uris(build) if (build.image.digest or status == Status.SUCCEEDED) else [],
+            size=image_size_text(build.image.compressed_size_bytes),
+        )
+
+    def fields(self, build: Build) -> list[str]:
+        return [f"*Framework*\n{escape(self.what)}", f"*Toolchain*\n{escape(self.stack)}",
+                f"*Instance*\n{escape(self.instance)}", f"*Attempt*\n{build.attempt} of {build.max_attempts}"]
+
+    def top(self, fields: list[str]) -> list[dict[str, Any]]:
+        """The header and the fields."""
+        return [
+            {"type": "header", "text": {"type": "plain_text", "text": self.headline[:150], "emoji": True}},
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+        ]
+
+    def image(self) -> dict[str, Any]:
+        listing = "\n".join(f"`{escape(u)}`" for u in self.uris) + (f"\n{self.size} compressed" if self.size else "")
+        return _section(f"*Image*\n{listing}"[:_SECTION_MAX])
+
+    def image_text(self) -> str:
+        return "image " + " ".join(self.uris) + (f" ({self.size} compressed)" if self.size else "")
+
+    def context(self) -> dict[str, Any]:
+        context = [f"`{escape(self.cli)}`", f"build `{self.build_id}`"]
+        if self.api:
+            context.append(f"<{self.api}|{escape(self.api)}>")
+        return {"type": "context", "elements": [{"type": "mrkdwn", "text": c} for c in context]}
+
+    def see(self) -> str:
+        return f"see `{self.cli}`" + (f" or {self.api}" if self.api else "")
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def start_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
+    """The "build started" message: what runs where, and where to follow it."""
+    f = _Facts.of(build, Status.RUNNING, api_url)
+    blocks = f.top(f.fields(build))
+    if f.uris:
+        blocks.append(f.image())
+    blocks.append(f.context())
+    parts = [f"{f.headline} ({f.stack})", f"instance {f.instance}"]
+    if f.uris:
+        parts.append(f.image_text())
+    parts.append(f.see())
+    return {"text": escape(" · ".join(parts)), "blocks": blocks}
+
+
+def final_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
+    """The final-outcome message: the facts, duration, cost, image, reason and log tail."""
+    f = _Facts.of(build, build.status, api_url)
+    duration, cost_text = _duration_text(build), _cost_text(build)
+    reason, log_tail = _reason_parts(build.reason)
+    blocks = f.top([*f.fields(build), f"*Duration*\n{escape(duration)}", f"*Estimated cost*\n{escape(cost_text)}"])
+    blocks.append(f.image() if f.uris else _section("*Image*\nnot pushed"))
+    if reason:
+        blocks.append(_section(f"*Reason*\n{escape(reason)}"[:_SECTION_MAX]))
+    if log_tail:
+        blocks.append(_section("*Last log lines*\n" + _code_block(log_tail, 2800)))
+    blocks.append(f.context())
+
+    parts = [f"{f.headline} ({f.stack})", f"duration {duration}", f"instance {f.instance}",
+             f"estimated cost {cost_text}"]
+    if f.uris:
+        parts.append(f.image_text())
+    if reason:
+        parts.append(f"reason: {reason}")
+    parts.append(f.see())
+    # the fallback is mrkdwn too (notifications, clients without blocks): escaped like the
+    # blocks, so `<!channel>` or `<https://evil|click>` from a log or a reason stays text
+    text = escape(" · ".join(parts))
+    if log_tail:
+        text += "\nLast log lines:\n" + escape(log_tail[-1500:])
+    return {"text": text, "blocks": blocks}
+
+
+def _duration_text(build: Build) -> str:
+    inst = build.instance
+    duration = format_duration(_seconds_between(build.created_at, build.finished_at))
+    on_instance = _seconds_between(inst.launched_at if inst else None, build.finished_at)
+    if on_instance is not None:
+        duration += f" (on the instance {format_duration(on_instance)})"
+    return duration + longest_note(build)  # where the time went (chalicelib/builds/segments.py)
+
+
+def _cost_text(build: Build) -> str:
+    cost = estimate_cost(build)
+    if cost:
+        return (f"~${cost.usd:.2f} ({cost.lifecycle}: ${cost.price_per_hour:.4g}/h × "
+                f"{format_duration(cost.billed_seconds)} billed)")
+    if build.instance is None:
+        return "$0.00 (no instance was launched)"
+    return "unknown (no price or launch time recorded)"
