@@ -208,6 +208,7 @@ def test_a_git_build_carries_its_repository_ref_and_path_and_no_unpacker(catalog
     v = _assigned(script)
     assert (v["SOURCE_KIND"], v["GIT_URL"], v["GIT_REF"], v["CONTEXT_PATH"], v["UNPACKER"]) == (
         "git", "https://github.com/org/r.git", "v1.2", "svc", "")
+    assert v["CONTEXT_MAX_BYTES"] == "0" and v["CONTEXT_URL"] == ""  # nothing to download
     assert "\nreadonly UNPACKER=''\n" in script
     assert _sources_part() in script
 
