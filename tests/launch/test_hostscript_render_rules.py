@@ -300,3 +300,11 @@ def test_user_data_exactly_at_the_limit_is_accepted_and_one_byte_over_is_refused
 def test_script_of_reads_gzip_and_plain_user_data():
     assert script_of(user_data("#!/bin/sh\ntrue\n")) == "#!/bin/sh\ntrue\n"
     assert script_of(b"#!/bin/sh\ntrue\n") == "#!/bin/sh\ntrue\n"
+
+
+def test_the_source_part_loses_indented_comments_too(catalog, tmp_path, monkeypatch):
+    part = tmp_path / "sources.sh"
+    part.write_text("# shellcheck shell=bash\nfetch_context() {\n  # why this step\n  true\n}\n")
+    monkeypatch.setattr(hostscript, "SOURCES_TEMPLATE", part)
+    script = _render_source(catalog, _git_record())
+    assert "\nfetch_context() {\n  true\n}\n" in script and "# why this step" not in script
