@@ -32,6 +32,7 @@ class CallCounter:
 
     def attach(self) -> None:
         from chalicelib import wiring
+
         for name in SERVICES:
             wiring.client(name).meta.events.register("before-call", self._on_call)
 
@@ -81,6 +82,7 @@ class Measured:
 class Bench:
     def __init__(self, api, counter: CallCounter, resources: dict[str, str]) -> None:
         from chalicelib import wiring
+
         self.api = api
         self.counter = counter
         self.resources = resources

@@ -93,6 +93,7 @@ def request_latency(rounds: int) -> dict:
     import json
 
     from chalicelib import wiring
+
     with moto_server() as (env, resources), world.api_client() as api:
         app = App(api, env)
         ddb = wiring.client("dynamodb")
@@ -151,6 +152,7 @@ def request_latency(rounds: int) -> dict:
 def scale(rounds: int, sizes: tuple[int, ...] = (100, 10_000), on_progress=print) -> dict:
     """List page and get with 100 and 10,000 builds in the table."""
     from chalicelib import wiring
+
     out: dict = {"sizes": {}}
     with moto_server() as (env, resources), world.api_client() as api:
         app = App(api, env)

@@ -331,6 +331,7 @@ def emulated_aws(region: str = "us-east-1", *,
     from moto import mock_aws
 
     from chalicelib import wiring
+
     with mock_aws():
         session = boto3.session.Session(region_name=region)
         resources = create_resources(session)

@@ -61,12 +61,17 @@ PRUNED = (
     "slack/",  # slackclient 2's deprecated package name; the code imports slack_sdk
     "slack_sdk/socket_mode/", "slack_sdk/oauth/", "slack_sdk/audit_logs/", "slack_sdk/scim/",
     "slack_sdk/rtm/", "slack_sdk/rtm_v2/",  # Slack APIs other than incoming webhooks
+    "slack_sdk/web/async_", "slack_sdk/web/legacy_", "slack_sdk/signature/",  # async and legacy clients,
+    "slack_sdk/aiohttp_version_checker.py",  # request signing: the webhook client imports none of them
+    # packaging: requirements, markers, specifiers and versions are used (chalicelib/custom/sources.py)
+    "packaging/licenses/", "packaging/pylock.py", "packaging/metadata.py", "packaging/dependency_groups.py",
+    "packaging/direct_url.py", "packaging/ranges.py",
 )
 ZIP_LIMIT_BYTES = 3_000_000  # issue 21: the deployment zip's target
 
 
 def slim_zip(path: Path) -> None:
-    """Rewrite the zip without :data:`PRUNED`, with each package's METADATA cut to its
+    """Rewrite the zip without :data:`PRUNED` and the installers' RECORD lists, with each package's METADATA cut to its
     headers (the long description is its README and changelog; name, version and license
     stay), compressed at zlib's best level."""
     tmp = path.with_suffix(".slim.zip")
@@ -74,6 +79,8 @@ def slim_zip(path: Path) -> None:
         for info in src.infolist():
             if info.filename.startswith(PRUNED) or "/__pycache__/" in f"/{info.filename}":
                 continue  # bytecode too: timestamp-checked against the zip's 1980 dates, it is never used
+            if info.filename.endswith(".dist-info/RECORD"):
+                continue  # the installer's file list (for uninstalling): nothing runs it in a Lambda
             data = src.read(info)
             if info.filename.endswith(".dist-info/METADATA"):
                 data = data.split(b"\n\n", 1)[0] + b"\n"
@@ -132,8 +139,10 @@ def _copy_project(src: Path, dest: Path) -> None:
     if cache.is_dir():
         shutil.copytree(cache, dest / ".chalice" / "deployments")
     bundle = dest / "chalicelib" / "_bundle"
+    # the images' lock files and READMEs are for people and `make lock`: no function reads them
+    leave_out = shutil.ignore_patterns("__pycache__", "*.pyc", "_bundle", "locks", "README.md")
     for name in BUNDLED:
-        shutil.copytree(src / name, bundle / name, ignore=ignore)
+        shutil.copytree(src / name, bundle / name, ignore=leave_out)
     catalog_compiled.write(bundle)  # the Lambda reads the catalog from JSON: no YAML parser in the zip
 
 

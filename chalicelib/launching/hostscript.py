@@ -88,7 +88,7 @@ def pack_context(context_dir: Path, common_dir: Path | None = None) -> str:
         for rel, path in sorted(_context_files(context_dir, common_dir).items()):
             info = tarfile.TarInfo(rel)
             data = path.read_bytes()
-            if rel.name == "Dockerfile" or rel.suffix == ".sh":
+            if path.name == "Dockerfile" or path.suffix == ".sh":
                 data = strip_comments(data)
             info.size = len(data)
             info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644

@@ -69,6 +69,7 @@ def test_idempotency_key_replays_and_conflicts(api, aws):
 
 def test_quota_of_active_builds_gives_429_naming_the_limit(api, aws, monkeypatch):
     from chalicelib import wiring
+
     monkeypatch.setenv("MAX_ACTIVE_BUILDS", "2")
     wiring.reset()
     assert wiring.settings().max_active_builds == 2  # cached before chalice applies the stage's env

@@ -61,6 +61,7 @@ class CallHook:
 
     def attach(self) -> None:
         from chalicelib import wiring
+
         for name in SERVICES:
             client = wiring.client(name)
             if id(client) not in self._attached:
@@ -154,6 +155,7 @@ class Sim:
                  cancel_after_phases: int | None = None, timeout_minutes: int | None = None,
                  interrupt_after_phases: int | None = None) -> None:
         from chalicelib import wiring
+
         self.aws = aws
         self.api = api
         self.sink = sink

@@ -86,6 +86,7 @@ def test_the_checker_catches_a_permission_the_policy_lacks(tmp_path):
     src = tmp_path / "newhandler.py"
     src.write_text(textwrap.dedent('''
         from chalicelib import wiring
+
         class Janitor:
             def __init__(self, sqs, ec2, ddb):
                 self._sqs, self._ec2, self._ddb = sqs, ec2, ddb

@@ -9,6 +9,7 @@ from lifecycle_helpers import CallLog, FakeClock, World
 @pytest.fixture
 def clock(monkeypatch):
     from chalicelib import clock as clock_module
+
     fake = FakeClock(clock_module.now())
     monkeypatch.setattr(clock_module, "now", fake)
     return fake

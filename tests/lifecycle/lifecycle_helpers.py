@@ -38,6 +38,7 @@ class World:
 
     def __init__(self, aws) -> None:
         from chalicelib import wiring
+
         self.aws = aws
         self.wiring = wiring
         self.ec2 = aws.client("ec2")
@@ -120,6 +121,7 @@ class CallLog:
 
     def __init__(self) -> None:
         from chalicelib import wiring
+
         self.calls: list[str] = []
         for name in self.SERVICES:
             wiring.client(name).meta.events.register("before-call", self._on_call)
@@ -148,6 +150,7 @@ class Crasher:
 
     def _attach(self) -> None:
         from chalicelib import wiring
+
         for name in CallLog.SERVICES:
             client = wiring.client(name)
             if id(client) not in self._attached:

@@ -114,6 +114,7 @@ def slack(aws, sink, monkeypatch):
     """SLACK_CHANNELS=default,alerts with their webhooks (sink URLs) in SSM SecureStrings;
     PUBLIC_API_URL set. Returns the hook URLs by channel."""
     from chalicelib import wiring
+
     hooks = {ch: f"{sink.url}/hooks/T000/B000/{ch}-s3cr3t-token" for ch in ("default", "alerts")}
     ssm = aws.client("ssm")
     for ch, url in hooks.items():
