@@ -37,8 +37,12 @@ class BuildCosts:
         instance's price is unknown (an on-demand instance: no on-demand table yet)."""
         if build.instance is None:
             return billing.build_cost([], now)
+        try:
+            volume = self.root_volume_gb(build)
+        except BadRequest:  # its framework left the catalog: the root volume is unknown
+            return None
         terminated = parse(build.instance_terminated_at) if build.instance_terminated_at else None
-        usage = billing.usage_from_instance(build.instance.model_dump(), root_volume_gb=self.root_volume_gb(build),
+        usage = billing.usage_from_instance(build.instance.model_dump(), root_volume_gb=volume,
                                             price_table=self.price_table, terminated_at=terminated)
         return None if usage is None else billing.build_cost([usage], now)
 
