@@ -100,7 +100,7 @@ def budget():
 def groups():
     from chalicelib.builds.groups import Groups
 
-    return Groups(builds(), check_budget=budget())
+    return Groups(builds())
 
 
 @cache

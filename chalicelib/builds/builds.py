@@ -14,6 +14,7 @@ from chalicelib.builds.states import Status
 from chalicelib.builds.store import BuildStore, Idempotency
 from chalicelib.builds.transitions import Transitions
 from chalicelib.clock import now, now_iso
+from chalicelib.costs.billing import BudgetExceeded
 from chalicelib.errors import BadRequest, Conflict, InvalidTransition
 from chalicelib.queues import Queue
 from chalicelib.settings import Settings
@@ -132,13 +133,28 @@ class BuildService:
             idem = Idempotency(idempotency_key, hashlib.sha256(body).hexdigest())
         build = self.plan(req)
         if self.budget is not None:
-            self.budget([build])
+            earlier = self.check_budget([build], idem)
+            if earlier is not None and earlier.get("build_id"):
+                return self.store.get(earlier["build_id"]), False
         build, created = self.store.create(build, idempotency=idem, quota=self.key_quota(api_key_id),
                                            gpu_hours=self.gpu_hours(build))
         if created:
             self.launch_queue.send({"build_id": build.id, "attempt": build.attempt,
                                     "timeout_minutes": build.timeout_minutes})  # the launcher writes first
         return build, created
+
+    def check_budget(self, builds: list[Build], idem: Idempotency | None) -> dict | None:
+        """Refuse builds over MONTHLY_BUDGET_USD (429), unless the Idempotency-Key already made
+        them (a retried submit must get its build back, not be counted twice): then what it
+        made (``build_id`` or ``group_id``) is returned."""
+        try:
+            self.budget(builds)
+        except BudgetExceeded:
+            earlier = self.store.earlier(idem) if idem is not None else None
+            if earlier is None:
+                raise
+            return earlier
+        return None
 
     @staticmethod
     def check_idempotency_key(key: str) -> None:

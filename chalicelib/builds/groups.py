@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
 from datetime import datetime
 
 from pydantic import BaseModel, Field
@@ -82,10 +81,9 @@ def aggregate_status(statuses: list[Status]) -> Status:
 class Groups:
     """What the group routes do. ``service``: the BuildService (plan, quotas, cancel, costs)."""
 
-    def __init__(self, service, *, check_budget: Callable[[list[Build]], None] | None = None) -> None:
+    def __init__(self, service) -> None:
         self.service = service
         self.store = service.store
-        self.check_budget = check_budget
 
     def submit(self, req: MatrixRequest, *, idempotency_key: str | None, api_key_id: str) -> tuple[Group, bool]:
         idem = None
@@ -96,8 +94,10 @@ class Groups:
         expansion = expand(req.base(), req.matrix, self.service.plan, skip_invalid=req.skip_invalid)
         group_id = new_group_id()
         builds = [c.build.model_copy(update={"group_id": group_id}) for c in expansion.cells]
-        if self.check_budget is not None:
-            self.check_budget(builds)
+        if self.service.budget is not None:
+            earlier = self.service.check_budget(builds, idem)
+            if earlier is not None and earlier.get("group_id"):
+                return self.get(earlier["group_id"]), False
         hours = sum(self.service.gpu_hours(b) for b in builds)
         skipped = [{"values": s.values, "reason": s.reason} for s in expansion.skipped]
         group_id, created = self.store.create_group(

@@ -345,6 +345,18 @@ class BuildStore:
                                           ":room": {"N": str(limit - len(build_ids))}},
         }}
 
+    def earlier(self, idem: Idempotency) -> dict[str, Any] | None:
+        """What an Idempotency-Key already made (``build_id`` or ``group_id``), None when it
+        made nothing yet; the same key with another body is an IdempotencyConflict."""
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)
+        if "Item" not in resp:
+            return None
+        item = from_item(resp["Item"])
+        if item.get("body_hash") != idem.body_hash:
+            raise IdempotencyConflict("Idempotency-Key was already used with a different request body; "
+                                      "send a new key for a new build or matrix")
+        return item
+
     def _replay_group(self, idem: Idempotency) -> str:
         resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)
         item = from_item(resp.get("Item", {}))

@@ -90,8 +90,13 @@ def test_a_submit_over_the_monthly_budget_is_a_429_naming_it(world, api, monkeyp
     world.wiring.settings()  # cached before chalice applies the stage's environment
     # canary: 15 minutes on p3.2xlarge (0.92 USD/h in the table) x 3 attempts = ~0.69 USD worst case
     body = {"framework": "canary"}
-    resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(body))
+    key = {"Content-Type": "application/json", "Idempotency-Key": "budget-1"}
+    resp = api.http.post("/builds", headers=key, body=json.dumps(body))
     assert resp.status_code == 202
+    first = json.loads(resp.body)["id"]
+    # a retry of the same submit gets its build back: it is not counted twice
+    resp = api.http.post("/builds", headers=key, body=json.dumps(body))
+    assert resp.status_code == 200 and json.loads(resp.body)["id"] == first
     # the first is still active: its worst case counts, and a second would cross 1 USD
     resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(body))
     err = json.loads(resp.body)
