@@ -7,7 +7,10 @@ from chalice import Chalice
 from chalicelib import metrics, observability, wiring
 from chalicelib.api.bodies import parse_body
 from chalicelib.api.http import error_response, handle_errors, json_response
+from chalicelib.builds.groups import group_filter, has_matrix
+from chalicelib.builds.matrix import MatrixRequest
 from chalicelib.builds.schemas import BuildList, BuildRequest
+from chalicelib.costs.costagg import cost_report
 from chalicelib.custom.contexts import ContextRequest
 from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
 from chalicelib.notifications.notify_events import parse_event as parse_notify_event
@@ -66,6 +69,13 @@ def openapi():
 @handle_errors
 def submit_build():
     req = app.current_request
+    if has_matrix(req.raw_body):  # one build per cell, in a group (issue 22)
+        matrix = parse_body(req.raw_body, MatrixRequest)
+        group, created = wiring.groups().submit(matrix, idempotency_key=req.headers.get("idempotency-key"),
+                                                api_key_id=api_key_id(req))
+        if created:
+            metrics.emit("BuildsSubmitted", len(group.cells), Framework=group.framework)
+        return json_response(group, 202 if created else 200, {"Location": f"/groups/{group.id}"})
     body = parse_body(req.raw_body, BuildRequest)
     build, created = wiring.builds().submit(body, idempotency_key=req.headers.get("idempotency-key"),
                                             api_key_id=api_key_id(req))
@@ -88,9 +98,12 @@ def upload_context():
 @handle_errors
 def list_builds():
     q = app.current_request.query_params or {}
-    unknown = set(q) - {"status", "framework", "limit", "next"}
+    unknown = set(q) - {"status", "framework", "limit", "next", "group"}
     if unknown:
-        return error_response(400, f"unknown query parameter(s) {sorted(unknown)}; allowed: status, framework, limit, next")
+        return error_response(
+            400, f"unknown query parameter(s) {sorted(unknown)}; allowed: status, framework, limit, next, group")
+    if group_filter(q) is not None:
+        return json_response(BuildList(builds=wiring.groups().builds(q["group"]), next=None))
     builds, cursor = wiring.builds().list(
         status=q.get("status"), framework=q.get("framework"), limit=q.get("limit"), cursor=q.get("next")
     )
@@ -108,6 +121,30 @@ def get_build(build_id):
 def cancel_build(build_id):
     build, done = wiring.builds().cancel(build_id)
     return json_response(build, 200 if done else 202)
+
+
+# ---- groups and costs (issue 22) --------------------------------------------
+@app.route("/groups/{group_id}", methods=["GET"], api_key_required=True)
+@handle_errors
+def get_group(group_id):
+    return json_response(wiring.groups().get(group_id))
+
+
+@app.route("/groups/{group_id}", methods=["DELETE"], api_key_required=True)
+@handle_errors
+def cancel_group(group_id):
+    group, done = wiring.groups().cancel(group_id)
+    return json_response(group, 200 if done else 202)
+
+
+@app.route("/costs", methods=["GET"], api_key_required=True)
+@handle_errors
+def costs():
+    q = app.current_request.query_params or {}
+    unknown = set(q) - {"from", "to", "by"}
+    if unknown:
+        return error_response(400, f"unknown query parameter(s) {sorted(unknown)}; allowed: from, to, by")
+    return json_response(cost_report(wiring.cost_aggregates(), q))
 
 
 # ---- launcher and the instance's reports ----------------------------------

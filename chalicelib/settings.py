@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 
 def _list(value: str | None) -> tuple[str, ...]:
@@ -116,6 +117,8 @@ class Settings:
     context_upload_seconds: int = 300
     context_expiry_days: int = 7
     git_allow_loopback_http: bool = False  # the local stack only: git over http://127.0.0.1
+    # ---- costs (issue 22): a submit whose worst case would cross it is refused (None: no budget) ----
+    monthly_budget_usd: Decimal | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -162,7 +165,21 @@ class Settings:
             context_upload_seconds=int(env.get("CONTEXT_UPLOAD_SECONDS", "300")),
             context_expiry_days=int(env.get("CONTEXT_EXPIRY_DAYS", "7")),
             git_allow_loopback_http=env.get("GIT_ALLOW_LOOPBACK_HTTP", "").strip().lower() in ("1", "true"),
+            monthly_budget_usd=_budget(env.get("MONTHLY_BUDGET_USD")),
         )
+
+
+def _budget(value: str | None) -> Decimal | None:
+    """MONTHLY_BUDGET_USD: a positive number of USD, or unset/empty for no budget."""
+    if not (value or "").strip():
+        return None
+    try:
+        budget = Decimal(value.strip())
+    except InvalidOperation:
+        raise ConfigurationError(f"MONTHLY_BUDGET_USD: {value!r} is not a number of USD") from None
+    if not budget.is_finite() or budget <= 0:
+        raise ConfigurationError(f"MONTHLY_BUDGET_USD: {value!r} must be a positive number of USD")
+    return budget
 
 
 def _spend_from_env(env: Mapping[str, str]) -> dict:

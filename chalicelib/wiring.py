@@ -66,7 +66,41 @@ def transitions() -> Transitions:
 @cache
 def builds() -> BuildService:
     return BuildService(store(), catalog(), settings(), launch_queue(), transitions(), instances=instances(),
-                        contexts=contexts())
+                        contexts=contexts(), costs=costs(), budget=budget())
+
+
+# ---- costs and groups (issue 22) ----
+@cache
+def costs():
+    from chalicelib.costs.build_costs import BuildCosts
+
+    s = settings()
+    return BuildCosts(catalog(), dict(s.spot_price_table), price_ceiling=s.max_price_ceiling)
+
+
+@cache
+def cost_aggregates():
+    from chalicelib.costs.costagg import CostAggregates
+
+    return CostAggregates(client("dynamodb"), settings().table_name)
+
+
+@cache
+def budget():
+    """The MONTHLY_BUDGET_USD check of every submit, or None when the stage sets no budget."""
+    from chalicelib.costs.build_costs import Budget
+
+    limit = settings().monthly_budget_usd
+    if limit is None:
+        return None
+    return Budget(costs(), cost_aggregates(), lambda: (r.public() for r in store().active_records()), limit)
+
+
+@cache
+def groups():
+    from chalicelib.builds.groups import Groups
+
+    return Groups(builds())
 
 
 @cache
@@ -126,7 +160,7 @@ def lifecycle():
     from chalicelib.launching.pushed import PushedImages
 
     return Lifecycle(store(), transitions(), instances(), launch_queue(), LifecycleConfig(stage=settings().stage),
-                     logs=build_logs(), pushed=PushedImages(client("ecr")))
+                     logs=build_logs(), pushed=PushedImages(client("ecr")), costs=costs())
 
 
 @cache
@@ -216,6 +250,8 @@ def reset() -> None:
     for fn in (launcher, reports, build_logs, relauncher):
         fn.cache_clear()
     contexts.cache_clear()  # issue 20
+    for fn in (costs, cost_aggregates, budget, groups):  # issue 22
+        fn.cache_clear()
     context_links.cache_clear()
 
 

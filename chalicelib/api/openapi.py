@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic.json_schema import models_json_schema
 
+from chalicelib.builds.groups import Group
+from chalicelib.builds.matrix import MatrixRequest
 from chalicelib.builds.schemas import Build, BuildList, BuildRequest, ErrorBody
 from chalicelib.custom.contexts import ContextRequest, ContextUpload
 
@@ -48,7 +50,29 @@ _OPERATION_IDS = {
     ("/builds", "post"): "submitBuild", ("/builds", "get"): "listBuilds", ("/builds/{build_id}", "get"): "getBuild",
     ("/builds/{build_id}", "delete"): "cancelBuild", ("/builds/{build_id}/events", "post"): "reportEvent",
     ("/builds/{build_id}/logs", "get"): "buildLogs", ("/contexts", "post"): "uploadContext",
+    ("/groups/{group_id}", "get"): "getGroup", ("/groups/{group_id}", "delete"): "cancelGroup",
+    ("/costs", "get"): "getCosts",
 }
+_COST_REPORT = {
+    "type": "object",
+    "required": ["from", "to", "by", "total_usd", "rows"],
+    "properties": {
+        "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+        "by": {"type": "string", "enum": ["framework", "day", "key", "group"]},
+        "total_usd": {"type": "string", "description": "exact decimal USD"},
+        "rows": {"type": "array", "items": {"type": "object", "required": ["value", "usd", "builds", "billed_seconds"],
+                                            "properties": {"value": {"type": "string"}, "usd": {"type": "string"},
+                                                           "builds": {"type": "integer"},
+                                                           "billed_seconds": {"type": "integer"}}}},
+    },
+}
+
+
+def _build_or_group(desc: str, headers: dict | None = None) -> dict:
+    out = _inline(desc, {"anyOf": [{"$ref": "#/components/schemas/Build"}, {"$ref": "#/components/schemas/Group"}]})
+    if headers:
+        out["headers"] = headers
+    return out
 _BUILD_LINKS = {
     name: {"operationId": op, "parameters": {"build_id": "$response.body#/id"}}
     for name, op in (("GetBuild", "getBuild"), ("CancelBuild", "cancelBuild"), ("BuildLogs", "buildLogs"))
@@ -75,8 +99,8 @@ def document(frameworks: list[str] | None = None) -> dict:
 
         frameworks = sorted(load_catalog().frameworks)
     _, defs = models_json_schema(
-        [(m, "validation" if m in (BuildRequest, ContextRequest) else "serialization")
-         for m in (BuildRequest, Build, BuildList, ErrorBody, ContextRequest, ContextUpload)],
+        [(m, "validation" if m in (BuildRequest, ContextRequest, MatrixRequest) else "serialization")
+         for m in (BuildRequest, Build, BuildList, ErrorBody, ContextRequest, ContextUpload, MatrixRequest, Group)],
         ref_template="#/components/schemas/{model}",
     )
     schemas = defs["$defs"]
@@ -85,6 +109,7 @@ def document(frameworks: list[str] | None = None) -> dict:
         if alt.get("type") == "string":
             alt["enum"] = list(frameworks)
     bid = {"name": "build_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    gid = {"name": "group_id", "in": "path", "required": True, "schema": {"type": "string"}}
     errors = {"400": _err("bad request"), "403": _err("missing or wrong API key")}
     return {
         "openapi": "3.1.0",
@@ -109,19 +134,24 @@ def document(frameworks: list[str] | None = None) -> dict:
                     **errors, "413": _err("over the deployment's context size limit")}}},
             "/builds": {
                 "post": {
-                    "summary": "Submit a build",
+                    "summary": "Submit a build, or a matrix of builds (a group: one build per cell)",
+                    "description": ("With `matrix`, every cell is a build with `group_id`, all written in one "
+                                    "transaction or none; the answer is the Group. A refused cell is a 400 listing "
+                                    "each, unless `skip_invalid`."),
                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}],
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/BuildRequest"}}}},
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+                        {"$ref": "#/components/schemas/BuildRequest"},
+                        {"$ref": "#/components/schemas/MatrixRequest"}]}}}},
                     "responses": {
-                        "202": _ok("accepted and queued", "Build", {"Location": {"schema": {"type": "string"}}}),
-                        "200": _ok("an Idempotency-Key replay: the earlier build", "Build"),
+                        "202": _build_or_group("accepted and queued: the build, or the matrix's group",
+                                               {"Location": {"schema": {"type": "string"}}}),
+                        "200": _build_or_group("an Idempotency-Key replay: the earlier build or group"),
                         **errors,
                         "409": _err("Idempotency-Key reused with another body"),
                         "413": _err("body over 64 KiB"),
                         "415": _err("not application/json"),
-                        "429": _err("too many active builds"),
+                        "429": _err("too many active builds (every cell counts), or over MONTHLY_BUDGET_USD"),
                         "503": _err("a burst of concurrent submissions outlasted the retries: retry"),
                     },
                 },
@@ -132,6 +162,8 @@ def document(frameworks: list[str] | None = None) -> dict:
                         {"name": "framework", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
                         {"name": "next", "in": "query", "schema": {"type": "string"}},
+                        {"name": "group", "in": "query", "schema": {"type": "string"},
+                         "description": "a group's cells (one page; not with the other parameters)"},
                     ],
                     "responses": {"200": _ok("a page of builds", "BuildList"), **errors},
                 },
@@ -143,6 +175,21 @@ def document(frameworks: list[str] | None = None) -> dict:
                     "200": _ok("cancelled", "Build"), "202": _ok("cancel recorded; the instance is stopping", "Build"),
                     **errors, "404": _err("no such build"), "409": _err("already finished")}},
             },
+            "/groups/{group_id}": {
+                "get": {"summary": "A matrix's group: its cells and aggregate status", "parameters": [gid],
+                        "responses": {"200": _ok("the group", "Group"), **errors, "404": _err("no such group")}},
+                "delete": {"summary": "Cancel every cell not yet final", "parameters": [gid], "responses": {
+                    "200": _ok("every cell is final now", "Group"),
+                    "202": _ok("cancels recorded; some instances are stopping", "Group"),
+                    **errors, "404": _err("no such group"), "409": _err("every cell already finished")}},
+            },
+            "/costs": {"get": {
+                "summary": "What builds cost, from the per-day aggregates (no scan)",
+                "parameters": [{"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+                               {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
+                               {"name": "by", "in": "query", "schema": {
+                                   "type": "string", "enum": ["framework", "day", "key", "group"]}}],
+                "responses": {"200": _inline("costs per value of `by`", _COST_REPORT), **errors}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": {"description": "the OpenAPI 3.1 document", "content": {"application/json": {
                     "schema": {"type": "object"}}}}, **errors}}},

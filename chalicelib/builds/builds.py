@@ -13,7 +13,8 @@ from chalicelib.builds.spend import Ceilings, KeyQuota, gpu_hours
 from chalicelib.builds.states import Status
 from chalicelib.builds.store import BuildStore, Idempotency
 from chalicelib.builds.transitions import Transitions
-from chalicelib.clock import now_iso
+from chalicelib.clock import now, now_iso
+from chalicelib.costs.billing import BudgetExceeded
 from chalicelib.errors import BadRequest, Conflict, InvalidTransition
 from chalicelib.queues import Queue
 from chalicelib.settings import Settings
@@ -43,8 +44,10 @@ def new_build_id() -> str:
 
 class BuildService:
     def __init__(self, store: BuildStore, catalog: Catalog, settings: Settings, launch_queue: Queue,
-                 transitions: Transitions, instances=None, contexts=None) -> None:
+                 transitions: Transitions, instances=None, contexts=None, costs=None, budget=None) -> None:
         self.store = store
+        self.costs = costs  # chalicelib.costs.build_costs.BuildCosts: each build's cost (issue 22)
+        self.budget = budget  # a callable that refuses (429) builds over MONTHLY_BUDGET_USD (issue 22)
         self.contexts = contexts  # chalicelib.custom.contexts.Contexts: uploaded contexts (issue 20)
         self.instances = instances  # chalicelib.events.instances.Instances: stops a cancelled build's instance
         self.transitions = transitions
@@ -125,26 +128,50 @@ class BuildService:
         per-key quotas."""
         idem = None
         if idempotency_key is not None:
-            if not IDEMPOTENCY_KEY.match(idempotency_key):
-                raise BadRequest(
-                    "Idempotency-Key: 1 to 255 printable ASCII characters without spaces",
-                    field="Idempotency-Key",
-                )
+            self.check_idempotency_key(idempotency_key)
             body = json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()
             idem = Idempotency(idempotency_key, hashlib.sha256(body).hexdigest())
         build = self.plan(req)
-        quota = KeyQuota(api_key_id, self.settings.max_active_builds_per_key,
-                         self.settings.max_gpu_hours_per_key_day)
-        hours = gpu_hours(self.catalog.hardware, build.instance_types, build.timeout_minutes)
-        build, created = self.store.create(build, idempotency=idem, quota=quota, gpu_hours=hours)
+        if self.budget is not None:
+            earlier = self.check_budget([build], idem)
+            if earlier is not None and earlier.get("build_id"):
+                return self.store.get(earlier["build_id"]), False
+        build, created = self.store.create(build, idempotency=idem, quota=self.key_quota(api_key_id),
+                                           gpu_hours=self.gpu_hours(build))
         if created:
             self.launch_queue.send({"build_id": build.id, "attempt": build.attempt,
                                     "timeout_minutes": build.timeout_minutes})  # the launcher writes first
         return build, created
 
+    def check_budget(self, builds: list[Build], idem: Idempotency | None) -> dict | None:
+        """Refuse builds over MONTHLY_BUDGET_USD (429), unless the Idempotency-Key already made
+        them (a retried submit must get its build back, not be counted twice): then what it
+        made (``build_id`` or ``group_id``) is returned."""
+        try:
+            self.budget(builds)
+        except BudgetExceeded:
+            earlier = self.store.earlier(idem) if idem is not None else None
+            if earlier is None:
+                raise
+            return earlier
+        return None
+
+    @staticmethod
+    def check_idempotency_key(key: str) -> None:
+        if not IDEMPOTENCY_KEY.match(key):
+            raise BadRequest("Idempotency-Key: 1 to 255 printable ASCII characters without spaces",
+                             field="Idempotency-Key")
+
+    def key_quota(self, api_key_id: str) -> KeyQuota:
+        return KeyQuota(api_key_id, self.settings.max_active_builds_per_key, self.settings.max_gpu_hours_per_key_day)
+
+    def gpu_hours(self, build: Build) -> float:
+        return gpu_hours(self.catalog.hardware, build.instance_types, build.timeout_minutes)
+
     # ---- read -------------------------------------------------------------------
     def get(self, build_id: str) -> Build:
-        return self.store.get(check_build_id(build_id))
+        build = self.store.get(check_build_id(build_id))
+        return self.costs.with_cost(build, now()) if self.costs is not None else build
 
     def list(self, *, status: str | None, framework: str | None, limit: str | None,
              cursor: str | None) -> tuple[list[Build], str | None]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_f
 from chalicelib.builds.names import DOCKER_TAG
 from chalicelib.builds.segments import segment_durations
 from chalicelib.builds.states import Phase, Status
+from chalicelib.costs.billing import Cost
 from chalicelib.custom.sources import Extend, Source, check_smoke_test
 
 DockerTag = Annotated[
@@ -152,6 +153,10 @@ class Build(BaseModel):
     notification: NotificationInfo | None = None
     source: dict | None = Field(None, description="source and extend builds: what was built from (issue 20)")
     instance_terminated_at: str | None = Field(None, description="when EC2 reported the instance terminated")
+    group_id: str | None = Field(None, description="the matrix group this build is a cell of (issue 22)")
+    cost: Cost | None = Field(None, description=(
+        "what the build costs (issue 22): USD, billed seconds, price per hour and its source; estimated until "
+        "the instance is terminated; null when no price is known (GET /builds/{id} and GET /groups/{id} only)"))
 
     @computed_field(description=(  # type: ignore[prop-decorator]
         "seconds spent in each segment that happened (queued, launching, booting, preparing, building, "

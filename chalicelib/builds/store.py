@@ -40,6 +40,7 @@ from chalicelib.errors import (
 
 QUOTA_ID = "quota#active"
 QUOTA_KEY_PREFIX = "quota#key#"  # + API key id: the key's active build ids
+GROUP_PREFIX = "group#"  # + group id: a matrix's cells (issue 22)
 QUOTA_GPU_PREFIX = "quota#gpuh#"  # + API key id + "#" + UTC day: GPU-hours booked that day
 # the key attributes of each index a listing pages (a cursor must name exactly these)
 LIST_INDEX_KEYS = {
@@ -176,6 +177,10 @@ class BuildStore:
         self._cursors = CursorCodec(cursor_key, LIST_INDEX_KEYS)
         self.max_active = max_active
 
+    @property
+    def table_name(self) -> str:
+        return self._table
+
     # ---- create -----------------------------------------------------------------
     def create(self, build: Build, *, idempotency: Idempotency | None = None, quota: KeyQuota | None = None,
                gpu_hours: float = 0.0) -> tuple[Build, bool]:
@@ -219,7 +224,11 @@ class BuildStore:
         as ``(position, limit)`` (a refusal there is that limit reached)."""
         # `notification` belongs to the notifier, which claims it with attribute_not_exists, and
         # `instance_terminated_at` to the EC2 handler (the same); `segments` is computed on reading
-        record = build.model_dump(mode="json", exclude={"notification", "instance_terminated_at", "segments"})
+        # `cost` is computed on reading too (issue 22)
+        record = build.model_dump(mode="json", exclude={"notification", "instance_terminated_at", "segments",
+                                                        "cost"})
+        if record.get("group_id") is None:
+            record.pop("group_id", None)
         record.update(kind="build", created_key=f"{build.created_at}#{build.id}", active="1")
         if quota is not None:
             record["owner_key"] = quota.key_id
@@ -254,6 +263,133 @@ class BuildStore:
             "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :max",
             "ExpressionAttributeValues": {":me": {"SS": [build_id]}, ":max": {"N": str(limit)}},
         }}
+
+    # ---- groups (issue 22): a matrix's cells, written all or nothing ----------------------
+    def create_group(self, group_id: str, builds: list[Build], group: dict[str, Any], *,
+                     idempotency: Idempotency | None = None, quota: KeyQuota | None = None,
+                     gpu_hours: float = 0.0) -> tuple[str, bool]:
+        """Write a matrix's builds (each QUEUED, with ``group_id``), the group item
+        ``group#<id>`` (``group``: its attributes besides id/kind/cell_ids), the quota slots of
+        every cell and the Idempotency-Key, in ONE transaction: all or nothing. ``gpu_hours``:
+        what all the cells book together. Returns ``(group_id, created)``; not created: the
+        Idempotency-Key's earlier group (same body), whose id is returned.
+
+        A matrix that does not fit the stage's or the key's quota is a 429 and writes nothing."""
+        ids = [b.id for b in builds]
+        if len(ids) > self.max_active:
+            raise QuotaExceeded(f"too many active builds: this matrix has {len(ids)} cells and the limit is "
+                                f"{self.max_active}; build fewer cells")
+        record = {**group, "id": GROUP_PREFIX + group_id, "kind": "group", "cell_ids": ids}
+        items: list[dict] = [
+            {"Put": {"TableName": self._table, "Item": {k: to_av(v) for k, v in record.items()},
+                     "ConditionExpression": "attribute_not_exists(id)"}},
+            self._slots_item(QUOTA_ID, ids, self.max_active),
+        ]
+        if idempotency:
+            items.append({"Put": {"TableName": self._table, "Item": {
+                "id": {"S": idempotency.item_id}, "group_id": {"S": group_id},
+                "body_hash": {"S": idempotency.body_hash}, "expires_at": {"N": str(epoch_in(days=1))}},
+                "ConditionExpression": "attribute_not_exists(id)"}})
+        key_limits: list[tuple[int, str]] = []
+        if quota is not None:
+            if quota.max_active is not None:
+                if len(ids) > quota.max_active:
+                    raise QuotaExceeded(f"too many active builds for this API key: this matrix has {len(ids)} cells "
+                                        f"and the limit per key is {quota.max_active}; build fewer cells")
+                key_limits.append((len(items), "active"))
+                items.append(self._slots_item(f"{QUOTA_KEY_PREFIX}{quota.key_id}", ids, quota.max_active))
+            for limit, item in self._key_quota_items(builds[0], KeyQuota(
+                    quota.key_id, None, quota.max_gpu_hours_per_day), gpu_hours):
+                key_limits.append((len(items), limit))
+                items.append(item)
+        for build in builds:
+            items.append(self._creation(build, None, None, 0.0)[0][0])
+            if quota is not None:
+                items[-1]["Put"]["Item"]["owner_key"] = to_av(quota.key_id)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._db.transact_write_items(TransactItems=items)
+                return group_id, True
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                refused = {at for at, code in enumerate(reasons) if code == "ConditionalCheckFailed"}
+                if idempotency and 2 in refused:
+                    return self._replay_group(idempotency), False
+                if 1 in refused:
+                    raise QuotaExceeded(
+                        f"too many active builds: this matrix has {len(ids)} cells, the limit is {self.max_active} "
+                        "and the other active builds leave too little room; build fewer cells or wait") from None
+                for at, limit in key_limits:
+                    if at in refused:
+                        if limit == "active":
+                            raise QuotaExceeded(
+                                f"too many active builds for this API key: this matrix has {len(ids)} cells and the "
+                                f"limit per key is {quota.max_active}; build fewer cells or wait") from None
+                        self._raise_key_quota(quota, gpu_hours, limit)
+                if "TransactionConflict" not in reasons:
+                    raise
+            time.sleep(random.uniform(0, 0.025 * 2**attempt))
+        raise Busy("too many builds are being submitted at this moment; retry in a second")
+
+    def _slots_item(self, quota_id: str, build_ids: list[str], limit: int) -> dict:
+        """Take ``len(build_ids)`` slots in the active-build set ``quota_id`` at once, while
+        they all fit under ``limit`` (one item may appear once in a transaction)."""
+        return {"Update": {
+            "TableName": self._table,
+            "Key": {"id": {"S": quota_id}},
+            "UpdateExpression": "ADD ids :us",
+            "ConditionExpression": "attribute_not_exists(ids) OR size(ids) <= :room",
+            "ExpressionAttributeValues": {":us": {"SS": list(build_ids)},
+                                          ":room": {"N": str(limit - len(build_ids))}},
+        }}
+
+    def earlier(self, idem: Idempotency) -> dict[str, Any] | None:
+        """What an Idempotency-Key already made (``build_id`` or ``group_id``), None when it
+        made nothing yet; the same key with another body is an IdempotencyConflict."""
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)
+        if "Item" not in resp:
+            return None
+        item = from_item(resp["Item"])
+        if item.get("body_hash") != idem.body_hash:
+            raise IdempotencyConflict("Idempotency-Key was already used with a different request body; "
+                                      "send a new key for a new build or matrix")
+        return item
+
+    def _replay_group(self, idem: Idempotency) -> str:
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": idem.item_id}}, ConsistentRead=True)
+        item = from_item(resp.get("Item", {}))
+        if item.get("body_hash") != idem.body_hash or not item.get("group_id"):
+            raise IdempotencyConflict(
+                "Idempotency-Key was already used with a different request body; "
+                "send a new key for a new build or matrix"
+            )
+        return item["group_id"]
+
+    def get_group(self, group_id: str) -> dict[str, Any]:
+        """The group item (``cell_ids``, ``skipped``, ``created_at``, ...); BuildNotFound if none."""
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": GROUP_PREFIX + group_id}},
+                                 ConsistentRead=True)
+        item = from_item(resp.get("Item") or {})
+        if item.get("kind") != "group":
+            raise BuildNotFound(f"no group with id {group_id!r}")
+        return item
+
+    def get_records(self, build_ids: list[str]) -> list[BuildRecord]:
+        """The builds ``build_ids`` in that order (BatchGetItem, 100 at a time); missing ones left out."""
+        found: dict[str, BuildRecord] = {}
+        for i in range(0, len(build_ids), 100):
+            request = {self._table: {"Keys": [{"id": {"S": b}} for b in build_ids[i:i + 100]],
+                                     "ConsistentRead": True}}
+            while request:
+                resp = self._db.batch_get_item(RequestItems=request)
+                for item in resp.get("Responses", {}).get(self._table, []):
+                    if item.get("kind", {}).get("S") == "build":
+                        record = BuildRecord.of(from_item(item))
+                        found[record.id] = record
+                request = resp.get("UnprocessedKeys") or {}
+        return [found[b] for b in build_ids if b in found]
 
     # ---- per-key quotas -----------------------------------------------------------------
     def _key_quota_items(self, build: Build, quota: KeyQuota, hours: float) -> list[tuple[str, dict]]:
@@ -477,6 +613,28 @@ class BuildStore:
         return self._update(build_id, fields, removes=list(remove),
                             condition=cond & extra_condition if extra_condition else cond,
                             refused=lambda old: f"build {build_id} is {old.status.value}")
+
+    def update_fields_with(self, build_id: str, fields: dict[str, Any], also: list[dict], *,
+                           expect: Iterable[Status], extra_condition: ConditionBase | None = None) -> None:
+        """:meth:`update_fields` in one transaction with ``also`` (TransactWriteItems actions on
+        other items, e.g. the cost aggregates' ADDs): both or neither. Raises InvalidTransition
+        when the build's condition fails (a redelivered event: nothing is added)."""
+        cond = _in_states(expect)
+        write = self._update_request(build_id, fields, condition=cond & extra_condition if extra_condition else cond)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._db.transact_write_items(TransactItems=[{"Update": write}, *also])
+                return
+            except ClientError as e:
+                if e.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                if reasons[:1] == ["ConditionalCheckFailed"]:
+                    raise InvalidTransition(f"build {build_id}: the write's condition does not hold") from None
+                if "TransactionConflict" not in reasons:
+                    raise
+            time.sleep(random.uniform(0, 0.025 * 2**attempt))
+        raise Busy(f"build {build_id}: the write kept conflicting; it is retried with the event")
 
     def record_delivery(self, build_id: str, started: bool, value: dict[str, Any], prev_token: str | None,
                         *, release_owner: str | None | object = _KEEP) -> bool:

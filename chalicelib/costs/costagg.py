@@ -24,7 +24,7 @@ The day is the UTC day the cost is booked. Amounts are the Decimals of ``billing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -194,3 +194,13 @@ def budget_alert_due(budget_usd: Decimal | None, spent_before: Decimal, spent_af
         return False
     line = budget_usd * BUDGET_ALERT_FRACTION
     return spent_before < line <= spent_after
+
+
+def cost_report(aggregates: CostAggregates, query: dict[str, str], today: date | None = None) -> dict:
+    """``GET /costs?from=&to=&by=`` as the API answers it (amounts as decimal strings, exact)."""
+    start, end, by = parse_query(query.get("from"), query.get("to"), query.get("by"),
+                                 today or booking_day(datetime.now(UTC)))
+    report = aggregates.read(start, end, by)
+    return {"from": start.isoformat(), "to": end.isoformat(), "by": by.value, "total_usd": str(report.total_usd),
+            "rows": [{"value": r.value, "usd": str(r.usd), "builds": r.builds, "billed_seconds": r.billed_seconds}
+                     for r in report.rows]}

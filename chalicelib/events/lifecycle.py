@@ -37,6 +37,8 @@ from chalicelib.builds.store import (
     without_instance,
 )
 from chalicelib.builds.transitions import Transitions
+from chalicelib.costs import costagg
+from chalicelib.costs.build_costs import BuildCosts
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
 from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
@@ -64,7 +66,8 @@ class Lifecycle:
 
     def __init__(self, store: BuildStore, transitions: Transitions, instances: Instances,
                  launch_queue: Queue, config: LifecycleConfig, logs: BuildLogs | None = None,
-                 pushed: PushedImages | None = None) -> None:
+                 pushed: PushedImages | None = None, costs: BuildCosts | None = None) -> None:
+        self.costs = costs  # prices the build once its instance is terminated (issue 22; None: not booked)
         self.pushed = pushed  # ECR, to settle a build that pushed but never reported (None: never)
         self.store = store
         self.transitions = transitions
@@ -277,7 +280,13 @@ class Lifecycle:
             # shutdown behaviour is terminate: a stopped instance never finishes its build
             self.instances.terminate([ev.instance_id])
             return "terminated"
-        return self.instance_gone(record, ev.state)
+        outcome = self.instance_gone(record, ev.state)
+        ended = {"cancelled": Status.CANCELLED, "failed": Status.FAILED, "succeeded": Status.SUCCEEDED}
+        if ev.state == "terminated" and outcome in ended:  # its termination and cost too (issue 22), no read:
+            # the write is conditional on the status this event just moved it to
+            self._note_terminated(record.model_copy(update={"status": ended[outcome],
+                                                            "finished_at": clock.now_iso()}), ev)
+        return outcome
 
     def _note_terminated(self, record: BuildRecord, ev: InstanceStateChange) -> None:
         """Record when a final build's instance was terminated (EventBridge's time of the change)."""
@@ -288,10 +297,20 @@ class Lifecycle:
         if record.finished_at:  # EventBridge's time has whole seconds: never before the end
             when = max(when, clock.parse(record.finished_at))
         at = clock.iso(when)
+        condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
+        build = record.public().model_copy(update={"instance_terminated_at": at})
+        cost = self.costs.cost(build, when) if self.costs is not None else None
         try:
-            record = self.store.update_fields(
-                record.id, {"instance_terminated_at": at}, expect=[record.status],
-                extra_condition=all_of(on_instance(ev.instance_id), termination_unrecorded()))
+            if cost is None:  # no price known: the termination is recorded, no cost booked
+                record = self.store.update_fields(record.id, {"instance_terminated_at": at}, expect=[record.status],
+                                                  extra_condition=condition)
+            else:  # the final cost, booked into the day's aggregates exactly once (the same condition)
+                booking = self.costs.booking(build, record.owner_key, cost, when)
+                self.store.update_fields_with(
+                    record.id, {"instance_terminated_at": at},
+                    costagg.update_items(self.store.table_name, booking), expect=[record.status],
+                    extra_condition=condition)
+                record = record.model_copy(update={"instance_terminated_at": at})
             metrics.instance_terminated(record)
         except InvalidTransition as e:
             log.info("ignored: %s", e)

@@ -183,5 +183,17 @@ class Api:
             params["next"] = cursor
         return self.request("GET", f"/builds/{build_id}/logs", params=params)[1]
 
+    # ---- groups and costs (issue 22) ----
+    def get_group(self, group_id: str) -> dict:
+        return self.request("GET", f"/groups/{group_id}")[1]
+
+    def cancel_group(self, group_id: str) -> tuple[dict, bool]:
+        status, group = self.request("DELETE", f"/groups/{group_id}", retry=False)
+        return group, status == 200
+
+    def costs(self, *, start: str | None = None, end: str | None = None, by: str | None = None) -> dict:
+        params = {k: v for k, v in (("from", start), ("to", end), ("by", by)) if v is not None}
+        return self.request("GET", "/costs", params=params)[1]
+
     def frameworks(self) -> dict:
         return self.request("GET", "/frameworks")[1]

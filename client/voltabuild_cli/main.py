@@ -268,6 +268,10 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None, debug: boo
 @click.option("--idempotency-key", metavar="KEY",
               help="Reuse a key to make re-running this command safe (default: a new UUID per run; "
                    "the CLI's own retries always reuse it).")
+@click.option("--matrix", "matrix", multiple=True, metavar="KEY=V1,V2",
+              help="Build every combination: KEY is version, cuda or python; repeat for more axes. "
+                   "Makes a group (voltabuild group ID).")
+@click.option("--skip-invalid", is_flag=True, help="With --matrix: build the valid cells, list the refused ones.")
 @click.option("--wait", "wait_", is_flag=True, help="Follow the build until it ends (exit code as for `wait`).")
 @click.option("--wait-timeout", metavar="DURATION", help="With --wait: give up after e.g. 90m (exit 3).")
 @json_option
@@ -278,7 +282,8 @@ def submit(ctx: click.Context, framework: str | None, context_dir: Path | None, 
            env: dict[str, str], version_: str | None, cuda: str | None, python: str | None,
            tags: tuple[str, ...], build_args: dict[str, str], instance_types: tuple[str, ...],
            max_price: float | None, timeout_min: int | None, no_notify: bool, channel: str | None,
-           idempotency_key: str | None, wait_: bool, wait_timeout: str | None, as_json: bool) -> None:
+           idempotency_key: str | None, matrix: tuple[str, ...], skip_invalid: bool, wait_: bool,
+           wait_timeout: str | None, as_json: bool) -> None:
     """Submit a build of FRAMEWORK (see `voltabuild frameworks`), of your own Dockerfile
     (--context DIR or --git URL), or of FRAMEWORK with packages on top (--pip, --apt, --env).
 
@@ -312,6 +317,8 @@ def submit(ctx: click.Context, framework: str | None, context_dir: Path | None, 
     elif channel:
         body["notify"] = {"slack": True, "channel": channel}
 
+    if matrix or skip_invalid:
+        _submit_matrix(ctx, body, matrix, skip_invalid, idempotency_key, wait_, giveup, as_json)
     build, created = rt.api().submit(body, idempotency_key=idempotency_key)
     for w in build.get("warnings") or []:
         click.echo(f"warning: {w}", err=True)
@@ -328,6 +335,93 @@ def submit(ctx: click.Context, framework: str | None, context_dir: Path | None, 
             click.echo(f"  {ref}")
         click.echo(f"follow it: voltabuild wait {build['id']}   (or: voltabuild logs {build['id']} --follow)",
                    err=True)
+
+
+def _submit_matrix(ctx: click.Context, body: dict, matrix: tuple[str, ...], skip_invalid: bool,
+                   idempotency_key: str | None, wait_: bool, giveup: float | None, as_json: bool) -> None:
+    from voltabuild_cli import groups
+
+    if not matrix:
+        raise click.UsageError("--skip-invalid needs --matrix")
+    try:
+        body["matrix"] = groups.parse_matrix(matrix)
+    except groups.MatrixError as e:
+        raise click.UsageError(str(e)) from None
+    if skip_invalid:
+        body["skip_invalid"] = True
+    rt = _rt(ctx)
+    group, created = rt.api().submit(body, idempotency_key=idempotency_key)
+    if not created:
+        click.echo(f"this Idempotency-Key already made group {group['id']}; showing it", err=True)
+    for s in group.get("skipped") or []:
+        click.echo(f"skipped {s.get('values')}: {s.get('reason')}", err=True)
+    if wait_:
+        click.echo(f"submitted group {group['id']}: {len(group['cells'])} cells", err=True)
+        _wait_group_and_exit(ctx, group["id"], giveup, as_json)
+    click.echo(render.to_json(group) if as_json else groups.group_text(group))
+    if not as_json:
+        click.echo(f"follow it: voltabuild group {group['id']} --wait", err=True)
+    ctx.exit(Exit.OK)
+
+
+def _wait_group_and_exit(ctx: click.Context, group_id: str, giveup: float | None, as_json: bool) -> None:
+    from voltabuild_cli import groups
+
+    rt = _rt(ctx)
+    try:
+        final = groups.wait_group(rt.api(), group_id, rt.clock, sys.stderr, interval_s=rt.poll_interval_s,
+                                  timeout_s=giveup)
+    except groups.GroupGaveUp as e:
+        if as_json:
+            click.echo(render.to_json(e.group))
+        raise CliError(f"{e}; it goes on (voltabuild group {group_id})", Exit.GAVE_UP) from None
+    except KeyboardInterrupt:
+        raise CliError(f"interrupted; group {group_id} goes on (voltabuild group {group_id} --cancel stops it)",
+                       Exit.INTERRUPTED) from None
+    click.echo(render.to_json(final) if as_json else groups.group_text(final))
+    ctx.exit(Exit.OK if final["status"] == "SUCCEEDED" else Exit.BUILD_FAILED)
+
+
+@cli.command(epilog="\b\nExamples:\n  voltabuild group g-0123456789abcdef0123\n"
+             "  voltabuild group g-0123456789abcdef0123 --wait --timeout 2h\n"
+             "  voltabuild group g-0123456789abcdef0123 --cancel\n\n"
+             "\b\nExit codes: 0 shown (with --wait: every cell SUCCEEDED), 1 with --wait: a cell did not\n"
+             "succeed, 2 no such group, 3 gave up waiting.")
+@click.argument("group_id", metavar="ID")
+@click.option("--wait", "wait_", is_flag=True, help="Wait until every cell has ended.")
+@click.option("--timeout", metavar="DURATION", help="With --wait: give up after e.g. 90m (exit 3).")
+@click.option("--cancel", "cancel_", is_flag=True, help="Cancel every cell not yet finished.")
+@json_option
+@click.pass_context
+def group(ctx: click.Context, group_id: str, wait_: bool, timeout: str | None, cancel_: bool, as_json: bool) -> None:
+    """Show a matrix's group: each cell's status, phase, cost and image, and the group's status
+    (RUNNING until every cell ended; SUCCEEDED only if every cell did)."""
+    from voltabuild_cli import groups
+
+    api = _rt(ctx).api()
+    if cancel_:
+        api.cancel_group(group_id)
+    if wait_:
+        _wait_group_and_exit(ctx, group_id, _duration(timeout), as_json)
+    g = api.get_group(group_id)
+    click.echo(render.to_json(g) if as_json else groups.group_text(g))
+
+
+@cli.command(epilog="\b\nExamples:\n  voltabuild costs                      # this month so far, by framework\n"
+             "  voltabuild costs --by day --from 2026-11-01 --to 2026-11-30\n"
+             "  voltabuild costs --by group --json")
+@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (UTC; default: the 1st of this month).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (UTC, inclusive; default: today).")
+@click.option("--by", type=click.Choice(["framework", "day", "key", "group"]), default="framework",
+              show_default=True, help="One row per framework, day, API key or group.")
+@json_option
+@click.pass_context
+def costs(ctx: click.Context, start: str | None, end: str | None, by: str, as_json: bool) -> None:
+    """What finished builds cost (booked when their instance was terminated)."""
+    from voltabuild_cli import groups
+
+    report = _rt(ctx).api().costs(start=start, end=end, by=by)
+    click.echo(render.to_json(report) if as_json else groups.costs_text(report))
 
 
 # ---- status / list / cancel -----------------------------------------------------

@@ -292,8 +292,9 @@ def test_termination_of_a_finished_build_reads_nothing_more(world, fire, aws_cal
     event = state_event(iid, "terminated")
     event["time"] = "2999-01-01T00:00:20Z"
     assert fire("on_instance_state", event) == "final"
-    # no spot-reclaim check, no log tail: one write of the termination time (the terminate lag)
-    assert aws_calls.take() == ["dynamodb.Query", "dynamodb.UpdateItem"]
+    # no spot-reclaim check, no log tail: one write of the termination time (the terminate lag),
+    # a transaction with the cost aggregates' ADDs (issue 22)
+    assert aws_calls.take() == ["dynamodb.Query", "dynamodb.TransactWriteItems"]
     record = world.get(bid)
     assert record["status"] == "SUCCEEDED" and record["instance_terminated_at"] == "2999-01-01T00:00:20.000Z"
     # a duplicate event writes nothing more
@@ -322,7 +323,8 @@ def test_lost_build_makes_no_consistent_read(world, fire, aws_calls):
     calls = aws_calls.take()
     assert "dynamodb.GetItem" not in calls
     assert calls[:2] == ["dynamodb.Query", "ec2.DescribeInstances"]
-    assert calls[-2:] == ["dynamodb.UpdateItem", "sqs.SendMessage"]
+    # the move, its notification, then the termination time and cost booked (issue 22)
+    assert calls[-3:] == ["dynamodb.UpdateItem", "sqs.SendMessage", "dynamodb.TransactWriteItems"]
 
 
 def test_a_cancel_the_index_has_not_seen_still_wins(world, fire, monkeypatch, aws_calls):
