@@ -72,7 +72,7 @@ def test_a_context_gone_by_launch_time_fails_the_build_with_the_reason(aws, laun
     outcome = wiring.launcher().handle(msg)
     assert outcome.action == "failed"
     rec = wiring.store().get_record(build.id)
-    assert rec["status"] == "FAILED" and "no context sha256:" + DIGEST in rec["reason"]
+    assert rec.status == "FAILED" and "no context sha256:" + DIGEST in rec.reason
     assert not [i for r in launch_env.describe_instances()["Reservations"] for i in r["Instances"]]
 
 
