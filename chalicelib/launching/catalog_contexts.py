@@ -196,15 +196,6 @@ def write_bundle(catalog, bundle: Path, objects_dir: Path) -> dict[str, str]:
     return manifest
 
 
-def upload(s3, bucket: str, catalog) -> dict[str, str]:
-    """The local stack's ``up``: every locked context into the contexts bucket (moto S3)."""
-    tarballs = locked_tarballs(catalog)
-    manifest = manifest_of(tarballs)
-    for key, data in tarballs.items():
-        s3.put_object(Bucket=bucket, Key=key_of(manifest[key]), Body=data)
-    return manifest
-
-
 class CatalogContexts:
     """The launcher's side: a catalog build's context digest and a presigned GET for it.
 
