@@ -142,9 +142,10 @@ def _copy_project(src: Path, dest: Path) -> None:
     catalog_compiled.write(bundle)  # the Lambda reads the catalog from JSON: no YAML parser in the zip
 
 
-def _write_catalog_contexts(bundle: Path, objects: Path) -> dict[str, str]:
-    """The catalog contexts' manifest into the bundle, their tarballs into ``objects``."""
-    return catalog_contexts.write_bundle(load_catalog(bundle), bundle, objects)
+def _write_catalog_contexts(project: Path, bundle: Path, objects: Path) -> dict[str, str]:
+    """The catalog contexts (packed from the project: the bundle has no lock files) into
+    ``objects``, their manifest into the bundle."""
+    return catalog_contexts.write_bundle(load_catalog(project), bundle, objects)
 
 
 def _keep_cache(scratch: Path, src: Path) -> None:
@@ -352,7 +353,7 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
         scratch.mkdir()
         _copy_project(Path(project), scratch)
         objects = Path(tmp) / "contexts"
-        _write_catalog_contexts(scratch / "chalicelib" / "_bundle", objects)
+        _write_catalog_contexts(Path(project), scratch / "chalicelib" / "_bundle", objects)
         policies.write(scratch, [stage])  # generated from infra/policy.template.json
         merge = Path(tmp) / "merge-template.json"
         merge.write_text(json.dumps(merge_template(stage), indent=2))

@@ -147,12 +147,15 @@ def require_lock(catalog, spec, resolved) -> Path | None:
         return None
     path = lock_path(catalog, resolved)
     if not path.is_file():
-        rel = path.relative_to(catalog.root).as_posix()
-        raise MissingLock(
-            f"{spec.framework} {resolved.version} (CUDA {resolved.cuda}, Python {resolved.python}) has no lock "
-            f"file {rel}, and its image installs from one: run `make lock` (`python scripts/lock.py --all` "
-            "for every combination, not just the defaults), commit the lock and deploy again")
+        raise MissingLock(_missing(spec, resolved))
     return path
+
+
+def _missing(spec, resolved) -> str:
+    return (f"{spec.framework} {resolved.version} (CUDA {resolved.cuda}, Python {resolved.python}) has no lock "
+            f"file buildspecs/locks/{combination_key(resolved)}.txt, and its image installs from one: run "
+            "`make lock` (`python scripts/lock.py --all` for every combination, not just the defaults), commit "
+            "the lock, `make package` and deploy again")
 
 
 def catalog_tarball(catalog, spec, resolved) -> bytes:
@@ -218,15 +221,15 @@ class CatalogContexts:
     def source_for(self, record, expires_seconds: int) -> dict:
         """``hostscript.render``'s keyword arguments for a catalog build: a presigned URL and
         the digest when its context carries a lock, nothing (the context goes inline) when not.
-        Raises :class:`MissingLock` (or CatalogError) with what to do."""
+        The manifest decides (a deployment's bundle holds no lock files, only their contexts'
+        digests): a locked framework's combination it lacks is :class:`MissingLock`."""
         spec = self.catalog.spec(record.framework)
         resolved = spec.resolve(record.version, record.cuda, record.python)
-        if require_lock(self.catalog, spec, resolved) is None:
+        if not uses_lock(self.catalog, spec):
             return {}
         digest = self.manifest().get(combination_key(resolved))
         if digest is None:
-            raise CatalogError(f"{combination_key(resolved)}: the deployment's context manifest lacks this "
-                               "combination's context: run `make package` and deploy again")
+            raise MissingLock(_missing(spec, resolved))
         if self.links is None or not self.links.bucket:
             raise CatalogError("a catalog build's context travels through the contexts bucket, and this "
                                "deployment has none (CONTEXTS_BUCKET)")

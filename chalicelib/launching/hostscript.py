@@ -25,7 +25,6 @@ from chalicelib.launching.catalog_contexts import (  # noqa: F401 (pack_context,
     MissingLock,
     catalog_tarball,
     pack_context,
-    require_lock,
     strip_comments,
 )
 from chalicelib.specs.catalog import Catalog
@@ -161,12 +160,12 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
 
 
 def _catalog_context(catalog: Catalog, spec, resolved, context_url: str) -> str:
-    """CONTEXT_B64 of a catalog build: empty when the context comes through ``context_url``,
-    else the context packed in. Either way a combination without its lock is refused."""
+    """CONTEXT_B64 of a catalog build: empty when the context comes through ``context_url``
+    (the launcher found it in the manifest: a deployment's bundle holds no lock files), else
+    the context packed in, and a combination without its lock is refused."""
+    if context_url:
+        return ""
     try:
-        if context_url:
-            require_lock(catalog, spec, resolved)
-            return ""
         return base64.b64encode(catalog_tarball(catalog, spec, resolved)).decode()
     except MissingLock as e:
         raise RenderError(str(e)) from None
