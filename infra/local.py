@@ -196,7 +196,7 @@ def _create_bucket(session, props: dict) -> str:
     rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
     if rules:
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [{
-            "ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": ""},
+            "ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": r.get("Prefix", "")},
             "Expiration": {"Days": int(r["ExpirationInDays"])},
             "AbortIncompleteMultipartUpload": r["AbortIncompleteMultipartUpload"]} for r in rules]})
     return name

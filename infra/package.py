@@ -5,7 +5,10 @@
 1. The project is copied into a scratch directory (the checkout is never changed) and
    ``chalicelib/_bundle/`` there receives ``buildspecs/`` and ``dockerfiles/``: the Lambda
    needs the catalog and the build contexts, and only app.py, chalicelib/ and the
-   requirements are packaged.
+   requirements are packaged. Each locked combination's catalog context (its Dockerfile and
+   lock, issue 19) is packed into ``<out>/contexts/catalog/sha256/<hex>`` for
+   ``scripts/deploy.sh`` to upload into the stage's contexts bucket, and the bundle gets the
+   manifest of their digests (``catalog-contexts.json``) the launcher presigns them by.
 2. ``chalice package --merge-template`` merges ``infra/resources.yaml`` + ``infra/deploy.yaml``
    (with the ``Stage`` parameter pinned to the packaged stage, because the stage's
    ``.chalice/config.json`` names are literal) into Chalice's SAM template.
@@ -38,7 +41,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalicelib.launching import catalog_contexts
 from chalicelib.specs import catalog_compiled
+from chalicelib.specs.catalog import load_catalog
 from infra import policies
 from infra.local import load_template
 from infra.operations import add_operations
@@ -144,6 +149,12 @@ def _copy_project(src: Path, dest: Path) -> None:
     for name in BUNDLED:
         shutil.copytree(src / name, bundle / name, ignore=leave_out)
     catalog_compiled.write(bundle)  # the Lambda reads the catalog from JSON: no YAML parser in the zip
+
+
+def _write_catalog_contexts(project: Path, bundle: Path, objects: Path) -> dict[str, str]:
+    """The catalog contexts (packed from the project: the bundle has no lock files) into
+    ``objects``, their manifest into the bundle."""
+    return catalog_contexts.write_bundle(load_catalog(project), bundle, objects)
 
 
 def _keep_cache(scratch: Path, src: Path) -> None:
@@ -336,8 +347,9 @@ def check_zip(path: Path) -> None:
     for name in BUNDLED:
         if not any(n.startswith(f"chalicelib/_bundle/{name}/") for n in names):
             raise PackagingError(f"{path.name} lacks chalicelib/_bundle/{name}/")
-    if f"chalicelib/_bundle/{catalog_compiled.FILE_NAME}" not in names:
-        raise PackagingError(f"{path.name} lacks chalicelib/_bundle/{catalog_compiled.FILE_NAME}")
+    for name in (catalog_compiled.FILE_NAME, catalog_contexts.MANIFEST_NAME):
+        if f"chalicelib/_bundle/{name}" not in names:
+            raise PackagingError(f"{path.name} lacks chalicelib/_bundle/{name}")
 
 
 def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | None = None) -> Package:
@@ -349,11 +361,14 @@ def package(stage: str, out_dir: Path, *, project: Path = ROOT, region: str | No
         scratch = Path(tmp) / "project"
         scratch.mkdir()
         _copy_project(Path(project), scratch)
+        objects = Path(tmp) / "contexts"
+        _write_catalog_contexts(Path(project), scratch / "chalicelib" / "_bundle", objects)
         policies.write(scratch, [stage])  # generated from infra/policy.template.json
         merge = Path(tmp) / "merge-template.json"
         merge.write_text(json.dumps(merge_template(stage), indent=2))
         _chalice_package(scratch, stage, merge, out_dir, region)
         _keep_cache(scratch, Path(project))
+        shutil.copytree(objects, out_dir / "contexts")
     template_path = out_dir / "sam.json"
     template = json.loads(template_path.read_text())
     wire_queue_triggers(template, stage)

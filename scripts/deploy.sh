@@ -90,6 +90,18 @@ cfn_deploy() {
   "${cmd[@]}" >&2   # its progress is not the script's output
 }
 
+# A catalog build's context (its Dockerfile and its lock, issue 19) is fetched by the instance
+# from the stage's contexts bucket under catalog/sha256/<digest>: `make package` wrote them to
+# $DIST/contexts. Uploaded before the new code is deployed where the stack has the bucket
+# already (no build finds its context missing), and again after (a first deployment makes it).
+upload_catalog_contexts() {
+  local bucket
+  bucket="$(stack_output ContextsBucketName)"
+  [[ -n "$bucket" ]] || return 0
+  log "uploading the catalog's build contexts to s3://$bucket/catalog/"
+  aws s3 sync "$DIST/contexts/catalog/" "s3://$bucket/catalog/" --only-show-errors >&2
+}
+
 check_slack_parameters() {
   local channel name
   local -a channels
@@ -127,7 +139,8 @@ main() {
   VCS_REF=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
   VCS_URL=$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)
   [[ $VCS_URL =~ ^https://[A-Za-z0-9./_~+-]+$ ]] || VCS_URL=""
-  [[ -f "$DIST/sam.json" && -f "$DIST/deployment.zip" ]] || die "no package in $DIST: run make package STAGE=$STAGE"
+  [[ -f "$DIST/sam.json" && -f "$DIST/deployment.zip" && -d "$DIST/contexts/catalog" ]] ||
+    die "no package in $DIST: run make package STAGE=$STAGE"
 
   local account api_url new_url
   account="$(aws sts get-caller-identity --query Account --output text)"
@@ -141,12 +154,14 @@ main() {
     --s3-prefix "voltabuild/$STAGE" --output-template-file "$DIST/packaged.json" --use-json >/dev/null
 
   api_url="$(stack_output EndpointURL)"
+  upload_catalog_contexts
   cfn_deploy "$api_url"
   new_url="$(stack_output EndpointURL)"
   if [[ "$new_url" != "$api_url" ]]; then
     log "second pass: telling the Lambdas their API URL ($new_url)"
     cfn_deploy "$new_url"
   fi
+  upload_catalog_contexts
 
   check_slack_parameters
   show_api_key

@@ -194,6 +194,7 @@ class Stack:
                     {**base_env, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_DISABLE_GLOBAL_CORS": "true"}, f"{moto_url}/moto-api/")
         session = EndpointSession(moto_url)
         resources = create_resources(session, STAGE)
+        upload_catalog_contexts(session.client("s3"), resources["ContextsBucket"])
         ec2_env = prepare_ec2(session, f"voltabuild-{STAGE}-builder", subnets=3)
 
         api_url = f"http://127.0.0.1:{ports['api']}"
@@ -295,6 +296,20 @@ class Stack:
         for path in (self.state_file, self.env_file):
             path.unlink(missing_ok=True)
         return stopped
+
+
+def upload_catalog_contexts(s3, bucket: str, root: Path = ROOT) -> dict[str, str]:
+    """Every locked combination's catalog context (its Dockerfile and lock, issue 19) into the
+    contexts bucket under ``catalog/sha256/<hex>``, as scripts/deploy.sh does for a stage: the
+    launcher, reading this checkout (no bundle manifest), presigns the same digests."""
+    from chalicelib.launching import catalog_contexts
+    from chalicelib.specs.catalog import load_catalog
+
+    tarballs = catalog_contexts.locked_tarballs(load_catalog(root))
+    manifest = catalog_contexts.manifest_of(tarballs)
+    for key, data in tarballs.items():
+        s3.put_object(Bucket=bucket, Key=catalog_contexts.key_of(manifest[key]), Body=data)
+    return manifest
 
 
 def _git_revision() -> str:

@@ -105,5 +105,10 @@ class ContextLinks(_Bucket):
     def download_url(self, digest: str, expires_seconds: int) -> str:
         """Valid for the build's whole attempt (at most SigV4's 7 days; with a Lambda role's
         temporary credentials, at most as long as those)."""
-        return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key_of(digest)},
+        return self.object_url(key_of(digest), expires_seconds)
+
+    def object_url(self, key: str, expires_seconds: int) -> str:
+        """A presigned GET of any object of the bucket (a catalog context, issue 19): signing
+        is local, no AWS call."""
+        return self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
                                               ExpiresIn=max(60, min(expires_seconds, 7 * 24 * 3600)))

@@ -2,24 +2,31 @@
 
 Every value is validated here (again, even when the API already did) and shell-quoted
 with :func:`shlex.quote` into plain assignments at the top of the script; nothing is ever
-interpolated into code. The build context (``dockerfiles/<framework>/``) travels inside
-the script as a deterministic tar.gz in base64; the whole script is gzip-compressed as
-user-data (cloud-init runs gzip user-data as is). EC2 refuses user-data over 16 KB.
+interpolated into code. A catalog build's context (``dockerfiles/<framework>/`` with the
+combination's lock, see catalog_contexts.py) comes through a presigned GET URL of the
+contexts bucket, checked against its digest (issue 19); a context without a lock (the
+canary's) travels inside the script as a deterministic tar.gz in base64. The whole script is
+gzip-compressed as user-data (cloud-init runs gzip user-data as is). EC2 refuses user-data
+over 16 KB.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
-import io
 import re
 import shlex
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.builds.names import BUILD_ID, DOCKER_TAG
 from chalicelib.builds.records import BuildRecord
+from chalicelib.launching.catalog_contexts import (  # noqa: F401 (pack_context, strip_comments: re-exported)
+    MissingLock,
+    catalog_tarball,
+    pack_context,
+    strip_comments,
+)
 from chalicelib.specs.catalog import Catalog
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "host.sh"
@@ -66,59 +73,6 @@ def _printable(name: str, value: str, limit: int = 1024) -> str:
     return value
 
 
-def _context_files(context_dir: Path, common_dir: Path | None) -> dict[str, Path]:
-    """The build context's files by path: the framework's folder, plus each file of the
-    shared folder (the GPU images' one entrypoint) that the folder does not have itself."""
-    files: dict[str, Path] = {}
-    for folder in (context_dir, common_dir):
-        if folder is None or not folder.is_dir():
-            continue
-        for path in folder.rglob("*"):
-            rel = path.relative_to(folder)
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.name != "README.md":
-                files.setdefault(rel.as_posix(), path)
-    return files
-
-
-def pack_context(context_dir: Path, common_dir: Path | None = None) -> str:
-    """A deterministic tar.gz of the build context (see :func:`_context_files`), base64 on one line."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=9) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel, path in sorted(_context_files(context_dir, common_dir).items()):
-            info = tarfile.TarInfo(rel)
-            data = path.read_bytes()
-            if path.name == "Dockerfile" or path.suffix == ".sh":
-                data = strip_comments(data)
-            info.size = len(data)
-            info.mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-_HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?")
-_DIRECTIVE = re.compile(r"^#\s*(syntax|escape|check)\s*=|^#!|^#\s*shellcheck\s", re.I)
-
-
-def strip_comments(data: bytes) -> bytes:
-    """A Dockerfile or shell script without its full-line comments (user-data is limited to
-    16 KB). Kept: the shebang, Dockerfile parser directives, shellcheck directives, and every
-    line inside a heredoc (there a ``#`` line is content, not a comment)."""
-    out, end = [], None
-    for line in data.decode().splitlines(keepends=True):
-        if end is not None:
-            out.append(line)
-            if line.strip() == end:
-                end = None
-            continue
-        text = line.lstrip()
-        if not text.startswith("#") or _DIRECTIVE.match(text):
-            out.append(line)
-            opener = _HEREDOC.search(line) if not text.startswith("#") else None
-            end = opener.group(1) if opener else None
-    return "".join(out).encode()
-
-
 def _template() -> str:
     """The template without its full-line comments (the shebang and shellcheck directives stay)."""
     lines = TEMPLATE.read_text().splitlines()
@@ -138,12 +92,14 @@ def _array(name: str, values: list[str]) -> str:
 
 
 def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
-           instance_type: str | None = None, context_url: str = "", context_max_bytes: int = 0) -> str:
+           instance_type: str | None = None, context_url: str = "", context_max_bytes: int = 0,
+           context_sha256: str = "") -> str:
     """The host script for one attempt of one build (``record`` is the stored build) on
     ``instance_type`` (default: the build's first): its family sets the driver branch the
     script installs on a host that has none. A source or extend build (issue 20) takes its
     repository, args, smoke test and source variables from chalicelib/custom/custom_builds.py;
-    ``context_url`` is an uploaded context's presigned GET URL."""
+    ``context_url`` is an uploaded context's presigned GET URL, or (with ``context_sha256``)
+    a catalog context's in the contexts bucket; without one a catalog context is packed in."""
     if not cfg.api_url:
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
     job = _source_job(record, catalog, context_url, context_max_bytes)
@@ -159,7 +115,7 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         args = spec.docker_build_args(resolved, hw, record.build_args)
         args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
         repository, smoke, arg_pattern = spec.repository, spec.smoke_test, _ARG_NAME
-        context_b64 = pack_context(catalog.context_dir(spec), catalog.common_context_dir)
+        context_b64 = _catalog_context(catalog, spec, resolved, context_url)
         cuda_value, max_image_bytes = resolved.cuda, int(spec.max_image_gb * 10**9)
     else:
         args, repository, smoke, context_b64 = job.build_args, job.repository, job.smoke_test, job.context_b64
@@ -197,9 +153,22 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         _array("BUILD_ARGS", arg_list),
         _array("SMOKE_TEST", [_printable("smoke_test", a) for a in smoke]),
         _assign("CONTEXT_B64", context_b64),
-        *_source_config(record, context_url, context_max_bytes),
+        *_source_config(record, context_url, context_max_bytes, context_sha256),
     ])
-    return _template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(job))
+    fetched = job is not None or bool(context_url)
+    return _template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(fetched))
+
+
+def _catalog_context(catalog: Catalog, spec, resolved, context_url: str) -> str:
+    """CONTEXT_B64 of a catalog build: empty when the context comes through ``context_url``
+    (the launcher found it in the manifest: a deployment's bundle holds no lock files), else
+    the context packed in, and a combination without its lock is refused."""
+    if context_url:
+        return ""
+    try:
+        return base64.b64encode(catalog_tarball(catalog, spec, resolved)).decode()
+    except MissingLock as e:
+        raise RenderError(str(e)) from None
 
 
 # ---- build your own: a user's context, a git repository, an extension ----
@@ -224,10 +193,11 @@ SOURCES_TEMPLATE = Path(__file__).resolve().parent / "templates" / "sources.sh"
 _CORE_SOURCE_VARIABLES = ("DOCKERFILE", "TARGET", "SMOKE_GPUS", "GIT_URL")
 
 
-def _sources_part(job) -> str:
-    """templates/sources.sh without its comments, for a source or extend build only: a
-    catalog build's user-data (its context inside) stays under 16 KB without it."""
-    if job is None:
+def _sources_part(fetched: bool) -> str:
+    """templates/sources.sh without its comments, for a build whose context is fetched or
+    generated (source, extend, a catalog context through the bucket) only: an inline catalog
+    context's user-data stays under 16 KB without it."""
+    if not fetched:
         return ""
     lines = [line for line in SOURCES_TEMPLATE.read_text().splitlines() if not line.lstrip().startswith("#")]
     return "\n".join(lines) + "\n"
@@ -244,13 +214,20 @@ def _source_job(record: BuildRecord, catalog: Catalog, context_url: str, context
         raise RenderError(str(e)) from None
 
 
-def _source_config(record: BuildRecord, context_url: str, context_max_bytes: int) -> list[str]:
+def _source_config(record: BuildRecord, context_url: str, context_max_bytes: int,
+                   context_sha256: str = "") -> list[str]:
     """The source variables (every build sets them all; ``..`` never passes, whatever the
-    API already checked) and, for an uploaded context, the unpacker the script runs."""
+    API already checked) and, for an uploaded or a catalog context fetched from the
+    contexts bucket, the unpacker the script runs."""
     from chalicelib.custom.custom_builds import source_values
 
     values = source_values(record.source, context_url=context_url, max_bytes=context_max_bytes)
-    if not record.source:
+    catalog_fetch = not record.source and bool(context_url)
+    if catalog_fetch:
+        if not re.match(r"^sha256:[0-9a-f]{64}$", context_sha256 or ""):
+            raise RenderError(f"context digest: {context_sha256!r} is not sha256:<64 hex>")
+        values.update(CONTEXT_URL=context_url, CONTEXT_SHA256=context_sha256)
+    elif not record.source:
         values = {k: values[k] for k in _CORE_SOURCE_VARIABLES}
     lines = []
     for name, value in values.items():
@@ -258,8 +235,8 @@ def _source_config(record: BuildRecord, context_url: str, context_max_bytes: int
         if name in ("CONTEXT_PATH", "DOCKERFILE") and ".." in value.split("/"):
             raise RenderError(f"{name.lower()}: {value!r} leaves the context")
         lines.append(_assign(name, value))
-    if record.source:
-        unpacker = UNPACKER.read_text() if values["SOURCE_KIND"] == "context" else ""
+    if record.source or catalog_fetch:
+        unpacker = UNPACKER.read_text() if values["SOURCE_KIND"] == "context" or catalog_fetch else ""
         lines.append(_assign("UNPACKER", unpacker))
     return lines
 

@@ -66,6 +66,7 @@ from chalicelib.clock import iso, now
 from chalicelib.custom.custom_builds import SourceError, launch_spec, prepare_source
 from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
 from chalicelib.events.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
+from chalicelib.launching.catalog_contexts import CatalogContexts
 from chalicelib.launching.hostscript import HostConfig, RenderError, render, user_data
 from chalicelib.launching.warmcache import TtlCache
 from chalicelib.queues import Queue
@@ -147,6 +148,8 @@ class Launcher:
         self.ssm = ssm
         self.cfg = cfg
         self._warm = TtlCache(WARM_CACHE_SECONDS)  # AMI ids, root devices, spot prices
+        # a catalog build's context with its lock: presigned GETs of the contexts bucket (issue 19)
+        self.catalog_contexts = CatalogContexts(catalog, contexts)
 
     # ---- entry point --------------------------------------------------------------------
     def handle(self, body: str | dict) -> Outcome:
@@ -248,6 +251,8 @@ class Launcher:
         try:
             spec = launch_spec(self.catalog, record)
             source = prepare_source(record, self.contexts, self.repositories)
+            if not record.source:  # valid through boot, the build and a margin, as an upload's
+                source = self.catalog_contexts.source_for(record, (record.timeout_minutes + 60) * 60)
         except (BadRequest, CatalogError, SourceError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}")
         build_date = record.launch_started_at or iso(now())

@@ -11,9 +11,13 @@
 # build's CUDA (or, in source mode, compiles it); `pypi` installs PyPI's CUDA-independent py3 wheel
 # after torch (torchaudio 2.11.1 serves every torch from 2.11 on; torchvision 0.29.2 every torch
 # from 2.14 on), keeping the installed torch.
+# LOCK_PINNED (optional): the lock's "pinned, not hashed" lines (lock-pinned.txt in the build
+# context, "name==version index" each). In wheels mode they must be exactly what this installs
+# (same versions, same indexes): a stale lock or build args that differ from it fail the build.
 set -euo pipefail
 
 WHEEL_INDEX=${WHEEL_INDEX:-https://download.pytorch.org/whl}
+PYPI_INDEX=${PYPI_INDEX:-https://pypi.org/simple}
 MAGMA_URL=${MAGMA_URL:-https://ossci-linux.s3.us-east-1.amazonaws.com}
 MAGMA_VERSION=${MAGMA_VERSION:-2.6.1}
 SRC_DIR=${SRC_DIR:-/tmp/voltabuild-src}
@@ -61,7 +65,32 @@ install_pypi_companions() {
   "${cmd[@]}"
 }
 
+# What wheels mode installs, as the lock's pinned lines ("name==version index").
+wheel_pins() {
+  local index pkg
+  index="${WHEEL_INDEX}/cu$(cuda_nodot)"
+  printf 'torch==%s %s\n' "$PYTORCH_VERSION" "$index"
+  while read -r pkg; do
+    [[ -n $pkg ]] && printf '%s %s\n' "$pkg" "$index"
+  done < <(companions_from cuda)
+  while read -r pkg; do
+    [[ -n $pkg ]] && printf '%s %s\n' "$pkg" "$PYPI_INDEX"
+  done < <(companions_from pypi)
+}
+
+check_pins() {
+  [[ -n ${LOCK_PINNED:-} ]] || return 0
+  [[ -f $LOCK_PINNED ]] || die "LOCK_PINNED=$LOCK_PINNED does not exist"
+  local want have
+  want=$(wheel_pins | sort)
+  have=$(grep -v '^[[:space:]]*$' "$LOCK_PINNED" | sort || true)
+  [[ $have == "$want" ]] ||
+    die "the lock pins '$(tr '\n' ';' <<<"$have")' but this build installs '$(tr '\n' ';' <<<"$want")': run make lock for this combination"
+  log "the lock's pinned lines match: $(tr '\n' ';' <<<"$want")"
+}
+
 install_wheels() {
+  check_pins
   local index pkgs=()
   index="${WHEEL_INDEX}/cu$(cuda_nodot)"
   mapfile -t pkgs < <(companions_from cuda)

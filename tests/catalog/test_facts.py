@@ -119,9 +119,10 @@ def test_a_health_image_that_does_not_exist_fails(tmp_path):
 @pytest.mark.parametrize("framework,over,instance_type,ami,base,health,driver", [
     ("canary", {}, "p3.2xlarge", "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id",
      None, "", "580"),
-    ("pytorch", {"version": "2.5.1", "cuda": "12.1", "python": "3.11"}, "p3.2xlarge",
+    # the default combination: a catalog build renders only with its lock (issue 19)
+    ("pytorch", {}, "p3.2xlarge",
      "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id",
-     "nvidia/cuda:12.1.1-base-ubuntu22.04", "nvidia/cuda:12.1.1-base-ubuntu22.04", "580"),
+     "nvidia/cuda:12.6.3-base-ubuntu22.04", "nvidia/cuda:12.6.3-base-ubuntu22.04", "580"),
     ("mxnet", {}, "g5.xlarge",
      "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id",
      "nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04", "nvidia/cuda:11.2.2-base-ubuntu20.04", "580"),

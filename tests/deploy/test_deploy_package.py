@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -69,6 +72,26 @@ def test_the_lambda_finds_the_catalog_and_build_contexts_in_its_zip(packages, st
     assert root == str(tmp_path / "chalicelib" / "_bundle")
     assert set(frameworks.split()) == {p.stem for p in (ROOT / "buildspecs").glob("[!_]*.yaml")}
     assert contexts == "True"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_package_holds_each_catalog_context_under_the_digest_its_manifest_names(packages, stage, tmp_path):
+    # GIVEN the package WHEN the Lambda reads its bundle's manifest THEN every locked default
+    # combination is named, and dist/<stage>/contexts holds exactly those tarballs, each under
+    # the SHA-256 of its bytes, with its lock inside (what scripts/deploy.sh uploads)
+    with zipfile.ZipFile(packages[stage].zip) as zf:
+        manifest = json.loads(zf.read("chalicelib/_bundle/catalog-contexts.json"))
+    locks = {f"{p.parent.name}/{p.stem}" for p in (ROOT / "buildspecs" / "locks").glob("*/*.txt")}
+    assert set(manifest) == locks and {"pytorch/2.14.1-cu126-py312", "tensorflow/2.21.0-cu125-py312"} <= locks
+    objects = packages[stage].zip.parent / "contexts"
+    stored = sorted(p.relative_to(objects).as_posix() for p in objects.rglob("*") if p.is_file())
+    assert stored == sorted(f"catalog/sha256/{d.removeprefix('sha256:')}" for d in manifest.values())
+    for key, digest in manifest.items():
+        data = (objects / "catalog" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            lock = tar.extractfile("lock-hashed.txt").read()
+        assert lock == (ROOT / "buildspecs" / "locks" / f"{key}.txt").read_bytes()
 
 
 # what the Lambda Python runtime brings besides the standard library

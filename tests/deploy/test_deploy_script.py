@@ -52,10 +52,14 @@ if cmd == "cloudformation describe-stacks":
     if not deployed:
         fail("Stack with id voltabuild-dev does not exist")
     query = args[args.index("--query") + 1]
+    if "ContextsBucketName" in query:
+        out("voltabuild-dev-contexts-111122223333-eu-west-1")
     out(os.environ["FAKE_API_URL"] if "EndpointURL" in query else "key-1" if "ApiKeyId" in query else "None")
 if cmd == "cloudformation deploy":
     (state / "deployed").touch()
     out("Successfully created/updated stack")
+if cmd == "s3 sync":
+    out("")
 if cmd == "ssm get-parameter":
     fail("ParameterNotFound")
 fail("fake aws: unexpected call " + " ".join(args))
@@ -94,6 +98,9 @@ def package(proj: Path, stage: str = "dev") -> None:
     dist.mkdir(parents=True)
     (dist / "sam.json").write_text("{}")
     (dist / "deployment.zip").write_bytes(b"PK")
+    objects = dist / "contexts" / "catalog" / "sha256"
+    objects.mkdir(parents=True)
+    (objects / ("a" * 64)).write_bytes(b"a catalog context")
 
 
 def overrides(call: list[str]) -> dict[str, str]:
@@ -130,6 +137,34 @@ def test_first_deployment_creates_the_stack_then_tells_the_lambdas_their_url(pro
     assert "aws ssm put-parameter --type SecureString --name /voltabuild/dev/slack/default" in proc.stderr
     # the stack's API key: the user is shown how to read it
     assert "aws apigateway get-api-key --api-key key-1 --include-value" in proc.stderr
+
+
+def test_the_catalog_contexts_are_uploaded_to_the_stages_bucket(project):
+    # GIVEN a first deployment (no bucket yet), THEN the contexts go up once the stack made it
+    proj, bindir, state = project
+    package(proj)
+    assert run(proj, bindir, state).returncode == 0
+    made = calls(state)
+    sync = ["s3", "sync", f"{proj}/dist/dev/contexts/catalog/",
+            "s3://voltabuild-dev-contexts-111122223333-eu-west-1/catalog/", "--only-show-errors"]
+    assert made.count(sync) == 1
+    last_deploy = max(i for i, c in enumerate(made) if c[:2] == ["cloudformation", "deploy"])
+    assert made.index(sync) > last_deploy
+    # WHEN it deploys again (the bucket is there), THEN before the new code too
+    (state / "calls.jsonl").unlink()
+    assert run(proj, bindir, state).returncode == 0
+    made = calls(state)
+    syncs = [i for i, c in enumerate(made) if c == sync]
+    first_deploy = min(i for i, c in enumerate(made) if c[:2] == ["cloudformation", "deploy"])
+    assert len(syncs) == 2 and syncs[0] < first_deploy
+
+
+def test_a_package_without_its_catalog_contexts_is_refused(project):
+    proj, bindir, state = project
+    package(proj)
+    shutil.rmtree(proj / "dist" / "dev" / "contexts")
+    proc = run(proj, bindir, state)
+    assert proc.returncode != 0 and "run make package STAGE=dev" in proc.stderr
 
 
 def test_a_redeployment_passes_the_known_url_at_once(project):

@@ -186,3 +186,42 @@ def test_unknown_companion_source(install):
     assert result.returncode == 1
     assert "TORCHAUDIO_FROM=conda is not one of: cuda, pypi" in result.stderr
     assert calls == []
+
+
+def _default_lock_pins() -> tuple[dict[str, str], bytes]:
+    """The default PyTorch combination's build args and its lock's pinned lines, as the
+    renderer puts them in the context (chalicelib/launching/catalog_contexts.py)."""
+    from chalicelib.launching.catalog_contexts import lock_files, lock_path
+    from chalicelib.specs.catalog import load_catalog
+
+    catalog = load_catalog(ROOT)
+    spec = catalog.spec("pytorch")
+    r = spec.resolve(None, None, None)
+    args = spec.docker_build_args(r, catalog.hardware, {})
+    env = {k: args[k] for k in ("PYTORCH_VERSION", "TORCHVISION_VERSION", "TORCHAUDIO_VERSION",
+                                "TORCHVISION_FROM", "TORCHAUDIO_FROM")}
+    env["CUDA_VERSION"] = r.cuda
+    return env, lock_files(lock_path(catalog, r).read_text())["lock-pinned.txt"]
+
+
+def test_the_locks_pinned_lines_are_what_wheels_mode_installs(install, tmp_path):
+    # GIVEN the default combination's build args and its lock's pinned lines
+    env, pinned = _default_lock_pins()
+    lock = tmp_path / "lock-pinned.txt"
+    lock.write_bytes(pinned)
+    # WHEN install-torch.sh runs in wheels mode with the lock THEN it agrees and installs them
+    result, calls = install(BUILD_MODE="wheels", LOCK_PINNED=str(lock), **env)
+    assert result.returncode == 0, result.stderr
+    uv = [c["argv"] for c in calls if c["cmd"] == "uv"]
+    index = pinned.decode().splitlines()[0].split()[1]
+    assert uv[0][:4] == ["pip", "install", "--index-url", index] and f"torch=={env['PYTORCH_VERSION']}" in uv[0]
+
+
+def test_a_lock_that_pins_other_versions_stops_the_build_before_any_install(install, tmp_path):
+    env, pinned = _default_lock_pins()
+    lock = tmp_path / "lock-pinned.txt"
+    lock.write_bytes(pinned.replace(f"torch=={env['PYTORCH_VERSION']} ".encode(), b"torch==2.0.0 "))
+    result, calls = install(BUILD_MODE="wheels", LOCK_PINNED=str(lock), **env)
+    assert result.returncode != 0
+    assert "the lock pins" in result.stderr and "run make lock" in result.stderr
+    assert not [c for c in calls if c["cmd"] == "uv"]

@@ -4,6 +4,7 @@ root device and the spot price for a few minutes. The two writes around RunInsta
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -12,13 +13,15 @@ from test_launch_launcher import ec2_env, instances, record, submit  # noqa: F40
 from chalicelib import clock, wiring
 from chalicelib.builds.schemas import BuildRequest
 from chalicelib.builds.states import Status
+from chalicelib.launching.hostscript import script_of
 from chalicelib.launching.warmcache import TtlCache
 
 
 class Calls:
     def __init__(self) -> None:
         self.calls: list[str] = []
-        for name in ("dynamodb", "sqs", "ec2", "ssm"):
+        # s3 too: the catalog context's presigned GET (issue 19) is signed locally, no call
+        for name in ("dynamodb", "sqs", "ec2", "ssm", "s3"):
             wiring.client(name).meta.events.register("before-call", self._on)
 
     def _on(self, model, **_):
@@ -47,6 +50,11 @@ def test_a_warm_launcher_makes_three_calls_the_writes_around_run_instances(aws, 
     # THEN the warm one takes the second with the two writes and RunInstances only
     assert wiring.launcher().handle(json.dumps(m2)).action == "launched"
     assert calls.take() == ["UpdateItem", "RunInstances", "UpdateItem"]
+    # AND their user-data links the catalog context (with its lock) instead of carrying it
+    data = base64.b64decode(aws.client("ec2").describe_instance_attribute(
+        InstanceId=record(second.id)["instance_id"], Attribute="userData")["UserData"]["Value"])
+    script = script_of(data)
+    assert "readonly CONTEXT_URL=" in script and "/catalog/sha256/" in script and "readonly CONTEXT_B64=''" in script
     for bid in (first, second.id):
         rec = record(bid)
         assert rec["status"] == "LAUNCHING" and rec["instance_id"] and rec["instance"]["price"] is not None

@@ -65,8 +65,10 @@ def test_a_dlami_family_uses_the_driver_it_brings(catalog, tmp_path):
 
 
 def test_stock_ubuntu_installs_the_families_proprietary_branch_then_checks_the_gpu(catalog, tmp_path):
-    script = render_for(record_for(catalog, "pytorch", version="2.5.1", cuda="12.1"), catalog,
-                        instance_type="p3.2xlarge")
+    # the default combination: a catalog build renders only with its lock (issue 19), and the
+    # defaults are the locked ones
+    rec = record_for(catalog, "pytorch")
+    script = render_for(rec, catalog, instance_type="p3.2xlarge")
     run = run_script(tmp_path / "run", script, _bare_host(tmp_path))
     assert run.rc == 0, run.output
     apt = run.named("apt-get")
@@ -78,7 +80,9 @@ def test_stock_ubuntu_installs_the_families_proprietary_branch_then_checks_the_g
     assert ["nvidia"] in run.named("modprobe")
     # the driver it installed is the one checked, and the health check uses a tag that exists
     assert ["--query-gpu=driver_version", "--format=csv,noheader"] in run.named("nvidia-smi")
-    assert ["run", "--rm", "--gpus", "all", "nvidia/cuda:12.1.1-base-ubuntu22.04", "nvidia-smi"] in run.named("docker")
+    health = catalog.hardware.cuda[rec["cuda"]].health_image
+    assert health.startswith("nvidia/cuda:12.") and health.endswith("-base-ubuntu22.04")
+    assert ["run", "--rm", "--gpus", "all", health, "nvidia-smi"] in run.named("docker")
     assert run.result()["status"] == "SUCCEEDED"
     order = [c[0] for c in run.calls]
     assert order.index("apt-get") < order.index("modprobe") < order.index("nvidia-smi")

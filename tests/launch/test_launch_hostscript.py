@@ -19,6 +19,7 @@ import yaml
 from hostrun import BUILD_ID, CFG, TOKEN, record_for, render_for, run_script
 
 from chalicelib.builds.records import BuildRecord
+from chalicelib.launching.catalog_contexts import lock_path, uses_lock
 from chalicelib.launching.hostscript import RenderError, pack_context, render, script_of, strip_comments, user_data
 from chalicelib.specs.catalog import load_catalog
 
@@ -46,10 +47,20 @@ def _failed_with(run, words: str) -> dict:
 
 # ---- rendering ----------------------------------------------------------------------
 def test_every_catalog_entry_fits_ec2_user_data_and_is_shellcheck_clean(catalog, tmp_path):
+    # a locked combination's context comes through a presigned URL (issue 19), a framework
+    # without a lock (the canary) has its context inline; a combination without its lock is
+    # refused at render, naming `make lock`
+    url = "https://contexts.example.test/catalog/sha256/" + "a" * 64 + "?X-Amz-Signature=" + "f" * 64
     for name, spec in catalog.frameworks.items():
         for resolved in spec.combinations():
             rec = record_for(catalog, name, version=resolved.version, cuda=resolved.cuda, python=resolved.python)
-            data = user_data(render_for(rec, catalog))
+            if uses_lock(catalog, spec) and not lock_path(catalog, resolved).is_file():
+                with pytest.raises(RenderError, match="make lock"):
+                    render_for(rec, catalog)
+                continue
+            fetched = dict(context_url=url, context_sha256=DIGEST) if uses_lock(catalog, spec) else {}
+            data = user_data(render(BuildRecord.of(rec), catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z",
+                                    context_max_bytes=10**6, **fetched))
             assert len(data) <= 16 * 1024, (name, resolved, len(data))
         script = script_of(data)
         path = tmp_path / f"{name}.sh"

@@ -17,14 +17,24 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "launch"))
 from hostrun import CFG, SHIMS, TOKEN, run_script  # noqa: E402
 
+from chalicelib.builds.records import BuildRecord  # noqa: E402
 from chalicelib.custom.custom_builds import extend_dockerfile  # noqa: E402
-from chalicelib.launching.hostscript import render, script_of, user_data  # noqa: E402
+from chalicelib.launching.hostscript import render as _render  # noqa: E402
+from chalicelib.launching.hostscript import script_of, user_data  # noqa: E402
 from chalicelib.specs.catalog import load_catalog  # noqa: E402
 
 HERE_SHIMS = Path(__file__).resolve().parent / "shims"
 BUILD_ID = "b-0123456789abcdef0123"
 URL = ("https://contexts.example.test/sha256/abc?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2026"
        "&X-Amz-Signature=" + "f" * 64 + "&X-Amz-Security-Token=" + "A" * 900)
+
+
+def render(record: dict, *args, **kwargs) -> str:
+    """hostscript.render takes the stored build (a BuildRecord since issue 18); these records
+    are its fields, with the ones the host script does not read filled in."""
+    stored = {"status": "LAUNCHING", "notify": {"slack": False}, "created_at": "2026-12-02T08:00:00Z",
+              "updated_at": "2026-12-02T08:00:00Z", **record}
+    return _render(BuildRecord.of(stored), *args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,9 @@ def test_a_context_build_is_queued_with_its_source_and_own_repository(api, aws, 
                                "target": "runtime", "smoke_test": ["python3", "-c", "import torch"]}
     assert set(build["instance_types"]) <= {"g4dn.xlarge", "g5.xlarge", "g6.xlarge"}
     assert len(builds(aws)) == before + 1
-    assert aws.messages("LaunchQueue") == [{"build_id": build["id"], "attempt": 1}]
+    # the launch message carries the build's timeout (issue 21's launch-first path)
+    assert aws.messages("LaunchQueue") == [{"build_id": build["id"], "attempt": 1,
+                                            "timeout_minutes": build["timeout_minutes"]}]
 
 
 def test_defaults_of_a_git_build(api, aws):

@@ -41,6 +41,8 @@ def test_the_contexts_bucket_is_private_encrypted_tls_only_and_expires():
     assert all(props["PublicAccessBlockConfiguration"].values()) and len(props["PublicAccessBlockConfiguration"]) == 4
     (rule,) = props["LifecycleConfiguration"]["Rules"]
     assert rule["Status"] == "Enabled" and rule["ExpirationInDays"] == {"Ref": "ContextExpiryDays"}
+    # users' uploads expire; the catalog's contexts (catalog/sha256/, issue 19) must not
+    assert rule["Prefix"] == "sha256/"
     (deny,) = res["ContextsBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert len(deny["Resource"]) == 2  # the bucket and its objects
@@ -51,6 +53,6 @@ def test_the_local_bucket_gets_the_templates_settings(aws):
     bucket = aws.resources["ContextsBucket"]
     assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["BlockPublicAcls"] is True
     (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    assert rule["Expiration"]["Days"] == 7
+    assert rule["Expiration"]["Days"] == 7 and rule["Filter"] == {"Prefix": "sha256/"}
     enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert enc["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # voltabuild host script, the source part of a build of a user's own context, git repository
-# or catalog image extension (issue 20): rendered into templates/host.sh at @@SOURCES@@ by
-# chalicelib/launching/hostscript.py for those builds only (a catalog build keeps its user-data under
-# EC2's 16 KB without it). It uses host.sh's functions and the source variables the renderer
+# or catalog image extension (issue 20), or of a catalog build whose context (with its lock,
+# issue 19) comes from the contexts bucket: rendered into templates/host.sh at @@SOURCES@@ by
+# chalicelib/launching/hostscript.py for those builds only (a catalog build with its context
+# inline, the canary's, keeps its user-data under EC2's 16 KB without it). It uses host.sh's functions and the source variables the renderer
 # assigns (SOURCE_KIND, CONTEXT_URL, CONTEXT_SHA256, GIT_URL, ...).
 # shellcheck disable=SC2154
 # An uploaded context comes through the presigned GET URL in this user-data (the instance
@@ -47,7 +48,7 @@ clone_source() {
 fetch_user_source() {
   CTX=$WORK/context
   case $SOURCE_KIND in
-    catalog | extend) unpack_context ;;
+    catalog | extend) if [[ -n $CONTEXT_URL ]]; then fetch_context; else unpack_context; fi ;;
     context) fetch_context ;;
     git) clone_source ;;
     *) die "unknown source kind $SOURCE_KIND" ;;
