@@ -63,6 +63,7 @@ _ARN_LITERAL = re.compile(r"^arn:aws[\w-]*:sqs:[\w-]+:\d{12}:(?P<name>[\w-]+)$")
 PRUNED = (
     "pydantic/v1/",  # pydantic 1's API, kept in pydantic 2 for migrations; nothing here uses it
     "pydantic/mypy.py",  # the mypy plugin (a type checker's, never the runtime's)
+    "pydantic/experimental/", "pydantic/color.py",  # experimental APIs and the deprecated Color type: unused
     "slack/",  # slackclient 2's deprecated package name; the code imports slack_sdk
     "slack_sdk/socket_mode/", "slack_sdk/oauth/", "slack_sdk/audit_logs/", "slack_sdk/scim/",
     "slack_sdk/rtm/", "slack_sdk/rtm_v2/",  # Slack APIs other than incoming webhooks

@@ -245,7 +245,8 @@ class Executor:
         build_id = tags.get("voltabuild:build-id", "")
         record = self._recorded(iid, build_id)
         if record is None:
-            log.warning("%s is not recorded on build %r by the launcher: not running its user-data", iid, build_id)
+            log.warning("%s is not recorded on build %r by the launcher: not running its user-data", iid, build_id,
+                        extra={"build_id": build_id})
             return
         workdir = self.dir / iid
         workdir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from datetime import datetime
 
@@ -31,9 +32,11 @@ def new_group_id() -> str:
     return GROUP_ID_PREFIX + secrets.token_hex(10)
 
 
+_GROUP_ID = re.compile(r"^g-[0-9a-f]{20}\Z")
+
+
 def check_group_id(group_id: str) -> str:
-    if not (group_id or "").startswith(GROUP_ID_PREFIX) or len(group_id) != 22 or \
-            any(c not in "0123456789abcdef" for c in group_id[2:]):
+    if not _GROUP_ID.match(group_id or ""):
         raise BuildNotFound(f"no group with id {group_id!r} (group ids look like g-0123456789abcdef0123)")
     return group_id
 
@@ -134,7 +137,12 @@ class Groups:
                      cost_usd=str(total) if known and self.service.costs is not None else None)
 
     def builds(self, group_id: str) -> list[Build]:
-        return self._cells(group_id)[1]
+        """The cells of a group, for ``GET /builds?group=``: none for a group that does not
+        exist (a filter that matches nothing, as an unknown framework)."""
+        try:
+            return self._cells(group_id)[1]
+        except BuildNotFound:
+            return []
 
     def cancel(self, group_id: str) -> tuple[Group, bool]:
         """Cancel every cell not yet final (the single-build cancel path). Returns
@@ -158,6 +166,9 @@ def group_filter(query: dict[str, str]) -> str | None:
     if group is not None and set(query) - {"group"}:
         raise BadRequest("group: lists a group's cells (at most 32, one page); "
                          "it cannot be combined with status, framework, limit or next", field="group")
+    if group is not None and not _GROUP_ID.match(group):
+        raise BadRequest(f"group: {group[:40]!r} is not a group id (group ids look like g-0123456789abcdef0123)",
+                         field="group")
     return group
 
 

@@ -18,6 +18,7 @@ import tarfile
 import pytest
 from hostrun import CFG, TOKEN, record_for, render_for
 
+from chalicelib.builds.records import BuildRecord
 from chalicelib.launching import hostscript
 from chalicelib.launching.hostscript import (
     USER_DATA_LIMIT,
@@ -181,7 +182,10 @@ def _git_record(**source) -> dict:
 
 
 def _render_source(catalog, record, **kw) -> str:
-    return render(record, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z", **kw)
+    at = "2026-12-02T08:00:00Z"
+    stored = BuildRecord.of({"status": "LAUNCHING", "notify": {"slack": False}, "created_at": at, "updated_at": at,
+                             **record})
+    return render(stored, catalog, CFG, token=TOKEN, build_date=at, **kw)
 
 
 def _sources_part() -> str:
@@ -265,14 +269,18 @@ def test_a_context_build_without_its_download_url_is_a_render_error_saying_so(ca
 def test_a_refused_value_names_the_field_the_value_and_the_pattern(catalog):
     rec = record_for(catalog, "canary")
     with pytest.raises(RenderError) as e:
-        render(rec, catalog, CFG.__class__(**{**CFG.__dict__, "region": "moon-1"}), token=TOKEN, build_date="x")
+        render(BuildRecord.of(rec), catalog, CFG.__class__(**{**CFG.__dict__, "region": "moon-1"}), token=TOKEN,
+               build_date="x")
     assert str(e.value) == (f"region: 'moon-1' cannot go into the host script (must match "
                             f"{hostscript._REGION.pattern})")
 
 
 def test_a_value_that_is_not_a_string_is_refused(catalog):
+    # a stored record is validated on reading; the render checks every value again anyway
+    rec = BuildRecord.of(record_for(catalog, "canary"))
+    rec.image.tags = [7]
     with pytest.raises(RenderError, match=r"^tag: 7 cannot go into the host script"):
-        render_for({**record_for(catalog, "canary"), "image": {"tags": [7]}}, catalog)
+        render(rec, catalog, CFG, token=TOKEN, build_date="2026-12-02T08:00:00Z")
 
 
 def test_a_value_with_control_characters_names_the_field_and_the_limit(catalog, monkeypatch):
