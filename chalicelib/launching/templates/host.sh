@@ -122,8 +122,13 @@ heartbeat_loop() {
   done
 }
 
-# Ship the log lines not shipped yet to CloudWatch Logs (one stream per build).
+# Ship the log lines not shipped yet to CloudWatch Logs (one stream per build). The
+# heartbeat loop and the main script both ship: a lock keeps them from sending a line twice.
 ship_logs() {
+  (flock 9 && ship_new_lines) 9>"$WORK/ship.lock"
+}
+
+ship_new_lines() {
   local done_n total ms f
   wait_log_stream
   done_n=$(cat "$WORK/shipped" 2>/dev/null || echo 0)
@@ -193,6 +198,7 @@ on_exit() {
       log "spot interruption notice: leaving the retry to the service"
     else
       log "FAILED: $REASON"
+      ship_logs  # before the result: a follower that sees the build end has every line
       tail_lines=$(tail -n 30 "$LOG_FILE" 2>/dev/null | tail -c 3000)
       report "{\"type\":\"result\",\"status\":\"FAILED\",\"reason\":$(json_str "$REASON"),\"log_tail\":$(json_str "$tail_lines")${CAUSE:+,\"cause\":\"$CAUSE\"}}"
     fi
@@ -560,6 +566,7 @@ main() {
   push_image
 
   log "pushed $IMAGE@$DIGEST"
+  ship_logs || true  # before the result: a follower that sees the build end has every line
   report "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed ${TAGS[*]}")}" ||
     die "the image was pushed but the result could not be reported"
   RESULT_SENT=1
