@@ -35,8 +35,11 @@ system-deps:
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), a whole test file to each at a time:
+# the files that start a local stack keep it to themselves. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: venv system-deps lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # `make test-flaky N=5`: the end-to-end and concurrency tests N times in a row; any failure
 # in any round fails the target, and each round's summary is printed.

@@ -24,6 +24,17 @@ os.environ.update(
 )
 
 
+
+def pytest_collection_modifyitems(items):
+    """`make test` runs the suite with pytest-xdist, which schedules tests by node id: two
+    tests with one id would run as one, and the other would be lost without a word."""
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    shared = sorted(nodeid for nodeid, n in seen.items() if n > 1)
+    if shared:
+        raise pytest.UsageError("tests that share a node id (give each its own name): " + ", ".join(shared))
+
 @contextlib.contextmanager
 def moto_aws():
     """moto's in-process AWS with voltabuild's resources created from infra/resources.yaml;
