@@ -17,7 +17,7 @@ def digest_of(registry: str, repo: str, tag: str) -> str | None:
 
 
 def image_summary(registry: str, repo: str, tag: str) -> dict | None:
-    """Digest, labels and size of one tag, or None when the tag is not there."""
+    """Digest, labels, environment and size of one tag, or None when the tag is not there."""
     resp = requests.get(f"http://{registry}/v2/{repo}/manifests/{tag}",
                         headers={"Accept": MANIFEST_TYPES}, timeout=5)
     if resp.status_code != 200:
@@ -27,5 +27,6 @@ def image_summary(registry: str, repo: str, tag: str) -> dict | None:
     return {
         "digest": resp.headers["Docker-Content-Digest"],
         "labels": (config.get("config") or {}).get("Labels") or {},
+        "env": (config.get("config") or {}).get("Env") or [],
         "size": sum(layer["size"] for layer in manifest.get("layers", [])),
     }

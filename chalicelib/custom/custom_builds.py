@@ -52,6 +52,8 @@ UNPACK_MAX_FILES = 100_000
 # the catalog images' user (ARG NB_UID in dockerfiles/*/Dockerfile), who owns their Python
 # environment: an extension installs apt packages as root, then is that user again
 CATALOG_UID = 1000
+# catalog images without pip or apt (busybox): an extension of one sets environment variables only
+NO_PACKAGE_MANAGER = frozenset({"canary"})
 
 
 def _bad(field_name: str, message: str) -> BadRequest:
@@ -103,6 +105,9 @@ def plan(service, req: BuildRequest, build_id: str, contexts=None) -> Build:
     else:
         spec = catalog.spec(req.framework)
         resolved = spec.resolve(req.version, req.cuda, req.python)
+        if spec.framework in NO_PACKAGE_MANAGER and (req.extend.pip or req.extend.apt):
+            raise _bad("extend", f"the {spec.framework} image is busybox, with no pip or apt: extend it with "
+                       "extend.env only (extend.pip and extend.apt are for the framework images)")
         if req.build_args:
             raise _bad("build_args", "an extension takes no build args (its catalog image is built already); "
                        "set environment variables with extend.env")

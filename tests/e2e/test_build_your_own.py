@@ -2,7 +2,8 @@
 context folder (a multi-stage Dockerfile, a .dockerignore that leaves a large file out)
 submitted with the CLI, built with the instance's own download-check-unpack path, pushed
 to the local registry with the recorded digest, and not uploaded again on a second
-submit; then a git source cloned from a bare repository served on loopback."""
+submit; then a git source cloned from a bare repository served on loopback; then the canary
+catalog image extended (built first, then extended FROM its canonical tag)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,27 @@ def test_a_git_source_builds_from_a_bare_repository_on_loopback(stack, tmp_path)
     assert any(f"commit {commit}" in e["message"] for e in build["events"])
     summary = image_summary(stack.registry, "voltabuild/e2e/git", build["id"])
     assert summary is not None and summary["digest"] == build["image"]["digest"]
+
+
+def test_an_extension_of_the_canary_builds_from_its_catalog_image_and_passes_its_smoke_test(stack):
+    # GIVEN the canary catalog image under its canonical tag (an extension never builds it for you)
+    base = stack.wait_final(stack.post({"framework": "canary"}).json()["id"])
+    assert base["status"] == "SUCCEEDED", base.get("reason")
+    base_image = image_summary(stack.registry, "voltabuild/canary", "1.0")
+    assert base_image is not None
+    # WHEN a user extends it with their own environment, into their own repository
+    resp = stack.post({"framework": "canary", "extend": {"env": {"TEAM_GREETING": "hello from the extension"}},
+                       "repository": "e2e/canary-plus", "tags": ["v1"]})
+    assert resp.status_code == 202, resp.text
+    build = stack.wait_final(resp.json()["id"])
+    # THEN it builds FROM the catalog image, the canary's own smoke test passes in it, and it lands
+    # in the user's repository with the recorded digest, carrying the extension's environment
+    assert build["status"] == "SUCCEEDED", build.get("reason")
+    ext = image_summary(stack.registry, "voltabuild/e2e/canary-plus", "v1")
+    assert ext is not None and ext["digest"] == build["image"]["digest"]
+    assert ext["labels"]["io.voltabuild.framework"] == "canary"  # the catalog image's labels, inherited
+    assert "TEAM_GREETING=hello from the extension" in ext["env"]
+    logs = stack.get(f"/builds/{build['id']}/logs").json()["lines"]
+    assert any("smoke test passed" in line["message"] for line in logs)
+    # AND the catalog repository's tag is untouched
+    assert image_summary(stack.registry, "voltabuild/canary", "1.0")["digest"] == base_image["digest"]

@@ -152,6 +152,8 @@ BAD = [
     ({"framework": "canary", "extend": {"apt": ["-y"]}}, "Debian Policy"),
     ({"framework": "canary", "extend": {"env": {"X": "$(id)"}}}, "no quotes, $"),
     ({"framework": "canary", "extend": {}}, "at least one of pip"),
+    ({"framework": "canary", "extend": {"pip": ["requests==2.32.3"]}}, "busybox, with no pip or apt"),
+    ({"framework": "canary", "extend": {"apt": ["ffmpeg"], "env": {"A": "b"}}}, "busybox, with no pip or apt"),
     ({"framework": "canary", "extend": {"env": {"A": "b"}}, "build_args": {"CANARY_FAIL": "1"}}, "no build args"),
     ({"extend": {"env": {"A": "b"}}, "source": {"git": "https://x.org/r"}}, "needs the framework"),
     ({"framework": "canary", "smoke_test": ["true"]}, "belong to source and extend"),
