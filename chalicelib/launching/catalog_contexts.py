@@ -69,17 +69,29 @@ def strip_comments(data: bytes) -> bytes:
     return "".join(out).encode()
 
 
+def _named_in(dockerfile: str, rel: str) -> bool:
+    """Whether the Dockerfile names ``rel`` as a whole word (a COPY source)."""
+    return re.search(rf"(?<![\w./-]){re.escape(rel)}(?![\w.-])", dockerfile) is not None
+
+
 def context_files(context_dir: Path, common_dir: Path | None) -> dict[str, Path]:
     """The build context's files by path: the framework's folder, plus each file of the
-    shared folder (the GPU images' one entrypoint) that the folder does not have itself."""
+    shared folder (the GPU images' entrypoint, health check and architecture rule) that the
+    folder does not have itself and its Dockerfile names: a context carries no shared file
+    its image does not copy (the canary's travels in user-data, 16 KB at most)."""
     files: dict[str, Path] = {}
+    dockerfile = context_dir / "Dockerfile"
+    text = dockerfile.read_text() if dockerfile.is_file() else ""
     for folder in (context_dir, common_dir):
         if folder is None or not folder.is_dir():
             continue
         for path in folder.rglob("*"):
             rel = path.relative_to(folder)
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.name != "README.md":
-                files.setdefault(rel.as_posix(), path)
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts) or rel.name == "README.md":
+                continue
+            if folder == common_dir and not _named_in(text, rel.as_posix()):
+                continue
+            files.setdefault(rel.as_posix(), path)
     return files
 
 
