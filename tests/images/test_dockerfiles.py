@@ -238,10 +238,24 @@ def test_pytorch_has_one_copy_of_cuda():
         release = HW.cuda[r.cuda]  # cudnn8 (11.8, 12.1), cudnn9 (12.3), bare cudnn from 12.4.1
         assert args["BASE_IMAGE"] == f"nvidia/cuda:{release.full}-base-ubuntu22.04"
         assert args["DEVEL_IMAGE"] == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
-    stages = [ins.args for ins in dockerfile(spec) if ins.keyword == "FROM"]
-    assert "${BASE_IMAGE} AS base-wheels" in stages and "${DEVEL_IMAGE} AS base-source" in stages
-    assert stages[-1] == "base-${BUILD_MODE}"
+    instructions = dockerfile(spec)
+    stages = [ins.args for ins in instructions if ins.keyword == "FROM"]
+    # source builds compile in a stage on devel; wheel builds never reach it (an empty stage on base)
+    assert "${DEVEL_IMAGE} AS compile" in stages and "${BASE_IMAGE} AS compile-wheels" in stages
+    assert "compile AS compile-source" in stages and "compile-${BUILD_MODE} AS compiled" in stages
     assert spec.build_args["BUILD_MODE"].default == "wheels"
+    # the image itself always starts from base, whatever the mode ...
+    assert stages[-1] == "${BASE_IMAGE}"
+    image = final_stage(instructions)
+    # ... and takes from the compile stage only the CUDA libraries its torch loads, and its wheels
+    # through a mount (no layer keeps them); no compiler gets in
+    taken = [ins.args for ins in image if ins.keyword == "COPY" and "--from=compiled" in ins.args]
+    assert taken == ["--from=compiled /out/cuda-libs /usr/local/lib/voltabuild-cuda"]
+    install = next(ins.args for ins in image if ins.keyword == "RUN" and "install-torch.sh" in ins.args)
+    assert install.startswith("--mount=type=bind,from=compiled,source=/out/wheels,target=/tmp/voltabuild-wheels ")
+    assert not [ins for ins in image if ins.keyword == "RUN" and re.search(r"build-essential|\bnvcc\b|gcc", ins.args)]
+    compile_stage = instructions[[i for i, ins in enumerate(instructions) if ins.keyword == "FROM"][1]:]
+    assert any(ins.keyword == "RUN" and "install-torch.sh compile" in ins.args for ins in compile_stage)
 
 
 @pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
