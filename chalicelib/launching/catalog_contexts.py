@@ -70,8 +70,8 @@ def strip_comments(data: bytes) -> bytes:
 
 
 def _named_in(dockerfile: str, rel: str) -> bool:
-    """Whether the Dockerfile names ``rel`` as a whole word (a COPY source)."""
-    return re.search(rf"(?<![\w./-]){re.escape(rel)}(?![\w.-])", dockerfile) is not None
+    """Whether the Dockerfile names ``rel`` (a COPY source: ``x``, ``./x``, ``["x", ...]``)."""
+    return any(token.removeprefix("./") == rel for token in re.split(r"[\s\"'\[\],]+", dockerfile))
 
 
 def context_files(context_dir: Path, common_dir: Path | None) -> dict[str, Path]:

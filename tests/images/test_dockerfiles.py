@@ -264,6 +264,17 @@ def test_no_gpu_image_ships_a_devel_toolkit_by_default(spec):
     assert "-devel-" not in base
 
 
+@pytest.mark.parametrize("copy", ["COPY gpu_arch.py /x/", "COPY ./gpu_arch.py /x/", 'COPY ["gpu_arch.py", "/x/"]',
+                                  "COPY probe.py gpu_arch.py healthcheck.py /x/"])
+def test_a_shared_file_is_packed_however_the_dockerfile_copies_it(tmp_path, copy):
+    folder = tmp_path / "fw"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(f"FROM x\n{copy}\n")
+    assert "gpu_arch.py" in context_files(folder, CATALOG.common_context_dir)
+    (folder / "Dockerfile").write_text("FROM x\nCOPY my_gpu_arch.py gpu_arch.pyc /x/gpu_arch.py\n")
+    assert "gpu_arch.py" not in context_files(folder, CATALOG.common_context_dir)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)
 def test_readme_documents_every_build_arg_with_its_default(spec):
     readme = (CATALOG.context_dir(spec) / "README.md").read_text()
