@@ -192,3 +192,25 @@ def test_a_combination_that_does_not_resolve_is_named_and_the_others_are_locked(
     assert "buildspecs/locks/pytorch/2.14.1-cu126-py314.txt" in err
     problems = lock.stale(load_catalog(copy))
     assert problems and all("-py314.txt: missing" in p for p in problems), problems
+
+
+CATALOG = load_catalog(ROOT)
+
+
+def _locked_combinations():
+    return [(spec, r) for spec in CATALOG.frameworks.values() if uses_lock(CATALOG, spec) for r in spec.combinations()]
+
+
+@pytest.mark.parametrize("spec,r", _locked_combinations(), ids=lambda x: combination_key(x) if hasattr(x, "cuda") else "")
+def test_each_lock_holds_its_own_combination(spec, r):
+    # the file named for a combination locks that framework version for that CUDA and Python
+    text = lock_path(CATALOG, r).read_text()
+    assert f"# {r.framework} {r.version}, CUDA {r.cuda}, Python {r.python}, " in text
+    reqs = _requirements(text)
+    if r.framework == "tensorflow":
+        assert f"tensorflow=={r.version}" in reqs
+    elif r.framework == "mxnet":
+        assert f"mxnet-cu{r.cuda.replace('.', '')}=={r.version}" in reqs
+    else:  # PyTorch's own wheels: pinned by version and the index of the combination's CUDA
+        assert f"#   torch=={r.version} --index-url https://download.pytorch.org/whl/cu{r.cuda.replace('.', '')}\n" in text
+        assert not [name for name in reqs if name.startswith(("torch==", "nvidia-"))], "no CUDA wheels from PyPI"
