@@ -1,8 +1,13 @@
 """`make lock`: lock files for the framework images' Python packages (issue 19).
 
-    python scripts/lock.py                  lock the default combination of every GPU framework
-    python scripts/lock.py --all            every framework x version x CUDA x Python (slow, large)
+    python scripts/lock.py                  lock every framework x version x CUDA x Python the catalog
+                                            offers (each accepted combination must build); up-to-date
+                                            locks are skipped, so after a buildspec change only the
+                                            stale ones resolve
+    python scripts/lock.py --defaults       only the default combination of each GPU framework
     python scripts/lock.py --check          exit 1 naming each lock whose inputs changed (no network)
+    python scripts/lock.py --force          resolve every lock again; prints how many changed (none:
+                                            the locks are reproducible)
 
 Each lock is ``buildspecs/locks/<framework>/<version>-cu<cuda>-py<python>.txt``, resolved by
 ``uv pip compile --generate-hashes`` for Linux x86_64 (manylinux_2_28) and the combination's
@@ -153,12 +158,13 @@ def combinations(catalog: Catalog, everything: bool) -> list[LockInputs]:
 
 def stale(catalog: Catalog) -> list[str]:
     """Every lock whose recorded inputs differ from what the buildspecs now give, and every
-    default combination without a lock."""
+    combination without a lock (the catalog accepts every combination: each must build)."""
     problems = []
     known = {lock.path: lock for lock in combinations(catalog, everything=True)}
-    for lock in combinations(catalog, everything=False):
+    for lock in known.values():
         if not lock.path.exists():
-            problems.append(f"{lock.path.relative_to(ROOT)}: missing (the default combination): run `make lock`")
+            problems.append(f"{lock.path.relative_to(ROOT)}: missing (the catalog offers {lock.framework} "
+                            f"{lock.version}, CUDA {lock.cuda}, Python {lock.python}): run `make lock`")
     for path in sorted(LOCKS.glob("*/*.txt")):
         lock = known.get(path)
         if lock is None:
@@ -170,8 +176,11 @@ def stale(catalog: Catalog) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--all", action="store_true", help="every combination, not just the defaults")
+    parser.add_argument("--all", action="store_true", help="every combination (the default; kept for `make lock ALL=1`)")
+    parser.add_argument("--defaults", action="store_true", help="only the default combination of each framework")
     parser.add_argument("--check", action="store_true", help="only report stale or missing locks")
+    parser.add_argument("--force", action="store_true",
+                        help="resolve again even the locks that are up to date (a re-run must change nothing)")
     parser.add_argument("--uv", default="uv", help="the uv binary (default: uv on PATH)")
     opts = parser.parse_args(argv)
     catalog = load_catalog(ROOT)
@@ -180,16 +189,36 @@ def main(argv: list[str]) -> int:
         print("\n".join(problems) or "every lock is up to date")
         return 1 if problems else 0
     version = subprocess.run([opts.uv, "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
-    for lock in combinations(catalog, opts.all):
+    failed, resolved, changed = [], {}, 0
+    for lock in combinations(catalog, not opts.defaults):
         if version != lock.uv:
             raise SystemExit(f"uv {version} is not the uv requirements-dev.txt pins ({lock.uv}): "
                              f"pip install uv=={lock.uv}")
         lock.path.parent.mkdir(parents=True, exist_ok=True)
-        if lock.path.exists() and stored_digest(lock.path) == lock.digest():
+        if not opts.force and lock.path.exists() and stored_digest(lock.path) == lock.digest():
             print(f"{lock.path.relative_to(ROOT)}: up to date")
             continue
-        lock.path.write_text(header(lock) + resolve(lock, opts.uv))
-        print(f"{lock.path.relative_to(ROOT)}: written")
+        # PyTorch's CUDA variants of one version and Python resolve the same PyPI part: once
+        key = (lock.hashed, lock.python, lock.exclude_newer)
+        if key not in resolved:
+            try:
+                resolved[key] = resolve(lock, opts.uv)
+            except SystemExit as e:  # one combination that does not resolve does not stop the others
+                print(e, file=sys.stderr)
+                resolved[key] = None
+        if resolved[key] is None:
+            failed.append(str(lock.path.relative_to(ROOT)))
+            continue
+        text = header(lock) + resolved[key]
+        same = lock.path.exists() and lock.path.read_text() == text
+        if not same:
+            lock.path.write_text(text)
+            changed += 1
+        print(f"{lock.path.relative_to(ROOT)}: {'unchanged' if same else 'written'}")
+    print(f"{changed} lock file(s) changed")
+    if failed:
+        print(f"{len(failed)} combination(s) did not resolve:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -69,17 +69,29 @@ def strip_comments(data: bytes) -> bytes:
     return "".join(out).encode()
 
 
+def _named_in(dockerfile: str, rel: str) -> bool:
+    """Whether the Dockerfile names ``rel`` (a COPY source: ``x``, ``./x``, ``["x", ...]``)."""
+    return any(token.removeprefix("./") == rel for token in re.split(r"[\s\"'\[\],]+", dockerfile))
+
+
 def context_files(context_dir: Path, common_dir: Path | None) -> dict[str, Path]:
     """The build context's files by path: the framework's folder, plus each file of the
-    shared folder (the GPU images' one entrypoint) that the folder does not have itself."""
+    shared folder (the GPU images' entrypoint, health check and architecture rule) that the
+    folder does not have itself and its Dockerfile names: a context carries no shared file
+    its image does not copy (the canary's travels in user-data, 16 KB at most)."""
     files: dict[str, Path] = {}
+    dockerfile = context_dir / "Dockerfile"
+    text = dockerfile.read_text() if dockerfile.is_file() else ""
     for folder in (context_dir, common_dir):
         if folder is None or not folder.is_dir():
             continue
         for path in folder.rglob("*"):
             rel = path.relative_to(folder)
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.name != "README.md":
-                files.setdefault(rel.as_posix(), path)
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts) or rel.name == "README.md":
+                continue
+            if folder == common_dir and not _named_in(text, rel.as_posix()):
+                continue
+            files.setdefault(rel.as_posix(), path)
     return files
 
 
@@ -203,20 +215,36 @@ class CatalogContexts:
     """The launcher's side: a catalog build's context digest and a presigned GET for it.
 
     The digests come from the bundle's manifest (``make package``); a checkout without one
-    (the local stack, the tests) packs the contexts itself, once. ``links`` is the launcher's
-    ``contexts.ContextLinks`` (its boto3 S3 client presigns; presigning is no AWS call)."""
+    (the local stack, the tests) packs the combination asked for itself, once (every
+    combination is locked: packing them all up front would take seconds). ``links`` is the
+    launcher's ``contexts.ContextLinks`` (its boto3 S3 client presigns; presigning is no AWS call)."""
 
     def __init__(self, catalog, links) -> None:
         self.catalog = catalog
         self.links = links
-        self._manifest: dict[str, str] | None = None
+        self._bundled: tuple[dict[str, str], ...] | None = None  # (): read, there is none
+        self._packed: dict[str, str | None] = {}
 
-    def manifest(self) -> dict[str, str]:
-        if self._manifest is None:
+    def bundled(self) -> dict[str, str] | None:
+        """The bundle's manifest (``make package``), None in a checkout without one."""
+        if self._bundled is None:
             path = self.catalog.root / MANIFEST_NAME
-            self._manifest = (json.loads(path.read_text()) if path.is_file()
-                              else manifest_of(locked_tarballs(self.catalog)))
-        return self._manifest
+            self._bundled = (json.loads(path.read_text()),) if path.is_file() else ()
+        return self._bundled[0] if self._bundled else None
+
+    def digest(self, spec, resolved) -> str | None:
+        """The digest of a combination's context: the bundle's manifest's, or (a checkout
+        without one) that of the context packed here; None when it has no lock."""
+        key = combination_key(resolved)
+        bundled = self.bundled()
+        if bundled is not None:
+            return bundled.get(key)
+        if key not in self._packed:
+            try:
+                self._packed[key] = digest_of(catalog_tarball(self.catalog, spec, resolved))
+            except MissingLock:
+                self._packed[key] = None
+        return self._packed[key]
 
     def source_for(self, record, expires_seconds: int) -> dict:
         """``hostscript.render``'s keyword arguments for a catalog build: a presigned URL and
@@ -227,7 +255,7 @@ class CatalogContexts:
         resolved = spec.resolve(record.version, record.cuda, record.python)
         if not uses_lock(self.catalog, spec):
             return {}
-        digest = self.manifest().get(combination_key(resolved))
+        digest = self.digest(spec, resolved)
         if digest is None:
             raise MissingLock(_missing(spec, resolved))
         if self.links is None or not self.links.bucket:

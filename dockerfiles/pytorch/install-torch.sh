@@ -2,9 +2,15 @@
 # Installs PyTorch, torchvision and torchaudio into the active virtual environment, the Dockerfile's
 # way. Settings come from the environment (the Dockerfile's build args):
 #
-#   BUILD_MODE=wheels   the official CUDA wheels from download.pytorch.org/whl/cu<CUDA>
-#   BUILD_MODE=source   compile them from the release tags for TORCH_CUDA_ARCH_LIST, with MAGMA
-#                       (PyTorch's prebuilt tarball) and the system NCCL, MAX_JOBS at a time
+#   install-torch.sh            in the image: BUILD_MODE=wheels installs the official CUDA wheels
+#                               from download.pytorch.org/whl/cu<CUDA>; BUILD_MODE=source installs
+#                               the wheels the compile stage made (WHEEL_DIR) and checks that every
+#                               library they load is in the image
+#   install-torch.sh compile    the compile stage of a source build (on cudnn-devel): compiles the
+#                               release tags for TORCH_CUDA_ARCH_LIST, with MAGMA (PyTorch's
+#                               prebuilt tarball) and the system NCCL, MAX_JOBS at a time, into
+#                               wheels in WHEEL_DIR, and copies the CUDA, cuDNN and NCCL shared
+#                               libraries they load into CUDA_LIBS_DIR (the image has no toolkit)
 #
 # PYTORCH_VERSION, TORCHVISION_VERSION, TORCHAUDIO_VERSION, CUDA_VERSION (12.4 or 12.4.1) are required.
 # TORCHVISION_FROM / TORCHAUDIO_FROM (default cuda): `cuda` takes the package from the index of the
@@ -136,11 +142,34 @@ install_magma() {
   tar -xjf "${SRC_DIR}/${archive}" -C "${SRC_DIR}/magma"
 }
 
-install_source() {
-  require TORCH_CUDA_ARCH_LIST MAX_JOBS
+# The shared libraries the compiled extensions load from the CUDA toolkit, cuDNN and NCCL (not
+# the driver's libcuda, which the NVIDIA Container Toolkit mounts at run time), each with its
+# family (cuDNN and nvrtc load siblings at run time: libcudnn_*.so.*, libnvrtc-builtins), links
+# kept, into CUDA_LIBS_DIR.
+collect_cuda_libs() {
+  local site lib dir stem libs=() copied=()
+  site=${SITE_PACKAGES:-$(python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')}
+  mkdir -p "$CUDA_LIBS_DIR"
+  mapfile -t libs < <(find "$site/torch" "$site/torchvision" "$site/torchaudio" -name '*.so*' -type f 2>/dev/null \
+    | sort | xargs -r ldd 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u \
+    | grep -E '/lib(cu|nv|nccl)[^/]*$' | grep -vE '/(libcuda\.so|libnvidia-)[^/]*$' || true)
+  ((${#libs[@]} > 0)) || die "the compiled torch loads no CUDA library: was it built with USE_CUDA=1?"
+  for lib in "${libs[@]}"; do
+    dir=$(dirname "$lib")
+    stem=$(basename "$lib")
+    stem=${stem%%.so*}
+    cp -a "$dir/$stem"*.so* "$CUDA_LIBS_DIR/"
+    copied+=("$stem")
+  done
+  log "copied the CUDA libraries the build loads (with their families): ${copied[*]}"
+}
+
+# Source mode, in the compile stage: wheels into WHEEL_DIR, their CUDA libraries into CUDA_LIBS_DIR.
+compile_source() {
+  require TORCH_CUDA_ARCH_LIST MAX_JOBS WHEEL_DIR CUDA_LIBS_DIR
   local arch_list
   arch_list=$(supported_arch_list)
-  mkdir -p "$SRC_DIR"
+  mkdir -p "$SRC_DIR" "$WHEEL_DIR"
   install_magma
   clone pytorch "v${PYTORCH_VERSION}" "${SRC_DIR}/pytorch"
   uv pip install -r "${SRC_DIR}/pytorch/requirements.txt" cmake ninja mkl-static mkl-include
@@ -151,24 +180,51 @@ install_source() {
   export TORCH_NVCC_FLAGS="-Xfatbin -compress-all"
   export PYTORCH_BUILD_VERSION=$PYTORCH_VERSION PYTORCH_BUILD_NUMBER=1
   log "compiling torch ${PYTORCH_VERSION} for '${TORCH_CUDA_ARCH_LIST}' with ${MAX_JOBS} jobs"
-  (cd "${SRC_DIR}/pytorch" && python -m pip install --no-cache-dir --no-build-isolation .)
+  (cd "${SRC_DIR}/pytorch" && python -m pip wheel --no-cache-dir --no-build-isolation --no-deps -w "$WHEEL_DIR" .)
+  # torchvision and torchaudio compile against it
+  uv pip install --no-deps "$WHEEL_DIR"/torch-*.whl
 
   if [[ $(from_of TORCHVISION_FROM) == cuda ]]; then
     clone vision "v${TORCHVISION_VERSION}" "${SRC_DIR}/vision"
     log "compiling torchvision ${TORCHVISION_VERSION}"
     (cd "${SRC_DIR}/vision" && FORCE_CUDA=1 BUILD_VERSION=$TORCHVISION_VERSION \
-      python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+      python -m pip wheel --no-cache-dir --no-build-isolation --no-deps -w "$WHEEL_DIR" .)
+    uv pip install --no-deps "$WHEEL_DIR"/torchvision-*.whl
   fi
 
   if [[ $(from_of TORCHAUDIO_FROM) == cuda ]]; then
     clone audio "v${TORCHAUDIO_VERSION}" "${SRC_DIR}/audio"
     log "compiling torchaudio ${TORCHAUDIO_VERSION}"
     (cd "${SRC_DIR}/audio" && BUILD_VERSION=$TORCHAUDIO_VERSION \
-      python -m pip install --no-cache-dir --no-build-isolation --no-deps .)
+      python -m pip wheel --no-cache-dir --no-build-isolation --no-deps -w "$WHEEL_DIR" .)
+    uv pip install --no-deps "$WHEEL_DIR"/torchaudio-*.whl
   fi
 
-  install_pypi_companions
+  collect_cuda_libs
   rm -rf "$SRC_DIR"
+}
+
+# Fails the build naming each library the installed extensions load and the image lacks (the
+# driver's libcuda aside: it comes with the GPU at run time).
+check_linked() {
+  local site missing
+  site=${SITE_PACKAGES:-$(python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')}
+  missing=$(find "$site/torch" "$site/torchvision" "$site/torchaudio" -name '*.so*' -type f 2>/dev/null \
+    | sort | xargs -r ldd 2>/dev/null | awk '$2 == "=>" && $3 == "not" { print $1 }' \
+    | grep -vE '^(libcuda\.so|libnvidia-)' | sort -u | tr '\n' ' ' || true)
+  [[ -z $missing ]] || die "the compiled torch loads libraries this image does not have: ${missing% }"
+}
+
+# Source mode, in the image: the compile stage's wheels (and their dependencies from PyPI).
+install_compiled() {
+  require WHEEL_DIR
+  local wheels=()
+  mapfile -t wheels < <(find "$WHEEL_DIR" -maxdepth 1 -name '*.whl' | sort)
+  ((${#wheels[@]} > 0)) || die "no compiled wheels in ${WHEEL_DIR}: the compile stage did not run"
+  log "installing the compiled ${wheels[*]##*/}"
+  uv pip install "${wheels[@]}"
+  install_pypi_companions
+  check_linked
 }
 
 # Fails the build when what got installed is not what was asked for.
@@ -192,9 +248,14 @@ main() {
   require PYTORCH_VERSION TORCHVISION_VERSION TORCHAUDIO_VERSION CUDA_VERSION
   from_of TORCHVISION_FROM >/dev/null
   from_of TORCHAUDIO_FROM >/dev/null
+  if [[ ${1:-} == compile ]]; then
+    compile_source
+    return
+  fi
+  [[ -z ${1:-} ]] || die "unknown command '$1' (none, or compile)"
   case ${BUILD_MODE:-wheels} in
     wheels) install_wheels ;;
-    source) install_source ;;
+    source) install_compiled ;;
     *) die "BUILD_MODE=${BUILD_MODE} is not one of: wheels, source" ;;
   esac
   verify

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.launching.catalog_contexts import context_files
 from chalicelib.launching.hostscript import pack_context, strip_comments
 from chalicelib.specs.catalog import BuildSpec, load_catalog
 
@@ -183,8 +184,10 @@ def test_gpu_images_serve_jupyter_and_keep_devtools_optional(spec):
     for ins in stage:
         if ins.keyword == "RUN" and re.search(r"\b(tmux|htop|mlocate)\b", ins.args):
             assert "INSTALL_DEVTOOLS" in ins.args, f"devtools installed unconditionally: {ins.args}"
-    # the framework probe sits where the entrypoint looks for it, the health check beside it
-    assert any(ins.keyword == "COPY" and ins.args == "probe.py healthcheck.py /usr/local/lib/voltabuild/" for ins in stage)
+    # the framework probe sits where the entrypoint looks for it, the health check beside it (and,
+    # for the probes that check the GPU's architecture, the shared rule they import)
+    wanted = "probe.py gpu_arch.py healthcheck.py" if spec.framework in ("pytorch", "tensorflow") else "probe.py healthcheck.py"
+    assert any(ins.keyword == "COPY" and ins.args == f"{wanted} /usr/local/lib/voltabuild/" for ins in stage)
 
 
 @pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
@@ -201,23 +204,29 @@ def test_gpu_images_have_an_init_a_health_check_and_utf8(spec):
     assert "LANG=C.UTF-8" in env
 
 
-def test_gpu_health_checks_are_one_script():
-    texts = {s.framework: (CATALOG.context_dir(s) / "healthcheck.py").read_text() for s in GPU_SPECS}
-    assert {fw for fw, text in texts.items() if text != texts["pytorch"]} == set()
-
-
-def test_gpu_images_are_built_with_the_one_shared_entrypoint():
-    # GIVEN the GPU build contexts, which keep no entrypoint of their own,
-    # WHEN each is packed for the host script, THEN it carries dockerfiles/common/entrypoint.sh, executable
-    common = CATALOG.common_context_dir / "entrypoint.sh"
+def test_gpu_images_are_built_with_the_one_shared_entrypoint_and_health_check():
+    # GIVEN the GPU build contexts, which keep no entrypoint or health check of their own,
+    # WHEN each is packed for the host script, THEN it carries dockerfiles/common/'s, the entrypoint executable
+    common = CATALOG.common_context_dir
     for s in GPU_SPECS:
-        assert not (CATALOG.context_dir(s) / "entrypoint.sh").exists(), f"{s.framework}: a copy of the entrypoint"
-        blob = base64.b64decode(pack_context(CATALOG.context_dir(s), CATALOG.common_context_dir))
+        for name in ("entrypoint.sh", "healthcheck.py"):
+            assert not (CATALOG.context_dir(s) / name).exists(), f"{s.framework}: a copy of {name}"
+        blob = base64.b64decode(pack_context(CATALOG.context_dir(s), common))
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
             member = tar.getmember("entrypoint.sh")
-            assert tar.extractfile(member).read() == strip_comments(common.read_bytes())
+            assert tar.extractfile(member).read() == strip_comments((common / "entrypoint.sh").read_bytes())
             assert member.mode & 0o111, "entrypoint.sh must be executable"
+            assert tar.extractfile("healthcheck.py").read() == (common / "healthcheck.py").read_bytes()
             assert "Dockerfile" in tar.getnames()
+
+
+def test_a_context_carries_only_the_shared_files_its_dockerfile_copies():
+    # the canary's context travels in user-data (16 KB): none of the GPU images' Python files;
+    # MXNet's probe checks no architecture list: no gpu_arch.py
+    packed = {s.framework: set(context_files(CATALOG.context_dir(s), CATALOG.common_context_dir)) for s in SPECS}
+    assert not {"healthcheck.py", "gpu_arch.py"} & packed["canary"]
+    assert "gpu_arch.py" not in packed["mxnet"] and "healthcheck.py" in packed["mxnet"]
+    assert {"gpu_arch.py", "healthcheck.py", "entrypoint.sh"} <= packed["pytorch"] & packed["tensorflow"]
 
 
 def test_pytorch_has_one_copy_of_cuda():
@@ -229,16 +238,41 @@ def test_pytorch_has_one_copy_of_cuda():
         release = HW.cuda[r.cuda]  # cudnn8 (11.8, 12.1), cudnn9 (12.3), bare cudnn from 12.4.1
         assert args["BASE_IMAGE"] == f"nvidia/cuda:{release.full}-base-ubuntu22.04"
         assert args["DEVEL_IMAGE"] == f"nvidia/cuda:{release.full}-{release.cudnn}-devel-ubuntu22.04"
-    stages = [ins.args for ins in dockerfile(spec) if ins.keyword == "FROM"]
-    assert "${BASE_IMAGE} AS base-wheels" in stages and "${DEVEL_IMAGE} AS base-source" in stages
-    assert stages[-1] == "base-${BUILD_MODE}"
+    instructions = dockerfile(spec)
+    stages = [ins.args for ins in instructions if ins.keyword == "FROM"]
+    # source builds compile in a stage on devel; wheel builds never reach it (an empty stage on base)
+    assert "${DEVEL_IMAGE} AS compile" in stages and "${BASE_IMAGE} AS compile-wheels" in stages
+    assert "compile AS compile-source" in stages and "compile-${BUILD_MODE} AS compiled" in stages
     assert spec.build_args["BUILD_MODE"].default == "wheels"
+    # the image itself always starts from base, whatever the mode ...
+    assert stages[-1] == "${BASE_IMAGE}"
+    image = final_stage(instructions)
+    # ... and takes from the compile stage only the CUDA libraries its torch loads, and its wheels
+    # through a mount (no layer keeps them); no compiler gets in
+    taken = [ins.args for ins in image if ins.keyword == "COPY" and "--from=compiled" in ins.args]
+    assert taken == ["--from=compiled /out/cuda-libs /usr/local/lib/voltabuild-cuda"]
+    install = next(ins.args for ins in image if ins.keyword == "RUN" and "install-torch.sh" in ins.args)
+    assert install.startswith("--mount=type=bind,from=compiled,source=/out/wheels,target=/tmp/voltabuild-wheels ")
+    assert not [ins for ins in image if ins.keyword == "RUN" and re.search(r"build-essential|\bnvcc\b|gcc", ins.args)]
+    compile_stage = instructions[[i for i, ins in enumerate(instructions) if ins.keyword == "FROM"][1]:]
+    assert any(ins.keyword == "RUN" and "install-torch.sh compile" in ins.args for ins in compile_stage)
 
 
 @pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.framework)
 def test_no_gpu_image_ships_a_devel_toolkit_by_default(spec):
     base = spec.docker_build_args(spec.resolve(None, None, None), HW, {})["BASE_IMAGE"]
     assert "-devel-" not in base
+
+
+@pytest.mark.parametrize("copy", ["COPY gpu_arch.py /x/", "COPY ./gpu_arch.py /x/", 'COPY ["gpu_arch.py", "/x/"]',
+                                  "COPY probe.py gpu_arch.py healthcheck.py /x/"])
+def test_a_shared_file_is_packed_however_the_dockerfile_copies_it(tmp_path, copy):
+    folder = tmp_path / "fw"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(f"FROM x\n{copy}\n")
+    assert "gpu_arch.py" in context_files(folder, CATALOG.common_context_dir)
+    (folder / "Dockerfile").write_text("FROM x\nCOPY my_gpu_arch.py gpu_arch.pyc /x/gpu_arch.py\n")
+    assert "gpu_arch.py" not in context_files(folder, CATALOG.common_context_dir)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.framework)

@@ -1,6 +1,6 @@
-"""The GPU images' HEALTHCHECK script (dockerfiles/*/healthcheck.py) against a fake /proc and a
-real HTTP server on loopback: healthy when Jupyter answers, unhealthy when it does not, and
-healthy when the container is not in Jupyter mode at all."""
+"""The GPU images' HEALTHCHECK script (dockerfiles/common/healthcheck.py, packed into each GPU
+image's context) against a fake /proc and a real HTTP server on loopback: healthy when Jupyter
+answers, unhealthy when it does not, and healthy when the container is not in Jupyter mode."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("healthcheck", ROOT / "dockerfiles" / "pytorch" / "healthcheck.py")
+    spec = importlib.util.spec_from_file_location("healthcheck", ROOT / "dockerfiles" / "common" / "healthcheck.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -7,6 +7,7 @@ architecture-coverage rule itself, against chalicelib.specs.gpu's."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.launching.catalog_contexts import context_files
 from chalicelib.specs.gpu import Arch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,13 +214,24 @@ class nd:
 '''
 
 
+def packed_probe(framework: str, tmp_path: Path) -> Path:
+    """probe.py as the image has it: in a folder with what the packed build context puts beside
+    it (the shared files from dockerfiles/common/ its Dockerfile copies: gpu_arch.py)."""
+    folder = tmp_path / "voltabuild"
+    if not folder.is_dir():
+        folder.mkdir()
+        for rel, path in context_files(ROOT / "dockerfiles" / framework, ROOT / "dockerfiles" / "common").items():
+            if rel.endswith(".py"):
+                shutil.copy(path, folder / rel)
+    return folder / "probe.py"
+
+
 def probe(framework: str, fake_name: str, fake: str, tmp_path: Path, *args: str, **env: str):
     package = tmp_path / fake_name  # a stand-in package on PYTHONPATH
     package.mkdir(exist_ok=True)
     (package / "__init__.py").write_text(textwrap.dedent(fake))
-    script = ROOT / "dockerfiles" / framework / "probe.py"
     return subprocess.run(
-        [sys.executable, "-B", str(script), *args],
+        [sys.executable, "-B", str(packed_probe(framework, tmp_path)), *args],
         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", **env},
         cwd=tmp_path, capture_output=True, text=True, timeout=30,
     )
@@ -240,7 +253,7 @@ def test_devices_prints_the_count_first(framework, fake_name, fake, expected, tm
 
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "mxnet"])
 def test_a_missing_framework_fails_the_probe(framework, tmp_path):
-    result = subprocess.run([sys.executable, "-B", str(ROOT / "dockerfiles" / framework / "probe.py"), "devices"],
+    result = subprocess.run([sys.executable, "-B", str(packed_probe(framework, tmp_path)), "devices"],
                             env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1
     assert "ModuleNotFoundError" in result.stderr
@@ -248,7 +261,7 @@ def test_a_missing_framework_fails_the_probe(framework, tmp_path):
 
 @pytest.mark.parametrize("framework", ["pytorch", "tensorflow", "mxnet"])
 def test_unknown_mode_is_a_usage_error(framework, tmp_path):
-    result = subprocess.run([sys.executable, "-B", str(ROOT / "dockerfiles" / framework / "probe.py"), "train"],
+    result = subprocess.run([sys.executable, "-B", str(packed_probe(framework, tmp_path)), "train"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2
     assert "usage:" in result.stderr and "devices|" in result.stderr and "|matmul|check}" in result.stderr
@@ -367,26 +380,28 @@ def test_mxnet_kernels_run_on_the_gpu_or_fail(tmp_path):
     assert "no kernel image is available for execution on the device" in bad.stderr
 
 
-# --- the coverage rule, shared by the PyTorch and TensorFlow probes ------------------------
+# --- the coverage rule, one copy shared by the PyTorch and TensorFlow probes -------------
 
-def _load(framework: str):
-    spec = importlib.util.spec_from_file_location(f"probe_{framework}", ROOT / "dockerfiles" / framework / "probe.py")
+def _load_gpu_arch():
+    spec = importlib.util.spec_from_file_location("gpu_arch", ROOT / "dockerfiles" / "common" / "gpu_arch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-PROBES = {fw: _load(fw) for fw in ("pytorch", "tensorflow")}
+GPU_ARCH = _load_gpu_arch()
 
 
-def _shared_block(framework: str) -> str:
+@pytest.mark.parametrize("framework", ["pytorch", "tensorflow"])
+def test_the_coverage_rule_is_one_copy_packed_beside_each_probe(framework):
+    # the probe imports the shared rule and keeps no copy of its own
     text = (ROOT / "dockerfiles" / framework / "probe.py").read_text()
-    return text[text.index("_ARCH = re.compile"):text.index("def devices")]
-
-
-def test_the_coverage_rule_is_one_copy():
-    # each build context is its own folder, so the rule is copied; keep the copies equal
-    assert _shared_block("tensorflow") == _shared_block("pytorch")
+    assert "from gpu_arch import check_arch" in text
+    assert "def covering" not in text and "def parse_arch" not in text and "_ARCH = " not in text
+    # and the packed build context carries it (the Dockerfile copies it next to probe.py)
+    files = context_files(ROOT / "dockerfiles" / framework, ROOT / "dockerfiles" / "common")
+    assert files["gpu_arch.py"] == ROOT / "dockerfiles" / "common" / "gpu_arch.py"
+    assert not (ROOT / "dockerfiles" / framework / "gpu_arch.py").exists()
 
 
 @pytest.mark.parametrize(
@@ -410,8 +425,7 @@ def test_the_coverage_rule_is_one_copy():
     ],
 )
 def test_covering(archs, cc, expected):
-    for module in PROBES.values():
-        assert module.covering(archs, cc) == expected
+    assert GPU_ARCH.covering(archs, cc) == expected
 
 
 cc_strategy = st.tuples(st.integers(5, 12), st.integers(0, 9))
@@ -429,4 +443,4 @@ def test_covering_agrees_with_the_service_rule(entries, gpu):
         if a.ptx:
             arch_list.append(f"compute_{a.cc[0]}{a.cc[1]}")
     expected = any(a.covers(gpu) for a in archs)
-    assert (PROBES["pytorch"].covering(arch_list, gpu) is not None) == expected
+    assert (GPU_ARCH.covering(arch_list, gpu) is not None) == expected

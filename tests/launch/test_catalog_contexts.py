@@ -101,6 +101,21 @@ def test_the_context_tarball_carries_the_lock_and_is_reproducible(catalog):
     assert tf["lock-pinned.txt"] == b"", "TensorFlow's lock is hashed through"
 
 
+def test_every_combination_the_catalog_accepts_launches_with_its_locked_context(catalog, links):
+    # GIVEN every framework x version x CUDA x Python the catalog accepts at submit
+    contexts = cc.CatalogContexts(catalog, links)
+    seen = set()
+    for framework in LOCKED:
+        spec = catalog.spec(framework)
+        for r in spec.combinations():
+            rec = record_for(catalog, framework, version=r.version, cuda=r.cuda, python=r.python)
+            # WHEN the launcher prepares it THEN it gets a presigned URL of a context with its own lock
+            source = contexts.source_for(BuildRecord.of(rec), 3600)
+            assert source["context_url"].startswith(f"https://{BUCKET}.s3.amazonaws.com/catalog/sha256/")
+            seen.add(source["context_sha256"])
+    assert len(seen) == sum(len(catalog.spec(fw).combinations()) for fw in LOCKED), "one context per combination"
+
+
 def test_the_canary_has_no_lock_and_keeps_its_context_inline(catalog, links):
     rec = record_for(catalog, "canary")
     assert cc.CatalogContexts(catalog, links).source_for(BuildRecord.of(rec), 3600) == {}
@@ -108,9 +123,18 @@ def test_the_canary_has_no_lock_and_keeps_its_context_inline(catalog, links):
     assert "readonly CONTEXT_B64=H4sI" in script and "CONTEXT_URL" not in script
 
 
-def test_a_combination_without_a_lock_fails_the_render_naming_make_lock(catalog, links):
+def _copy_without_a_lock(catalog, root: Path):
+    """The catalog copied to ``root`` with one PyTorch combination's lock removed: that combination."""
+    for folder in ("buildspecs", "dockerfiles"):
+        shutil.copytree(catalog.root / folder, root / folder)
     spec = catalog.spec("pytorch")
-    unlocked = next(r for r in spec.combinations() if not cc.lock_path(catalog, r).is_file())
+    unlocked = next(r for r in spec.combinations() if r != spec.resolve(None, None, None))
+    (root / "buildspecs" / "locks" / "pytorch" / f"{cc.lock_name(unlocked)}.txt").unlink()
+    return load_catalog(root), unlocked
+
+
+def test_a_combination_without_a_lock_fails_the_render_naming_make_lock(catalog, links, tmp_path):
+    catalog, unlocked = _copy_without_a_lock(catalog, tmp_path / "repo")
     rec = record_for(catalog, "pytorch", version=unlocked.version, cuda=unlocked.cuda, python=unlocked.python)
     name = f"buildspecs/locks/pytorch/{cc.lock_name(unlocked)}.txt"
     with pytest.raises(RenderError, match="make lock") as e:
@@ -122,10 +146,11 @@ def test_a_combination_without_a_lock_fails_the_render_naming_make_lock(catalog,
 
 def test_the_bundle_manifest_names_what_the_deploy_uploads_and_the_launcher_reads_it(catalog, links, tmp_path):
     # GIVEN `make package`'s bundle (the catalog beside the manifest) and the objects it uploads
+    # (one combination's lock missing, as when a buildspec gained one and `make lock` was not run)
     root, objects = tmp_path / "bundle", tmp_path / "objects"
-    for folder in ("buildspecs", "dockerfiles"):
-        shutil.copytree(catalog.root / folder, root / folder)
+    _, unlocked = _copy_without_a_lock(catalog, root)
     manifest = cc.write_bundle(load_catalog(root), root, objects)
+    assert f"pytorch/{cc.lock_name(unlocked)}" not in manifest
     assert set(manifest) >= {f"{fw}/{cc.lock_name(catalog.spec(fw).resolve(None, None, None))}" for fw in LOCKED}
     for digest in manifest.values():
         data = (objects / cc.key_of(digest)).read_bytes()
@@ -136,8 +161,6 @@ def test_the_bundle_manifest_names_what_the_deploy_uploads_and_the_launcher_read
     source = cc.CatalogContexts(load_catalog(root), links).source_for(rec, 3600)
     assert source["context_sha256"] == manifest["pytorch/2.14.1-cu126-py312"]
     assert "readonly CONTEXT_URL=" in _render(load_catalog(root), record_for(catalog, "pytorch"), **source)
-    spec = catalog.spec("pytorch")
-    unlocked = next(r for r in spec.combinations() if f"pytorch/{cc.lock_name(r)}" not in manifest)
     with pytest.raises(cc.MissingLock, match="make lock"):
         cc.CatalogContexts(load_catalog(root), links).source_for(BuildRecord.of(record_for(
             catalog, "pytorch", version=unlocked.version, cuda=unlocked.cuda, python=unlocked.python)), 3600)
