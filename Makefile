@@ -17,7 +17,7 @@ help:
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
 	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
 	@echo "make catalog-refresh  list PyPI releases newer than the catalog; writes dist/catalog-refresh/catalog.patch"
-	@echo "make lock     resolve the images' lock files into buildspecs/locks/ (ALL=1: every combination)"
+	@echo "make lock     resolve every combination's lock file into buildspecs/locks/ (reuses the ones up to date)"
 	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
 	@echo "make deploy   package and deploy to the AWS account of your credentials (STAGE=dev|prod)"
 
