@@ -142,7 +142,7 @@ def notifier():
         WebhookDirectory(client("ssm"), s.slack_parameter_prefix, ttl_seconds=s.slack_webhook_cache_seconds),
         SlackSender(timeout=s.notify_timeout_seconds),
         api_url=s.api_url, channels=s.slack_channels, notify_on_start=s.notify_on_start,
-        max_attempts=s.notify_max_attempts,
+        max_attempts=s.notify_max_attempts, costs=costs(),
     )
 
 

@@ -129,8 +129,23 @@ class Cost(BaseModel):
 
     @property
     def display(self) -> str:
-        """USD rounded to cents (half up), e.g. ``$1.23``; ``~`` marks an estimate."""
-        return f"{'~' if self.estimated else ''}${self.usd.quantize(CENT, rounding=ROUND_HALF_UP)}"
+        """USD for people, e.g. ``$1.23``; ``~`` marks an estimate (see :func:`usd_text`)."""
+        return f"{'~' if self.estimated else ''}{usd_text(self.usd)}"
+
+
+SUB_CENT = Decimal("0.0001")
+
+
+def usd_text(usd: Decimal) -> str:
+    """USD rounded to cents (half up), e.g. ``$1.23``; an amount under half a cent, where
+    cents would say ``$0.00`` for a build that did cost something, to a hundredth of a cent
+    (``$0.0012``; ``<$0.0001`` below that). $0 is ``$0.00``. Every place that shows a cost
+    (the Slack messages, the CLI) shows it through this, so they all say the same."""
+    if usd == 0 or usd >= CENT / 2:
+        return f"${usd.quantize(CENT, rounding=ROUND_HALF_UP)}"
+    if usd < SUB_CENT / 2:
+        return "<$0.0001"
+    return f"${usd.quantize(SUB_CENT, rounding=ROUND_HALF_UP)}"
 
 
 def _utc(dt: datetime) -> datetime:

@@ -311,7 +311,7 @@ class Lifecycle:
                     costagg.update_items(self.store.table_name, booking), expect=[record.status],
                     extra_condition=condition)
                 record = record.model_copy(update={"instance_terminated_at": at})
-            metrics.instance_terminated(record)
+            metrics.instance_terminated(record, cost)
         except InvalidTransition as e:
             log.info("ignored: %s", e)
 

@@ -29,11 +29,13 @@ from collections.abc import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import metrics
+from chalicelib import clock, metrics
 from chalicelib.builds.records import BuildRecord, DeliveryClaim
+from chalicelib.builds.schemas import Build
 from chalicelib.builds.states import FINAL, Status
 from chalicelib.builds.store import BuildStore
 from chalicelib.clock import now_iso
+from chalicelib.costs.build_costs import BuildCosts
 from chalicelib.errors import BuildNotFound
 from chalicelib.notifications.notify_events import NotifyEvent
 from chalicelib.notifications.slack_delivery import Delivery, SlackSender
@@ -53,7 +55,7 @@ class Notifier:
     def __init__(self, store: BuildStore, queue: Queue, webhooks: WebhookDirectory, sender: SlackSender, *,
                  api_url: str = "", channels: tuple[str, ...] = ("default",), notify_on_start: bool = False,
                  max_attempts: int = 5, retry_base_seconds: float = 30, lease_seconds: int = 50,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, costs: BuildCosts | None = None) -> None:
         self.store = store
         self.queue = queue
         self.webhooks = webhooks
@@ -65,6 +67,7 @@ class Notifier:
         self.retry_base_seconds = retry_base_seconds
         self.lease_seconds = lease_seconds
         self.clock = clock
+        self.costs = costs  # the one cost function (GET /builds/{id}'s): the message shows what the API shows
 
     def handle(self, ev: NotifyEvent) -> str:
         """Process one queue message; returns what happened: ``sent``, ``retrying``,
@@ -125,8 +128,13 @@ class Notifier:
             log.info("notify: build %s %s message is being sent or was sent; duplicate dropped", build.id, ev.event)
             return "duplicate", True
         result = webhook if isinstance(webhook, Delivery) else self.sender.send(
-            webhook, build_message(build.public(), api_url=self.api_url, started=started))
+            webhook, build_message(self.priced(build), api_url=self.api_url, started=started))
         return self._finish(build, ev, claim, result, started), True
+
+    def priced(self, build: BuildRecord) -> Build:
+        """The build as the API shows it, with its cost as of now (``BuildCosts.cost``)."""
+        public = build.public()
+        return self.costs.with_cost(public, clock.now()) if self.costs is not None else public
 
     # ---- steps --------------------------------------------------------------------
     def _webhook(self, channel: str) -> str | Delivery:

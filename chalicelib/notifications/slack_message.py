@@ -1,9 +1,12 @@
 """The Slack message about a build: Block Kit blocks plus a plain-text fallback, for its
-final outcome or for its start. Pure: no I/O."""
+final outcome or for its start. Pure: no I/O.
+
+The cost it shows is ``build.cost``, which the caller fills in with the one cost function
+(``costs.build_costs.BuildCosts.cost``, as ``GET /builds/{id}`` and the ``BuildCostUSD``
+metric do), so the message, the API and the metric always say the same for a build."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,26 +47,6 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
     return (parse(end) - parse(start)).total_seconds()
-
-
-@dataclass(frozen=True)
-class Cost:
-    usd: float
-    billed_seconds: int
-    price_per_hour: float
-    lifecycle: str
-
-
-def estimate_cost(build: Build) -> Cost | None:
-    """The recorded hourly price × billed time (launch to finish, per second, at least
-    60 s, as EC2 bills Linux instances). None when no price or launch time was recorded."""
-    inst = build.instance
-    if inst is None or inst.price is None or not inst.launched_at or not build.finished_at:
-        return None
-    ran = _seconds_between(inst.launched_at, build.finished_at) or 0.0
-    billed = max(60, math.ceil(ran))
-    return Cost(usd=inst.price * billed / 3600, billed_seconds=billed, price_per_hour=inst.price,
-                lifecycle=inst.lifecycle)
 
 
 def image_size_text(n: int | None) -> str | None:
@@ -195,9 +178,9 @@ def start_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
 def final_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
     """The final-outcome message: the facts, duration, cost, image, reason and log tail."""
     f = _Facts.of(build, build.status, api_url)
-    duration, cost_text = _duration_text(build), _cost_text(build)
+    duration, cost = _duration_text(build), cost_text(build)
     reason, log_tail = _reason_parts(build.reason)
-    blocks = f.top([*f.fields(build), f"*Duration*\n{escape(duration)}", f"*Estimated cost*\n{escape(cost_text)}"])
+    blocks = f.top([*f.fields(build), f"*Duration*\n{escape(duration)}", f"*Cost*\n{escape(cost)}"])
     blocks.append(f.image() if f.uris else _section("*Image*\nnot pushed"))
     if reason:
         blocks.append(_section(f"*Reason*\n{escape(reason)}"[:_SECTION_MAX]))
@@ -206,7 +189,7 @@ def final_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
     blocks.append(f.context())
 
     parts = [f"{f.headline} ({f.stack})", f"duration {duration}", f"instance {f.instance}",
-             f"estimated cost {cost_text}"]
+             f"cost {cost}"]
     if f.uris:
         parts.append(f.image_text())
     if reason:
@@ -229,11 +212,14 @@ def _duration_text(build: Build) -> str:
     return duration + longest_note(build)  # where the time went (chalicelib/builds/segments.py)
 
 
-def _cost_text(build: Build) -> str:
-    cost = estimate_cost(build)
-    if cost:
-        return (f"~${cost.usd:.2f} ({cost.lifecycle}: ${cost.price_per_hour:.4g}/h × "
-                f"{format_duration(cost.billed_seconds)} billed)")
-    if build.instance is None:
+def cost_text(build: Build) -> str:
+    """The build's cost as the API computed it (``build.cost``): USD, price, lifecycle and
+    billed time, and whether it is still an estimate (the instance not yet terminated)."""
+    cost = build.cost
+    if build.instance is None or (cost is not None and not cost.instances):
         return "$0.00 (no instance was launched)"
-    return "unknown (no price or launch time recorded)"
+    if cost is None:
+        return "unknown (no price recorded for this instance)"
+    text = (f"{cost.display} ({cost.lifecycle}: ${cost.price_per_hour.normalize():f}/h × "
+            f"{format_duration(cost.billed_seconds)} billed")
+    return text + (", an estimate until the instance is terminated)" if cost.estimated else ")")
