@@ -32,6 +32,9 @@ class NotifyOptions(BaseModel):
     channel: ChannelName | None = Field(
         None, description="a channel name the deployment configured (never a webhook URL)"
     )
+    cells: bool = Field(False, description=(
+        "a matrix only: also one message per cell as it ends (by default a matrix sends one message, for the "
+        "whole group, when its last cell ends)"))
 
 
 class BuildRequest(BaseModel):

@@ -9,8 +9,9 @@ build is a lower bound until the record keeps every attempt's instance.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from chalicelib.builds.schemas import Build
@@ -27,6 +28,7 @@ class BuildCosts:
         self.catalog = catalog
         self.price_table = dict(price_table)
         self.price_ceiling = price_ceiling
+        self.watch: BudgetWatch | None = None  # the MONTHLY_BUDGET_USD alert (wiring sets it)
 
     def root_volume_gb(self, build: Build) -> int:
         return launch_spec(self.catalog, build).root_volume_gb
@@ -45,6 +47,12 @@ class BuildCosts:
         usage = billing.usage_from_instance(build.instance.model_dump(), root_volume_gb=volume,
                                             price_table=self.price_table, terminated_at=terminated)
         return None if usage is None else billing.build_cost([usage], now)
+
+    def booked(self, booking: costagg.Booking) -> None:
+        """A final cost was just booked (``Lifecycle._note_terminated``): the budget alert
+        may be due (``BudgetWatch``)."""
+        if self.watch is not None:
+            self.watch.booked(booking.day)
 
     def with_cost(self, build: Build, now: datetime) -> Build:
         return build.model_copy(update={"cost": self.cost(build, now)})
@@ -91,3 +99,43 @@ class Budget:
                 continue
         return billing.check_budget(self.costs.worst_cases(builds), budget_usd=self.budget_usd,
                                     spent_usd=spent_with_active(booked, active_worst, at), at=at)
+
+
+class BudgetWatch:
+    """The MONTHLY_BUDGET_USD alert: once the month's booked costs reach 80% of the budget
+    (``costagg.BUDGET_ALERT_FRACTION``), a Slack message, once per month and stage. Every
+    booking past the line asks for it (``notify(month)``: a notify-queue message) until the
+    month's alert is recorded; the notifier claims it with one conditional write, so however
+    many bookings race, one message goes out. Cost: one read of the month's day aggregates
+    per booking (at most 31 items), one more while the alert is due."""
+
+    def __init__(self, aggregates: costagg.CostAggregates, budget_usd: Decimal, *,
+                 notify: Callable[[str], None], alerted: Callable[[str], bool]) -> None:
+        self.aggregates = aggregates
+        self.budget_usd = budget_usd
+        self.fraction = costagg.BUDGET_ALERT_FRACTION
+        self.notify = notify
+        self.alerted = alerted
+
+    def spent(self, day: date) -> Decimal:
+        return self.aggregates.spent_this_month(day)
+
+    def due(self, day: date) -> Decimal | None:
+        """The month's spend when the alert is due, else None."""
+        spent = self.spent(day)
+        return spent if costagg.budget_alert_due(self.budget_usd, spent) else None
+
+    def booked(self, day: date) -> bool:
+        """After a booking on ``day``: ask for the month's alert if it is due and not yet sent."""
+        month = f"{day:%Y-%m}"
+        if self.due(day) is None or self.alerted(month):
+            return False
+        self.notify(month)
+        return True
+
+
+def month_end(month: str) -> date:
+    """The last day of ``month`` (``YYYY-MM``), or today when that month is this one."""
+    year, mon = (int(x) for x in month.split("-"))
+    last = date(year, mon, calendar.monthrange(year, mon)[1])
+    return min(last, now().date())

@@ -311,6 +311,7 @@ class Lifecycle:
                     costagg.update_items(self.store.table_name, booking), expect=[record.status],
                     extra_condition=condition)
                 record = record.model_copy(update={"instance_terminated_at": at})
+                self.costs.booked(booking)  # the MONTHLY_BUDGET_USD alert may be due (issue 22)
             metrics.instance_terminated(record, cost)
         except InvalidTransition as e:
             log.info("ignored: %s", e)
