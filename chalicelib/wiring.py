@@ -75,7 +75,8 @@ def costs():
     from chalicelib.costs.build_costs import BuildCosts
 
     s = settings()
-    costs = BuildCosts(catalog(), dict(s.spot_price_table), price_ceiling=s.max_price_ceiling)
+    costs = BuildCosts(catalog(), dict(s.spot_price_table), price_ceiling=s.max_price_ceiling,
+                       on_demand_table=dict(s.on_demand_price_table))
     costs.watch = budget_watch()
     return costs
 

@@ -99,6 +99,13 @@ class InstanceInfo(BaseModel):
     launched_at: str | None = None
 
 
+class PastInstance(InstanceInfo):
+    """An earlier attempt's instance (a spot reclaim, a host failure): kept for its cost."""
+
+    left_at: str | None = Field(None, description="when the build left it for another attempt (its own "
+                                                   "termination is not recorded: no event finds the build then)")
+
+
 class TimelineEvent(BaseModel):
     at: str
     status: Status
@@ -142,6 +149,8 @@ class Build(BaseModel):
     notify: NotifyOptions
     image: ImageInfo
     instance: InstanceInfo | None = None
+    past_instances: list[PastInstance] = Field(default_factory=list, description=(
+        "earlier attempts' instances (issue 22), each counted in the cost"))
     attempt: int = 1
     max_attempts: int = 3
     reason: str | None = None
