@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 
+from chalicelib import clock
 from chalicelib.builds.schemas import Build
 from chalicelib.clock import now, parse
 from chalicelib.costs import billing, costagg
@@ -148,4 +149,4 @@ def month_end(month: str) -> date:
     """The last day of ``month`` (``YYYY-MM``), or today when that month is this one."""
     year, mon = (int(x) for x in month.split("-"))
     last = date(year, mon, calendar.monthrange(year, mon)[1])
-    return min(last, now().date())
+    return min(last, clock.now().date())

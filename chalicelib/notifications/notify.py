@@ -30,12 +30,13 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib import clock as wall
 from chalicelib import metrics
 from chalicelib.builds.records import BuildRecord, DeliveryClaim
 from chalicelib.builds.schemas import Build
 from chalicelib.builds.states import FINAL, Status
 from chalicelib.builds.store import GROUP_PREFIX, BuildStore
-from chalicelib.clock import now, now_iso
+from chalicelib.clock import now_iso
 from chalicelib.costs.build_costs import BudgetWatch, BuildCosts, month_end
 from chalicelib.errors import BuildNotFound
 from chalicelib.notifications.notify_events import NotifyEvent
@@ -137,7 +138,7 @@ class Notifier:
     def priced(self, build: BuildRecord) -> Build:
         """The build as the API shows it, with its cost as of now (``BuildCosts.cost``)."""
         public = build.public()
-        return self.costs.with_cost(public, now()) if self.costs is not None else public
+        return self.costs.with_cost(public, wall.now()) if self.costs is not None else public
 
     # ---- a matrix's one message (issue 22) -------------------------------------------
     def group(self, group_id: str, ev: NotifyEvent) -> str:

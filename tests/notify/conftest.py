@@ -199,7 +199,8 @@ def make_group(aws):
         assert created
         return group.id, [c.id for c in group.cells]
 
-    def finish(build_id: str, final: Status = Status.SUCCEEDED, reason: str | None = None) -> None:
+    def finish(build_id: str, final: Status = Status.SUCCEEDED, reason: str | None = None,
+               terminated_after: int | None = None) -> None:
         t = wiring.transitions()
         build = wiring.store().get_record(build_id)
         iid = "i-" + build_id[2:19]
@@ -214,6 +215,12 @@ def make_group(aws):
             fields["image"] = {"repository": build.image.repository, "tags": build.image.tags,
                                "digest": "sha256:" + "cd" * 32}
         t.move(build_id, final, fields=fields, message=f"build {final.value.lower()}")
+        if terminated_after is not None:  # EC2 said the instance terminated: the cost is final
+            from datetime import timedelta
+
+            from chalicelib import clock
+            at = clock.iso(clock.parse(build.created_at) + timedelta(seconds=terminated_after))
+            wiring.store().update_fields(build_id, {"instance_terminated_at": at}, expect=[final])
 
     make.finish = finish
     return make

@@ -29,7 +29,7 @@ def test_a_group_sends_one_message_when_its_last_cell_ends(aws, slack, sink, mak
     # GIVEN a 2-cell matrix whose first cell has ended
     group_id, (first, second) = make_group()
     notifier = notifier_factory(costs=wiring.costs())
-    make_group.finish(first)
+    make_group.finish(first, terminated_after=3600)
     [ev] = final_events(aws)
     # WHEN its final message is handled: nothing is sent yet, but its quota slot is back
     assert notifier.handle(ev) == "waiting"
@@ -37,7 +37,7 @@ def test_a_group_sends_one_message_when_its_last_cell_ends(aws, slack, sink, mak
     assert first not in wiring.store().slot_holders() and second in wiring.store().slot_holders()
     assert wiring.store().get_record(first).notification.status == "skipped"
     # WHEN the last cell ends
-    make_group.finish(second)
+    make_group.finish(second, terminated_after=90)
     [ev] = final_events(aws)
     assert notifier.handle(ev) == "sent"
     # THEN one message, about the group, with a row per cell
@@ -46,10 +46,11 @@ def test_a_group_sends_one_message_when_its_last_cell_ends(aws, slack, sink, mak
     rows = table(msg)
     assert rows[0] == ["cell", "outcome", "duration", "cost"]
     assert [r[:2] for r in rows[1:]] == [["version=2.5.1", "succeeded"], ["version=2.6.0", "succeeded"]]
-    # each cell's cost is the one GET /builds/{id} shows (an estimate: no instance is terminated yet)
+    # each cell's cost is the one GET /builds/{id} shows (final: both instances are terminated)
     for row, cell in zip(rows[1:], (first, second), strict=True):
         cost = wiring.builds().get(cell).cost
-        assert cost.estimated and row[3] == cost.display
+        assert not cost.estimated and row[3] == cost.display
+    assert [r[3] for r in rows[1:]] == ["$0.42", "$0.01"]  # 0.4 $/h for an hour + its 200 GB of gp3; 90 s
     assert f"voltabuild group {group_id}" in msg["text"] and f"/groups/{group_id}" in msg["text"]
     # and the group records it; a duplicate of either cell's message sends nothing more
     assert wiring.store().get_group(group_id)["notification"]["status"] == "sent"
