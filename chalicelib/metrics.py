@@ -23,6 +23,7 @@ from typing import Any
 from chalicelib import clock, observability
 from chalicelib.builds.schemas import Build
 from chalicelib.builds.segments import segment_durations
+from chalicelib.costs.billing import Cost
 
 NAMESPACE = "voltabuild"
 STAGE = "Stage"
@@ -64,9 +65,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "total: accepted to final; terminate_lag: final to the instance's termination)",
            "chalicelib/builds/transitions.py Transitions.move (final); chalicelib/events/lifecycle.py (terminate_lag)",
            (("Segment",),), {"Segment": SEGMENTS}),
-    Metric("BuildCostUSD", "None", "a finished build's instance cost: its last attempt's price at launch x the "
-           "hours from that launch to the end (earlier, interrupted attempts and unknown prices are not counted)",
-           "chalicelib/builds/transitions.py Transitions.move (final)", ((), ("Framework",))),
+    Metric("BuildCostUSD", "None", "a finished build's cost in USD, once its instance is terminated: the very "
+           "figure GET /builds/{id} shows and the per-day aggregates book (chalicelib/costs/build_costs.py: every "
+           "attempt's instance, per second with the 60 s minimum, launch to terminated, root volume included); "
+           "a build whose instance's price is unknown is not counted",
+           "chalicelib/events/lifecycle.py Lifecycle._note_terminated", ((), ("Framework",))),
     Metric("SpotInterruptions", "Count", "spot interruption warnings and reclaimed spot instances",
            "chalicelib/events/lifecycle.py Lifecycle.relaunch"),
     Metric("Relaunches", "Count", "builds queued again as a new attempt (spot interruption, host failure)",
@@ -153,15 +156,13 @@ def host_cause(reason: str) -> str:
 
 
 def build_finished(item: Build) -> None:
-    """A build reached a final state: its outcome, its segments and, where known, its cost."""
+    """A build reached a final state: its outcome and its segments. Its cost is counted when
+    its instance is terminated (:func:`instance_terminated`): only then is it final."""
     outcome, framework = item.status.value, item.framework or "unknown"
     emit("BuildsFinished", Outcome=outcome, Framework=framework)
     segments = build_segments(item)
     for name, seconds in segments.items():
         emit("BuildSegmentSeconds", seconds, Segment=name)
-    cost = build_cost(item)
-    if cost is not None:
-        emit("BuildCostUSD", cost, Framework=framework)
 
 
 def _seconds(a: str | None, b: str | None) -> float | None:
@@ -180,23 +181,14 @@ def build_segments(item: Build) -> dict[str, float]:
     return out
 
 
-def instance_terminated(item: Build) -> None:
-    """A final build's instance is gone (``instance_terminated_at`` set): its terminate lag."""
+def instance_terminated(item: Build, cost: Cost | None = None) -> None:
+    """A final build's instance is gone (``instance_terminated_at`` set): its terminate lag,
+    and its final ``cost`` (``BuildCosts.cost``, the one booked; None: unknown, not counted)."""
     lag = segment_durations(item).get("terminate_lag")
     if lag is not None:
         emit("BuildSegmentSeconds", lag, Segment="terminate_lag")
-
-
-def build_cost(item: Build) -> float | None:
-    """Price at launch x hours from launch to the end; None when either is unknown."""
-    inst = item.instance
-    if inst is None:
-        return None
-    price = inst.price
-    secs = _seconds(inst.launched_at, item.finished_at)
-    if price is None or secs is None:
-        return None
-    return round(float(price) * secs / 3600, 6)
+    if cost is not None:
+        emit("BuildCostUSD", float(cost.usd), Framework=item.framework or "unknown")
 
 
 def reaper_ran(orphans_marked: int, orphans_terminated: int) -> None:

@@ -16,6 +16,9 @@ _AMI_SOURCE = re.compile(r"^(ami-[0-9a-f]{8,17}|/[A-Za-z0-9_./-]{1,2000})$")
 _FAMILY = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 # Spot prices (USD/hour) recorded when spot price history has none: rough us-east-1 figures.
 DEFAULT_SPOT_PRICES = "p3.2xlarge=0.92,g4dn.xlarge=0.22,g5.xlarge=0.42,g6.xlarge=0.36"
+# us-east-1 Linux on-demand list prices, USD/h: the facts and their sources are
+# chalicelib/costs/billing.py ON_DEMAND_FACTS (some unconfirmed); a deployment sets its own
+DEFAULT_ON_DEMAND_PRICES = "p3.2xlarge=3.06,g4dn.xlarge=0.526,g5.xlarge=1.006,g6.xlarge=0.8048"
 
 
 def _prices(value: str | None) -> tuple[tuple[str, float], ...]:
@@ -97,6 +100,7 @@ class Settings:
     on_demand_fallback: bool = False
     launch_max_retries: int = 5
     spot_price_table: tuple[tuple[str, float], ...] = ()
+    on_demand_price_table: tuple[tuple[str, float], ...] = ()  # what an on-demand instance costs (issue 22)
     heartbeat_seconds: int = 60
     vcs_ref: str = "unknown"
     vcs_url: str = ""
@@ -156,6 +160,7 @@ class Settings:
             on_demand_fallback=env.get("ON_DEMAND_FALLBACK", "off").strip().lower() in ("1", "true", "yes", "on"),
             launch_max_retries=int(env.get("LAUNCH_MAX_RETRIES", "5")),
             spot_price_table=_prices(env.get("SPOT_PRICE_TABLE", DEFAULT_SPOT_PRICES)),
+            on_demand_price_table=_prices(env.get("ON_DEMAND_PRICE_TABLE", DEFAULT_ON_DEMAND_PRICES)),
             heartbeat_seconds=int(env.get("HEARTBEAT_SECONDS", "60")),
             vcs_ref=env.get("VCS_REF") or "unknown",
             vcs_url=env.get("VCS_URL", ""),

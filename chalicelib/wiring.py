@@ -75,7 +75,24 @@ def costs():
     from chalicelib.costs.build_costs import BuildCosts
 
     s = settings()
-    return BuildCosts(catalog(), dict(s.spot_price_table), price_ceiling=s.max_price_ceiling)
+    costs = BuildCosts(catalog(), dict(s.spot_price_table), price_ceiling=s.max_price_ceiling,
+                       on_demand_table=dict(s.on_demand_price_table))
+    costs.watch = budget_watch()
+    return costs
+
+
+@cache
+def budget_watch():
+    """The MONTHLY_BUDGET_USD Slack alert at 80% spent, or None when the stage sets no budget."""
+    from chalicelib.costs.build_costs import BudgetWatch
+    from chalicelib.notifications.notify_events import enqueue_budget
+
+    limit = settings().monthly_budget_usd
+    if limit is None:
+        return None
+    done = ("sent", "failed", "skipped", "unconfirmed")
+    return BudgetWatch(cost_aggregates(), limit, notify=lambda month: enqueue_budget(notify_queue(), month),
+                       alerted=lambda month: (store().get_notice(f"budget-alert#{month}") or {}).get("status") in done)
 
 
 @cache
@@ -142,7 +159,7 @@ def notifier():
         WebhookDirectory(client("ssm"), s.slack_parameter_prefix, ttl_seconds=s.slack_webhook_cache_seconds),
         SlackSender(timeout=s.notify_timeout_seconds),
         api_url=s.api_url, channels=s.slack_channels, notify_on_start=s.notify_on_start,
-        max_attempts=s.notify_max_attempts,
+        max_attempts=s.notify_max_attempts, costs=costs(), budget=budget_watch(), stage=s.stage,
     )
 
 
@@ -250,7 +267,7 @@ def reset() -> None:
     for fn in (launcher, reports, build_logs, relauncher):
         fn.cache_clear()
     contexts.cache_clear()  # issue 20
-    for fn in (costs, cost_aggregates, budget, groups):  # issue 22
+    for fn in (costs, cost_aggregates, budget, groups, budget_watch):  # issue 22
         fn.cache_clear()
     context_links.cache_clear()
 

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from chalicelib.builds.schemas import Build, BuildRequest, ShortStr
+from chalicelib.builds.schemas import AnyArgName, Build, BuildRequest, ShortStr
 from chalicelib.errors import BadRequest
 
 AXES: tuple[str, ...] = ("version", "cuda", "python")
@@ -43,7 +43,11 @@ Axis = Literal["version", "cuda", "python"]
 MAX_CELLS = 32
 
 Values = Annotated[list[ShortStr], Field(min_length=1, max_length=MAX_CELLS)]
-Entry = Annotated[dict[Axis, ShortStr], Field(min_length=1)]
+ArgValues = Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Field(min_length=1,
+                                                                                     max_length=MAX_CELLS)]
+# an include/exclude entry names the version/cuda/python axes or a build-arg axis
+Entry = Annotated[dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
+                       Annotated[str, StringConstraints(max_length=256)]], Field(min_length=1)]
 
 
 class Matrix(BaseModel):
@@ -54,17 +58,31 @@ class Matrix(BaseModel):
     version: Values | None = None
     cuda: Values | None = None
     python: Values | None = None
+    build_args: dict[AnyArgName, ArgValues] | None = Field(None, description=(
+        "build-arg axes (issue 22): NAME -> values, each checked as the request's build_args are; "
+        "after version, cuda and python in the product"), max_length=8)
     exclude: list[Entry] = Field(default_factory=list, max_length=MAX_CELLS * 4)
     include: list[Entry] = Field(default_factory=list, max_length=MAX_CELLS)
 
     @model_validator(mode="after")
     def _something_to_build(self) -> Matrix:
         if not self.axes() and not self.include:
-            raise ValueError("a matrix needs at least one of version, cuda, python (a list) or an include list")
+            raise ValueError("a matrix needs at least one of version, cuda, python, build_args (lists) or an "
+                             "include list")
+        names = set(AXES) | set(self.build_args or {})
+        for entry in (*self.exclude, *self.include):
+            unknown = sorted(set(entry) - names)
+            if unknown:
+                raise ValueError(f"an include/exclude entry names {', '.join(unknown)}: not an axis (version, cuda, "
+                                 "python, or a build arg of matrix.build_args)")
         return self
 
     def axes(self) -> dict[str, list[str]]:
-        return {a: getattr(self, a) for a in AXES if getattr(self, a) is not None}
+        """Every axis in product order: version, cuda, python, then the build args."""
+        return {**{a: getattr(self, a) for a in AXES if getattr(self, a) is not None}, **(self.build_args or {})}
+
+    def arg_names(self) -> set[str]:
+        return set(self.build_args or {})
 
 
 class MatrixRequest(BuildRequest):
@@ -78,6 +96,7 @@ class MatrixRequest(BuildRequest):
     def _axes_not_twice(self) -> MatrixRequest:
         used = set(self.matrix.axes()) | {k for e in self.matrix.include for k in e}
         twice = [a for a in AXES if a in used and getattr(self, a) is not None]
+        twice += [f"build_args.{a}" for a in sorted(self.matrix.arg_names() & set(self.build_args))]
         if twice:
             raise ValueError(f"{', '.join(twice)}: given both outside and inside the matrix; give each in one place")
         return self
@@ -104,7 +123,7 @@ def combinations(m: Matrix) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     seen: set[tuple] = set()
     for c in combos + extra:
-        key = tuple(c.get(a) for a in AXES)
+        key = tuple(sorted(c.items()))
         if key not in seen:
             seen.add(key)
             out.append(c)
@@ -143,6 +162,10 @@ class MatrixRefused(BadRequest):
         self.refused = refused
 
 
+def _describe(values: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+
+
 def expand(base: BuildRequest, m: Matrix, plan: Callable[[BuildRequest], Build], *,
            skip_invalid: bool = False) -> Expansion:
     """Plan every cell of ``m`` over ``base`` with ``plan`` (``BuildService.plan``).
@@ -156,16 +179,29 @@ def expand(base: BuildRequest, m: Matrix, plan: Callable[[BuildRequest], Build],
     cells: list[Cell] = []
     refused: list[Refused] = []
     resolved: set[tuple[str, str, str]] = set()
+    arg_names = m.arg_names()
+    first_tag: dict[str, dict[str, str]] = {}
     for values in combos:
+        axis = {k: v for k, v in values.items() if k not in arg_names}
+        args = {k: v for k, v in values.items() if k in arg_names}
+        request = base.model_copy(update={**axis, **({"build_args": {**base.build_args, **args}} if args else {})})
         try:
-            build = plan(base.model_copy(update=values))
+            build = plan(request)
         except BadRequest as e:
             refused.append(Refused(values, e.message, e.field))
             continue
-        key = (build.version, build.cuda, build.python)
-        if key not in resolved:  # the same build through the catalog's defaults
-            resolved.add(key)
-            cells.append(Cell(values, build))
+        key = (build.version, build.cuda, build.python, tuple(sorted(build.build_args.items())))
+        if key in resolved:  # the same build through the catalog's defaults
+            continue
+        resolved.add(key)
+        tag = build.image.tags[0] if build.image.tags else ""
+        if tag and tag in first_tag:  # a build arg that does not make a variant: the same image tags
+            refused.append(Refused(values, f"it would push the same tags ({tag}, ...) as "
+                                           f"{_describe(first_tag[tag])}: a build arg that does not change what "
+                                           "is built makes no image of its own", "matrix"))
+            continue
+        first_tag[tag] = values
+        cells.append(Cell(values, build))
     if refused and (not skip_invalid or not cells):
         what = "every cell was refused" if not cells else f"{len(refused)} of {len(combos)} cells refused"
         hint = "" if not cells else "; send skip_invalid: true to build the others"

@@ -32,6 +32,9 @@ class NotifyOptions(BaseModel):
     channel: ChannelName | None = Field(
         None, description="a channel name the deployment configured (never a webhook URL)"
     )
+    cells: bool = Field(False, description=(
+        "a matrix only: also one message per cell as it ends (by default a matrix sends one message, for the "
+        "whole group, when its last cell ends)"))
 
 
 class BuildRequest(BaseModel):
@@ -96,6 +99,13 @@ class InstanceInfo(BaseModel):
     launched_at: str | None = None
 
 
+class PastInstance(InstanceInfo):
+    """An earlier attempt's instance (a spot reclaim, a host failure): kept for its cost."""
+
+    left_at: str | None = Field(None, description="when the build left it for another attempt (its own "
+                                                   "termination is not recorded: no event finds the build then)")
+
+
 class TimelineEvent(BaseModel):
     at: str
     status: Status
@@ -139,6 +149,8 @@ class Build(BaseModel):
     notify: NotifyOptions
     image: ImageInfo
     instance: InstanceInfo | None = None
+    past_instances: list[PastInstance] = Field(default_factory=list, description=(
+        "earlier attempts' instances (issue 22), each counted in the cost"))
     attempt: int = 1
     max_attempts: int = 3
     reason: str | None = None

@@ -676,6 +676,40 @@ class BuildStore:
         self._leave(leave)
         return written
 
+    # ---- messages about no one build: a group's, the budget alert (issue 22) --------------
+    def get_notice(self, item_id: str) -> dict[str, Any] | None:
+        """The notifier's bookkeeping (``notification``) on item ``item_id``, or None."""
+        resp = self._db.get_item(TableName=self._table, Key={"id": {"S": item_id}}, ConsistentRead=True,
+                                 ProjectionExpression="notification")
+        return from_item(resp.get("Item") or {}).get("notification")
+
+    def record_notice(self, item_id: str, kind: str, value: dict[str, Any], prev_token: str | None, *,
+                      create: bool = False) -> bool:
+        """Write the notifier's bookkeeping of a message about no one build on item
+        ``item_id`` of ``kind`` (``group#<id>``: its group message; ``budget-alert#<month>``:
+        the budget alert), if nobody changed it since it held ``prev_token`` (None: since it
+        did not exist): one conditional UpdateItem, so of racing writers exactly one wins.
+        ``create``: the item may not exist yet (it is made, with ``kind``). Returns whether it
+        was written."""
+        unchanged = Attr("notification").not_exists() if prev_token is None else Attr("notification.token").eq(
+            prev_token)
+        mine = Attr("kind").eq(kind) | Attr("id").not_exists() if create else Attr("kind").eq(kind)
+        cond = ConditionExpressionBuilder().build_expression(mine & unchanged)
+        try:
+            self._db.update_item(
+                TableName=self._table, Key={"id": {"S": item_id}},
+                UpdateExpression="SET #notice = :notice, #kind = :kind",
+                ConditionExpression=cond.condition_expression,
+                ExpressionAttributeNames={"#notice": "notification", "#kind": "kind",
+                                          **cond.attribute_name_placeholders},
+                ExpressionAttributeValues={k: to_av(v) for k, v in {
+                    ":notice": value, ":kind": kind, **cond.attribute_value_placeholders}.items()})
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
     def _update_request(self, build_id: str, sets: dict[str, Any], *, condition: ConditionBase,
                         removes: Iterable[str] = (), appends: dict[str, list] | None = None) -> dict[str, Any]:
         """The UpdateItem request of a build: SET ``sets`` (and ``updated_at``), append to the

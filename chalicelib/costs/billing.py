@@ -72,6 +72,24 @@ BILLING_FACTS: dict[str, Fact] = {
 }
 GP3_USD_PER_GB_MONTH = Decimal(BILLING_FACTS["gp3_usd_per_gb_month_us_east_1"].value)
 
+# us-east-1 Linux on-demand list prices (USD per hour): settings.DEFAULT_ON_DEMAND_PRICES, the
+# ON_DEMAND_PRICE_TABLE a deployment does not override. aws.amazon.com/ec2/pricing/on-demand
+# was not reachable here: none is confirmed at the source.
+ON_DEMAND_FACTS: dict[str, Fact] = {
+    "p3.2xlarge": Fact(value=Decimal("3.06"), unit="USD per hour, us-east-1, Linux, on-demand",
+                       source="this repository's README (Costs), from AWS's us-east-1 list prices as of 2025",
+                       read="2026-12-02", confirmed=False),
+    "g5.xlarge": Fact(value=Decimal("1.006"), unit="USD per hour, us-east-1, Linux, on-demand",
+                      source="factualminds.com, 'Amazon EC2 On-Demand Pricing ... (2026)', 2026-06-17, quoting "
+                             "the us-east-1 rate card", read="2026-12-02", confirmed=False),
+    "g4dn.xlarge": Fact(value=Decimal("0.526"), unit="USD per hour, us-east-1, Linux, on-demand",
+                        source="not read from a source here: the commonly quoted list price; re-check",
+                        read="2026-12-02", confirmed=False),
+    "g6.xlarge": Fact(value=Decimal("0.8048"), unit="USD per hour, us-east-1, Linux, on-demand",
+                      source="not read from a source here: the commonly quoted list price; re-check",
+                      read="2026-12-02", confirmed=False),
+}
+
 
 class PriceSource(StrEnum):
     """Where an instance's hourly price came from (the launcher's ``_price`` order)."""
@@ -129,8 +147,23 @@ class Cost(BaseModel):
 
     @property
     def display(self) -> str:
-        """USD rounded to cents (half up), e.g. ``$1.23``; ``~`` marks an estimate."""
-        return f"{'~' if self.estimated else ''}${self.usd.quantize(CENT, rounding=ROUND_HALF_UP)}"
+        """USD for people, e.g. ``$1.23``; ``~`` marks an estimate (see :func:`usd_text`)."""
+        return f"{'~' if self.estimated else ''}{usd_text(self.usd)}"
+
+
+SUB_CENT = Decimal("0.0001")
+
+
+def usd_text(usd: Decimal) -> str:
+    """USD rounded to cents (half up), e.g. ``$1.23``; an amount under half a cent, where
+    cents would say ``$0.00`` for a build that did cost something, to a hundredth of a cent
+    (``$0.0012``; ``<$0.0001`` below that). $0 is ``$0.00``. Every place that shows a cost
+    (the Slack messages, the CLI) shows it through this, so they all say the same."""
+    if usd == 0 or usd >= CENT / 2:
+        return f"${usd.quantize(CENT, rounding=ROUND_HALF_UP)}"
+    if usd < SUB_CENT / 2:
+        return "<$0.0001"
+    return f"${usd.quantize(SUB_CENT, rounding=ROUND_HALF_UP)}"
 
 
 def _utc(dt: datetime) -> datetime:
@@ -171,23 +204,31 @@ def build_cost(instances: Sequence[InstanceUsage], now: datetime) -> Cost:
 
 
 def usage_from_instance(info: Mapping, *, root_volume_gb: int, price_table: Mapping[str, float],
-                        terminated_at: datetime | None) -> InstanceUsage | None:
+                        terminated_at: datetime | None,
+                        on_demand_table: Mapping[str, float] | None = None) -> InstanceUsage | None:
     """An ``InstanceUsage`` from a build record's ``instance`` (``schemas.InstanceInfo`` as
     the launcher records it) and the build's root volume (the buildspec's ``root_volume_gb``).
 
     The launcher records a spot instance's price from spot price history, else from the
     configured table (``SPOT_PRICE_TABLE``), without saying which: a recorded
     ``price_source`` wins; otherwise a price equal to the table's counts as the table's.
-    A spot instance with no price recorded takes the table's as ``configured-table``. None
-    when no price is known: an on-demand instance (the launcher records no price for it and
-    the deployment has no on-demand table yet; the spot table would understate it), or no
-    ``launched_at`` — the caller says the cost is unknown.
+    A spot instance with no price recorded takes the table's as ``configured-table``. An
+    on-demand instance (the launcher records no price for it) takes ``on_demand_table``'s
+    (``ON_DEMAND_PRICE_TABLE``) as ``on-demand``. None when no price is known (an on-demand
+    type missing from that table: the spot table would understate it), or no ``launched_at``
+    — the caller says the cost is unknown.
     """
     lifecycle = Lifecycle(info.get("lifecycle") or Lifecycle.SPOT)
-    table = price_table.get(info.get("type", ""))
+    itype = info.get("type", "")
+    table = price_table.get(itype)
     price, source = info.get("price"), info.get("price_source")
-    if price is None:
-        if table is None or lifecycle is not Lifecycle.SPOT:
+    if lifecycle is Lifecycle.ON_DEMAND and source is None:
+        price = (on_demand_table or {}).get(itype)
+        if price is None:
+            return None
+        source = PriceSource.ON_DEMAND
+    elif price is None:
+        if table is None:
             return None
         price, source = table, PriceSource.CONFIGURED_TABLE
     elif source is None:

@@ -2,17 +2,18 @@
 ``billing`` / ``costagg`` functions. No I/O; the catalog gives each build's root volume and
 the deployment's ``SPOT_PRICE_TABLE`` the prices the launcher fell back on.
 
-Only the current attempt's instance is recorded on a build (``instance``): an earlier
-attempt's instance (a spot reclaim, a relaunch) is not priced — the cost of a relaunched
-build is a lower bound until the record keeps every attempt's instance.
+A build's instances are its current ``instance`` and its earlier attempts'
+``past_instances`` (a spot reclaim, a host failure), each priced.
 """
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
+from chalicelib import clock
 from chalicelib.builds.schemas import Build
 from chalicelib.clock import now, parse
 from chalicelib.costs import billing, costagg
@@ -23,28 +24,46 @@ from chalicelib.specs.catalog import Catalog
 
 class BuildCosts:
     def __init__(self, catalog: Catalog, price_table: Mapping[str, float], *,
-                 price_ceiling: float | None = None) -> None:
+                 price_ceiling: float | None = None, on_demand_table: Mapping[str, float] | None = None) -> None:
         self.catalog = catalog
         self.price_table = dict(price_table)
+        self.on_demand_table = dict(on_demand_table or {})
         self.price_ceiling = price_ceiling
+        self.watch: BudgetWatch | None = None  # the MONTHLY_BUDGET_USD alert (wiring sets it)
 
     def root_volume_gb(self, build: Build) -> int:
         return launch_spec(self.catalog, build).root_volume_gb
 
     def cost(self, build: Build, now: datetime) -> billing.Cost | None:
-        """What ``build`` costs as of ``now``: $0 (final) when it never had an instance; an
-        estimate up to ``now`` until ``instance_terminated_at`` is recorded; None when its
-        instance's price is unknown (an on-demand instance: no on-demand table yet)."""
-        if build.instance is None:
+        """What ``build`` costs as of ``now``: every instance it ran on, earlier attempts'
+        (``past_instances``, billed to when the build left each: their own termination is
+        not recorded, so the terminate lag of those is not counted) and the current one
+        (an estimate up to ``now`` until ``instance_terminated_at`` is recorded). $0 (final)
+        when it never had an instance; None when an instance's price is unknown (an
+        on-demand type missing from ON_DEMAND_PRICE_TABLE)."""
+        if build.instance is None and not build.past_instances:
             return billing.build_cost([], now)
         try:
             volume = self.root_volume_gb(build)
         except BadRequest:  # its framework left the catalog: the root volume is unknown
             return None
-        terminated = parse(build.instance_terminated_at) if build.instance_terminated_at else None
-        usage = billing.usage_from_instance(build.instance.model_dump(), root_volume_gb=volume,
-                                            price_table=self.price_table, terminated_at=terminated)
-        return None if usage is None else billing.build_cost([usage], now)
+        usages = []
+        for past in build.past_instances:
+            usages.append(self._usage(past.model_dump(), volume, parse(past.left_at) if past.left_at else None))
+        if build.instance is not None:
+            terminated = parse(build.instance_terminated_at) if build.instance_terminated_at else None
+            usages.append(self._usage(build.instance.model_dump(), volume, terminated))
+        return None if any(u is None for u in usages) else billing.build_cost(usages, now)
+
+    def _usage(self, info: dict, volume: int, end: datetime | None) -> billing.InstanceUsage | None:
+        return billing.usage_from_instance(info, root_volume_gb=volume, price_table=self.price_table,
+                                           terminated_at=end, on_demand_table=self.on_demand_table)
+
+    def booked(self, booking: costagg.Booking) -> None:
+        """A final cost was just booked (``Lifecycle._note_terminated``): the budget alert
+        may be due (``BudgetWatch``)."""
+        if self.watch is not None:
+            self.watch.booked(booking.day)
 
     def with_cost(self, build: Build, now: datetime) -> Build:
         return build.model_copy(update={"cost": self.cost(build, now)})
@@ -91,3 +110,43 @@ class Budget:
                 continue
         return billing.check_budget(self.costs.worst_cases(builds), budget_usd=self.budget_usd,
                                     spent_usd=spent_with_active(booked, active_worst, at), at=at)
+
+
+class BudgetWatch:
+    """The MONTHLY_BUDGET_USD alert: once the month's booked costs reach 80% of the budget
+    (``costagg.BUDGET_ALERT_FRACTION``), a Slack message, once per month and stage. Every
+    booking past the line asks for it (``notify(month)``: a notify-queue message) until the
+    month's alert is recorded; the notifier claims it with one conditional write, so however
+    many bookings race, one message goes out. Cost: one read of the month's day aggregates
+    per booking (at most 31 items), one more while the alert is due."""
+
+    def __init__(self, aggregates: costagg.CostAggregates, budget_usd: Decimal, *,
+                 notify: Callable[[str], None], alerted: Callable[[str], bool]) -> None:
+        self.aggregates = aggregates
+        self.budget_usd = budget_usd
+        self.fraction = costagg.BUDGET_ALERT_FRACTION
+        self.notify = notify
+        self.alerted = alerted
+
+    def spent(self, day: date) -> Decimal:
+        return self.aggregates.spent_this_month(day)
+
+    def due(self, day: date) -> Decimal | None:
+        """The month's spend when the alert is due, else None."""
+        spent = self.spent(day)
+        return spent if costagg.budget_alert_due(self.budget_usd, spent) else None
+
+    def booked(self, day: date) -> bool:
+        """After a booking on ``day``: ask for the month's alert if it is due and not yet sent."""
+        month = f"{day:%Y-%m}"
+        if self.due(day) is None or self.alerted(month):
+            return False
+        self.notify(month)
+        return True
+
+
+def month_end(month: str) -> date:
+    """The last day of ``month`` (``YYYY-MM``), or today when that month is this one."""
+    year, mon = (int(x) for x in month.split("-"))
+    last = date(year, mon, calendar.monthrange(year, mon)[1])
+    return min(last, clock.now().date())

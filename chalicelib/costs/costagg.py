@@ -187,13 +187,10 @@ def booking_day(at: datetime) -> date:
 BUDGET_ALERT_FRACTION = Decimal("0.8")
 
 
-def budget_alert_due(budget_usd: Decimal | None, spent_before: Decimal, spent_after: Decimal) -> bool:
-    """True for the one booking that takes the month's spend across 80% of the budget (the
-    Slack alert); the caller reads ``spent_before``/``spent_after`` around its booking."""
-    if not budget_usd:
-        return False
-    line = budget_usd * BUDGET_ALERT_FRACTION
-    return spent_before < line <= spent_after
+def budget_alert_due(budget_usd: Decimal | None, spent: Decimal) -> bool:
+    """Whether the month's booked ``spent`` has reached 80% of the budget (the Slack alert;
+    the notifier sends it once per month, however many bookings find it due)."""
+    return bool(budget_usd) and spent >= budget_usd * BUDGET_ALERT_FRACTION
 
 
 def cost_report(aggregates: CostAggregates, query: dict[str, str], today: date | None = None) -> dict:

@@ -218,12 +218,15 @@ class Lifecycle:
                                fields=fields)
             metrics.emit_many({"SpotInterruptions": 1} if failed and reclaimed else {})
             return failed
+        past = [p.model_dump(mode="json") for p in record.past_instances]
+        if record.instance is not None:  # its cost still counts (issue 22): the write holds only at this attempt
+            past.append({**record.instance.model_dump(mode="json"), "left_at": clock.now_iso()})
         try:
             item = self.transitions.move(
                 record.id, Status.QUEUED, expect=list(LAUNCHED),
                 message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
                 fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
-                        **(fields or {})},
+                        "past_instances": past, **(fields or {})},
                 remove=ATTEMPT_FIELDS,
                 extra_condition=all_of(at_attempt(attempt), on_instance(iid) if iid else None, not_cancelled()),
             )
@@ -311,7 +314,8 @@ class Lifecycle:
                     costagg.update_items(self.store.table_name, booking), expect=[record.status],
                     extra_condition=condition)
                 record = record.model_copy(update={"instance_terminated_at": at})
-            metrics.instance_terminated(record)
+                self.costs.booked(booking)  # the MONTHLY_BUDGET_USD alert may be due (issue 22)
+            metrics.instance_terminated(record, cost)
         except InvalidTransition as e:
             log.info("ignored: %s", e)
 

@@ -27,6 +27,7 @@ from chalicelib.launching.catalog_contexts import (  # noqa: F401 (pack_context,
     pack_context,
     strip_comments,
 )
+from chalicelib.launching.warmcache import registry_cache_tag
 from chalicelib.specs.catalog import Catalog
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "host.sh"
@@ -150,6 +151,7 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         _assign("MAX_IMAGE_BYTES", max_image_bytes),
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
         _array("TAGS", tags),
+        _assign("CACHE_TAG", _check("cache tag", registry_cache_tag(args), DOCKER_TAG)),  # issue 22
         _array("BUILD_ARGS", arg_list),
         _array("SMOKE_TEST", [_printable("smoke_test", a) for a in smoke]),
         _assign("CONTEXT_B64", context_b64),

@@ -1,16 +1,21 @@
 """The Slack message about a build: Block Kit blocks plus a plain-text fallback, for its
-final outcome or for its start. Pure: no I/O."""
+final outcome or for its start. Pure: no I/O.
+
+The cost it shows is ``build.cost``, which the caller fills in with the one cost function
+(``costs.build_costs.BuildCosts.cost``, as ``GET /builds/{id}`` and the ``BuildCostUSD``
+metric do), so the message, the API and the metric always say the same for a build."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from chalicelib.builds.schemas import Build
 from chalicelib.builds.segments import longest_note
 from chalicelib.builds.states import Status
 from chalicelib.clock import parse
+from chalicelib.costs.billing import usd_text
 
 OUTCOME = {
     Status.SUCCEEDED: (":white_check_mark:", "succeeded"),
@@ -44,26 +49,6 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
     return (parse(end) - parse(start)).total_seconds()
-
-
-@dataclass(frozen=True)
-class Cost:
-    usd: float
-    billed_seconds: int
-    price_per_hour: float
-    lifecycle: str
-
-
-def estimate_cost(build: Build) -> Cost | None:
-    """The recorded hourly price × billed time (launch to finish, per second, at least
-    60 s, as EC2 bills Linux instances). None when no price or launch time was recorded."""
-    inst = build.instance
-    if inst is None or inst.price is None or not inst.launched_at or not build.finished_at:
-        return None
-    ran = _seconds_between(inst.launched_at, build.finished_at) or 0.0
-    billed = max(60, math.ceil(ran))
-    return Cost(usd=inst.price * billed / 3600, billed_seconds=billed, price_per_hour=inst.price,
-                lifecycle=inst.lifecycle)
 
 
 def image_size_text(n: int | None) -> str | None:
@@ -195,9 +180,9 @@ def start_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
 def final_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
     """The final-outcome message: the facts, duration, cost, image, reason and log tail."""
     f = _Facts.of(build, build.status, api_url)
-    duration, cost_text = _duration_text(build), _cost_text(build)
+    duration, cost = _duration_text(build), cost_text(build)
     reason, log_tail = _reason_parts(build.reason)
-    blocks = f.top([*f.fields(build), f"*Duration*\n{escape(duration)}", f"*Estimated cost*\n{escape(cost_text)}"])
+    blocks = f.top([*f.fields(build), f"*Duration*\n{escape(duration)}", f"*Cost*\n{escape(cost)}"])
     blocks.append(f.image() if f.uris else _section("*Image*\nnot pushed"))
     if reason:
         blocks.append(_section(f"*Reason*\n{escape(reason)}"[:_SECTION_MAX]))
@@ -206,7 +191,7 @@ def final_message(build: Build, *, api_url: str = "") -> dict[str, Any]:
     blocks.append(f.context())
 
     parts = [f"{f.headline} ({f.stack})", f"duration {duration}", f"instance {f.instance}",
-             f"estimated cost {cost_text}"]
+             f"cost {cost}"]
     if f.uris:
         parts.append(f.image_text())
     if reason:
@@ -229,11 +214,112 @@ def _duration_text(build: Build) -> str:
     return duration + longest_note(build)  # where the time went (chalicelib/builds/segments.py)
 
 
-def _cost_text(build: Build) -> str:
-    cost = estimate_cost(build)
-    if cost:
-        return (f"~${cost.usd:.2f} ({cost.lifecycle}: ${cost.price_per_hour:.4g}/h × "
-                f"{format_duration(cost.billed_seconds)} billed)")
-    if build.instance is None:
+def cost_text(build: Build) -> str:
+    """The build's cost as the API computed it (``build.cost``): USD, price, lifecycle and
+    billed time, and whether it is still an estimate (the instance not yet terminated)."""
+    cost = build.cost
+    if build.instance is None or (cost is not None and not cost.instances):
         return "$0.00 (no instance was launched)"
-    return "unknown (no price or launch time recorded)"
+    if cost is None:
+        return "unknown (no price recorded for this instance)"
+    text = (f"{cost.display} ({cost.lifecycle}: ${cost.price_per_hour.normalize():f}/h × "
+            f"{format_duration(cost.billed_seconds)} billed")
+    return text + (", an estimate until the instance is terminated)" if cost.estimated else ")")
+
+
+# ---- a matrix's one message (issue 22) -------------------------------------------------
+GROUP_OUTCOME = {
+    Status.SUCCEEDED: (":white_check_mark:", "succeeded"),
+    Status.FAILED: (":x:", "failed"),
+    Status.CANCELLED: (":no_entry_sign:", "was cancelled"),
+}
+_TABLE_ROWS = 100  # Slack: a table block has at most 100 rows (the header is one); a matrix has at most 32 cells
+
+
+def cell_label(values: dict[str, str], build: Build) -> str:
+    """What the matrix said for the cell (``version=2.6.0 cuda=12.4``), else its toolchain."""
+    if values:
+        return " ".join(f"{k}={v}" for k, v in values.items())
+    return f"{build.version} CUDA {build.cuda} Python {build.python}"
+
+
+def _cell_cost(build: Build) -> str:
+    cost = build.cost
+    if build.instance is None or (cost is not None and not cost.instances):
+        return "$0.00"
+    return cost.display if cost is not None else "unknown"
+
+
+def _raw(text: str) -> dict[str, str]:
+    return {"type": "raw_text", "text": text}
+
+
+def group_message(group_id: str, framework: str, cells: list[tuple[dict[str, str], Build]], *, skipped: int = 0,
+                  api_url: str = "") -> dict[str, Any]:
+    """The one message of a matrix group whose cells have all ended: the group's outcome
+    (``builds.groups.aggregate_status``: SUCCEEDED only if every cell did, FAILED if one
+    failed or timed out), which cells failed and why, and a Block Kit ``table`` of the cells
+    (outcome, duration, cost, each as ``GET /builds/{id}`` shows it). Table block:
+    https://docs.slack.dev/reference/block-kit/blocks/table-block (rows of ``raw_text``
+    cells, at most 100 rows and 20 columns; read 2026-12-02)."""
+    from chalicelib.builds.groups import aggregate_status  # the group's status as GET /groups/{id} derives it
+
+    builds = [b for _, b in cells]
+    status = aggregate_status([b.status for b in builds])
+    emoji, word = GROUP_OUTCOME.get(status, (":grey_question:", status.value.lower()))
+    bad = [(v, b) for v, b in cells if b.status in (Status.FAILED, Status.TIMED_OUT)]
+    ok = sum(1 for b in builds if b.status == Status.SUCCEEDED)
+    headline = f"{emoji} {framework} matrix {word}: {ok} of {len(builds)} cells succeeded"
+    costs = [b.cost for b in builds]
+    known = all(c is not None or b.instance is None for c, b in zip(costs, builds, strict=True))
+    total = sum((c.usd for c in costs if c is not None), Decimal(0))
+    estimated = any(c is not None and c.estimated for c in costs)
+    total_text = (("~" if estimated else "") + usd_text(total)) if known else "unknown"
+
+    rows = [[_raw("cell"), _raw("outcome"), _raw("duration"), _raw("cost")]]
+    lines = []
+    for values, b in cells:
+        outcome = OUTCOME.get(b.status, ("", b.status.value.lower()))[1]
+        duration = format_duration(_seconds_between(b.created_at, b.finished_at))
+        label = cell_label(values, b)
+        rows.append([_raw(label[:200]), _raw(outcome), _raw(duration), _raw(_cell_cost(b))])
+        lines.append(f"{label}: {outcome}, {duration}, {_cell_cost(b)}")
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline[:150], "emoji": True}},
+        _section(f"*Group* `{escape(group_id)}` · *Total cost* {escape(total_text)}"
+                 + (f" · {skipped} cell(s) skipped when submitted" if skipped else "")),
+    ]
+    if bad:
+        failed = "\n".join(f"• `{escape(cell_label(v, b))}` {OUTCOME[b.status][1]} (`{b.id}`)"
+                           + (f": {escape(_reason_parts(b.reason)[0])}" if b.reason else "") for v, b in bad)
+        blocks.append(_section(f"*Failed cells*\n{failed}"[:_SECTION_MAX]))
+    blocks.append({"type": "table", "column_settings": [{"is_wrapped": True}, {}, {"align": "right"},
+                                                        {"align": "right"}],
+                   "rows": rows[:_TABLE_ROWS]})
+    api = f"{api_url}/groups/{group_id}" if api_url else ""
+    context = [f"`voltabuild group {group_id}`"] + ([f"<{api}|{escape(api)}>"] if api else [])
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": c} for c in context]})
+    parts = [headline, f"total {total_text}"]
+    if bad:
+        parts.append("failed: " + "; ".join(
+            f"{cell_label(v, b)} ({b.id})" + (f": {_reason_parts(b.reason)[0]}" if b.reason else "") for v, b in bad))
+    parts.append(f"see `voltabuild group {group_id}`" + (f" or {api}" if api else ""))
+    text = escape(" · ".join(parts)) + "\n" + escape("\n".join(lines))
+    return {"text": text[:3000], "blocks": blocks}
+
+
+# ---- the stage's budget alert (issue 22) -------------------------------------------------
+def budget_message(month: str, spent: Decimal, budget: Decimal, fraction: Decimal, *, stage: str = "",
+                   api_url: str = "") -> dict[str, Any]:
+    """The alert that ``month``'s booked costs crossed ``fraction`` of MONTHLY_BUDGET_USD."""
+    share = (spent / budget * 100).quantize(Decimal(1)) if budget else Decimal(0)
+    left = max(Decimal(0), budget - spent)
+    where = f" on stage {stage}" if stage else ""
+    headline = f":money_with_wings: {share}% of this month's build budget is spent{where}"
+    detail = (f"Builds booked {usd_text(spent)} of MONTHLY_BUDGET_USD {usd_text(budget)} in {month} "
+              f"(the alert is at {(fraction * 100).quantize(Decimal(1))}%); {usd_text(left)} is left. A submit whose "
+              "worst case would cross the budget is refused with a 429.")
+    see = "`voltabuild costs`" + (f" or {api_url}/costs?by=framework" if api_url else "")
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": headline[:150], "emoji": True}},
+              _section(escape(detail)), {"type": "context", "elements": [{"type": "mrkdwn", "text": f"see {see}"}]}]
+    return {"text": escape(f"{headline} · {detail} · see {see}"), "blocks": blocks}

@@ -369,7 +369,8 @@ def _wait_group_and_exit(ctx: click.Context, group_id: str, giveup: float | None
 
     rt = _rt(ctx)
     try:
-        final = groups.wait_group(rt.api(), group_id, rt.clock, sys.stderr, interval_s=rt.poll_interval_s,
+        progress = groups.GroupTtyProgress(sys.stderr) if rt.is_tty() else groups.GroupPlainProgress(sys.stderr)
+        final = groups.wait_group(rt.api(), group_id, rt.clock, progress, interval_s=rt.poll_interval_s,
                                   timeout_s=giveup)
     except groups.GroupGaveUp as e:
         if as_json:

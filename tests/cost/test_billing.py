@@ -177,6 +177,11 @@ def test_usage_from_the_recorded_instance_tells_the_price_source_apart():
     assert (unpriced.price_per_hour, unpriced.source) == (Decimal("0.42"), "configured-table")
     on_demand = {**spot, "lifecycle": "on-demand", "price": None}
     assert usage_from_instance(on_demand, root_volume_gb=30, price_table=table, terminated_at=None) is None
+    priced = usage_from_instance(on_demand, root_volume_gb=30, price_table=table, terminated_at=None,
+                                 on_demand_table={"g5.xlarge": 1.006})
+    assert (priced.price_per_hour, priced.source, priced.lifecycle) == (Decimal("1.006"), "on-demand", "on-demand")
+    assert usage_from_instance(on_demand, root_volume_gb=30, price_table=table, terminated_at=None,
+                               on_demand_table={"g6.xlarge": 0.8}) is None  # not the spot table's: it understates
     recorded = usage_from_instance({**on_demand, "price": 1.006, "price_source": "on-demand"}, root_volume_gb=30,
                                    price_table=table, terminated_at=None)
     assert (recorded.source, recorded.lifecycle) == ("on-demand", "on-demand")
@@ -198,3 +203,19 @@ def test_a_cells_worst_case_price_is_its_max_price_else_the_dearest_known_type_e
     one = cell_worst_case(instance_types=["g5.xlarge"], max_price=None, price_ceiling=None, **kw)
     with pytest.raises(BudgetExceeded, match=r"this build could cost up to \$2\.52"):
         check_budget([one], budget_usd=Decimal(2), spent_usd=Decimal(0), at=T0)
+
+
+def test_the_on_demand_default_table_is_the_facts():
+    from chalicelib.costs.billing import ON_DEMAND_FACTS
+    from chalicelib.settings import DEFAULT_ON_DEMAND_PRICES, _prices
+
+    assert {k: Decimal(str(v)) for k, v in _prices(DEFAULT_ON_DEMAND_PRICES)} == {
+        k: f.value for k, f in ON_DEMAND_FACTS.items()}
+    assert all(f.source and f.read for f in ON_DEMAND_FACTS.values())
+
+
+def test_usd_text_shows_what_a_short_build_costs():
+    from chalicelib.costs.billing import usd_text
+
+    assert [usd_text(Decimal(x)) for x in ("0", "0.001667", "0.00004", "0.005", "0.92", "12.345")] == [
+        "$0.00", "$0.0017", "<$0.0001", "$0.01", "$0.92", "$12.35"]

@@ -147,7 +147,7 @@ def test_the_month_so_far_is_what_the_budget_counts_and_the_alert_fires_once_at_
         ddb.put_item(TableName=table, Item={"id": {"S": f"b{i}"}, "status": {"S": "RUNNING"}})
         assert finish(ddb, table, f"b{i}", Booking(cost_of(3600, "2", 0), "pytorch", "k", None, day))
     assert CostAggregates(ddb, table).spent_this_month(date(2026, 12, 2)) == Decimal(4)
-    assert budget_alert_due(Decimal(5), Decimal(2), Decimal(4)) is True
-    assert budget_alert_due(Decimal(5), Decimal(4), Decimal("4.5")) is False  # already past: said before
-    assert budget_alert_due(Decimal(5), Decimal(1), Decimal("3.99")) is False
-    assert budget_alert_due(None, Decimal(0), Decimal(10**6)) is False
+    assert budget_alert_due(Decimal(5), Decimal(4)) is True  # 80% exactly
+    assert budget_alert_due(Decimal(5), Decimal("4.5")) is True  # past it: still due (sent once a month)
+    assert budget_alert_due(Decimal(5), Decimal("3.99")) is False
+    assert budget_alert_due(None, Decimal(10**6)) is False

@@ -111,3 +111,37 @@ def test_a_submit_over_the_monthly_budget_is_a_429_naming_it(world, api, monkeyp
     resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(matrix))
     assert resp.status_code == 429 and "these 4 builds" in json.loads(resp.body)["Message"]
     assert len([i for i in world.aws.items() if i.get("kind") == "build"]) == 5
+
+
+def test_an_earlier_attempts_instance_is_counted_in_the_cost(world, fire, api):
+    # GIVEN a build whose first instance spot reclaimed, then built on a second one
+    bid = world.submit()
+    first = world.launch(bid)
+    fire("on_instance_state", state_event(first, "running"))
+    assert fire("on_spot_interruption", load_event("ec2-spot-interruption", **{"instance-id": first})) == "relaunched"
+    record = world.store.get_record(bid)
+    assert [p.id for p in record.past_instances] == [first] and record.past_instances[0].left_at
+    second = world.launch(bid)
+    finish(world, fire, bid, second, seconds=600)
+    # THEN its cost is both instances': the first to when the build left it, the second to its termination
+    cost = get(api, f"/builds/{bid}")[1]["cost"]
+    assert cost["estimated"] is False and len(cost["instances"]) == 2
+    assert cost["instances"][0]["billed_seconds"] == 60  # the minimum: it left at once
+    assert cost["instances"][1]["billed_seconds"] == 600
+    assert Decimal(cost["usd"]) == sum(Decimal(i["usd"]) for i in cost["instances"])
+    assert cost["billed_seconds"] == 660
+    # and that is what was booked
+    assert get(api, "/costs?by=framework")[1]["rows"][0]["usd"] == cost["usd"]
+
+
+def test_an_on_demand_instance_is_priced_from_the_on_demand_table(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    # the launcher fell back to on-demand: it records no price
+    world.store.update_fields(bid, {"instance.lifecycle": "on-demand", "instance.price": None},
+                              expect=[Status.LAUNCHING])
+    finish(world, fire, bid, iid, seconds=3600)
+    cost = get(api, f"/builds/{bid}")[1]["cost"]
+    assert cost["source"] == "on-demand" and cost["lifecycle"] == "on-demand"
+    assert Decimal(cost["price_per_hour"]) == Decimal("1.006")  # g5.xlarge, ON_DEMAND_PRICE_TABLE's default
+    assert Decimal(cost["instances"][0]["compute_usd"]) == Decimal("1.006")

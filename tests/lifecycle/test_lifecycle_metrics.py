@@ -3,6 +3,8 @@ EventBridge's duplicates and lost races add nothing — and valid EMF."""
 
 from __future__ import annotations
 
+import json
+
 from lifecycle_helpers import load_event
 
 from chalicelib.builds.states import Status
@@ -30,24 +32,28 @@ def running_build(world, fire) -> tuple[str, str]:
     return bid, iid
 
 
-def test_a_finished_build_counts_its_outcome_cost_and_later_its_terminate_lag_once(world, fire, capsys):
+def test_a_finished_build_counts_its_outcome_and_later_its_terminate_lag_and_cost_once(world, fire, api, capsys):
     bid, iid = running_build(world, fire)
     capsys.readouterr()
     world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed")
     got = emitted(capsys, "")
     assert [(e["Outcome"], e["build_id"]) for e in got if "BuildsFinished" in e] == [("SUCCEEDED", bid)]
     assert {e["Segment"] for e in got if "BuildSegmentSeconds" in e} == {"queued", "launching", "booting", "total"}
-    [cost] = [e["BuildCostUSD"] for e in got if "BuildCostUSD" in e]
-    assert 0 <= cost < 0.01  # 0.5 USD/hour for the seconds this test took
+    assert not [e for e in got if "BuildCostUSD" in e]  # an estimate until the instance is gone
     # WHEN EC2 says the instance terminated, twice
     event = state_event(iid, "terminated")
     event["time"] = "2999-01-01T00:00:20Z"
     assert fire("on_instance_state", event) == "final"
     assert fire("on_instance_state", event) == "final"
-    # THEN one terminate lag, for this build
-    lags = emitted(capsys, "BuildSegmentSeconds")
+    # THEN one terminate lag and one cost, for this build: the cost GET /builds/{id} shows
+    got = emitted(capsys, "")
+    lags = [e for e in got if "BuildSegmentSeconds" in e]
     assert [(e["Segment"], e["build_id"]) for e in lags] == [("terminate_lag", bid)]
     assert lags[0]["BuildSegmentSeconds"] > 0
+    [cost] = [(e["BuildCostUSD"], e["Framework"], e["build_id"]) for e in got if "BuildCostUSD" in e]
+    shown = json.loads(api.http.get(f"/builds/{bid}").body)["cost"]
+    assert shown["estimated"] is False
+    assert cost == (float(shown["usd"]), "canary", bid)
 
 
 def test_spot_interruptions_and_relaunches_are_counted_only_for_the_winning_event(world, fire, capsys):

@@ -113,3 +113,39 @@ def test_the_request_body_refuses_an_empty_matrix_unknown_axes_and_an_axis_given
                        ({"matrix": {"cuda": ["12.4"]}, "cuda": "12.4"}, "given both outside and inside")]:
         with pytest.raises(ValidationError, match=text):
             MatrixRequest.model_validate({"framework": "pytorch", **body})
+
+
+# ---- build-arg axes (issue 22) -----------------------------------------------------------
+def test_build_args_are_axes_and_each_cell_is_an_image_of_its_own(api, aws):
+    import json
+
+    body = {"framework": "canary", "matrix": {"build_args": {"CANARY_GREETING": ["hello", "hi"],
+                                                             "CANARY_FLAVOUR": ["plain", "spicy"]}}}
+    resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(body))
+    assert resp.status_code == 202, resp.body
+    group = json.loads(resp.body)
+    assert [c["values"] for c in group["cells"]] == [
+        {"CANARY_GREETING": g, "CANARY_FLAVOUR": f} for g in ("hello", "hi") for f in ("plain", "spicy")]
+    builds = [json.loads(api.http.get(f"/builds/{c['id']}").body) for c in group["cells"]]
+    for b, c in zip(builds, group["cells"], strict=True):  # each cell builds with its own values
+        assert all(b["build_args"][k] == v for k, v in c["values"].items()), (b["build_args"], c["values"])
+    firsts = [b["image"]["tags"][0] for b in builds]
+    assert len(set(firsts)) == 4  # four images, none overwriting another's tags
+
+
+def test_a_build_arg_axis_that_makes_no_variant_is_refused_naming_the_cells(api, aws):
+    import json
+
+    body = {"framework": "canary", "matrix": {"build_args": {"CANARY_SLEEP": ["0", "5"]}}}
+    resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(body))
+    assert resp.status_code == 400
+    msg = json.loads(resp.body)["Message"]
+    assert "{CANARY_SLEEP: 5}" in msg and "same tags" in msg and "{CANARY_SLEEP: 0}" in msg
+    bad = {"framework": "canary", "matrix": {"build_args": {"NOT_AN_ARG": ["1", "2"]}}}
+    resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(bad))
+    assert resp.status_code == 400 and "NOT_AN_ARG" in json.loads(resp.body)["Message"]
+    twice = {"framework": "canary", "build_args": {"CANARY_GREETING": "x"},
+             "matrix": {"build_args": {"CANARY_GREETING": ["a", "b"]}}}
+    resp = api.http.post("/builds", headers={"Content-Type": "application/json"}, body=json.dumps(twice))
+    assert resp.status_code == 400 and "build_args.CANARY_GREETING" in json.loads(resp.body)["Message"]
+    assert [i for i in aws.items() if i.get("kind") == "build"] == []

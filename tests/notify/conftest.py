@@ -181,3 +181,46 @@ def make_build(aws):
         return build.id
 
     return make
+
+
+@pytest.fixture
+def make_group(aws):
+    """Submit a matrix (pytorch 2.5.1 and 2.6.0 on CUDA 12.4, Python 3.11, by default) and
+    return its group id and cell ids; ``finish(cell_id, status)`` moves a cell to its end
+    the way the lifecycle does (the notify queue then holds its final event)."""
+    from chalicelib import wiring
+    from chalicelib.builds.matrix import MatrixRequest
+    from chalicelib.builds.states import Phase, Status
+
+    def make(notify=True, versions=("2.5.1", "2.6.0")) -> tuple[str, list[str]]:
+        req = MatrixRequest.model_validate({"framework": "pytorch", "cuda": "12.4", "python": "3.11", "notify": notify,
+                                            "matrix": {"version": list(versions)}})
+        group, created = wiring.groups().submit(req, idempotency_key=None, api_key_id="local")
+        assert created
+        return group.id, [c.id for c in group.cells]
+
+    def finish(build_id: str, final: Status = Status.SUCCEEDED, reason: str | None = None,
+               terminated_after: int | None = None) -> None:
+        t = wiring.transitions()
+        build = wiring.store().get_record(build_id)
+        iid = "i-" + build_id[2:19]
+        t.move(build_id, Status.LAUNCHING, fields={
+            "instance": {"id": iid, "type": "g5.xlarge", "az": "us-east-1a", "lifecycle": "spot", "price": 0.4,
+                         "launched_at": build.created_at},
+            "instance_id": iid,
+        })
+        t.move(build_id, Status.RUNNING, phase=Phase.PREPARING)
+        fields = {"reason": reason} if reason else {}
+        if final == Status.SUCCEEDED:
+            fields["image"] = {"repository": build.image.repository, "tags": build.image.tags,
+                               "digest": "sha256:" + "cd" * 32}
+        t.move(build_id, final, fields=fields, message=f"build {final.value.lower()}")
+        if terminated_after is not None:  # EC2 said the instance terminated: the cost is final
+            from datetime import timedelta
+
+            from chalicelib import clock
+            at = clock.iso(clock.parse(build.created_at) + timedelta(seconds=terminated_after))
+            wiring.store().update_fields(build_id, {"instance_terminated_at": at}, expect=[final])
+
+    make.finish = finish
+    return make

@@ -8,7 +8,9 @@ import pytest
 
 from chalicelib.builds.schemas import Build
 from chalicelib.builds.states import Status
-from chalicelib.notifications.slack_message import build_message, estimate_cost, format_duration
+from chalicelib.clock import parse
+from chalicelib.costs import billing
+from chalicelib.notifications.slack_message import build_message, format_duration
 
 API = "https://api.example.test/api"
 REPO = "123456789012.dkr.ecr.us-east-1.amazonaws.com/voltabuild/pytorch"
@@ -37,7 +39,21 @@ def a_build(status: Status, **over) -> Build:
     if status == Status.SUCCEEDED:
         data["image"]["digest"] = DIGEST
     data.update(over)
-    return Build.model_validate(data)
+    build = Build.model_validate(data)
+    if "cost" not in over:  # as the notifier prices it (BuildCosts.cost): up to now, not yet terminated
+        build = build.model_copy(update={"cost": _cost(build)})
+    return build
+
+
+def _cost(build: Build) -> billing.Cost | None:
+    inst = build.instance
+    if inst is None:
+        return billing.build_cost([], parse(build.updated_at))
+    if inst.price is None:
+        return None  # BuildCosts: no price known
+    usage = billing.InstanceUsage(launched_at=parse(inst.launched_at), price_per_hour=str(inst.price),
+                                  source="spot-history", lifecycle=inst.lifecycle, root_volume_gb=0)
+    return billing.build_cost([usage], parse(build.finished_at or build.updated_at))
 
 
 def everything(msg: dict) -> str:
@@ -107,19 +123,22 @@ def test_a_build_cancelled_before_launch_cost_nothing():
     assert "5s" in text
 
 
-def test_cost_is_price_times_billed_seconds_with_a_60_second_minimum():
-    short = a_build(Status.FAILED, finished_at="2026-11-28T10:02:10.000Z")  # 10 s on the instance
-    cost = estimate_cost(short)
-    assert cost.billed_seconds == 60
-    assert cost.usd == pytest.approx(0.36 * 60 / 3600)
-
-    long = a_build(Status.SUCCEEDED)  # 5430 s
-    assert estimate_cost(long).billed_seconds == 5430
-    assert estimate_cost(long).usd == pytest.approx(0.36 * 5430 / 3600)
+def test_the_message_shows_the_cost_the_api_computed():
+    # GIVEN a build whose cost (BuildCosts.cost, as GET /builds/{id} shows it) is 10 s billed as 60
+    short = a_build(Status.FAILED, finished_at="2026-11-28T10:02:10.000Z")
+    assert short.cost.billed_seconds == 60 and short.cost.estimated
+    # THEN the message says that figure, that it is an estimate, and how it was reached
+    text = everything(build_message(short))
+    assert f"{short.cost.display} (spot: $0.36/h × 1m 00s billed, an estimate until the instance is terminated)" \
+        in text
+    assert short.cost.display == "~$0.01"  # 0.36 x 60 / 3600 = $0.006, to the cent
+    # once terminated the figure is final
+    final = a_build(Status.SUCCEEDED, cost=short.cost.model_copy(update={"estimated": False}))
+    assert "$0.01 (spot: $0.36/h × 1m 00s billed)" in everything(build_message(final))
 
     unpriced = a_build(Status.SUCCEEDED, instance={"id": "i-1", "type": "g5.xlarge", "lifecycle": "on-demand"})
-    assert estimate_cost(unpriced) is None
-    assert "unknown (no price or launch time recorded)" in everything(build_message(unpriced))
+    assert unpriced.cost is None
+    assert "unknown (no price recorded for this instance)" in everything(build_message(unpriced))
 
 
 def test_huge_log_tails_are_cut_from_the_top_to_fit_slack_limits():
@@ -169,7 +188,7 @@ def test_started_message():
     msg = build_message(a_build(Status.RUNNING, finished_at=None), api_url=API, started=True)
     assert msg["text"].startswith(":rocket: pytorch 2.5.1 build started")
     assert "g5.xlarge (spot, us-east-1b)" in msg["text"]
-    assert "Estimated cost" not in json.dumps(msg["blocks"])
+    assert "*Cost*" not in json.dumps(msg["blocks"])
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.6, "1m 00s"), (61, "1m 01s"), (5400, "1h 30m 00s"),

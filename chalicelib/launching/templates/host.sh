@@ -363,7 +363,7 @@ build_image() {
     docker buildx inspect voltabuild >/dev/null 2>&1 ||
       docker buildx create --name voltabuild --driver docker-container >/dev/null
     BUILD_CMD=(docker buildx build --builder voltabuild --progress plain
-      --cache-from "type=registry,ref=$IMAGE:buildcache")
+      --cache-from "type=registry,ref=$IMAGE:$CACHE_TAG")
   fi
   BUILD_CMD+=(--file "$CTX/$DOCKERFILE")
   [[ -n $TARGET ]] && BUILD_CMD+=(--target "$TARGET")
@@ -380,7 +380,7 @@ build_image() {
     run "${BUILD_CMD[@]}" --load "$CTX" || die "the image build failed"
   else
     run "${BUILD_CMD[@]}" --load \
-      --cache-to "type=registry,ref=$IMAGE:buildcache,mode=max,image-manifest=true,oci-mediatypes=true" \
+      --cache-to "type=registry,ref=$IMAGE:$CACHE_TAG,mode=max,image-manifest=true,oci-mediatypes=true" \
       "$CTX" || die "the image build failed"
   fi
 }
