@@ -4,6 +4,17 @@
 # pushes every tag only when the test passed, reports each step to the API and, whatever
 # happens, ends the instance (trap on EXIT/ERR/INT/TERM + a hard-deadline shutdown watchdog).
 #
+# A split build (issue 23) runs it twice, on two instances, by STAGE_ROLE (rendered):
+#   all    the whole build on one GPU instance (the default, as above);
+#   build  a CPU instance: no NVIDIA preparation or GPU check; build, measure, push the
+#          candidate to $IMAGE:$CANDIDATE_TAG only, report BUILT with its digest;
+#   test   a GPU instance: pull $IMAGE@$CANDIDATE_DIGEST, GPU health check, smoke test, then
+#          promote: every requested tag gets the candidate's very manifest (ECR batch-get-image
+#          + put-image; a local registry: GET the manifest by digest, PUT it under each tag),
+#          so the digest that was tested is the digest that ships; the candidate tag is then
+#          removed (ECR batch-delete-image; docker/distribution 2.x cannot delete a tag, so
+#          there it stays, on the same digest). A failed smoke test touches no requested tag.
+#
 # Full-line comments like these are stripped when rendering (EC2 user-data must stay <16 KB).
 #
 # Environment switches (unset on a real instance; the local stack's executor sets them to run
@@ -59,11 +70,13 @@ HEARTBEAT_PID=""
 INSTANCE_ID=""
 HB_SLEEP=""
 IMAGE=""
+REGISTRY_HOST=""
 BUILT=""
 DIGEST=""
 IMAGE_SIZE=""
 BASE_DIGEST=""
 ARGS=()
+OUT_TAGS=()
 BUILD_CMD=()
 CTX=""
 COMMIT=""
@@ -289,6 +302,12 @@ prepare_host() {
     wait_log_stream
     create_log_stream  # the first try had no AWS CLI to make it
   fi
+  if [[ $STAGE_ROLE == build ]]; then
+    log "build stage on a CPU host: no NVIDIA driver, toolkit or GPU check"
+    docker info >/dev/null || die "the docker engine does not answer"
+    ecr_login
+    return 0
+  fi
   if ! command -v nvidia-smi >/dev/null; then
     [[ -n $DRIVER_BRANCH ]] || host_fail "no nvidia-smi on this $INSTANCE_TYPE host and no driver branch to install"
     install_driver || host_fail "could not install the NVIDIA $DRIVER_BRANCH driver on this $INSTANCE_TYPE host"
@@ -303,6 +322,10 @@ prepare_host() {
     run docker run --rm --gpus all "$HEALTH_IMAGE" nvidia-smi ||
       host_fail "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU of this $INSTANCE_TYPE host"
   fi
+  ecr_login
+}
+
+ecr_login() {
   aws ecr get-login-password --region "$REGION" |
     docker login --username AWS --password-stdin "$REGISTRY" || die "docker login to $REGISTRY failed"
 }
@@ -372,7 +395,7 @@ build_image() {
     # one image store for every build on this machine: a name of this attempt's own
     BUILD_CMD+=(--tag "$BUILT")
   else
-    for t in "${TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
+    for t in "${OUT_TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
   fi
   if [[ $BUILDER == buildah ]]; then
     run "${BUILD_CMD[@]}" "$CTX" || die "the image build failed"
@@ -386,20 +409,24 @@ build_image() {
 }
 
 smoke_test() {
-  local ref=$IMAGE:${TAGS[0]} ctr gpus=(--gpus all)
+  local ref=$IMAGE:${TAGS[0]} ctr gpus=(--gpus all) fail="the smoke test failed: nothing was pushed"
   if [[ $BUILDER == buildah ]] || is_local; then ref=$BUILT; fi
+  if [[ $STAGE_ROLE == test ]]; then
+    ref=$IMAGE@$CANDIDATE_DIGEST
+    fail="the smoke test of $ref failed: no requested tag was touched"
+  fi
   if [[ $BUILDER == buildah ]]; then
     ctr=$(buildah --storage-driver vfs from --pull=never "$ref") || die "buildah from $ref failed"
     if ! run buildah --storage-driver vfs run --isolation chroot "$ctr" -- "${SMOKE_TEST[@]}"; then
       buildah --storage-driver vfs rm "$ctr" >/dev/null || true
-      die "the smoke test failed: nothing was pushed"
+      die "$fail"
     fi
     buildah --storage-driver vfs rm "$ctr" >/dev/null || true
   else
     # only an image built for CUDA gets the GPUs (the canary, cuda none, runs without them)
     # (a user's own Dockerfile, SMOKE_GPUS=1, always gets them: its CUDA is its own business)
     if is_local || [[ $CUDA == none && $SMOKE_GPUS != 1 ]]; then gpus=(); fi
-    run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "the smoke test failed: nothing was pushed"
+    run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "$fail"
   fi
 }
 
@@ -434,13 +461,13 @@ push_image() {
 push_tags() {
   local t digest=""
   if [[ $BUILDER == buildah ]]; then
-    for t in "${TAGS[@]}"; do
+    for t in "${OUT_TAGS[@]}"; do
       retry "$PUSH_TRIES" buildah --storage-driver vfs push --tls-verify=false --digestfile "$WORK/digest" \
         "$BUILT" "docker://$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
     digest=$(cat "$WORK/digest")
   elif is_local; then
-    for t in "${TAGS[@]}"; do
+    for t in "${OUT_TAGS[@]}"; do
       docker tag "$BUILT" "$IMAGE:$t" || die "could not tag $IMAGE:$t"
       retry "$PUSH_TRIES" docker push "$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
@@ -527,29 +554,81 @@ measure_image() {
     die "the image is $(gb "$size") GB compressed, over this buildspec's budget of $(gb "$MAX_IMAGE_BYTES") GB (max_image_gb): nothing was pushed"
 }
 
-main() {
-  mkdir -p "$WORK"
-  : >"$LOG_FILE"
-  # tee ignores INT/TERM, so a signal to the whole process group cannot cut the log short
-  exec > >(trap '' INT TERM; exec tee -a "$LOG_FILE") 2>&1
-  trap 'on_exit' EXIT
-  trap 'on_err "$?" "$BASH_COMMAND" "$LINENO"' ERR
-  trap 'on_signal INT 130' INT
-  trap 'on_signal TERM 143' TERM
-  printf 'Authorization: Bearer %s\n' "$TOKEN" >"$AUTH_HEADER"
-  log "build $BUILD_ID attempt $ATTEMPT ($STAGE): $REPOSITORY, tags ${TAGS[*]}"
-  start_watchdog
-  INSTANCE_ID=$(instance_identity)
-  heartbeat_loop &
-  HEARTBEAT_PID=$!
-  local registry=${VOLTABUILD_REGISTRY_OVERRIDE:-$REGISTRY}
-  [[ $registry =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] || die "VOLTABUILD_REGISTRY_OVERRIDE: not HOST[:PORT]"
-  [[ $BUILDER == docker || $BUILDER == buildah ]] || die "VOLTABUILD_BUILDER: docker or buildah"
-  IMAGE=$registry/$REPOSITORY
-  BUILT=$IMAGE:build-$BUILD_ID-$ATTEMPT
-  ARGS=("${BUILD_ARGS[@]}")
-  apply_overrides
+# ---- the test stage of a split build (issue 23) ----
+pull_candidate() {
+  local ref=$IMAGE@$CANDIDATE_DIGEST
+  if [[ $BUILDER == buildah ]]; then
+    retry "$PUSH_TRIES" buildah --storage-driver vfs pull --quiet --tls-verify="$(is_local && echo false || echo true)" \
+      "docker://$ref" >/dev/null || die "could not pull the candidate $ref"
+  else
+    retry "$PUSH_TRIES" docker pull "$ref" || die "could not pull the candidate $ref"
+  fi
+}
 
+# The sha256 of a file, as a registry names a manifest (sha256:<hex>).
+file_digest() { printf 'sha256:%s' "$(sha256sum "$1" | cut -d' ' -f1)"; }
+
+# Every requested tag gets the candidate's manifest, byte for byte: the same digest.
+promote() {
+  if is_local; then promote_registry; else promote_ecr; fi
+  log "promoted ${TAGS[*]} to $IMAGE@$CANDIDATE_DIGEST"
+}
+
+promote_ecr() {
+  local manifest=$WORK/manifest mtype t out
+  aws ecr batch-get-image --region "$REGION" --repository-name "$REPOSITORY" \
+    --image-ids "imageDigest=$CANDIDATE_DIGEST" --output json >"$WORK/candidate.json" ||
+    die "could not read the candidate's manifest (ecr batch-get-image)"
+  mtype=$(python3 - "$WORK/candidate.json" "$manifest" <<'PY'
+import json, sys
+images = json.load(open(sys.argv[1])).get("images") or [{}]
+with open(sys.argv[2], "w", encoding="utf-8", newline="") as f:
+    f.write(images[0].get("imageManifest", ""))
+print(images[0].get("imageManifestMediaType", ""))
+PY
+) || die "could not read the candidate's manifest"
+  [[ $(file_digest "$manifest") == "$CANDIDATE_DIGEST" ]] || die "the registry has no manifest $CANDIDATE_DIGEST"
+  for t in "${TAGS[@]}"; do
+    if ! out=$(aws ecr put-image --region "$REGION" --repository-name "$REPOSITORY" --image-tag "$t" \
+      --image-digest "$CANDIDATE_DIGEST" --image-manifest "file://$manifest" \
+      ${mtype:+--image-manifest-media-type "$mtype"} 2>&1 >/dev/null); then
+      [[ $out == *ImageAlreadyExistsException* ]] || die "could not promote $IMAGE:$t (ecr put-image): $out"
+    fi
+  done
+  # ECR's lifecycle policy expires an image any of whose tags starts with candidate-: the
+  # promoted image must not keep the candidate tag (removing a tag keeps an image that has others)
+  retry "$PUSH_TRIES" aws ecr batch-delete-image --region "$REGION" --repository-name "$REPOSITORY" \
+    --image-ids "imageTag=$CANDIDATE_TAG" >/dev/null ||
+    die "promoted ${TAGS[*]}, but could not remove the candidate tag $CANDIDATE_TAG (the lifecycle policy would expire the image): remove it by hand"
+}
+
+promote_registry() {
+  local base=http://$REGISTRY_HOST/v2/$REPOSITORY manifest=$WORK/manifest ctype t code
+  curl -fsS -o "$manifest" -D "$WORK/manifest.headers" \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json' \
+    "$base/manifests/$CANDIDATE_DIGEST" || die "could not read the candidate's manifest from $REGISTRY_HOST"
+  [[ $(file_digest "$manifest") == "$CANDIDATE_DIGEST" ]] || die "the registry has no manifest $CANDIDATE_DIGEST"
+  ctype=$(awk -F': *' 'tolower($1) == "content-type" { print $2 }' "$WORK/manifest.headers" | tr -d '\r' | tail -n 1)
+  [[ $ctype =~ ^application/[a-z0-9.+-]+$ ]] || die "the candidate's manifest has no media type (got '$ctype')"
+  for t in "${TAGS[@]}"; do
+    curl -fsS -o /dev/null -X PUT -H "Content-Type: $ctype" --data-binary "@$manifest" "$base/manifests/$t" ||
+      die "could not promote $IMAGE:$t"
+  done
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -X DELETE "$base/manifests/$CANDIDATE_TAG") || code=000
+  if [[ $code == 2* ]]; then
+    log "removed the candidate tag $CANDIDATE_TAG"
+  else
+    log "this registry does not delete tags (HTTP $code): the candidate tag $CANDIDATE_TAG stays, on the promoted digest"
+  fi
+}
+
+result() {
+  ship_logs || true  # before the result: a follower that sees the build end has every line
+  report "$1" || die "the image was pushed but the result could not be reported"
+  RESULT_SENT=1
+}
+
+build_all() {
   phase PREPARING "preparing the host"
   prepare_host
   fetch_source
@@ -566,10 +645,70 @@ main() {
   push_image
 
   log "pushed $IMAGE@$DIGEST"
-  ship_logs || true  # before the result: a follower that sees the build end has every line
-  report "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed ${TAGS[*]}")}" ||
-    die "the image was pushed but the result could not be reported"
-  RESULT_SENT=1
+  result "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed ${TAGS[*]}")}"
+}
+
+build_stage() {
+  phase PREPARING "preparing the build host ($INSTANCE_TYPE, CPU only)"
+  prepare_host
+  fetch_source
+
+  phase BUILDING "building $IMAGE with $BUILDER${COMMIT:+ from $GIT_URL commit $COMMIT} (the GPU test follows on another instance)"
+  build_image
+  measure_image
+
+  phase PUSHING "pushing the candidate $IMAGE:$CANDIDATE_TAG"
+  push_image
+
+  log "pushed the candidate $IMAGE@$DIGEST"
+  result "{\"type\":\"result\",\"status\":\"BUILT\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed the candidate $CANDIDATE_TAG")}"
+}
+
+test_stage() {
+  [[ $CANDIDATE_DIGEST =~ ^sha256:[0-9a-f]{64}$ ]] || die "no candidate digest to test"
+  phase PREPARING "preparing the GPU host ($INSTANCE_TYPE)"
+  prepare_host
+
+  phase TESTING "pulling the candidate $IMAGE@$CANDIDATE_DIGEST; smoke test: ${SMOKE_TEST[*]}"
+  pull_candidate
+  smoke_test
+
+  phase PUSHING "promoting ${#TAGS[@]} tag(s) to the tested digest $CANDIDATE_DIGEST"
+  promote
+  DIGEST=$CANDIDATE_DIGEST
+  result "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"message\":$(json_str "tested and promoted ${TAGS[*]}")}"
+}
+
+main() {
+  mkdir -p "$WORK"
+  : >"$LOG_FILE"
+  # tee ignores INT/TERM, so a signal to the whole process group cannot cut the log short
+  exec > >(trap '' INT TERM; exec tee -a "$LOG_FILE") 2>&1
+  trap 'on_exit' EXIT
+  trap 'on_err "$?" "$BASH_COMMAND" "$LINENO"' ERR
+  trap 'on_signal INT 130' INT
+  trap 'on_signal TERM 143' TERM
+  printf 'Authorization: Bearer %s\n' "$TOKEN" >"$AUTH_HEADER"
+  log "build $BUILD_ID attempt $ATTEMPT ($STAGE, stage role $STAGE_ROLE): $REPOSITORY, tags ${TAGS[*]}"
+  start_watchdog
+  INSTANCE_ID=$(instance_identity)
+  heartbeat_loop &
+  HEARTBEAT_PID=$!
+  local registry=${VOLTABUILD_REGISTRY_OVERRIDE:-$REGISTRY}
+  [[ $registry =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] || die "VOLTABUILD_REGISTRY_OVERRIDE: not HOST[:PORT]"
+  [[ $BUILDER == docker || $BUILDER == buildah ]] || die "VOLTABUILD_BUILDER: docker or buildah"
+  REGISTRY_HOST=$registry
+  IMAGE=$registry/$REPOSITORY
+  BUILT=$IMAGE:build-$BUILD_ID-$ATTEMPT
+  OUT_TAGS=("${TAGS[@]}")
+  if [[ $STAGE_ROLE == build ]]; then OUT_TAGS=("$CANDIDATE_TAG"); fi
+  ARGS=("${BUILD_ARGS[@]}")
+  apply_overrides
+  case $STAGE_ROLE in
+    build) build_stage ;;
+    test) test_stage ;;
+    *) build_all ;;
+  esac
 }
 
 main "$@"
