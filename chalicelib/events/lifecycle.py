@@ -31,6 +31,7 @@ from chalicelib.builds.store import (
     BuildStore,
     all_of,
     at_attempt,
+    in_stage,
     not_cancelled,
     on_instance,
     termination_unrecorded,
@@ -43,6 +44,7 @@ from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
 from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.launching.buildlogs import BuildLogs
+from chalicelib.launching.hostscript import candidate_tag
 from chalicelib.launching.pushed import PushedImages, settle
 from chalicelib.queues import Queue
 
@@ -200,6 +202,31 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
 
+    def start_test_stage(self, record: BuildRecord, digest: str, *, fields: dict[str, Any] | None = None,
+                         extra_condition: Any = None) -> BuildRecord:
+        """A split build's build stage pushed its candidate ``digest`` (issue 23): the build
+        stays RUNNING, moves to its test stage as ``attempt + 1`` (a new instance, a new token:
+        the build instance's reports no longer match), and the launch message for the GPU
+        test stage is sent. One conditional write (the build stage, this attempt and instance,
+        no cancel; ``extra_condition``: the reporter's token). Raises InvalidTransition when
+        it loses (nothing sent). The build instance halts itself after its report."""
+        attempt, iid = record.attempt, record.instance_id
+        item = self.transitions.move(
+            record.id, Status.RUNNING, expect=[Status.RUNNING],
+            message=f"build stage done on {iid or 'its instance'}: candidate {digest}; "
+                    f"launching the GPU test stage as attempt {attempt + 1}",
+            event={"stage": "test", "instance_id": iid},
+            fields={"stage": "test", "candidate_digest": digest, "candidate_tag": candidate_tag(record.id, attempt),
+                    "attempt": attempt + 1, "stages.test.attempts": 1,
+                    "heartbeat_at": clock.now_iso(), "queued_at": clock.now_iso(), "launch_rounds": 0,
+                    **(fields or {})},
+            remove=[*ATTEMPT_FIELDS[:2], "token_hash", "launch_started_at", "deadline_at", "phase"],
+            extra_condition=all_of(extra_condition, in_stage("build"), at_attempt(attempt),
+                                   on_instance(iid) if iid else None, not_cancelled()),
+        )
+        self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1, "stage": "test"})
+        return item
+
     def relaunch(self, record: BuildRecord, why: str, *, reclaimed: bool = False,
                  fields: dict[str, Any] | None = None) -> BuildRecord | None:
         """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
@@ -211,9 +238,15 @@ class Lifecycle:
         reclaims = record.spot_reclaims + (1 if reclaimed else 0)
         if record.cancel_requested:
             return self.cancel(record, expect=LAUNCHED, instance_id=iid, note=why)
-        if attempt >= max_attempts:
+        # a split build (issue 23) relaunches its current stage only, and counts that stage's
+        # attempts: the build's own attempt number still grows (tokens, tags, messages)
+        stage = record.stage if record.split and record.stage in record.stages else None
+        used = record.stages[stage].attempts if stage else attempt
+        if stage:
+            fields = {**(fields or {}), f"stages.{stage}.attempts": used + 1}
+        if used >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
-                      else f"{why}; gave up after {attempt} attempts")
+                      else f"{why}; gave up after {used} attempts" + (f" of the {stage} stage" if stage else ""))
             failed = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
                                fields=fields)
             metrics.emit_many({"SpotInterruptions": 1} if failed and reclaimed else {})
@@ -221,7 +254,8 @@ class Lifecycle:
         try:
             item = self.transitions.move(
                 record.id, Status.QUEUED, expect=list(LAUNCHED),
-                message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
+                message=f"{why}; launching again as attempt {attempt + 1}"
+                        + (f" ({stage} stage, its attempt {used + 1} of {max_attempts})" if stage else f" of {max_attempts}"),
                 fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
                         **(fields or {})},
                 remove=ATTEMPT_FIELDS,

@@ -108,9 +108,11 @@ report() {
 }
 
 phase() {
+  local stage=""
   PHASE=$1
   log "$2"
-  report "{\"type\":\"phase\",\"phase\":\"$1\",\"message\":$(json_str "$2")}" || true
+  [[ $STAGE_ROLE == all ]] || stage=",\"stage\":\"$STAGE_ROLE\""
+  report "{\"type\":\"phase\",\"phase\":\"$1\",\"message\":$(json_str "$2")$stage}" || true
 }
 
 # Run a long command in the background and wait, so INT/TERM are handled at once.
