@@ -153,6 +153,12 @@ def termination_unrecorded() -> ConditionBase:
     return Attr("instance_terminated_at").not_exists()
 
 
+def stage_termination_unrecorded(stage: str) -> ConditionBase:
+    """A split build's ``stage`` instance has no termination time yet (issue 23)."""
+    at = Attr(f"stages.{stage}.terminated_at")
+    return at.not_exists() | at.attribute_type("NULL")  # stored as null at submission
+
+
 def digest_unchecked() -> ConditionBase:
     """Neither ECR's push event nor the reaper recorded a digest check."""
     return Attr("ecr_digest").not_exists() & Attr("digest_checked").not_exists()

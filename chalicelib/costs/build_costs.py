@@ -44,7 +44,19 @@ class BuildCosts:
         terminated = parse(build.instance_terminated_at) if build.instance_terminated_at else None
         usage = billing.usage_from_instance(build.instance.model_dump(), root_volume_gb=volume,
                                             price_table=self.price_table, terminated_at=terminated)
-        return None if usage is None else billing.build_cost([usage], now)
+        if usage is None:
+            return None
+        usages = [usage]
+        # a split build (issue 23): its build stage's instance too, when the current one is the test stage's
+        first = build.stages.get("build") if build.split else None
+        if first is not None and first.instance is not None and first.instance.id != build.instance.id:
+            ended = parse(first.terminated_at) if first.terminated_at else None
+            earlier = billing.usage_from_instance(first.instance.model_dump(), root_volume_gb=volume,
+                                                  price_table=self.price_table, terminated_at=ended)
+            if earlier is None:
+                return None
+            usages.insert(0, earlier)
+        return billing.build_cost(usages, now)
 
     def with_cost(self, build: Build, now: datetime) -> Build:
         return build.model_copy(update={"cost": self.cost(build, now)})

@@ -34,6 +34,7 @@ from chalicelib.builds.store import (
     in_stage,
     not_cancelled,
     on_instance,
+    stage_termination_unrecorded,
     termination_unrecorded,
     without_instance,
 )
@@ -42,7 +43,7 @@ from chalicelib.costs import costagg
 from chalicelib.costs.build_costs import BuildCosts
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
-from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
+from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_BUILD_STAGE, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.launching.buildlogs import BuildLogs
 from chalicelib.launching.hostscript import candidate_tag
 from chalicelib.launching.pushed import PushedImages, settle
@@ -123,9 +124,12 @@ class Lifecycle:
         observability.bind_build(record.id)
         info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
                 "price": None, "launched_at": inst.launched_at}
+        fields = {"instance_id": inst.id, "instance": info}
+        if record.split and record.stage in record.stages:  # a split build keeps each stage's instance (issue 23)
+            fields[f"stages.{record.stage}.instance"] = info
         try:
             item = self.store.update_fields(
-                record.id, {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
+                record.id, fields, expect=LAUNCHED,
                 extra_condition=at_attempt(record.attempt) & without_instance())
         except InvalidTransition as e:
             log.info("not adopted: %s", e)
@@ -290,7 +294,43 @@ class Lifecycle:
         """What an instance's state change does. Returns a short word for logs/tests."""
         if ev.state in ("pending", "stopping"):
             return "ignored"
-        return self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
+        outcome = self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
+        if outcome == "not ours" and ev.state == "terminated":
+            return self._stage_terminated(ev) or outcome
+        return outcome
+
+    def _stage_terminated(self, ev: InstanceStateChange) -> str | None:
+        """A split build's earlier stage's instance (the build stage's, which halts itself
+        after its BUILT report) was terminated: record when, for the build's cost (issue 23).
+        Once only (conditional), and only the instance the record keeps for that stage."""
+        inst = self.instances.describe(ev.instance_id)
+        stage = inst.tags.get(TAG_BUILD_STAGE) if inst is not None else None
+        if inst is None or not inst.build_id or stage not in ("build", "test"):
+            return None
+        try:
+            record = self.store.get_record(inst.build_id)
+        except BuildNotFound:
+            return None
+        info = record.stages.get(stage)
+        if info is None or info.instance is None or info.instance.id != ev.instance_id or info.terminated_at:
+            return None
+        try:
+            self.store.update_fields(record.id, {f"stages.{stage}.terminated_at": self._event_time(ev, record)},
+                                     expect=[record.status], extra_condition=stage_termination_unrecorded(stage))
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+        return "stage terminated"
+
+    @staticmethod
+    def _event_time(ev: InstanceStateChange, record: BuildRecord) -> str:
+        try:
+            when = clock.parse(ev.time) if ev.time else clock.now()
+        except ValueError:
+            when = clock.now()
+        if record.finished_at:  # EventBridge's time has whole seconds: never before the end
+            when = max(when, clock.parse(record.finished_at))
+        return clock.iso(when)
 
     def _state_change(self, record: BuildRecord, ev: InstanceStateChange) -> str:
         status = record.status
@@ -332,16 +372,21 @@ class Lifecycle:
             when = max(when, clock.parse(record.finished_at))
         at = clock.iso(when)
         condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
-        build = record.public().model_copy(update={"instance_terminated_at": at})
+        done = {"instance_terminated_at": at}
+        stages = record.stages
+        if record.split and record.stage in stages:  # the current stage's instance (issue 23)
+            done[f"stages.{record.stage}.terminated_at"] = at
+            stages = {**stages, record.stage: stages[record.stage].model_copy(update={"terminated_at": at})}
+        build = record.public().model_copy(update={"instance_terminated_at": at, "stages": stages})
         cost = self.costs.cost(build, when) if self.costs is not None else None
         try:
             if cost is None:  # no price known: the termination is recorded, no cost booked
-                record = self.store.update_fields(record.id, {"instance_terminated_at": at}, expect=[record.status],
+                record = self.store.update_fields(record.id, done, expect=[record.status],
                                                   extra_condition=condition)
             else:  # the final cost, booked into the day's aggregates exactly once (the same condition)
                 booking = self.costs.booking(build, record.owner_key, cost, when)
                 self.store.update_fields_with(
-                    record.id, {"instance_terminated_at": at},
+                    record.id, done,
                     costagg.update_items(self.store.table_name, booking), expect=[record.status],
                     extra_condition=condition)
                 record = record.model_copy(update={"instance_terminated_at": at})
