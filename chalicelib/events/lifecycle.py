@@ -278,11 +278,18 @@ class Lifecycle:
         attempt = record.attempt
         if record.cancel_requested:
             return self.cancel(record, expect=[Status.QUEUED])
-        if attempt >= record.max_attempts:
-            return self.fail(record, f"{why}; gave up after {attempt} attempts", expect=[Status.QUEUED])
+        # a split build counts its current stage's attempts (issue 23), as relaunch does
+        stage = record.stage if record.split and record.stage in record.stages else None
+        used = record.stages[stage].attempts if stage else attempt
+        if used >= record.max_attempts:
+            return self.fail(record, f"{why}; gave up after {used} attempts" + (f" of the {stage} stage" if stage else ""),
+                             expect=[Status.QUEUED])
+        fields: dict[str, Any] = {"attempt": attempt + 1, "queued_at": clock.now_iso()}
+        if stage:
+            fields[f"stages.{stage}.attempts"] = used + 1
         try:
-            item = self.store.update_fields(record.id, {"attempt": attempt + 1, "queued_at": clock.now_iso()},
-                                            expect=[Status.QUEUED])
+            item = self.store.update_fields(record.id, fields, expect=[Status.QUEUED],
+                                            extra_condition=at_attempt(attempt))
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return None
