@@ -210,3 +210,39 @@ def test_each_stage_counts_its_own_attempts(aws, env):
     launch(msg)
     rec = wiring.lifecycle().relaunch(wiring.store().get_record(build_id), "spot interruption", reclaimed=True)
     assert rec.status == "QUEUED" and rec.stages["test"].attempts == 2
+
+
+# ---- a failure reported in the test stage's promotion (chalicelib/launching/pushed.py) ----------
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
+                                  "digest": "sha256:" + "d" * 64}, "layers": []})
+
+
+@pytest.mark.parametrize("untagged", [True, False])
+def test_a_failure_after_the_promotion_succeeds_only_without_the_candidate_tag(aws, env, monkeypatch, untagged):
+    # GIVEN a split canary in ECR whose build stage pushed its candidate and whose test stage
+    # put every requested tag on it
+    monkeypatch.setenv("IMAGE_REGISTRY", "123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    wiring.reset()
+    ecr = aws.client("ecr")
+    build, _ = wiring.builds().submit(BuildRequest(framework="canary", split=True, instance_types=["g5.xlarge"]))
+    (msg,) = aws.messages("LaunchQueue")
+    iid = launch(msg)
+    rec = wiring.store().get_record(build.id)
+    name = rec.image.repository.split("/", 1)[1]
+    cand = f"candidate-{build.id}-1"
+    digest = ecr.put_image(repositoryName=name, imageManifest=MANIFEST, imageTag=cand)["image"]["imageId"]["imageDigest"]
+    report(build.id, token(script(env["ec2"], iid)), {"type": "result", "status": "BUILT", "digest": digest})
+    (msg,) = aws.messages("LaunchQueue")
+    tok = token(script(env["ec2"], launch(msg)))
+    report(build.id, tok, {"type": "phase", "phase": "PUSHING", "stage": "test"})
+    for tag in rec.image.tags:
+        ecr.put_image(repositoryName=name, imageManifest=MANIFEST, imageTag=tag)
+    if untagged:
+        ecr.batch_delete_image(repositoryName=name, imageIds=[{"imageTag": cand}])
+    # WHEN the instance reports a failure (its result report was lost, or the untagging failed)
+    out = report(build.id, tok, {"type": "result", "status": "FAILED", "reason": "could not remove the candidate tag"})
+    # THEN it succeeded only when ECR holds every tag at the tested digest and no candidate tag
+    assert out["status"] == ("SUCCEEDED" if untagged else "FAILED")
+    if untagged:
+        assert wiring.store().get_record(build.id).image.digest == digest
