@@ -188,7 +188,20 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         *_source_config(record, context_url, context_max_bytes, context_sha256),
     ])
     fetched = (job is not None or bool(context_url)) and stage_role != "test"
-    return _template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(fetched))
+    return (_template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(fetched))
+            .replace("@@STAGES@@\n", _stages_part(stage_role)))
+
+
+STAGES_TEMPLATE = Path(__file__).resolve().parent / "templates" / "stages.sh"
+
+
+def _stages_part(stage_role: str) -> str:
+    """templates/stages.sh without its comments, for a split build's stage only (issue 23):
+    a whole build's user-data stays as small as it was."""
+    if stage_role == "all":
+        return ""
+    lines = [line for line in STAGES_TEMPLATE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join(lines) + "\n"
 
 
 def _catalog_context(catalog: Catalog, spec, resolved, context_url: str) -> str:
