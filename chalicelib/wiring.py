@@ -235,17 +235,24 @@ def reports():
     from chalicelib.launching.pushed import PushedImages
     from chalicelib.launching.reports import Reports
 
-    return Reports(store(), transitions(), relaunch=relauncher(), pushed=PushedImages(client("ecr")))
+    return Reports(store(), transitions(), relaunch=relauncher(), pushed=PushedImages(client("ecr")),
+                   test_stage=_report_lifecycle().start_test_stage)
+
+
+@cache
+def _report_lifecycle():
+    """The lifecycle's moves only, made without its EC2 and log clients, so the anonymous
+    reports route's role touches no instance (infra/permissions): ``relaunch`` (a host
+    failure queues the build again) and ``start_test_stage`` (a split build's BUILT, issue 23)."""
+    from chalicelib.events.lifecycle import Lifecycle, LifecycleConfig
+
+    return Lifecycle(store(), transitions(), None, launch_queue(), LifecycleConfig(stage=settings().stage))
 
 
 @cache
 def relauncher():
-    """``Lifecycle.relaunch`` for the reports function (a host failure queues the build
-    again): the lifecycle's moves only, made without its EC2 and log clients, so the
-    anonymous reports route's role touches no instance (infra/permissions)."""
-    from chalicelib.events.lifecycle import Lifecycle, LifecycleConfig
-
-    return Lifecycle(store(), transitions(), None, launch_queue(), LifecycleConfig(stage=settings().stage)).relaunch
+    """``Lifecycle.relaunch`` for the reports function (see _report_lifecycle)."""
+    return _report_lifecycle().relaunch
 
 
 @cache

@@ -9,6 +9,9 @@
   (instance running, image pushed, instance terminated). It plays only instances the
   launcher recorded on their build: anything else that appears in moto (a hand-made or
   hostile ``RunInstances``) is terminated without its user-data ever running here.
+  A split build (issue 23) is two instances, played one after the other like any others:
+  the build stage's user-data pushes the candidate to the local registry and reports
+  BUILT; the test stage's pulls it by digest, smoke-tests it and promotes the tags.
 
 Handlers are discovered from ``app.event_sources``: nothing here names them.
 """

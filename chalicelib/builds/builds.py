@@ -8,7 +8,7 @@ import re
 import secrets
 
 from chalicelib.builds.names import check_build_id
-from chalicelib.builds.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, TimelineEvent
+from chalicelib.builds.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, StageInfo, TimelineEvent
 from chalicelib.builds.spend import Ceilings, KeyQuota, gpu_hours
 from chalicelib.builds.states import Status
 from chalicelib.builds.store import BuildStore, Idempotency
@@ -38,6 +38,13 @@ def stage_tags(prefix: str, tags: list[str]) -> list[str]:
     return [prefix + t for t in tags]
 
 
+def split_fields(build_types: list[str], instance_types: list[str]) -> dict:
+    """A split build's fields at submission (issue 23): it starts in the build stage."""
+    return {"split": True, "stage": "build",
+            "stages": {"build": StageInfo(instance_types=build_types, attempts=1),
+                       "test": StageInfo(instance_types=instance_types)}}
+
+
 def new_build_id() -> str:
     return "b-" + secrets.token_hex(10)
 
@@ -62,12 +69,16 @@ class BuildService:
         """Validate a request against the catalog and resolve every default. No I/O (but
         a source build's uploaded context is looked up: chalicelib/custom/custom_builds.py)."""
         if req.source is not None or req.extend is not None:
+            if req.split:
+                raise BadRequest("split: only catalog builds split (a source or extend build runs on the GPU "
+                                 "instance only)", field="split")
             from chalicelib.custom import custom_builds
             return custom_builds.plan(self, req, new_build_id(), self.contexts)
         spec = self.catalog.spec(req.framework)
         hw = self.catalog.hardware
         resolved = spec.resolve(req.version, req.cuda, req.python)
         build_args = spec.check_build_args(req.build_args)
+        build_types = spec.split_types(req.split, build_args)
 
         # GPU compatibility (chalicelib/specs/gpu.py): every type must run this CUDA; defaults that
         # cannot are dropped with a warning; a source build's arch list must cover them all.
@@ -118,7 +129,9 @@ class BuildService:
             warnings=warnings,
             created_at=now,
             updated_at=now,
-            events=[TimelineEvent(at=now, status=Status.QUEUED, message="accepted")],
+            events=[TimelineEvent(at=now, status=Status.QUEUED, message="accepted",
+                                  stage="build" if build_types else None)],
+            **(split_fields(build_types, instance_types) if build_types else {}),
         )
 
     def submit(self, req: BuildRequest, *, idempotency_key: str | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
@@ -58,6 +58,9 @@ class BuildRequest(BaseModel):
     max_price: float | None = Field(None, ge=0.0001, le=100, description="spot price cap, USD per hour")
     timeout_minutes: int | None = Field(None, ge=5)
     notify: bool | NotifyOptions = True
+    split: bool | Literal["auto"] | None = Field(None, description=(
+        "build on a CPU spot instance, then test on the GPU one (issue 23): true, false, or auto (source builds, "
+        "BUILD_MODE=source, split); default: the buildspec's `split`"))
     # ---- build your own (issue 20): chalicelib/custom/sources.py ----
     source: Source | None = Field(None, description="a user's Dockerfile: an uploaded context or a git repository")
     extend: Extend | None = Field(None, description="pip/apt packages and env on top of the catalog image")
@@ -111,6 +114,20 @@ class TimelineEvent(BaseModel):
     status: Status
     phase: Phase | None = None
     message: str = ""
+    stage: Literal["build", "test"] | None = Field(None, description="a split build's stage (issue 23)")
+    instance_id: str | None = Field(None, description="the instance the stage runs on, once known")
+
+
+class StageInfo(BaseModel):
+    """One stage of a split build (issue 23): its instance types, its current (or last)
+    instance, how many attempts it took, and when its instance was terminated."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instance_types: list[str] = Field(default_factory=list)
+    instance: InstanceInfo | None = None
+    attempts: int = 0
+    terminated_at: str | None = None
 
 
 class NotificationInfo(BaseModel):
@@ -166,6 +183,11 @@ class Build(BaseModel):
     source: dict | None = Field(None, description="source and extend builds: what was built from (issue 20)")
     instance_terminated_at: str | None = Field(None, description="when EC2 reported the instance terminated")
     group_id: str | None = Field(None, description="the matrix group this build is a cell of (issue 22)")
+    split: bool = Field(False, description="built on a CPU instance, tested on a GPU one (issue 23)")
+    stage: Literal["build", "test"] | None = Field(None, description="a split build's current stage")
+    stages: dict[str, StageInfo] = Field(default_factory=dict, description="a split build's two stages")
+    candidate_digest: str | None = Field(None, description="the digest the build stage pushed, tested on the GPU")
+    candidate_tag: str | None = Field(None, description="the tag the build stage pushed it under (removed on promotion)")
     cost: Cost | None = Field(None, description=(
         "what the build costs (issue 22): USD, billed seconds, price per hour and its source; estimated until "
         "the instance is terminated; null when no price is known (GET /builds/{id} and GET /groups/{id} only)"))

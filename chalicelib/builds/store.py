@@ -119,6 +119,16 @@ def without_instance() -> ConditionBase:
     return Attr("instance_id").not_exists()
 
 
+def without_token() -> ConditionBase:
+    """No report token is drawn for the current attempt (a split build's test stage before its launch)."""
+    return Attr("token_hash").not_exists()
+
+
+def in_stage(stage: str) -> ConditionBase:
+    """A split build is in ``stage`` (issue 23)."""
+    return Attr("stage").eq(stage)
+
+
 def holding_token(hashed: str) -> ConditionBase:
     """The current attempt's report token hashes to ``hashed``."""
     return Attr("token_hash").eq(hashed)
@@ -141,6 +151,12 @@ def before_phase(phase: Phase) -> ConditionBase:
 def termination_unrecorded() -> ConditionBase:
     """The instance's termination time is not recorded yet (the EC2 handler writes it once)."""
     return Attr("instance_terminated_at").not_exists()
+
+
+def stage_termination_unrecorded(stage: str) -> ConditionBase:
+    """A split build's ``stage`` instance has no termination time yet (issue 23)."""
+    at = Attr(f"stages.{stage}.terminated_at")
+    return at.not_exists() | at.attribute_type("NULL")  # stored as null at submission
 
 
 def digest_unchecked() -> ConditionBase:
@@ -561,12 +577,14 @@ class BuildStore:
         remove: Iterable[str] = (),
         record_event: bool = True,
         extra_condition: ConditionBase | None = None,
+        event: dict[str, Any] | None = None,
     ) -> BuildRecord:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
         the table allows ``to`` from) and ``extra_condition`` holds. One conditional
         UpdateItem; returns the build as it is now.
 
-        A field name with a dot sets an attribute of a map (``image.digest``).
+        A field name with a dot sets an attribute of a map (``image.digest``). ``event``: more
+        fields of the timeline entry (a split build's ``stage`` and ``instance_id``, issue 23).
 
         Raises InvalidTransition (a :class:`ConditionFailed` carrying the old build) when
         the build was not in an expected state (a duplicate, late or out-of-order event):
@@ -576,7 +594,7 @@ class BuildStore:
         sources = {s for s in sources if allowed(s, to)}
         if not sources:
             raise InvalidTransition(f"no state may move to {to.value}")
-        sets, removes, appends = self._moved_fields(to, phase, message, record_event)
+        sets, removes, appends = self._moved_fields(to, phase, message, record_event, event)
         return self._update(
             build_id, {**sets, **(fields or {})}, removes=[*removes, *remove], appends=appends,
             condition=_in_states(sources) & extra_condition if extra_condition else _in_states(sources),
@@ -584,8 +602,8 @@ class BuildStore:
         )
 
     @staticmethod
-    def _moved_fields(to: Status, phase: Phase | None, message: str,
-                      record_event: bool) -> tuple[dict[str, Any], list[str], dict[str, list]]:
+    def _moved_fields(to: Status, phase: Phase | None, message: str, record_event: bool,
+                      event: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str], dict[str, list]]:
         """What a move to ``to`` sets, removes and appends besides the caller's fields:
         the status and its timeline entry, the phase, and for a final state its end."""
         now = now_iso()
@@ -593,8 +611,12 @@ class BuildStore:
         removes: list[str] = []
         appends: dict[str, list] = {}
         if record_event:
-            ev = TimelineEvent(at=now, status=to, phase=phase, message=message[:2000])
-            appends["events"] = [ev.model_dump(mode="json")]
+            ev = TimelineEvent(at=now, status=to, phase=phase, message=message[:2000], **(event or {}))
+            dumped = ev.model_dump(mode="json")
+            for name in ("stage", "instance_id"):  # a split build's only (issue 23)
+                if dumped[name] is None:
+                    del dumped[name]
+            appends["events"] = [dumped]
         if phase is not None:
             sets["phase"] = phase.value
         elif to != Status.RUNNING:

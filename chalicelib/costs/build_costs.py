@@ -2,8 +2,9 @@
 ``billing`` / ``costagg`` functions. No I/O; the catalog gives each build's root volume and
 the deployment's ``SPOT_PRICE_TABLE`` the prices the launcher fell back on.
 
-A build's instances are its current ``instance`` and its earlier attempts'
-``past_instances`` (a spot reclaim, a host failure), each priced.
+A build's instances are its current ``instance``, its earlier attempts' ``past_instances``
+(a spot reclaim, a host failure) and, for a split build, its build stage's instance, each
+priced once.
 """
 
 from __future__ import annotations
@@ -38,21 +39,33 @@ class BuildCosts:
         """What ``build`` costs as of ``now``: every instance it ran on, earlier attempts'
         (``past_instances``, billed to when the build left each: their own termination is
         not recorded, so the terminate lag of those is not counted) and the current one
-        (an estimate up to ``now`` until ``instance_terminated_at`` is recorded). $0 (final)
+        (an estimate up to ``now`` until ``instance_terminated_at`` is recorded), and a split
+        build's build-stage instance (to its recorded termination). $0 (final)
         when it never had an instance; None when an instance's price is unknown (an
         on-demand type missing from ON_DEMAND_PRICE_TABLE)."""
-        if build.instance is None and not build.past_instances:
+        first = build.stages.get("build") if build.split else None
+        if build.instance is None and not build.past_instances and (first is None or first.instance is None):
             return billing.build_cost([], now)
         try:
             volume = self.root_volume_gb(build)
         except BadRequest:  # its framework left the catalog: the root volume is unknown
             return None
-        usages = []
+        usages, seen = [], set()
+
+        def add(info: dict, end: datetime | None) -> None:
+            if info.get("id") not in seen:
+                seen.add(info.get("id"))
+                usages.append(self._usage(info, volume, end))
+
         for past in build.past_instances:
-            usages.append(self._usage(past.model_dump(), volume, parse(past.left_at) if past.left_at else None))
+            add(past.model_dump(), parse(past.left_at) if past.left_at else None)
+        # a split build (issue 23): its build stage's instance, once the test stage has its own
+        if first is not None and first.instance is not None and (
+                build.instance is None or first.instance.id != build.instance.id):
+            add(first.instance.model_dump(), parse(first.terminated_at) if first.terminated_at else None)
         if build.instance is not None:
             terminated = parse(build.instance_terminated_at) if build.instance_terminated_at else None
-            usages.append(self._usage(build.instance.model_dump(), volume, terminated))
+            add(build.instance.model_dump(), terminated)
         return None if any(u is None for u in usages) else billing.build_cost(usages, now)
 
     def _usage(self, info: dict, volume: int, end: datetime | None) -> billing.InstanceUsage | None:

@@ -243,7 +243,11 @@ ECR_LIFECYCLE_POLICY = json.dumps({"rules": [
      "selection": {"tagStatus": "tagged", "tagPrefixList": ["buildcache"], "countType": "sinceImagePushed",
                    "countUnit": "days", "countNumber": 30},
      "action": {"type": "expire"}},
-    {"rulePriority": 2, "description": "untagged images (replaced tags, superseded cache) after 7 days",
+    {"rulePriority": 2, "description": "split builds' candidates never promoted (their test stage failed) after 3 days",
+     "selection": {"tagStatus": "tagged", "tagPrefixList": ["candidate-"], "countType": "sinceImagePushed",
+                   "countUnit": "days", "countNumber": 3},
+     "action": {"type": "expire"}},
+    {"rulePriority": 3, "description": "untagged images (replaced tags, superseded cache) after 7 days",
      "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 7},
      "action": {"type": "expire"}}]})
 

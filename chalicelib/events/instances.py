@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 TAG_BUILD = "voltabuild:build-id"
 TAG_STAGE = "voltabuild:stage"
 TAG_ATTEMPT = "voltabuild:attempt"
+TAG_BUILD_STAGE = "voltabuild:build-stage"  # a split build's stage, build or test (issue 23)
 TAG_ORPHAN = "voltabuild:orphan-seen-at"
 TAG_KEEP = "voltabuild:keep"
 

@@ -31,8 +31,10 @@ from chalicelib.builds.store import (
     BuildStore,
     all_of,
     at_attempt,
+    in_stage,
     not_cancelled,
     on_instance,
+    stage_termination_unrecorded,
     termination_unrecorded,
     without_instance,
 )
@@ -41,8 +43,9 @@ from chalicelib.costs import costagg
 from chalicelib.costs.build_costs import BuildCosts
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
-from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_STAGE, Instances, TaggedInstance
+from chalicelib.events.instances import ALIVE, SPOT_RECLAIMED, TAG_BUILD_STAGE, TAG_STAGE, Instances, TaggedInstance
 from chalicelib.launching.buildlogs import BuildLogs
+from chalicelib.launching.hostscript import candidate_tag
 from chalicelib.launching.pushed import PushedImages, settle
 from chalicelib.queues import Queue
 
@@ -121,9 +124,12 @@ class Lifecycle:
         observability.bind_build(record.id)
         info = {"id": inst.id, "type": inst.type or "unknown", "az": inst.az, "lifecycle": inst.lifecycle,
                 "price": None, "launched_at": inst.launched_at}
+        fields = {"instance_id": inst.id, "instance": info}
+        if record.split and record.stage in record.stages:  # a split build keeps each stage's instance (issue 23)
+            fields[f"stages.{record.stage}.instance"] = info
         try:
             item = self.store.update_fields(
-                record.id, {"instance_id": inst.id, "instance": info}, expect=LAUNCHED,
+                record.id, fields, expect=LAUNCHED,
                 extra_condition=at_attempt(record.attempt) & without_instance())
         except InvalidTransition as e:
             log.info("not adopted: %s", e)
@@ -200,6 +206,31 @@ class Lifecycle:
             log.info("ignored: %s", e)
             return None
 
+    def start_test_stage(self, record: BuildRecord, digest: str, *, fields: dict[str, Any] | None = None,
+                         extra_condition: Any = None) -> BuildRecord:
+        """A split build's build stage pushed its candidate ``digest`` (issue 23): the build
+        stays RUNNING, moves to its test stage as ``attempt + 1`` (a new instance, a new token:
+        the build instance's reports no longer match), and the launch message for the GPU
+        test stage is sent. One conditional write (the build stage, this attempt and instance,
+        no cancel; ``extra_condition``: the reporter's token). Raises InvalidTransition when
+        it loses (nothing sent). The build instance halts itself after its report."""
+        attempt, iid = record.attempt, record.instance_id
+        item = self.transitions.move(
+            record.id, Status.RUNNING, expect=[Status.RUNNING],
+            message=f"build stage done on {iid or 'its instance'}: candidate {digest}; "
+                    f"launching the GPU test stage as attempt {attempt + 1}",
+            event={"stage": "test", "instance_id": iid},
+            fields={"stage": "test", "candidate_digest": digest, "candidate_tag": candidate_tag(record.id, attempt),
+                    "attempt": attempt + 1, "stages.test.attempts": 1,
+                    "heartbeat_at": clock.now_iso(), "queued_at": clock.now_iso(), "launch_rounds": 0,
+                    **(fields or {})},
+            remove=[*ATTEMPT_FIELDS[:2], "token_hash", "launch_started_at", "deadline_at", "phase"],
+            extra_condition=all_of(extra_condition, in_stage("build"), at_attempt(attempt),
+                                   on_instance(iid) if iid else None, not_cancelled()),
+        )
+        self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1, "stage": "test"})
+        return item
+
     def relaunch(self, record: BuildRecord, why: str, *, reclaimed: bool = False,
                  fields: dict[str, Any] | None = None) -> BuildRecord | None:
         """Queue a launched build again as ``attempt + 1`` (or fail it when its attempts are
@@ -211,9 +242,15 @@ class Lifecycle:
         reclaims = record.spot_reclaims + (1 if reclaimed else 0)
         if record.cancel_requested:
             return self.cancel(record, expect=LAUNCHED, instance_id=iid, note=why)
-        if attempt >= max_attempts:
+        # a split build (issue 23) relaunches its current stage only, and counts that stage's
+        # attempts: the build's own attempt number still grows (tokens, tags, messages)
+        stage = record.stage if record.split and record.stage in record.stages else None
+        used = record.stages[stage].attempts if stage else attempt
+        if stage:
+            fields = {**(fields or {}), f"stages.{stage}.attempts": used + 1}
+        if used >= max_attempts:
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
-                      else f"{why}; gave up after {attempt} attempts")
+                      else f"{why}; gave up after {used} attempts" + (f" of the {stage} stage" if stage else ""))
             failed = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
                                fields=fields)
             metrics.emit_many({"SpotInterruptions": 1} if failed and reclaimed else {})
@@ -224,7 +261,8 @@ class Lifecycle:
         try:
             item = self.transitions.move(
                 record.id, Status.QUEUED, expect=list(LAUNCHED),
-                message=f"{why}; launching again as attempt {attempt + 1} of {max_attempts}",
+                message=f"{why}; launching again as attempt {attempt + 1}"
+                        + (f" ({stage} stage, its attempt {used + 1} of {max_attempts})" if stage else f" of {max_attempts}"),
                 fields={"attempt": attempt + 1, "queued_at": clock.now_iso(), "spot_reclaims": reclaims,
                         "past_instances": past, **(fields or {})},
                 remove=ATTEMPT_FIELDS,
@@ -243,11 +281,18 @@ class Lifecycle:
         attempt = record.attempt
         if record.cancel_requested:
             return self.cancel(record, expect=[Status.QUEUED])
-        if attempt >= record.max_attempts:
-            return self.fail(record, f"{why}; gave up after {attempt} attempts", expect=[Status.QUEUED])
+        # a split build counts its current stage's attempts (issue 23), as relaunch does
+        stage = record.stage if record.split and record.stage in record.stages else None
+        used = record.stages[stage].attempts if stage else attempt
+        if used >= record.max_attempts:
+            return self.fail(record, f"{why}; gave up after {used} attempts" + (f" of the {stage} stage" if stage else ""),
+                             expect=[Status.QUEUED])
+        fields: dict[str, Any] = {"attempt": attempt + 1, "queued_at": clock.now_iso()}
+        if stage:
+            fields[f"stages.{stage}.attempts"] = used + 1
         try:
-            item = self.store.update_fields(record.id, {"attempt": attempt + 1, "queued_at": clock.now_iso()},
-                                            expect=[Status.QUEUED])
+            item = self.store.update_fields(record.id, fields, expect=[Status.QUEUED],
+                                            extra_condition=at_attempt(attempt))
         except InvalidTransition as e:
             log.info("ignored: %s", e)
             return None
@@ -259,7 +304,43 @@ class Lifecycle:
         """What an instance's state change does. Returns a short word for logs/tests."""
         if ev.state in ("pending", "stopping"):
             return "ignored"
-        return self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
+        outcome = self._for_instance(ev.instance_id, lambda record: self._state_change(record, ev))
+        if outcome == "not ours" and ev.state == "terminated":
+            return self._stage_terminated(ev) or outcome
+        return outcome
+
+    def _stage_terminated(self, ev: InstanceStateChange) -> str | None:
+        """A split build's earlier stage's instance (the build stage's, which halts itself
+        after its BUILT report) was terminated: record when, for the build's cost (issue 23).
+        Once only (conditional), and only the instance the record keeps for that stage."""
+        inst = self.instances.describe(ev.instance_id)
+        stage = inst.tags.get(TAG_BUILD_STAGE) if inst is not None else None
+        if inst is None or not inst.build_id or stage not in ("build", "test"):
+            return None
+        try:
+            record = self.store.get_record(inst.build_id)
+        except BuildNotFound:
+            return None
+        info = record.stages.get(stage)
+        if info is None or info.instance is None or info.instance.id != ev.instance_id or info.terminated_at:
+            return None
+        try:
+            self.store.update_fields(record.id, {f"stages.{stage}.terminated_at": self._event_time(ev, record)},
+                                     expect=[record.status], extra_condition=stage_termination_unrecorded(stage))
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return None
+        return "stage terminated"
+
+    @staticmethod
+    def _event_time(ev: InstanceStateChange, record: BuildRecord) -> str:
+        try:
+            when = clock.parse(ev.time) if ev.time else clock.now()
+        except ValueError:
+            when = clock.now()
+        if record.finished_at:  # EventBridge's time has whole seconds: never before the end
+            when = max(when, clock.parse(record.finished_at))
+        return clock.iso(when)
 
     def _state_change(self, record: BuildRecord, ev: InstanceStateChange) -> str:
         status = record.status
@@ -301,16 +382,21 @@ class Lifecycle:
             when = max(when, clock.parse(record.finished_at))
         at = clock.iso(when)
         condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
-        build = record.public().model_copy(update={"instance_terminated_at": at})
+        done = {"instance_terminated_at": at}
+        stages = record.stages
+        if record.split and record.stage in stages:  # the current stage's instance (issue 23)
+            done[f"stages.{record.stage}.terminated_at"] = at
+            stages = {**stages, record.stage: stages[record.stage].model_copy(update={"terminated_at": at})}
+        build = record.public().model_copy(update={"instance_terminated_at": at, "stages": stages})
         cost = self.costs.cost(build, when) if self.costs is not None else None
         try:
             if cost is None:  # no price known: the termination is recorded, no cost booked
-                record = self.store.update_fields(record.id, {"instance_terminated_at": at}, expect=[record.status],
+                record = self.store.update_fields(record.id, done, expect=[record.status],
                                                   extra_condition=condition)
             else:  # the final cost, booked into the day's aggregates exactly once (the same condition)
                 booking = self.costs.booking(build, record.owner_key, cost, when)
                 self.store.update_fields_with(
-                    record.id, {"instance_terminated_at": at},
+                    record.id, done,
                     costagg.update_items(self.store.table_name, booking), expect=[record.status],
                     extra_condition=condition)
                 record = record.model_copy(update={"instance_terminated_at": at})

@@ -211,7 +211,16 @@ class Reaper:
             (tick.report.relaunched if item.status == Status.QUEUED else tick.report.failed).append(record.id)
 
     def _reap_running(self, record: BuildRecord, tick: _Tick) -> None:
-        """No heartbeat within the grace: SUCCEEDED if it had pushed (pushed.py), else FAILED."""
+        """No heartbeat within the grace: SUCCEEDED if it had pushed (pushed.py), else FAILED.
+        A split build's test stage whose instance is not recorded within the launch grace (its
+        launch message lost, its launcher dead) is launched again, as a stuck launch is."""
+        if record.split and record.stage == "test" and not record.instance_id:
+            if tick.now - (self._since(record) or tick.now) > self.config.launch_grace:
+                mins = int(self.config.launch_grace.total_seconds() // 60)
+                item = self.lifecycle.relaunch(record, f"the test stage did not start within {mins} minutes")
+                if item is not None:
+                    (tick.report.relaunched if item.status == Status.QUEUED else tick.report.failed).append(record.id)
+            return
         beat = _at(record.heartbeat_at) or self._since(record) or tick.now
         if tick.now - beat <= self.config.stale_heartbeat:
             return
@@ -250,8 +259,11 @@ class Reaper:
             return False
         if record.instance_id:
             return record.instance_id == inst.id
-        # launched, not yet recorded by the launcher: the attempt must be the current one
-        return record.status in (Status.QUEUED, Status.LAUNCHING) and inst.attempt == record.attempt
+        # launched, not yet recorded by the launcher: the attempt must be the current one (a
+        # split build's test stage launches while the build stays RUNNING, issue 23)
+        launching = record.status in (Status.QUEUED, Status.LAUNCHING) or (
+            record.status == Status.RUNNING and record.split and record.stage == "test")
+        return launching and inst.attempt == record.attempt
 
     # ---- quota ------------------------------------------------------------------
     def _release_slots(self, active_ids: set[str], report: ReapReport) -> None:

@@ -42,6 +42,17 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
 _LOG_GROUP = re.compile(r"^[A-Za-z0-9_/.#-]{1,512}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# the stage roles of a split build (issue 23): all = one GPU instance does everything
+STAGE_ROLES = ("all", "build", "test")
+CANDIDATE_PREFIX = "candidate-"
+
+
+def candidate_tag(build_id: str, attempt: int) -> str:
+    """The tag a split build's build stage pushes its candidate under (the repositories'
+    lifecycle policy expires ``candidate-`` tags that were never promoted)."""
+    return f"{CANDIDATE_PREFIX}{build_id}-{int(attempt)}"
 
 
 class RenderError(ValueError):
@@ -94,21 +105,39 @@ def _array(name: str, values: list[str]) -> str:
 
 def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str, build_date: str,
            instance_type: str | None = None, context_url: str = "", context_max_bytes: int = 0,
-           context_sha256: str = "") -> str:
+           context_sha256: str = "", stage_role: str = "all", candidate: str = "",
+           candidate_digest: str = "", attempt: int | None = None) -> str:
     """The host script for one attempt of one build (``record`` is the stored build) on
     ``instance_type`` (default: the build's first): its family sets the driver branch the
     script installs on a host that has none. A source or extend build (issue 20) takes its
     repository, args, smoke test and source variables from chalicelib/custom/custom_builds.py;
     ``context_url`` is an uploaded context's presigned GET URL, or (with ``context_sha256``)
-    a catalog context's in the contexts bucket; without one a catalog context is packed in."""
+    a catalog context's in the contexts bucket; without one a catalog context is packed in.
+
+    ``stage_role`` (issue 23): ``all`` (the default) runs the whole build; ``build`` runs on a
+    CPU ``instance_type`` (no driver, no GPU check) and pushes the candidate under
+    ``candidate`` only; ``test`` pulls ``candidate_digest``, smoke-tests it on the GPU and
+    promotes the requested tags to it, then removes ``candidate``. ``attempt`` is the stage's
+    own attempt (default: the build's)."""
+    if stage_role not in STAGE_ROLES:
+        raise RenderError(f"stage role: {stage_role!r} is not one of {', '.join(STAGE_ROLES)}")
+    if stage_role != "all":
+        _check("candidate tag", candidate, re.compile(r"^candidate-[A-Za-z0-9_.-]{1,100}$"))
+    if stage_role == "test":
+        _check("candidate digest", candidate_digest, _DIGEST)
     if not cfg.api_url:
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
     job = _source_job(record, catalog, context_url, context_max_bytes)
     hw = catalog.hardware
     itype = instance_type or (record.instance_types or catalog.spec(record.framework).instance_types)[0]
-    if not hw.is_known_instance_type(itype) or hw.ami_of(itype) is None:
-        raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
-    driver_branch = hw.ami_of(itype).driver_branch
+    if stage_role == "build":
+        # a CPU instance: no GPU family, no driver; any EC2 instance type name
+        _check("instance type", itype, _INSTANCE_TYPE)
+        driver_branch = ""
+    else:
+        if not hw.is_known_instance_type(itype) or hw.ami_of(itype) is None:
+            raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
+        driver_branch = _check("driver branch", hw.ami_of(itype).driver_branch, re.compile(r"^[0-9]{3}$"))
     build_id = _check("build id", record.id, BUILD_ID)
     if job is None:
         spec = catalog.spec(record.framework)
@@ -116,7 +145,7 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         args = spec.docker_build_args(resolved, hw, record.build_args)
         args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
         repository, smoke, arg_pattern = spec.repository, spec.smoke_test, _ARG_NAME
-        context_b64 = _catalog_context(catalog, spec, resolved, context_url)
+        context_b64 = "" if stage_role == "test" else _catalog_context(catalog, spec, resolved, context_url)
         cuda_value, max_image_bytes = resolved.cuda, int(spec.max_image_gb * 10**9)
     else:
         args, repository, smoke, context_b64 = job.build_args, job.repository, job.smoke_test, job.context_b64
@@ -134,7 +163,10 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
     timeout = record.timeout_minutes
     config = "\n".join([
         _assign("BUILD_ID", build_id),
-        _assign("ATTEMPT", record.attempt),
+        _assign("ATTEMPT", record.attempt if attempt is None else int(attempt)),
+        _assign("STAGE_ROLE", stage_role),
+        _assign("CANDIDATE_TAG", candidate),
+        _assign("CANDIDATE_DIGEST", candidate_digest),
         _assign("STAGE", _check("stage", cfg.stage, re.compile(r"^[a-z0-9-]{1,32}$"))),
         _assign("API_URL", _check("api url", cfg.api_url, _URL)),
         _assign("TOKEN", _check("token", token, _TOKEN)),
@@ -145,8 +177,8 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         _assign("CUDA", cuda),
         _assign("MIN_DRIVER", _check("min driver", release.min_driver, re.compile(r"^[0-9]+(\.[0-9]+)*$"))),
         _assign("HEALTH_IMAGE", health),
-        _assign("INSTANCE_TYPE", _check("instance type", itype, re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$"))),
-        _assign("DRIVER_BRANCH", _check("driver branch", driver_branch, re.compile(r"^[0-9]{3}$"))),
+        _assign("INSTANCE_TYPE", _check("instance type", itype, _INSTANCE_TYPE)),
+        _assign("DRIVER_BRANCH", driver_branch),
         _assign("WATCHDOG_MINUTES", timeout + 5),
         _assign("MAX_IMAGE_BYTES", max_image_bytes),
         _assign("HEARTBEAT_SECONDS", int(cfg.heartbeat_seconds)),
@@ -157,8 +189,21 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         _assign("CONTEXT_B64", context_b64),
         *_source_config(record, context_url, context_max_bytes, context_sha256),
     ])
-    fetched = job is not None or bool(context_url)
-    return _template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(fetched))
+    fetched = (job is not None or bool(context_url)) and stage_role != "test"
+    return (_template().replace("@@CONFIG@@", config).replace("@@SOURCES@@\n", _sources_part(fetched))
+            .replace("@@STAGES@@\n", _stages_part(stage_role)))
+
+
+STAGES_TEMPLATE = Path(__file__).resolve().parent / "templates" / "stages.sh"
+
+
+def _stages_part(stage_role: str) -> str:
+    """templates/stages.sh without its comments, for a split build's stage only (issue 23):
+    a whole build's user-data stays as small as it was."""
+    if stage_role == "all":
+        return ""
+    lines = [line for line in STAGES_TEMPLATE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    return "\n".join(lines) + "\n"
 
 
 def _catalog_context(catalog: Catalog, spec, resolved, context_url: str) -> str:

@@ -42,7 +42,7 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -57,17 +57,19 @@ from chalicelib.builds.store import (
     ConditionFailed,
     all_of,
     at_attempt,
+    in_stage,
     not_cancelled,
     on_instance,
     without_instance,
+    without_token,
 )
 from chalicelib.builds.transitions import Transitions
 from chalicelib.clock import iso, now
 from chalicelib.custom.custom_builds import SourceError, launch_spec, prepare_source
 from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
-from chalicelib.events.instances import TAG_ATTEMPT, TAG_BUILD, TAG_STAGE
+from chalicelib.events.instances import TAG_ATTEMPT, TAG_BUILD, TAG_BUILD_STAGE, TAG_STAGE
 from chalicelib.launching.catalog_contexts import CatalogContexts
-from chalicelib.launching.hostscript import HostConfig, RenderError, render, user_data
+from chalicelib.launching.hostscript import HostConfig, RenderError, candidate_tag, render, user_data
 from chalicelib.launching.warmcache import TtlCache
 from chalicelib.queues import Queue
 from chalicelib.specs.catalog import Catalog
@@ -100,6 +102,8 @@ class LaunchMessage(BaseModel):
     # the build's timeout, sent with a new build's message: the launcher then writes before
     # it reads (one call less); a message without it (a relaunch) reads the build first
     timeout_minutes: int | None = Field(None, ge=1)
+    # a split build's test stage (issue 23), launched while the build stays RUNNING
+    stage: Literal["build", "test"] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,12 @@ class Outcome:
     action: str
     detail: str = ""
     instance_id: str | None = None
+
+
+def stage_role(record: BuildRecord) -> str:
+    """What the host script of the record's next instance does: ``all`` (an unsplit build),
+    or a split build's current stage, ``build`` or ``test`` (issue 23)."""
+    return record.stage if record.split and record.stage in ("build", "test") else "all"
 
 
 def backoff_seconds(round_: int) -> int:
@@ -170,6 +180,10 @@ class Launcher:
         attempt = record.attempt
         if record.status == Status.LAUNCHING and attempt == msg.attempt and not record.instance_id:
             return self._resume(record, msg)
+        if (record.status == Status.RUNNING and record.stage == "test" and attempt == msg.attempt
+                and not record.instance_id):
+            # a split build's test stage (issue 23): the build stays RUNNING while it launches
+            return self._resume(record, msg) if record.token_hash else self._launch_test(record, msg)
         if record.status != Status.QUEUED or attempt != msg.attempt:
             return self._note(Outcome(
                 "ignored", f"{msg.build_id}: stale or duplicate message for attempt {msg.attempt} "
@@ -193,6 +207,25 @@ class Launcher:
                 },
                 extra_condition=at_attempt(msg.attempt),
             )
+        except InvalidTransition:
+            return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
+        return self._start(record, msg, token)
+
+    def _launch_test(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
+        """The test stage of a split build whose build stage reported BUILT: the report token
+        is drawn in one conditional write (this attempt, the test stage, no instance and no
+        token yet), so a duplicate message or a second launcher cannot start a second instance."""
+        if record.cancel_requested:
+            return self._cancel(msg, expect=Status.RUNNING)
+        token = secrets.token_urlsafe(32)
+        started = now()
+        try:
+            record = self.store.update_fields(
+                msg.build_id, {"launch_started_at": iso(started), "token_hash": token_hash(token),
+                               "deadline_at": iso(started + timedelta(minutes=record.timeout_minutes))},
+                expect=[Status.RUNNING],
+                extra_condition=all_of(at_attempt(msg.attempt), in_stage("test"), without_instance(),
+                                       without_token(), not_cancelled()))
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: another launcher took attempt {msg.attempt}"))
         return self._start(record, msg, token)
@@ -233,11 +266,11 @@ class Launcher:
                 self.ec2.terminate_instances(InstanceIds=[found["InstanceId"]])  # the cancel did not see it
             return outcome
         if record.cancel_requested:
-            return self._cancel(msg, expect=Status.LAUNCHING)
+            return self._cancel(msg, expect=record.status)
         token = secrets.token_urlsafe(32)
         try:
             record = self.store.update_fields(
-                msg.build_id, {"token_hash": token_hash(token)}, expect=[Status.LAUNCHING],
+                msg.build_id, {"token_hash": token_hash(token)}, expect=[record.status],
                 extra_condition=at_attempt(msg.attempt) & without_instance())
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{msg.build_id}: attempt {msg.attempt} moved on"))
@@ -254,15 +287,21 @@ class Launcher:
             if not record.source:  # valid through boot, the build and a margin, as an upload's
                 source = self.catalog_contexts.source_for(record, (record.timeout_minutes + 60) * 60)
         except (BadRequest, CatalogError, SourceError) as e:
-            return self._fail(msg.build_id, f"launch failed: {e}")
+            return self._fail(msg.build_id, f"launch failed: {e}", msg.attempt)
         build_date = record.launch_started_at or iso(now())
         hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
+        role = stage_role(record)
+        split = {} if role == "all" else {
+            "stage_role": role,
+            # the test stage promotes (and untags) what the build stage pushed, under its tag
+            "candidate": (record.candidate_tag if role == "test" else None) or candidate_tag(record.id, record.attempt),
+            "candidate_digest": record.candidate_digest or ""}
 
         def host(itype: str) -> tuple[str, str, bytes]:
             if itype not in hosts:
-                image_id = self._ami(itype)
+                image_id = self._ami(itype, cpu=role == "build")
                 data = render(record, self.catalog, self.cfg.host, token=token, build_date=build_date,
-                              instance_type=itype, **source)
+                              instance_type=itype, **source, **split)
                 hosts[itype] = (image_id, self._root_device(image_id), user_data(data))
             return hosts[itype]
 
@@ -278,7 +317,7 @@ class Launcher:
                 try:
                     image_id, root_device, data = host(itype)
                 except (_Permanent, RenderError, BadRequest, CatalogError) as e:
-                    return self._fail(msg.build_id, f"launch failed: {itype}: {e}")
+                    return self._fail(msg.build_id, f"launch failed: {itype}: {e}", msg.attempt)
                 for subnet in self.cfg.subnet_ids or (None,):
                     where = f"{itype} in {subnet or 'the default subnet'} ({market})"
                     client_token = f"{msg.build_id}-{msg.attempt}" + (f"-{rounds}-{i}" if rounds or i else "") + suffix
@@ -296,7 +335,8 @@ class Launcher:
                         if code in TRANSIENT_ERRORS:
                             tried.append(f"{where}: {code}")
                             return self._retry_later(record, msg, tried)
-                        return self._fail(msg.build_id, f"launch failed: RunInstances {where}: {code}: {text}")
+                        return self._fail(msg.build_id, f"launch failed: RunInstances {where}: {code}: {text}",
+                                          msg.attempt)
                     return self._record(record, msg, inst, market)
         return self._retry_later(record, msg, tried)
 
@@ -313,12 +353,16 @@ class Launcher:
 
     def _run(self, record: BuildRecord, spec, market: str, itype: str, subnet: str | None, image_id: str,
              root_device: str, data: bytes, client_token: str) -> dict:
+        role = stage_role(record)
         tags = [
             {"Key": TAG_BUILD, "Value": record.id},
             {"Key": TAG_STAGE, "Value": self.cfg.stage},
             {"Key": TAG_ATTEMPT, "Value": str(record.attempt)},
-            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record.framework}-{record.id}"},
+            {"Key": "Name", "Value": f"voltabuild-{self.cfg.stage}-{record.framework}-{record.id}"
+                                     + ("" if role == "all" else f"-{role}")},
         ]
+        if role != "all":
+            tags.append({"Key": TAG_BUILD_STAGE, "Value": role})
         kwargs: dict[str, Any] = {
             "ImageId": image_id,
             "InstanceType": itype,
@@ -360,8 +404,12 @@ class Launcher:
         try:
             # only for this attempt, and only while no other instance is recorded for it (an EC2
             # event or the reaper may have adopted this very instance first: that is fine)
+            role = stage_role(record)
+            fields = {"instance": info.model_dump(mode="json"), "instance_id": iid, "launch_rounds": 0}
+            if role != "all":  # a split build keeps each stage's instance (issue 23)
+                fields[f"stages.{role}.instance"] = fields["instance"]
             self.store.update_fields(
-                msg.build_id, {"instance": info.model_dump(mode="json"), "instance_id": iid, "launch_rounds": 0},
+                msg.build_id, fields,
                 expect=[Status.LAUNCHING, Status.RUNNING],
                 extra_condition=at_attempt(msg.attempt) & (without_instance() | on_instance(iid)))
         except InvalidTransition:
@@ -381,8 +429,9 @@ class Launcher:
         delay = backoff_seconds(rounds)
         try:
             self.transitions.move(
-                msg.build_id, Status.QUEUED, expect=[Status.LAUNCHING],
+                msg.build_id, Status.QUEUED, expect=[Status.LAUNCHING, Status.RUNNING],
                 message=f"no capacity ({what}); trying again in {delay} s",
+                extra_condition=at_attempt(msg.attempt) & without_instance(),
                 # queued_at = when the delayed message is due: the reaper's "stuck in QUEUED"
                 # grace counts from then, so waiting for capacity never looks like a lost message
                 fields={"launch_rounds": rounds, "queued_at": iso(now() + timedelta(seconds=delay))},
@@ -393,10 +442,13 @@ class Launcher:
         self.queue.send({"build_id": msg.build_id, "attempt": msg.attempt}, delay_seconds=delay)
         return self._note(Outcome("retry", f"{msg.build_id}: round {rounds} in {delay} s; tried {what}"))
 
-    def _fail(self, build_id: str, reason: str) -> Outcome:
+    def _fail(self, build_id: str, reason: str, attempt: int | None = None) -> Outcome:
+        # a split build's test stage launches from RUNNING (issue 23): only that attempt, before its instance
+        when = all_of(at_attempt(attempt) if attempt is not None else None, without_instance())
         try:
-            self.transitions.move(build_id, Status.FAILED, expect=[Status.LAUNCHING], message=reason[:2000],
-                                  fields={"reason": reason[:4000]}, remove=["token_hash"])
+            self.transitions.move(build_id, Status.FAILED, expect=[Status.LAUNCHING, Status.RUNNING],
+                                  message=reason[:2000], fields={"reason": reason[:4000]}, remove=["token_hash"],
+                                  extra_condition=when)
         except InvalidTransition:
             return self._note(Outcome("ignored", f"{build_id}: moved on during the launch"))
         return self._note(Outcome("failed", f"{build_id}: {reason}"))
@@ -414,16 +466,26 @@ class Launcher:
     @staticmethod
     def _order(record: BuildRecord) -> list[str]:
         """The build's instance types, those whose host failed an earlier attempt last: a
-        host failure moves on to the next type (and comes back to it only when all failed)."""
+        host failure moves on to the next type (and comes back to it only when all failed).
+        A split build's build stage runs on its CPU types (issue 23), the test stage on the
+        build's GPU types."""
         failed = {f.instance_type for f in record.host_failures}
+        if stage_role(record) == "build":
+            return list(record.stages["build"].instance_types)
         types = list(record.instance_types)
         return [t for t in types if t not in failed] + [t for t in types if t in failed]
 
-    def ami_source(self, instance_type: str) -> str:
+    def ami_source(self, instance_type: str, *, cpu: bool = False) -> str:
         """Where ``instance_type``'s AMI comes from: an AMI id or an SSM parameter. A family's
         AMI_OVERRIDES entry first, then AMI_ID, then AMI_PARAMETER (both for every family),
-        then the hardware table's path for the family."""
+        then the hardware table's path for the family.
+
+        A split build's CPU stage (``cpu``, issue 23) needs no GPU driver: AMI_OVERRIDES'
+        ``cpu`` entry, then AMI_ID, then the hardware table's ``cpu_ami`` (stock Ubuntu 22.04,
+        where the host script installs docker and the AWS CLI; no DLAMI GPU image to boot)."""
         hw = self.catalog.hardware
+        if cpu:
+            return self.cfg.ami_overrides.get("cpu") or self.cfg.ami_id or hw.cpu_ami
         family = hw.family_of(instance_type)
         if family in self.cfg.ami_overrides:
             return self.cfg.ami_overrides[family]
@@ -434,8 +496,8 @@ class Launcher:
             raise _Permanent(f"no AMI boots instance family {family}")
         return path.parameter
 
-    def _ami(self, instance_type: str) -> str:
-        source = self.ami_source(instance_type)
+    def _ami(self, instance_type: str, *, cpu: bool = False) -> str:
+        source = self.ami_source(instance_type, cpu=cpu)
         if not source.startswith("/"):
             return source
         try:

@@ -65,6 +65,12 @@ class PushedImages:
         if len(digests) != 1 or not set(tags) <= found:
             return None
         (digest,) = digests
+        if record.split:
+            # a split build (issue 23) pushes its tags only in the test stage's promotion, to
+            # the tested candidate; one whose candidate tag stayed on the image is not done (the
+            # candidate- lifecycle rule would expire the image): it fails as reported
+            promoted = record.stage == "test" and digest == record.candidate_digest
+            return digest if promoted and record.candidate_tag not in found else None
         seen = record.ecr_digest
         if seen:
             return digest if seen == digest else None

@@ -58,6 +58,8 @@ class PhaseReport(_Report):
     type: Literal["phase"]
     phase: Phase
     message: Text = ""
+    # a split build's stage (issue 23): recorded on the timeline entry with the instance
+    stage: Literal["build", "test"] | None = None
 
 
 class HeartbeatReport(_Report):
@@ -66,7 +68,8 @@ class HeartbeatReport(_Report):
 
 class ResultReport(_Report):
     type: Literal["result"]
-    status: Literal["SUCCEEDED", "FAILED"]
+    # BUILT: a split build's build stage pushed its candidate (issue 23); the GPU test follows
+    status: Literal["SUCCEEDED", "FAILED", "BUILT"]
     digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
     # measured before the push (issue 19): the compressed size, and the digest the base resolved to
     image_size_bytes: int | None = Field(None, ge=0, le=10**13, strict=True)
@@ -79,9 +82,9 @@ class ResultReport(_Report):
 
     @model_validator(mode="after")
     def _digest_iff_succeeded(self) -> ResultReport:
-        if self.status == "SUCCEEDED" and not self.digest:
-            raise ValueError("digest: required when status is SUCCEEDED (sha256:<64 hex>)")
-        if self.status == "SUCCEEDED" and self.cause:
+        if self.status in ("SUCCEEDED", "BUILT") and not self.digest:
+            raise ValueError(f"digest: required when status is {self.status} (sha256:<64 hex>)")
+        if self.status in ("SUCCEEDED", "BUILT") and self.cause:
             raise ValueError("cause: only a FAILED result has a cause")
         return self
 
@@ -118,7 +121,10 @@ class Reports:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
     def __init__(self, store: BuildStore, transitions: Transitions,
-                 relaunch: Callable[..., BuildRecord | None] | None = None, pushed: PushedImages | None = None) -> None:
+                 relaunch: Callable[..., BuildRecord | None] | None = None, pushed: PushedImages | None = None,
+                 test_stage: Callable[..., BuildRecord] | None = None) -> None:
+        # Lifecycle.start_test_stage: a split build's BUILT report launches its GPU test stage (issue 23)
+        self.test_stage = test_stage
         self.store = store
         self.transitions = transitions
         # Lifecycle.relaunch: a host failure queues the build again as a new attempt
@@ -199,10 +205,12 @@ class Reports:
         """One write for a new phase, from LAUNCHING (the first report) or RUNNING; the same
         phase again (a retried report) refreshes the heartbeat only; an earlier one is 409."""
         message = report.message or f"{report.phase.value.lower()}"
+        event = {"stage": report.stage, "instance_id": report.instance_id} if report.stage else None
         try:
             return self.transitions.move(
                 build_id, Status.RUNNING, expect=list(_REPORTABLE), phase=report.phase, message=message,
                 fields={"heartbeat_at": now_iso()}, extra_condition=guard & before_phase(report.phase),
+                event=event,
             )
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
@@ -234,6 +242,8 @@ class Reports:
     def _result(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         if report.status == "SUCCEEDED":
             return self._succeeded(build_id, report, hashed, guard)
+        if report.status == "BUILT":
+            return self._built(build_id, report, hashed, guard)
         if report.cause == "host" and self.relaunch is not None:
             return self._host_failed(build_id, report, hashed)
         reason = report.reason or "the build failed"
@@ -301,6 +311,22 @@ class Reports:
             raise self._moved_on(build_id)
         metrics.emit("HostFailures", Cause=metrics.host_cause(reason))
         return item
+
+    def _built(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
+        """A split build's build stage pushed its candidate (issue 23): the build stays
+        RUNNING and its GPU test stage is launched (Lifecycle.start_test_stage, one write
+        conditional on this token and the build stage, then the launch message). Only a
+        split build in its build stage may report BUILT (409 otherwise)."""
+        old = self._authenticate(build_id, hashed)
+        if self.test_stage is None or not old.split or old.stage != "build":
+            raise Conflict(f"build {build_id} has no build stage to finish; BUILT is for a split build's build stage")
+        if old.status == Status.LAUNCHING:  # no phase report came first
+            old = self._running(build_id, hashed, guard, "the instance reported in")
+        try:
+            return self.test_stage(old, report.digest, fields=_measured(report), extra_condition=guard)
+        except InvalidTransition as e:
+            self._lost(e, build_id, hashed)
+            raise self._moved_on(build_id) from None
 
     def _succeeded(self, build_id: str, report: ResultReport, hashed: str, guard: ConditionBase) -> BuildRecord:
         def move() -> BuildRecord:

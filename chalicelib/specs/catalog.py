@@ -130,7 +130,30 @@ class CudaRelease(_Frozen):
                 "max_compute_capability": self.max_compute_capability, "min_driver": self.min_driver}
 
 
+_CPU_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+
+
+class BuildTypes(_Frozen):
+    """A split build's CPU instance types (issue 23), by build mode: ``source`` for a build
+    that compiles the framework (BUILD_MODE=source: many cores), ``default`` for the rest
+    (downloads and unpacking: a small box). Any EC2 type without a GPU."""
+
+    default: list[str] = Field(min_length=1, max_length=10)
+    source: list[str] | None = Field(None, min_length=1, max_length=10)
+
+    @model_validator(mode="after")
+    def _names(self) -> BuildTypes:
+        bad = [t for t in [*self.default, *(self.source or [])] if not _CPU_TYPE.match(t)]
+        if bad:
+            raise ValueError(f"build_instance_types: {bad} are not EC2 instance type names")
+        return self
+
+
 class Hardware(_Frozen):
+    # the split build's CPU stage (issue 23): the SSM public parameter of its AMI. No GPU, so no
+    # driver: stock Ubuntu 22.04, on which the host script installs docker and the AWS CLI
+    cpu_ami: str = Field("/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id",
+                         pattern=r"^/aws/service/[A-Za-z0-9_./-]+$")
     amis: dict[str, AmiPath] = Field(min_length=1)
     families: dict[str, GpuFamily] = Field(min_length=1)
     cuda: dict[str, CudaRelease] = Field(min_length=1)
@@ -326,6 +349,10 @@ class BuildSpec(_Frozen):
     max_image_gb: float = Field(gt=0, le=1000)
     timeout_minutes: Timeouts
     smoke_test: list[str] = Field(min_length=1)
+    # split builds (issue 23): the CPU types of the build stage, and whether a request that
+    # does not say splits (true, false, or auto: source builds, BUILD_MODE=source, do)
+    build_instance_types: BuildTypes | None = None
+    split: bool | Literal["auto"] = False
     # set by the loader
     source_hash: str = ""
 
@@ -352,6 +379,22 @@ class BuildSpec(_Frozen):
                 f"defaults {self.defaults.model_dump()} are not one of the declared versions"
             ) from None
         return self
+
+    def split_types(self, requested: bool | str | None, build_args: dict[str, str]) -> list[str]:
+        """The CPU instance types of the build stage when this build splits (issue 23), else
+        []. ``requested`` is the request's ``split`` (None: the buildspec's). Raises
+        BadRequest when a split is asked of a framework without build_instance_types."""
+        split = self.split if requested is None else requested
+        source = build_args.get("BUILD_MODE") == "source"
+        if split == "auto":
+            split = source and self.build_instance_types is not None
+        if not split:
+            return []
+        if self.build_instance_types is None:
+            raise BadRequest(f"split: {self.framework} has no build_instance_types; it builds on the GPU instance "
+                             "only (send split: false)", field="split")
+        types = self.build_instance_types
+        return list(types.source if source and types.source else types.default)
 
     def version(self, version: str) -> VersionSpec:
         for v in self.versions:
@@ -424,8 +467,10 @@ class BuildSpec(_Frozen):
         return re.compile("^(?:" + "|".join(alts) + ")$")
 
     def reserved(self, tag: str) -> bool:
-        """A tag only the catalog gives: ``latest``, ``buildcache*``, the canonical forms."""
-        return tag == "latest" or tag.startswith("buildcache") or bool(self._canonical.match(tag))
+        """A tag only the catalog gives: ``latest``, ``buildcache*``, ``candidate-*`` (a split
+        build's candidate, which the lifecycle policy expires), the canonical forms."""
+        return (tag == "latest" or tag.startswith(("buildcache", "candidate-"))
+                or bool(self._canonical.match(tag)))
 
     def tags_for(self, r: Resolved, hardware: Hardware, extra: list[str] = (),
                  build_args: dict[str, str] | None = None) -> list[str]:
@@ -442,7 +487,7 @@ class BuildSpec(_Frozen):
                 continue
             if self.reserved(t):
                 raise BadRequest(
-                    f"tags: {t!r} is reserved (latest, buildcache* and the canonical version tags belong "
+                    f"tags: {t!r} is reserved (latest, buildcache*, candidate-* and the canonical version tags belong "
                     f"to the builds that produce them); this build's own tags are {', '.join(tags)}",
                     field="tags",
                 )

@@ -99,6 +99,8 @@ def build_detail(build: dict, now: datetime) -> str:
             rows.append(("deadline", _t(build.get("deadline_at"))))
     if build.get("reason"):
         rows.append(("reason", build["reason"]))
+    if split_saving(build):  # issue 23
+        rows.append(("split", split_saving(build)))
     for w in build.get("warnings") or []:
         rows.append(("warning", w))
     out = [build.get("id", "?")]
@@ -116,6 +118,47 @@ def build_detail(build: dict, now: datetime) -> str:
                 state += f"/{ev['phase']}"
             out.append(f"    {hms(ev.get('at'))}  {state:<20} {ev.get('message', '')}".rstrip())
     return "\n".join(out)
+
+
+def split_saving(build: dict) -> str | None:
+    """A split build's cost and wall time against the same build on its GPU instance alone
+    (issue 23), from its recorded cost (both instances' prices and billed seconds) and its
+    timeline; None for an unsplit build or one not yet priced.
+
+    The estimate keeps the build stage's billed time and moves it to the GPU's price; the
+    wall time leaves out the handover (from BUILT to the test stage's first report). It does
+    not count that the GPU instance, with fewer cores, would compile slower: the real saving
+    of a source build is larger."""
+    if not build.get("split"):
+        return None
+    cost = build.get("cost") or {}
+    parts = cost.get("instances") or []
+    if len(parts) != 2:
+        return None
+    cpu, gpu = parts
+    try:
+        gpu_price = float(gpu["price_per_hour"])
+        split_usd = float(cost["usd"])
+        unsplit_usd = split_usd - float(cpu["compute_usd"]) + int(cpu["billed_seconds"]) * gpu_price / 3600
+    except (KeyError, TypeError, ValueError):
+        return None
+    stages = build.get("stages") or {}
+    cpu_type = ((stages.get("build") or {}).get("instance") or {}).get("type", "CPU")
+    gpu_type = ((stages.get("test") or {}).get("instance") or {}).get("type", "GPU")
+    saved = unsplit_usd - split_usd
+    share = f" ({saved / unsplit_usd:.0%})" if unsplit_usd > 0 else ""
+    line = (f"${split_usd:.2f} (build {cpu_type} ${float(cpu['usd']):.2f} + test {gpu_type} ${float(gpu['usd']):.2f}); "
+            f"unsplit on {gpu_type} ~${unsplit_usd:.2f}: {'saves' if saved >= 0 else 'costs'} ~${abs(saved):.2f}{share}")
+    created, finished = parse_time(build.get("created_at")), parse_time(build.get("finished_at"))
+    events = build.get("events") or []
+    built = next((parse_time(e.get("at")) for e in events if e.get("stage") == "test" and not e.get("phase")), None)
+    tested = next((parse_time(e.get("at")) for e in events if e.get("stage") == "test" and e.get("phase")), None)
+    if created and finished and built and tested and tested >= built:
+        wall = (finished - created).total_seconds()
+        handover = (tested - built).total_seconds()
+        line += (f"\nwall {human_duration(wall)} vs ~{human_duration(wall - handover)} unsplit (the handover to the "
+                 f"GPU instance took {human_duration(handover)}; a slower compile there is not counted)")
+    return line
 
 
 SEGMENT_ORDER = ("queued", "launching", "booting", "preparing", "building", "testing", "pushing", "terminate_lag")

@@ -112,6 +112,15 @@ class Host:
         self.step = 0
         self.done = False
         self.token = world.user_data_token(iid)
+        # a split build's stage (issue 23): the build stage pushes a candidate and reports
+        # BUILT; the test stage promotes the requested tags to it and reports SUCCEEDED
+        self.stage = world.stage_of(iid)
+        if self.stage == "build":
+            self.script = HostScript(phases=("PREPARING", "BUILDING", "PUSHING"), result="BUILT",
+                                     hang_after=script.hang_after)
+        elif self.stage == "test":
+            self.script = HostScript(phases=("PREPARING", "TESTING", "PUSHING"), result=script.result,
+                                     hang_after=script.hang_after)
 
     def turn(self) -> bool:
         """One step; False when there was nothing to do."""
@@ -129,10 +138,11 @@ class Host:
         if self.script.hang_after is not None and self.step >= self.script.hang_after:
             return False
         if self.step < len(phases):
-            if phases[self.step] == "PUSHING" and self.script.result == "SUCCEEDED":
-                w.push_image()
+            if phases[self.step] == "PUSHING" and self.script.result in ("SUCCEEDED", "BUILT"):
+                w.push_image(self.iid, candidate=self.script.result == "BUILT", promote=self.stage == "test")
             w.report(self.token, self.iid, {"type": "phase", "phase": phases[self.step],
-                                            "message": phases[self.step].lower()})
+                                            "message": phases[self.step].lower(),
+                                            **({"stage": self.stage} if self.stage else {})})
             self.step += 1
             return True
         self.done = True
@@ -142,6 +152,8 @@ class Host:
             if not ok:  # the script dies: its trap reports a failure
                 w.report(self.token, self.iid, {"type": "result", "status": "FAILED",
                                                 "reason": "the image was pushed but the result could not be reported"})
+        elif self.script.result == "BUILT":
+            w.report(self.token, self.iid, {"type": "result", "status": "BUILT", "digest": w.digest})
         elif self.script.result == "FAILED":
             w.report(self.token, self.iid, {"type": "result", "status": "FAILED", "reason": "the build failed"})
         w.shutdown(self.iid)
@@ -153,8 +165,12 @@ class Sim:
 
     def __init__(self, aws, api, sink, clock, hook: CallHook, *, script: HostScript,
                  cancel_after_phases: int | None = None, timeout_minutes: int | None = None,
-                 interrupt_after_phases: int | None = None) -> None:
+                 interrupt_after_phases: int | None = None, split: bool = False,
+                 interrupt_stage: str | None = None) -> None:
         from chalicelib import wiring
+
+        self.split = split  # a split build (issue 23): two instances, build then test
+        self.interrupt_stage = interrupt_stage  # the stage whose (first) instance spot reclaims
 
         self.aws = aws
         self.api = api
@@ -177,6 +193,7 @@ class Sim:
         self.violations: list[str] = []
         self.build_id = ""
         self.digest = ""
+        self.manifest = ""
         self.pushed = False
 
     # ---- the build ---------------------------------------------------------------------
@@ -184,6 +201,8 @@ class Sim:
         from chalicelib.builds.schemas import BuildRequest
 
         extra = {"timeout_minutes": self.timeout_minutes} if self.timeout_minutes else {}
+        if self.split:
+            extra["split"] = True
         build, _ = self.wiring.builds().submit(BuildRequest(framework="canary", tags=["nightly"], **extra))
         self.build_id = build.id
         return build.id
@@ -215,19 +234,30 @@ class Sim:
                 return 200 <= resp.status_code < 300
         return False
 
-    def push_image(self) -> None:
+    def stage_of(self, iid: str) -> str | None:
+        inst = self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get("voltabuild:build-stage")
+
+    def push_image(self, iid: str = "", *, candidate: bool = False, promote: bool = False) -> None:
+        """Push the image: under the requested tags, or (a split build's build stage) under
+        its candidate tag only; ``promote``: the test stage puts the candidate's manifest
+        under the requested tags (the same digest)."""
         image = self.record()["image"]
         name = image["repository"].split("/", 1)[1]
-        manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        tags = image["tags"]
+        if candidate:
+            tags = [f"candidate-{self.build_id}-{self._tag_attempt(iid)}"]
+        manifest = self.manifest if promote else json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                                "config": {"digest": "sha256:" + "c" * 64, "size": 1,
                                           "mediaType": "application/vnd.docker.container.image.v1+json"},
                                "layers": [], "annotations": {"build": self.build_id}})
-        for tag in image["tags"]:
+        self.manifest = manifest
+        for tag in tags:
             out = self.ecr.put_image(repositoryName=name, imageManifest=manifest, imageTag=tag)
             self.digest = out["image"]["imageId"]["imageDigest"]
         self.events.append(("on_image_pushed", load_event(
-            "ecr-image-push", **{"repository-name": name, "image-tag": image["tags"][0], "image-digest": self.digest})))
-        self.pushed = True
+            "ecr-image-push", **{"repository-name": name, "image-tag": tags[0], "image-digest": self.digest})))
+        self.pushed = not candidate
 
     def shutdown(self, iid: str) -> None:
         self.self_terminated.add(iid)
@@ -307,7 +337,7 @@ class Sim:
         phases: the two-minute warning, then the instance goes."""
         if self.interrupt_after_phases is None or self.interrupted:
             return False
-        host = next(iter(self.hosts.values()), None)
+        host = next((h for h in self.hosts.values() if h.stage == self.interrupt_stage), None)
         if host is None or host.step < self.interrupt_after_phases:
             return False
         self.interrupted.add(host.iid)

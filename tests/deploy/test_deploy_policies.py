@@ -259,7 +259,7 @@ def test_builder_role_can_do_nothing_else(stage):
     assert actions == {
         "ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
         "ecr:GetDownloadUrlForLayer", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
-        "ecr:CompleteLayerUpload", "ecr:PutImage",
+        "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchDeleteImage",  # the candidate tag (issue 23)
         "logs:CreateLogStream", "logs:PutLogEvents",
     }
     assert allows(policy, "logs:PutLogEvents", arn("logs", "log-group:/voltabuild/builds:log-stream:b-1"))
@@ -382,8 +382,11 @@ def test_a_repository_for_every_framework_scanned_on_push_with_a_lifecycle():
         assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}, name
         rules = json.loads(props["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
         selections = [r["selection"] for r in rules]
-        assert {"tagStatus": "untagged"}.items() <= selections[1].items()
+        assert {"tagStatus": "untagged"}.items() <= selections[2].items()
         assert selections[0]["tagPrefixList"] == ["buildcache"]
+        # a split build's candidate that was never promoted expires (issue 23), after longer
+        # than any build may run
+        assert selections[1]["tagPrefixList"] == ["candidate-"] and selections[1]["countNumber"] >= 2
 
 
 def test_the_security_group_lets_nothing_in():

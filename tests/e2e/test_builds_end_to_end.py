@@ -135,3 +135,38 @@ def test_api_errors_over_real_http(stack):
     wrong_type = requests.post(f"{stack.url}/builds", data="framework=canary", timeout=10,
                                headers={**stack.headers, "Content-Type": "application/x-www-form-urlencoded"})
     assert wrong_type.status_code == 415
+
+
+def test_a_split_canary_builds_on_a_cpu_instance_and_ships_the_digest_tested_on_the_gpu_one(stack):
+    # GIVEN the local stack  WHEN a split canary is submitted (issue 23)
+    resp = stack.post({"framework": "canary", "tags": ["split-e2e"], "split": True})
+    assert resp.status_code == 202, resp.text
+    build = stack.wait_final(resp.json()["id"])
+    # THEN it succeeded, through both stages, each on its own instance
+    assert build["status"] == "SUCCEEDED", build.get("reason")
+    assert build["split"] is True and build["stage"] == "test"
+    first, second = build["stages"]["build"]["instance"], build["stages"]["test"]["instance"]
+    assert first["id"] != second["id"]
+    stages = [e.get("stage") for e in build["events"] if e.get("phase")]
+    assert "build" in stages and "test" in stages
+    # AND the registry's requested tags point at the digest the build stage pushed and the test
+    # stage tested; the candidate tag stays on it (docker/distribution 2.x deletes no tag; ECR's
+    # batch-delete-image removes it, see tests/launch/test_hostscript_split.py)
+    repo = build["image"]["repository"].split("/", 1)[1]
+    assert build["image"]["digest"] == build["candidate_digest"]
+    for tag in build["image"]["tags"]:
+        assert image_summary(stack.registry, repo, tag)["digest"] == build["candidate_digest"], tag
+    assert image_summary(stack.registry, repo, build["candidate_tag"])["digest"] == build["candidate_digest"]
+    # AND both moto instances are gone, launched as each stage needs: a CPU type, then a GPU one
+    left = stack.instances_left_running(wait=30)
+    assert first["id"] not in left and second["id"] not in left
+    ec2 = stack.stack_session().client("ec2")
+    described = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=[first["id"], second["id"]])[
+        "Reservations"] for i in r["Instances"]}
+    assert described[first["id"]]["InstanceType"] in build["stages"]["build"]["instance_types"]
+    assert described[second["id"]]["InstanceType"] in build["instance_types"]
+    for iid, role in ((first["id"], "build"), (second["id"], "test")):
+        tags = {t["Key"]: t["Value"] for t in described[iid]["Tags"]}
+        assert tags["voltabuild:build-stage"] == role
+        assert described[iid]["InstanceLifecycle"] == "spot"
+        assert described[iid]["MetadataOptions"]["HttpTokens"] == "required"

@@ -51,7 +51,7 @@ class Run:
     def reports(self) -> list[dict]:
         out = []
         for args in self.named("curl"):
-            if "--data-binary" in args:
+            if "--data-binary" in args and args[-1].endswith("/events"):  # not a registry's PUT
                 out.append(json.loads(args[args.index("--data-binary") + 1]))
         return out
 

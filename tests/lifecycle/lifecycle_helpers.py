@@ -65,32 +65,41 @@ class World:
         return resp["Instances"][0]["InstanceId"]
 
     def launch(self, build_id: str, *, timeout_minutes: int = 15, attempt: int | None = None) -> str | None:
-        """What the launcher does for a launch message: QUEUED -> LAUNCHING with an instance.
+        """What the launcher does for a launch message: QUEUED -> LAUNCHING with an instance
+        (or, for a split build's test stage, an instance on the RUNNING build, issue 23).
         Returns the instance id, or None when the build was not QUEUED (message ignored)."""
         from chalicelib import clock
         from chalicelib.builds.states import Status
         from chalicelib.builds.store import at_attempt
         from chalicelib.errors import InvalidTransition
 
+        from chalicelib.builds.store import in_stage, without_instance
+
         record = self.store.get_record(build_id)
-        if record.status != Status.QUEUED or record.cancel_requested:
+        test_stage = (record.status == Status.RUNNING and record.split and record.stage == "test"
+                      and not record.instance_id)
+        if (record.status != Status.QUEUED and not test_stage) or record.cancel_requested:
             return None
         if attempt is not None and attempt != record.attempt:
             return None  # a stale launch message
         attempt = record.attempt
-        iid = self.run_instance(build_id, attempt)
+        stage = record.stage if record.split else None
+        iid = self.run_instance(build_id, attempt, extra_tags={"voltabuild:build-stage": stage} if stage else None)
         now = clock.now()
+        info = {"id": iid, "type": "g5.xlarge", "az": "us-east-1a", "lifecycle": "spot", "price": 0.5,
+                "launched_at": clock.iso(now)}
+        fields = {"instance_id": iid, "instance": info,
+                  "deadline_at": clock.iso(now + timedelta(minutes=timeout_minutes)),
+                  **({f"stages.{stage}.instance": info} if stage else {})}
         try:
-            self.wiring.transitions().move(
-                build_id, Status.LAUNCHING, expect=[Status.QUEUED], message=f"launched {iid}",
-                fields={
-                    "instance_id": iid,
-                    "instance": {"id": iid, "type": "g5.xlarge", "az": "us-east-1a", "lifecycle": "spot",
-                                 "price": 0.5, "launched_at": clock.iso(now)},
-                    "deadline_at": clock.iso(now + timedelta(minutes=timeout_minutes)),
-                },
-                extra_condition=at_attempt(attempt),
-            )
+            if test_stage:
+                self.store.update_fields(build_id, fields, expect=[Status.RUNNING],
+                                         extra_condition=at_attempt(attempt) & in_stage("test") & without_instance())
+            else:
+                self.wiring.transitions().move(
+                    build_id, Status.LAUNCHING, expect=[Status.QUEUED], message=f"launched {iid}",
+                    fields=fields, extra_condition=at_attempt(attempt),
+                )
         except InvalidTransition:
             self.ec2.terminate_instances(InstanceIds=[iid])
             return None

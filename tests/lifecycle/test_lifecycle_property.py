@@ -37,7 +37,8 @@ class Cloud:
         self.world, self.api, self.clock = world, api, clock
         world.aws.messages("LaunchQueue")  # leftovers of an earlier example
         world.aws.messages("NotifyQueue")
-        self.builds = [world.submit() for _ in range(n_builds)]
+        # every other build is split (issue 23): a build stage, BUILT, then the test stage
+        self.builds = [world.submit(split=i % 2 == 1) for i in range(n_builds)]
         self.pending: list[tuple[str, dict]] = []  # events AWS has emitted, not yet delivered
         self.seen_state: dict[str, str] = {}
         self.final_seen: dict[str, tuple[str, int]] = {}
@@ -88,7 +89,12 @@ class Cloud:
                 moves.move(bid, Status.RUNNING, expect=[Status.LAUNCHING, Status.RUNNING], phase=Phase.BUILDING,
                            fields={"heartbeat_at": now}, extra_condition=guard)
                 return
-            if kind < 9:  # the build succeeded
+            record = self.world.store.get_record(bid)
+            if kind < 9 and record.split and record.stage == "build":  # the build stage pushed its candidate
+                if record.status == Status.RUNNING:
+                    self.world.wiring.lifecycle().start_test_stage(record, "sha256:" + "b" * 64,
+                                                                   extra_condition=guard)
+            elif kind < 9:  # the build succeeded
                 moves.move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed", extra_condition=guard)
             elif kind < 10:  # the build failed
                 moves.move(bid, Status.FAILED, expect=[Status.RUNNING], message="build failed",
@@ -208,7 +214,10 @@ def test_every_build_ends_final_and_no_instance_is_left(world, api, clock, n_bui
     for bid in cloud.builds:
         record = world.get(bid)
         assert Status(record["status"]) in FINAL, record
-        event(f"ended {record['status']} after {record['attempt']} attempt(s)")
+        split = f", split, ended in its {record['stage']} stage" if record.get("split") else ""
+        event(f"ended {record['status']} after {record['attempt']} attempt(s){split}")
+        for stage in (record.get("stages") or {}).values():
+            assert stage["attempts"] <= record["max_attempts"], record
     event(f"{cloud.crashes} crash(es)")
     # exactly one final notification per build, with the build's final status
     assert sorted((n["build_id"], n["status"]) for n in cloud.notifications) == sorted(

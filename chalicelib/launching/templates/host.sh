@@ -4,6 +4,17 @@
 # pushes every tag only when the test passed, reports each step to the API and, whatever
 # happens, ends the instance (trap on EXIT/ERR/INT/TERM + a hard-deadline shutdown watchdog).
 #
+# A split build (issue 23) runs it twice, on two instances, by STAGE_ROLE (rendered):
+#   all    the whole build on one GPU instance (the default, as above);
+#   build  a CPU instance: no NVIDIA preparation or GPU check; build, measure, push the
+#          candidate to $IMAGE:$CANDIDATE_TAG only, report BUILT with its digest;
+#   test   a GPU instance: pull $IMAGE@$CANDIDATE_DIGEST, GPU health check, smoke test, then
+#          promote: every requested tag gets the candidate's very manifest (ECR batch-get-image
+#          + put-image; a local registry: GET the manifest by digest, PUT it under each tag),
+#          so the digest that was tested is the digest that ships; the candidate tag is then
+#          removed (ECR batch-delete-image; docker/distribution 2.x cannot delete a tag, so
+#          there it stays, on the same digest). A failed smoke test touches no requested tag.
+#
 # Full-line comments like these are stripped when rendering (EC2 user-data must stay <16 KB).
 #
 # Environment switches (unset on a real instance; the local stack's executor sets them to run
@@ -64,6 +75,7 @@ DIGEST=""
 IMAGE_SIZE=""
 BASE_DIGEST=""
 ARGS=()
+OUT_TAGS=()
 BUILD_CMD=()
 CTX=""
 COMMIT=""
@@ -95,9 +107,11 @@ report() {
 }
 
 phase() {
+  local stage=""
   PHASE=$1
   log "$2"
-  report "{\"type\":\"phase\",\"phase\":\"$1\",\"message\":$(json_str "$2")}" || true
+  [[ $STAGE_ROLE == all ]] || stage=",\"stage\":\"$STAGE_ROLE\""
+  report "{\"type\":\"phase\",\"phase\":\"$1\",\"message\":$(json_str "$2")$stage}" || true
 }
 
 # Run a long command in the background and wait, so INT/TERM are handled at once.
@@ -289,6 +303,12 @@ prepare_host() {
     wait_log_stream
     create_log_stream  # the first try had no AWS CLI to make it
   fi
+  if [[ $STAGE_ROLE == build ]]; then
+    log "build stage on a CPU host: no NVIDIA driver, toolkit or GPU check"
+    docker info >/dev/null || die "the docker engine does not answer"
+    ecr_login
+    return 0
+  fi
   if ! command -v nvidia-smi >/dev/null; then
     [[ -n $DRIVER_BRANCH ]] || host_fail "no nvidia-smi on this $INSTANCE_TYPE host and no driver branch to install"
     install_driver || host_fail "could not install the NVIDIA $DRIVER_BRANCH driver on this $INSTANCE_TYPE host"
@@ -303,6 +323,10 @@ prepare_host() {
     run docker run --rm --gpus all "$HEALTH_IMAGE" nvidia-smi ||
       host_fail "health check failed: nvidia-smi in $HEALTH_IMAGE could not reach the GPU of this $INSTANCE_TYPE host"
   fi
+  ecr_login
+}
+
+ecr_login() {
   aws ecr get-login-password --region "$REGION" |
     docker login --username AWS --password-stdin "$REGISTRY" || die "docker login to $REGISTRY failed"
 }
@@ -372,7 +396,7 @@ build_image() {
     # one image store for every build on this machine: a name of this attempt's own
     BUILD_CMD+=(--tag "$BUILT")
   else
-    for t in "${TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
+    for t in "${OUT_TAGS[@]}"; do BUILD_CMD+=(--tag "$IMAGE:$t"); done
   fi
   if [[ $BUILDER == buildah ]]; then
     run "${BUILD_CMD[@]}" "$CTX" || die "the image build failed"
@@ -386,20 +410,24 @@ build_image() {
 }
 
 smoke_test() {
-  local ref=$IMAGE:${TAGS[0]} ctr gpus=(--gpus all)
+  local ref=$IMAGE:${TAGS[0]} ctr gpus=(--gpus all) fail="the smoke test failed: nothing was pushed"
   if [[ $BUILDER == buildah ]] || is_local; then ref=$BUILT; fi
+  if [[ $STAGE_ROLE == test ]]; then
+    ref=$IMAGE@$CANDIDATE_DIGEST
+    fail="the smoke test of $ref failed: no requested tag was touched"
+  fi
   if [[ $BUILDER == buildah ]]; then
     ctr=$(buildah --storage-driver vfs from --pull=never "$ref") || die "buildah from $ref failed"
     if ! run buildah --storage-driver vfs run --isolation chroot "$ctr" -- "${SMOKE_TEST[@]}"; then
       buildah --storage-driver vfs rm "$ctr" >/dev/null || true
-      die "the smoke test failed: nothing was pushed"
+      die "$fail"
     fi
     buildah --storage-driver vfs rm "$ctr" >/dev/null || true
   else
     # only an image built for CUDA gets the GPUs (the canary, cuda none, runs without them)
     # (a user's own Dockerfile, SMOKE_GPUS=1, always gets them: its CUDA is its own business)
     if is_local || [[ $CUDA == none && $SMOKE_GPUS != 1 ]]; then gpus=(); fi
-    run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "the smoke test failed: nothing was pushed"
+    run docker run --rm "${gpus[@]}" "$ref" "${SMOKE_TEST[@]}" || die "$fail"
   fi
 }
 
@@ -434,13 +462,13 @@ push_image() {
 push_tags() {
   local t digest=""
   if [[ $BUILDER == buildah ]]; then
-    for t in "${TAGS[@]}"; do
+    for t in "${OUT_TAGS[@]}"; do
       retry "$PUSH_TRIES" buildah --storage-driver vfs push --tls-verify=false --digestfile "$WORK/digest" \
         "$BUILT" "docker://$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
     digest=$(cat "$WORK/digest")
   elif is_local; then
-    for t in "${TAGS[@]}"; do
+    for t in "${OUT_TAGS[@]}"; do
       docker tag "$BUILT" "$IMAGE:$t" || die "could not tag $IMAGE:$t"
       retry "$PUSH_TRIES" docker push "$IMAGE:$t" || die "pushing $IMAGE:$t failed"
     done
@@ -527,29 +555,14 @@ measure_image() {
     die "the image is $(gb "$size") GB compressed, over this buildspec's budget of $(gb "$MAX_IMAGE_BYTES") GB (max_image_gb): nothing was pushed"
 }
 
-main() {
-  mkdir -p "$WORK"
-  : >"$LOG_FILE"
-  # tee ignores INT/TERM, so a signal to the whole process group cannot cut the log short
-  exec > >(trap '' INT TERM; exec tee -a "$LOG_FILE") 2>&1
-  trap 'on_exit' EXIT
-  trap 'on_err "$?" "$BASH_COMMAND" "$LINENO"' ERR
-  trap 'on_signal INT 130' INT
-  trap 'on_signal TERM 143' TERM
-  printf 'Authorization: Bearer %s\n' "$TOKEN" >"$AUTH_HEADER"
-  log "build $BUILD_ID attempt $ATTEMPT ($STAGE): $REPOSITORY, tags ${TAGS[*]}"
-  start_watchdog
-  INSTANCE_ID=$(instance_identity)
-  heartbeat_loop &
-  HEARTBEAT_PID=$!
-  local registry=${VOLTABUILD_REGISTRY_OVERRIDE:-$REGISTRY}
-  [[ $registry =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] || die "VOLTABUILD_REGISTRY_OVERRIDE: not HOST[:PORT]"
-  [[ $BUILDER == docker || $BUILDER == buildah ]] || die "VOLTABUILD_BUILDER: docker or buildah"
-  IMAGE=$registry/$REPOSITORY
-  BUILT=$IMAGE:build-$BUILD_ID-$ATTEMPT
-  ARGS=("${BUILD_ARGS[@]}")
-  apply_overrides
+@@STAGES@@
+result() {
+  ship_logs || true  # before the result: a follower that sees the build end has every line
+  report "$1" || die "the image was pushed but the result could not be reported"
+  RESULT_SENT=1
+}
 
+build_all() {
   phase PREPARING "preparing the host"
   prepare_host
   fetch_source
@@ -566,10 +579,38 @@ main() {
   push_image
 
   log "pushed $IMAGE@$DIGEST"
-  ship_logs || true  # before the result: a follower that sees the build end has every line
-  report "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed ${TAGS[*]}")}" ||
-    die "the image was pushed but the result could not be reported"
-  RESULT_SENT=1
+  result "{\"type\":\"result\",\"status\":\"SUCCEEDED\",\"digest\":\"$DIGEST\",\"image_size_bytes\":$IMAGE_SIZE${BASE_DIGEST:+,\"base_image_digest\":\"$BASE_DIGEST\"},\"message\":$(json_str "pushed ${TAGS[*]}")}"
+}
+
+main() {
+  mkdir -p "$WORK"
+  : >"$LOG_FILE"
+  # tee ignores INT/TERM, so a signal to the whole process group cannot cut the log short
+  exec > >(trap '' INT TERM; exec tee -a "$LOG_FILE") 2>&1
+  trap 'on_exit' EXIT
+  trap 'on_err "$?" "$BASH_COMMAND" "$LINENO"' ERR
+  trap 'on_signal INT 130' INT
+  trap 'on_signal TERM 143' TERM
+  printf 'Authorization: Bearer %s\n' "$TOKEN" >"$AUTH_HEADER"
+  log "build $BUILD_ID attempt $ATTEMPT ($STAGE, stage role $STAGE_ROLE): $REPOSITORY, tags ${TAGS[*]}"
+  start_watchdog
+  INSTANCE_ID=$(instance_identity)
+  heartbeat_loop &
+  HEARTBEAT_PID=$!
+  local registry=${VOLTABUILD_REGISTRY_OVERRIDE:-$REGISTRY}
+  [[ $registry =~ ^[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] || die "VOLTABUILD_REGISTRY_OVERRIDE: not HOST[:PORT]"
+  [[ $BUILDER == docker || $BUILDER == buildah ]] || die "VOLTABUILD_BUILDER: docker or buildah"
+  IMAGE=$registry/$REPOSITORY
+  BUILT=$IMAGE:build-$BUILD_ID-$ATTEMPT
+  OUT_TAGS=("${TAGS[@]}")
+  if [[ $STAGE_ROLE == build ]]; then OUT_TAGS=("$CANDIDATE_TAG"); fi
+  ARGS=("${BUILD_ARGS[@]}")
+  apply_overrides
+  case $STAGE_ROLE in
+    build) build_stage ;;
+    test) test_stage ;;
+    *) build_all ;;
+  esac
 }
 
 main "$@"
