@@ -10,7 +10,6 @@ requested tags to that same digest, and leaves them untouched when the smoke tes
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess

@@ -196,7 +196,7 @@ def test_a_spot_interruption_of_the_test_stage_relaunches_the_test_stage_only(aw
 
 def test_each_stage_counts_its_own_attempts(aws, env):
     build_id, msg = submit(aws, split=True)
-    for n in range(1, 3):  # the build stage interrupted twice: attempts 1 and 2 of 3
+    for _ in range(1, 3):  # the build stage interrupted twice: attempts 1 and 2 of 3
         launch(msg)
         rec = wiring.store().get_record(build_id)
         wiring.lifecycle().relaunch(rec, "spot interruption", reclaimed=True)

@@ -70,10 +70,8 @@ class World:
         Returns the instance id, or None when the build was not QUEUED (message ignored)."""
         from chalicelib import clock
         from chalicelib.builds.states import Status
-        from chalicelib.builds.store import at_attempt
+        from chalicelib.builds.store import at_attempt, in_stage, without_instance
         from chalicelib.errors import InvalidTransition
-
-        from chalicelib.builds.store import in_stage, without_instance
 
         record = self.store.get_record(build_id)
         test_stage = (record.status == Status.RUNNING and record.split and record.stage == "test"
