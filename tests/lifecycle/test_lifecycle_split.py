@@ -157,3 +157,22 @@ def test_the_cost_of_a_split_build_is_both_instances(aws, env, fire, clock):
     assert cost is not None and not cost.estimated
     assert len(cost.instances) == 2 and cost.usd == sum(i.usd for i in cost.instances)
     assert cost.price_per_hour == cost.instances[-1].price_per_hour, "the GPU instance is the latest"
+
+
+def test_a_split_build_costs_its_build_instance_between_stages_and_each_instance_once(aws, env, fire, clock):
+    # GIVEN a split build whose build stage reported BUILT (its instance not terminated yet)
+    bid, build_iid = built(aws, env)
+    clock.advance(minutes=3)
+    between = wiring.costs().cost(wiring.store().get_record(bid).public(), clock())
+    # THEN before the test stage has an instance, the build stage's instance is still costed
+    assert between is not None and between.estimated and between.usd > 0
+    assert len(between.instances) == 1
+    # WHEN the test stage's first instance is reclaimed and a second one finishes the build
+    first_test = launch(aws)
+    assert fire("on_spot_interruption", load_event("ec2-spot-interruption", **{"instance-id": first_test})) == "relaunched"
+    second_test = launch(aws)
+    report(bid, second_test, env, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST})
+    # THEN the cost holds all three instances, each once
+    cost = wiring.costs().cost(wiring.store().get_record(bid).public(), clock())
+    assert len({build_iid, first_test, second_test}) == 3
+    assert len(cost.instances) == 3 and cost.usd == sum(i.usd for i in cost.instances)
