@@ -60,3 +60,23 @@ def test_a_2x2_canary_matrix_builds_four_images_and_sends_one_slack_message(stac
     assert len(table["rows"]) == 5
     for cell in group["cells"]:  # and no cell sent a message of its own
         assert not [m for m in stack.slack_messages(cell["id"], wait=0.1) if group_id not in json.dumps(m)]
+
+
+def test_a_failing_cell_fails_the_group_and_its_one_message_names_the_cell(stack):
+    # GIVEN a two-cell canary matrix whose "spicy" cell is asked to fail (CANARY_FAIL=1)
+    body = {"framework": "canary", "matrix": {
+        "build_args": {"CANARY_FLAVOUR": ["plain", "spicy"], "CANARY_FAIL": ["0", "1"]},
+        "exclude": [{"CANARY_FLAVOUR": "plain", "CANARY_FAIL": "1"}, {"CANARY_FLAVOUR": "spicy", "CANARY_FAIL": "0"}]}}
+    resp = stack.post(body)
+    assert resp.status_code == 202, resp.text
+    group_id = resp.json()["id"]
+    # THEN the other cell still succeeds, the failing one fails, and so does the group
+    group = wait_group(stack, group_id)
+    assert group["status"] == "FAILED", json.dumps(group)[:2000]
+    by_flavour = {stack.get(f"/builds/{c['id']}").json()["build_args"]["CANARY_FLAVOUR"]: c for c in group["cells"]}
+    assert by_flavour["plain"]["status"] == "SUCCEEDED" and by_flavour["spicy"]["status"] == "FAILED"
+    # AND one Slack message for the group, which names the failed cell
+    messages = stack.slack_messages(group_id)
+    assert len(messages) == 1, messages
+    text = json.dumps(messages[0]["payload"])
+    assert by_flavour["spicy"]["id"] in text and "1 of 2 cells succeeded" in text
