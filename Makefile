@@ -39,7 +39,7 @@ lint: venv
 # the files that start a local stack keep it to themselves. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: venv system-deps lint
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # `make test-flaky N=5`: the end-to-end and concurrency tests N times in a row; any failure
 # in any round fails the target, and each round's summary is printed.

@@ -35,13 +35,15 @@ def test_everything_the_template_defines_is_created_with_its_settings(session):
         redrive = json.loads(attrs["RedrivePolicy"])
         assert redrive["deadLetterTargetArn"].endswith(res[dlq].rsplit("/", 1)[1])
         assert int(redrive["maxReceiveCount"]) == receives
-    # AND the repositories scan on push and expire untagged images
+    # AND the repositories scan on push and expire stale build caches, split builds' unpromoted
+    # candidates and untagged images
     ecr = session.client("ecr")
     repos = {r["repositoryName"]: r for r in ecr.describe_repositories()["repositories"]}
     assert set(repos) == {"voltabuild/pytorch", "voltabuild/tensorflow", "voltabuild/mxnet", "voltabuild/canary"}
     assert all(r["imageScanningConfiguration"]["scanOnPush"] for r in repos.values())
     rules = json.loads(ecr.get_lifecycle_policy(repositoryName="voltabuild/canary")["lifecyclePolicyText"])["rules"]
-    assert [r["selection"]["tagStatus"] for r in rules] == ["tagged", "untagged"]
+    assert [(r["selection"]["tagStatus"], r["selection"].get("tagPrefixList")) for r in rules] == [
+        ("tagged", ["buildcache"]), ("tagged", ["candidate-"]), ("untagged", None)]
     # AND the build log group keeps logs for the template's default retention
     (group,) = session.client("logs").describe_log_groups(logGroupNamePrefix="/voltabuild/builds")["logGroups"]
     assert group["retentionInDays"] == load_template()["Parameters"]["LogRetentionDays"]["Default"]
