@@ -149,6 +149,23 @@ class BuildTypes(_Frozen):
         return self
 
 
+class StageMinutes(_Frozen):
+    """How long a build of one mode keeps a GPU instance busy without its GPU (building and
+    pushing: what the build stage would take over) and with it (the GPU check and smoke test:
+    what the test stage keeps), in minutes. Estimates, each with its source in the buildspec."""
+
+    build: float = Field(gt=0, le=24 * 60)
+    test: float = Field(gt=0, le=24 * 60)
+
+
+class SplitEstimates(_Frozen):
+    """``split: auto``'s figures by build mode (issue 23): ``default`` for wheel builds,
+    ``source`` for BUILD_MODE=source (a source build splits under auto whatever they say)."""
+
+    default: StageMinutes | None = None
+    source: StageMinutes | None = None
+
+
 class Hardware(_Frozen):
     # the split build's CPU stage (issue 23): the SSM public parameter of its AMI. No GPU, so no
     # driver: stock Ubuntu 22.04, on which the host script installs docker and the AWS CLI
@@ -350,9 +367,12 @@ class BuildSpec(_Frozen):
     timeout_minutes: Timeouts
     smoke_test: list[str] = Field(min_length=1)
     # split builds (issue 23): the CPU types of the build stage, and whether a request that
-    # does not say splits (true, false, or auto: source builds, BUILD_MODE=source, do)
+    # does not say splits (true, false, or auto: source builds, BUILD_MODE=source, do, and so
+    # does a build whose split_estimate_minutes say its GPU would idle longer than it tests)
     build_instance_types: BuildTypes | None = None
     split: bool | Literal["auto"] = False
+    # auto also splits a build whose GPU-idle minutes (build and push) exceed its test minutes
+    split_estimate_minutes: SplitEstimates | None = None
     # set by the loader
     source_hash: str = ""
 
@@ -380,6 +400,13 @@ class BuildSpec(_Frozen):
             ) from None
         return self
 
+    def gpu_idle_exceeds_test(self, source: bool) -> bool:
+        """``split: auto`` for a build of this mode: True when its estimated minutes of building
+        and pushing (a GPU instance idle) exceed its minutes of testing. No estimate: False."""
+        estimates = self.split_estimate_minutes
+        minutes = estimates and (estimates.source if source else estimates.default)
+        return bool(minutes) and minutes.build > minutes.test
+
     def split_types(self, requested: bool | str | None, build_args: dict[str, str]) -> list[str]:
         """The CPU instance types of the build stage when this build splits (issue 23), else
         []. ``requested`` is the request's ``split`` (None: the buildspec's). Raises
@@ -387,7 +414,7 @@ class BuildSpec(_Frozen):
         split = self.split if requested is None else requested
         source = build_args.get("BUILD_MODE") == "source"
         if split == "auto":
-            split = source and self.build_instance_types is not None
+            split = self.build_instance_types is not None and (source or self.gpu_idle_exceeds_test(source))
         if not split:
             return []
         if self.build_instance_types is None:

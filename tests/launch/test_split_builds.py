@@ -246,3 +246,23 @@ def test_a_failure_after_the_promotion_succeeds_only_without_the_candidate_tag(a
     assert out["status"] == ("SUCCEEDED" if untagged else "FAILED")
     if untagged:
         assert wiring.store().get_record(build.id).image.digest == digest
+
+
+@pytest.mark.parametrize("estimates,splits", [
+    (None, False),  # no estimate: auto splits source builds only
+    ({"default": {"build": 25, "test": 5}}, True),  # a GPU idle 25 min for 5 of testing: split
+    ({"default": {"build": 4, "test": 5}}, False),  # building is quicker than testing: keep it whole
+    ({"source": {"build": 90, "test": 5}}, False),  # an estimate for the other mode does not count
+])
+def test_auto_splits_a_wheels_build_whose_gpu_would_idle_longer_than_it_tests(estimates, splits):
+    from chalicelib.specs.catalog import SplitEstimates
+
+    spec = wiring.catalog().spec("pytorch")
+    spec = spec.model_copy(update={"split_estimate_minutes": SplitEstimates.model_validate(estimates)
+                                   if estimates else None})
+    types = spec.split_types("auto", {"BUILD_MODE": "wheels"})
+    assert types == (CPU_TYPES if splits else [])
+    # a source build splits under auto whatever the estimates say
+    assert spec.split_types("auto", {"BUILD_MODE": "source"}) == ["c7i.8xlarge", "c6i.8xlarge", "m7i.8xlarge"]
+    # and an explicit choice is never second-guessed
+    assert spec.split_types(False, {"BUILD_MODE": "wheels"}) == []
