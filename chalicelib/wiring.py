@@ -76,7 +76,7 @@ def costs():
 
     s = settings()
     costs = BuildCosts(catalog(), dict(s.spot_price_table), price_ceiling=s.max_price_ceiling,
-                       on_demand_table=dict(s.on_demand_price_table))
+                       on_demand_table=dict(s.on_demand_price_table), on_demand_fallback=s.on_demand_fallback)
     costs.watch = budget_watch()
     return costs
 

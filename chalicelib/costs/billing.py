@@ -265,10 +265,23 @@ def worst_case_usd(cell: CellWorstCase, at: datetime) -> Decimal:
 
 def cell_worst_case(*, instance_types: Sequence[str], max_price: float | None, timeout_minutes: int,
                     attempts: int, root_volume_gb: int, price_table: Mapping[str, float],
-                    price_ceiling: float | None) -> CellWorstCase:
+                    price_ceiling: float | None, on_demand_table: Mapping[str, float] | None = None) -> CellWorstCase:
     """A planned build's worst case: its ``max_price`` when it set one (a spot instance never
     costs more), else the dearest of its instance types in the configured table, else the
-    stage's ``MAX_PRICE_CEILING``. A type priced nowhere is a 400: nothing bounds its cost."""
+    stage's ``MAX_PRICE_CEILING``. A type priced nowhere is a 400: nothing bounds its cost.
+    ``on_demand_table`` (the stage falls back to on-demand, ON_DEMAND_FALLBACK): an on-demand
+    instance ignores ``max_price``, so the dearest on-demand price of its types counts too."""
+    if on_demand_table is not None:
+        spot = cell_worst_case(instance_types=instance_types, max_price=max_price, timeout_minutes=timeout_minutes,
+                               attempts=attempts, root_volume_gb=root_volume_gb, price_table=price_table,
+                               price_ceiling=price_ceiling)
+        unpriced = [t for t in instance_types if t not in on_demand_table]
+        if unpriced:
+            raise BadRequest(f"instance_types: {', '.join(unpriced)} has no on-demand price (ON_DEMAND_PRICE_TABLE) "
+                             "and this stage falls back to on-demand under a monthly budget; choose priced types",
+                             field="instance_types")
+        dearest = max(Decimal(str(on_demand_table[t])) for t in instance_types)
+        return spot.model_copy(update={"max_price_per_hour": max(spot.max_price_per_hour, dearest)})
     if max_price is not None:
         price = max_price
     else:

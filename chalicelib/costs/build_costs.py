@@ -25,10 +25,12 @@ from chalicelib.specs.catalog import Catalog
 
 class BuildCosts:
     def __init__(self, catalog: Catalog, price_table: Mapping[str, float], *,
-                 price_ceiling: float | None = None, on_demand_table: Mapping[str, float] | None = None) -> None:
+                 price_ceiling: float | None = None, on_demand_table: Mapping[str, float] | None = None,
+                 on_demand_fallback: bool = False) -> None:
         self.catalog = catalog
         self.price_table = dict(price_table)
         self.on_demand_table = dict(on_demand_table or {})
+        self.on_demand_fallback = on_demand_fallback  # the launcher may fall back to on-demand (ON_DEMAND_FALLBACK)
         self.price_ceiling = price_ceiling
         self.watch: BudgetWatch | None = None  # the MONTHLY_BUDGET_USD alert (wiring sets it)
 
@@ -87,11 +89,19 @@ class BuildCosts:
                                group_id=build.group_id, day=costagg.booking_day(at))
 
     def worst_cases(self, builds: Sequence[Build]) -> list[billing.CellWorstCase]:
-        """Each planned build's worst case (max price x timeout x attempts, with its volume)."""
-        return [billing.cell_worst_case(
-            instance_types=b.instance_types, max_price=b.max_price, timeout_minutes=b.timeout_minutes,
-            attempts=b.max_attempts, root_volume_gb=self.root_volume_gb(b), price_table=self.price_table,
-            price_ceiling=self.price_ceiling) for b in builds]
+        """Each planned build's worst case (max price x timeout x attempts, with its volume);
+        a split build's build stage is a case of its own (its CPU types, the same limits)."""
+        on_demand = self.on_demand_table if self.on_demand_fallback else None
+        out = []
+        for b in builds:
+            stage_types = [b.instance_types]
+            if b.split and b.stages.get("build") is not None and b.stages["build"].instance_types:
+                stage_types.insert(0, b.stages["build"].instance_types)
+            out += [billing.cell_worst_case(
+                instance_types=types, max_price=b.max_price, timeout_minutes=b.timeout_minutes,
+                attempts=b.max_attempts, root_volume_gb=self.root_volume_gb(b), price_table=self.price_table,
+                price_ceiling=self.price_ceiling, on_demand_table=on_demand) for types in stage_types]
+        return out
 
 
 def spent_with_active(booked: Decimal, active_worst: Sequence[billing.CellWorstCase], at: datetime) -> Decimal:

@@ -205,6 +205,31 @@ def test_a_cells_worst_case_price_is_its_max_price_else_the_dearest_known_type_e
         check_budget([one], budget_usd=Decimal(2), spent_usd=Decimal(0), at=T0)
 
 
+def test_with_on_demand_fallback_a_cells_worst_case_is_the_dearer_of_spot_and_on_demand():
+    # an on-demand instance ignores max_price: a stage that falls back to on-demand must count it
+    spot_table, on_demand = {"g5.xlarge": 0.42, "g6.xlarge": 0.36}, {"g5.xlarge": 1.006, "g6.xlarge": 0.8048}
+    kw = dict(timeout_minutes=120, attempts=3, root_volume_gb=0, price_table=spot_table, price_ceiling=None)
+    assert cell_worst_case(instance_types=["g6.xlarge", "g5.xlarge"], max_price=0.3, on_demand_table=on_demand,
+                           **kw).max_price_per_hour == Decimal("1.006")
+    assert cell_worst_case(instance_types=["g6.xlarge"], max_price=2.0, on_demand_table=on_demand,
+                           **kw).max_price_per_hour == Decimal("2.0")  # a dearer max_price still bounds spot
+    with pytest.raises(BadRequest, match="g4dn.xlarge has no on-demand price"):
+        cell_worst_case(instance_types=["g4dn.xlarge"], max_price=0.3, on_demand_table=on_demand, **kw)
+
+
+def test_a_split_builds_worst_case_counts_its_build_stage_too(aws):
+    from chalicelib import wiring
+    from chalicelib.builds.schemas import BuildRequest
+    from chalicelib.costs.build_costs import BuildCosts
+    from chalicelib.specs.catalog import load_catalog
+
+    costs = BuildCosts(load_catalog(), {"p3.2xlarge": 3.0, "m7i.xlarge": 0.2, "c7i.xlarge": 0.18, "m6i.xlarge": 0.19})
+    whole = wiring.builds().plan(BuildRequest(framework="pytorch", instance_types=["p3.2xlarge"]))
+    split = wiring.builds().plan(BuildRequest(framework="pytorch", instance_types=["p3.2xlarge"], split=True))
+    assert [c.max_price_per_hour for c in costs.worst_cases([whole])] == [Decimal("3.0")]
+    assert [c.max_price_per_hour for c in costs.worst_cases([split])] == [Decimal("0.2"), Decimal("3.0")]
+
+
 def test_the_on_demand_default_table_is_the_facts():
     from chalicelib.costs.billing import ON_DEMAND_FACTS
     from chalicelib.settings import DEFAULT_ON_DEMAND_PRICES, _prices
