@@ -233,6 +233,14 @@ class BuildStore:
             time.sleep(random.uniform(0, 0.025 * 2**attempt))
         raise Busy("too many builds are being submitted at this moment; retry in a second")
 
+    def _idempotency_item(self, idempotency: Idempotency, **created: str) -> dict:
+        """The Idempotency-Key's item, written with what it created (``build_id`` or
+        ``group_id``): a retry with the same key and body replays it for a day."""
+        return {"Put": {"TableName": self._table, "Item": {
+            "id": {"S": idempotency.item_id}, **{k: {"S": v} for k, v in created.items()},
+            "body_hash": {"S": idempotency.body_hash}, "expires_at": {"N": str(epoch_in(days=1))}},
+            "ConditionExpression": "attribute_not_exists(id)"}}
+
     def _creation(self, build: Build, idempotency: Idempotency | None, quota: KeyQuota | None,
                   gpu_hours: float) -> tuple[list[dict], list[tuple[int, str]]]:
         """The transaction that creates ``build``: its item, the stage's quota slot, the
@@ -254,16 +262,7 @@ class BuildStore:
             self._slot_item(QUOTA_ID, build.id, self.max_active),
         ]
         if idempotency:
-            items.append({"Put": {
-                "TableName": self._table,
-                "Item": {
-                    "id": {"S": idempotency.item_id},
-                    "build_id": {"S": build.id},
-                    "body_hash": {"S": idempotency.body_hash},
-                    "expires_at": {"N": str(epoch_in(days=1))},
-                },
-                "ConditionExpression": "attribute_not_exists(id)",
-            }})
+            items.append(self._idempotency_item(idempotency, build_id=build.id))
         key_limits: list[tuple[int, str]] = []
         for limit, item in self._key_quota_items(build, quota, gpu_hours) if quota is not None else ():
             key_limits.append((len(items), limit))
@@ -302,10 +301,7 @@ class BuildStore:
             self._slots_item(QUOTA_ID, ids, self.max_active),
         ]
         if idempotency:
-            items.append({"Put": {"TableName": self._table, "Item": {
-                "id": {"S": idempotency.item_id}, "group_id": {"S": group_id},
-                "body_hash": {"S": idempotency.body_hash}, "expires_at": {"N": str(epoch_in(days=1))}},
-                "ConditionExpression": "attribute_not_exists(id)"}})
+            items.append(self._idempotency_item(idempotency, group_id=group_id))
         key_limits: list[tuple[int, str]] = []
         if quota is not None:
             if quota.max_active is not None:
