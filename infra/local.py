@@ -307,8 +307,10 @@ def prepare_ec2(session, name: str, *, subnets: int = 2) -> dict[str, str]:
     iam = session.client("iam")
     ami = ec2.register_image(Name=f"{name}-dlami", RootDeviceName="/dev/sda1", Architecture="x86_64")["ImageId"]
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    found = sorted(s["SubnetId"] for s in ec2.describe_subnets(
-        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"])[:subnets]
+    # the first zones by name (us-east-1a, -1b), never by subnet id: moto's ids are random, and
+    # its spot price history has no entry in us-east-1e, so an instance there had no price
+    found = [s["SubnetId"] for s in sorted(ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"],
+                                           key=lambda s: (s["AvailabilityZone"], s["SubnetId"]))][:subnets]
     sg = ec2.create_security_group(GroupName=name, Description="voltabuild builders", VpcId=vpc)["GroupId"]
     rules = ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"][0].get("IpPermissions", [])
     if rules:
