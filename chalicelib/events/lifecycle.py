@@ -374,13 +374,8 @@ class Lifecycle:
 
     def _note_terminated(self, record: BuildRecord, ev: InstanceStateChange) -> None:
         """Record when a final build's instance was terminated (EventBridge's time of the change)."""
-        try:
-            when = clock.parse(ev.time) if ev.time else clock.now()
-        except ValueError:
-            when = clock.now()
-        if record.finished_at:  # EventBridge's time has whole seconds: never before the end
-            when = max(when, clock.parse(record.finished_at))
-        at = clock.iso(when)
+        at = self._event_time(ev, record)
+        when = clock.parse(at)
         condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
         done = {"instance_terminated_at": at}
         stages = record.stages
