@@ -82,7 +82,8 @@ deploy: package
 	STAGE=$(STAGE) bash scripts/deploy.sh
 
 # ---- mutation testing ------------------------------------------------------------------
-# `make mutate` (every core module) or `make mutate MODULE=hostscript`: mutmut per module,
+# `make mutate` (every core module) or `make mutate MODULE=hostscript`: mutmut per module
+# (MUTATE_CHILDREN=1 runs one test process at a time),
 # scores and surviving mutants; equivalents are listed in tests/mutation/equivalents.txt.
 mutate: venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-mutate.txt

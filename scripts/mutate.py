@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutate"
 EQUIVALENTS = ROOT / "tests" / "mutation" / "equivalents.txt"
 TARGET = 0.90
+# processes mutmut runs at once (MUTATE_CHILDREN=1 on a machine shared with other work)
+CHILDREN = os.environ.get("MUTATE_CHILDREN", "2")
 
 # module -> the test folders or files that exercise it (mutmut narrows to the covering tests)
 MODULES: dict[str, list[str]] = {
@@ -96,7 +99,7 @@ def run_module(module: str, known: dict[str, str]) -> dict:
     (work / "mutants" / ".venv").symlink_to(ROOT / ".venv")
     log = work / "mutmut.log"
     with open(log, "wb") as out:
-        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "2"], cwd=work,
+        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", CHILDREN], cwd=work,
                               stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
