@@ -24,6 +24,27 @@ os.environ.update(
 )
 
 
+def _share_botocore_models() -> None:
+    """Every boto3 session parses botocore's JSON service models again (EC2's alone is
+    megabytes), and the tests make a session per test (a fresh moto AWS, the app's reset
+    clients, moto's own serializers): a third of the suite's time went to json.loads of the
+    same files. The files never change while the tests run, and botocore already shares one
+    parsed copy between the clients of a session, so one process-wide copy is safe."""
+    from botocore import loaders
+
+    parse = loaders.JSONFileLoader.load_file
+    parsed: dict[str, object] = {}
+
+    def load_file(self, file_path):
+        if file_path not in parsed:
+            parsed[file_path] = parse(self, file_path)
+        return parsed[file_path]
+
+    loaders.JSONFileLoader.load_file = load_file
+
+
+_share_botocore_models()
+
 
 def pytest_collection_modifyitems(items):
     """`make test` runs the suite with pytest-xdist, which schedules tests by node id: two
