@@ -6,7 +6,9 @@ docker-registry (images uploaded through its v2 API) and a tiny token-auth serve
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -317,3 +319,74 @@ def test_make_lock_learns_the_digests_and_the_catalog_then_pins_them(registry, t
     before = _facts(root).read_bytes()
     assert lock_module.main(["--digests-only"]) == 0
     assert _facts(root).read_bytes() == before and "base-digests.yaml unchanged" in capsys.readouterr().out
+
+
+# ---- a real build from a pinned base (buildah, as the local stack builds) --------------------
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
+LOCAL_BASE = "localhost/voltabuild/busybox:local"
+
+
+def _buildah(*args: str) -> str:
+    done = subprocess.run([*BUILDAH, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"buildah {' '.join(args)}: {done.stderr}"
+    return done.stdout.strip()
+
+
+def _has_file(image: str, path: str) -> bool:
+    ctr = _buildah("from", "--pull=never", image)
+    try:
+        return (Path(_buildah("mount", ctr)) / path).exists()
+    finally:
+        _buildah("rm", ctr)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("buildah") is None or os.geteuid() != 0 or not Path("/bin/busybox").exists(),
+                    reason="needs buildah as root and Debian's busybox-static (bash scripts/system-deps.sh)")
+def test_a_build_from_a_pinned_base_starts_from_the_recorded_image_after_the_tag_moved(registry, tmp_path):
+    # GIVEN the local busybox base in the registry as pinned/busybox:1
+    subprocess.run(["bash", str(ROOT / "dockerfiles/canary/make-local-base.sh"), LOCAL_BASE], check=True,
+                   capture_output=True, timeout=120)
+    ref = f"{registry}/pinned/busybox:1"
+    _buildah("push", "--tls-verify=false", LOCAL_BASE, f"docker://{ref}")
+    # AND a catalog whose canary builds FROM it as a fixed argument, its digest learnt
+    root = _copy(tmp_path)
+    path = root / "buildspecs" / "canary.yaml"
+    data = yaml.safe_load(path.read_text())
+    del data["build_args"]["BASE_IMAGE"]
+    data["fixed_args"]["BASE_IMAGE"] = ref
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    bd.learn(load_catalog(root), _facts(root), lookup=loopback_only(bd.manifest_digest), say=lambda line: None)
+    first = bd.read(_facts(root))[ref].digest
+    catalog = load_catalog(root)
+    spec = catalog.frameworks["canary"]
+    args = spec.docker_build_args(spec.resolve(None, None, None), catalog.hardware)
+    assert args["BASE_IMAGE"] == f"{ref}@{first}"
+    # WHEN the tag moves to another image (the base plus /moved)
+    marker = tmp_path / "moved"
+    marker.write_text("moved\n")
+    ctr = _buildah("from", "--pull=never", LOCAL_BASE)
+    moved = f"localhost/voltabuild-test/moved:{tmp_path.name.lower()}"
+    try:
+        _buildah("copy", ctr, str(marker), "/moved")
+        _buildah("commit", "--quiet", ctr, moved)
+    finally:
+        _buildah("rm", ctr)
+    _buildah("push", "--tls-verify=false", moved, f"docker://{ref}")
+    # AND the canary is built with the catalog's arguments, and once by the bare tag
+    built = []
+    try:
+        for name, base in (("pinned", args["BASE_IMAGE"]), ("by-tag", ref)):
+            tag = f"localhost/voltabuild-test/canary-{name}:{tmp_path.name.lower()}"
+            build_args = {**args, "BASE_IMAGE": base, "BUILD_DATE": "2026-12-02T12:00:00Z",
+                          "VOLTABUILD_BUILD_ID": "b-test", "VCS_REF": "0123abcd"}
+            _buildah("bud", "--isolation", "chroot", "--tls-verify=false", "--pull-always", "--quiet",
+                     *(f"--build-arg={k}={v}" for k, v in build_args.items()), "-t", tag,
+                     str(catalog.context_dir(spec)))
+            built.append(tag)
+        # THEN the pinned build started from the image recorded, the one by tag from the moved tag
+        assert not _has_file(built[0], "moved")
+        assert _has_file(built[1], "moved")
+    finally:
+        for image in (*built, moved, ref, f"{registry}/pinned/busybox@{first}"):  # and the bases pulled
+            subprocess.run([*BUILDAH, "rmi", image], capture_output=True, timeout=120)
