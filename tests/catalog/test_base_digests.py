@@ -9,6 +9,7 @@ import datetime
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from registrykit import REGISTRY_BIN, TokenRegistry, docker_registry, push_image
 from chalicelib.builds.records import BuildRecord
 from chalicelib.errors import CatalogError
 from chalicelib.launching.hostscript import HostConfig, render
+from chalicelib.specs import catalog_compiled
 from chalicelib.specs.catalog import BaseDigest, load_catalog
 from scripts import base_digests as bd
 from voltabuild_local.stack import free_port
@@ -221,6 +223,21 @@ def test_the_catalog_pins_a_recorded_base_and_keeps_the_others_by_tag(tmp_path):
     assert f"BUILD_ARGS=(BASE_IMAGE={plain['BASE_IMAGE']}@{DIGEST} " in script
 
 
+def test_the_lambda_pins_from_the_compiled_catalog_without_yaml(tmp_path, monkeypatch):
+    # GIVEN a deployment bundle whose facts record a digest for TensorFlow's default base
+    spec = CATALOG.frameworks["tensorflow"]
+    r = spec.resolve(None, None, None)
+    base = spec.docker_build_args(r, CATALOG.hardware)["BASE_IMAGE"]
+    root = _copy(tmp_path)
+    _facts(root).write_text(bd.render(_entries(**{base: DIGEST})))
+    catalog_compiled.write(root)
+    # WHEN the catalog is loaded as the Lambda loads it: from the compiled JSON, no PyYAML
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    catalog = load_catalog(root)
+    # THEN the base is pinned there too
+    assert catalog.frameworks["tensorflow"].docker_build_args(r, catalog.hardware)["BASE_IMAGE"] == f"{base}@{DIGEST}"
+
+
 def test_a_base_a_request_chooses_is_pinned_by_its_buildspec_not_by_the_facts_file(tmp_path):
     # the canary's BASE_IMAGE is a request's choice from an allow-list (issue 17), with its own digest field
     canary = CATALOG.frameworks["canary"]
@@ -272,7 +289,6 @@ def test_an_entry_not_keyed_by_name_and_tag_fails_the_catalog(tmp_path, key):
 @pytest.fixture
 def lock_module(monkeypatch):
     import importlib.util
-    import sys
 
     spec = importlib.util.spec_from_file_location("voltabuild_lock_digests", ROOT / "scripts" / "lock.py")
     module = importlib.util.module_from_spec(spec)
