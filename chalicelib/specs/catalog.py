@@ -572,7 +572,7 @@ class BuildSpec(_Frozen):
         self, r: Resolved, hardware: Hardware, build_args: dict[str, str] | None = None
     ) -> dict[str, str]:
         """Every ``--build-arg`` for one combination: fixed, version-specific, then requested.
-        A fixed ``*_IMAGE`` whose digest base-digests.yaml records is pinned: ``name:tag@digest``
+        A fixed (or version) ``*_IMAGE`` whose digest base-digests.yaml records is pinned: ``name:tag@digest``
         (the tag for readers, the digest is what is pulled); one without stays by tag."""
         fields = r.fields(hardware)
         args = {k: v.format(**fields) for k, v in self.fixed_args.items()}
