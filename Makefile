@@ -17,7 +17,7 @@ help:
 	@echo "make bench    AWS calls per operation, latency/scale ratios, cold start; writes bench/results.json"
 	@echo "make fuzz     a long schemathesis run against the API's OpenAPI document"
 	@echo "make catalog-refresh  list PyPI releases newer than the catalog; writes dist/catalog-refresh/catalog.patch"
-	@echo "make lock     resolve every combination's lock file into buildspecs/locks/ (reuses the ones up to date)"
+	@echo "make lock     learn the base images' digests, then resolve every combination's lock file (reuses the ones up to date)"
 	@echo "make package  build dist/<stage>/sam.json (CloudFormation/SAM) and deployment.zip (STAGE=dev|prod)"
 	@echo "make deploy   package and deploy to the AWS account of your credentials (STAGE=dev|prod)"
 
@@ -101,7 +101,8 @@ fuzz: venv
 	FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 # ---- the catalog -----------------------------------------------------------
-# `make lock`: the images' lock files (buildspecs/locks/, scripts/lock.py); ALL=1 every combination.
+# `make lock`: the base images' digests (buildspecs/facts/base-digests.yaml, scripts/base_digests.py), then
+# the images' lock files (buildspecs/locks/, scripts/lock.py); ALL=1 every combination.
 # Reproducible: --exclude-newer at each version's PACKAGES_AS_OF, and uv pinned in requirements-dev.txt.
 .PHONY: lock
 lock: venv

@@ -7,7 +7,15 @@
     python scripts/lock.py --defaults       only the default combination of each GPU framework
     python scripts/lock.py --check          exit 1 naming each lock whose inputs changed (no network)
     python scripts/lock.py --force          resolve every lock again; prints how many changed (none:
-                                            the locks are reproducible)
+                                            the locks are reproducible); and take the digest each
+                                            base's tag points to now (see below)
+    python scripts/lock.py --digests-only   only learn the base images' digests
+    python scripts/lock.py --no-digests     only the lock files
+
+First, the base images (scripts/base_digests.py): the digest each base the catalog builds FROM
+points to, from its registry, into buildspecs/facts/base-digests.yaml; the catalog then pins
+those bases by digest. A registry that cannot be reached records nothing (one line per image
+says so) and keeps what was recorded; a recorded digest is replaced only with --force.
 
 Each lock is ``buildspecs/locks/<framework>/<version>-cu<cuda>-py<python>.txt``, resolved by
 ``uv pip compile --generate-hashes`` for Linux x86_64 (manylinux_2_28) and the combination's
@@ -40,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from chalicelib.specs.catalog import BuildSpec, Catalog, Resolved, load_catalog  # noqa: E402
+from scripts import base_digests  # noqa: E402
 
 LOCKS = ROOT / "buildspecs" / "locks"
 PLATFORM = "x86_64-manylinux_2_28"
@@ -182,12 +191,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--force", action="store_true",
                         help="resolve again even the locks that are up to date (a re-run must change nothing)")
     parser.add_argument("--uv", default="uv", help="the uv binary (default: uv on PATH)")
+    digests = parser.add_mutually_exclusive_group()
+    digests.add_argument("--digests-only", action="store_true", help="only learn the base images' digests")
+    digests.add_argument("--no-digests", action="store_true", help="leave the base images' digests as they are")
     opts = parser.parse_args(argv)
     catalog = load_catalog(ROOT)
-    if opts.check:
+    if opts.check:  # the digests are data (facts), not lock inputs: a moved tag makes no lock stale
         problems = stale(catalog)
         print("\n".join(problems) or "every lock is up to date")
         return 1 if problems else 0
+    if not opts.no_digests:
+        base_digests.learn(catalog, ROOT / "buildspecs" / "facts" / base_digests.FACTS.name, force=opts.force)
+        if opts.digests_only:
+            return 0
     version = subprocess.run([opts.uv, "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
     failed, resolved, changed = [], {}, 0
     for lock in combinations(catalog, not opts.defaults):

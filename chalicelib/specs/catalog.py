@@ -16,9 +16,9 @@ import re
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from chalicelib.builds.names import DOCKER_TAG
 from chalicelib.errors import BadRequest, CatalogError
@@ -33,6 +33,9 @@ _BUNDLE = _HERE / "_bundle"
 ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
 
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
+# an image by name and tag, no digest (``nvidia/cuda:12.6.3-base-ubuntu22.04``, ``host:5000/a/b:1``)
+IMAGE_TAG = r"^(?:[a-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+DIGEST = r"^sha256:[0-9a-f]{64}$"
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 # what each tag-template field can hold, for telling a canonical tag when a request sends one
 _PLACEHOLDERS = {"version": r"[0-9][0-9A-Za-z.+]*", "cuda": r"[0-9][0-9.]*", "python": r"[0-9][0-9.]*",
@@ -260,6 +263,24 @@ class AllowedImage(_Frozen):
         return f"{self.image}@{self.digest}" if self.digest else self.image
 
 
+class BaseDigest(_Frozen):
+    """What a base image's tag pointed to when ``make lock`` asked its registry
+    (buildspecs/facts/base-digests.yaml, written by scripts/base_digests.py)."""
+
+    digest: str = Field(pattern=DIGEST)
+    source: str = Field(pattern=r"^https?://[^\s]+$")  # the manifest URL that answered
+    recorded: date  # the day it was first read (a re-run that reads the same digest keeps it)
+
+
+class BaseDigests(_Frozen):
+    digests: dict[Annotated[str, StringConstraints(pattern=IMAGE_TAG)], BaseDigest] = {}
+
+
+def without_digest(reference: str) -> str:
+    """``name:tag`` of ``name:tag@sha256:...`` (what the facts files list)."""
+    return reference.partition("@")[0]
+
+
 class BuildArgSpec(_Frozen):
     pattern: str
     default: str
@@ -375,6 +396,8 @@ class BuildSpec(_Frozen):
     split_estimate_minutes: SplitEstimates | None = None
     # set by the loader
     source_hash: str = ""
+    # name:tag -> digest, from buildspecs/facts/base-digests.yaml: the bases pinned by digest
+    base_digests: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> BuildSpec:
@@ -548,13 +571,21 @@ class BuildSpec(_Frozen):
     def docker_build_args(
         self, r: Resolved, hardware: Hardware, build_args: dict[str, str] | None = None
     ) -> dict[str, str]:
-        """Every ``--build-arg`` for one combination: fixed, version-specific, then requested."""
+        """Every ``--build-arg`` for one combination: fixed, version-specific, then requested.
+        A fixed (or version) ``*_IMAGE`` whose digest base-digests.yaml records is pinned: ``name:tag@digest``
+        (the tag for readers, the digest is what is pulled); one without stays by tag."""
         fields = r.fields(hardware)
         args = {k: v.format(**fields) for k, v in self.fixed_args.items()}
         args.update(self.version(r.version).args)
+        args = {k: self.pinned(v) if k.endswith("_IMAGE") else v for k, v in args.items()}
         args.update({k: self.build_args[k].reference(v) for k, v in self.check_build_args(build_args or {}).items()})
         args["VOLTABUILD_BUILDSPEC_HASH"] = self.source_hash
         return args
+
+    def pinned(self, reference: str) -> str:
+        """``reference@digest`` where base-digests.yaml records its digest, else ``reference``."""
+        digest = self.base_digests.get(reference)
+        return f"{reference}@{digest}" if digest and "@" not in reference else reference
 
 
 class Catalog(_Frozen):
@@ -638,6 +669,18 @@ def _release_dates(path: Path) -> dict[str, dict[str, date]]:
     return out
 
 
+def _base_digests(path: Path) -> dict[str, str]:
+    """name:tag -> digest, from buildspecs/facts/base-digests.yaml (if present); a digest that is
+    not ``sha256:`` and 64 hex digits, or an entry without its source and date, fails the load."""
+    if not path.is_file():
+        return {}
+    try:
+        facts = BaseDigests.model_validate(_load_yaml(path))
+    except ValidationError as e:
+        raise _fail(path, e) from None
+    return {name: entry.digest for name, entry in facts.digests.items()}
+
+
 def _load_yaml(path: Path) -> dict:
     compiled, data = catalog_compiled.parsed(path)  # a deployment's precompiled copy, if current
     if not compiled:
@@ -669,6 +712,7 @@ def load_catalog(root: Path | str | None = None) -> Catalog:
     except ValidationError as e:
         raise _fail(hw_path, e) from None
     released = _release_dates(spec_dir / "facts" / "releases.yaml")
+    digests = _base_digests(spec_dir / "facts" / "base-digests.yaml")
     frameworks: dict[str, BuildSpec] = {}
     for path in sorted(spec_dir.glob("*.yaml")):
         if path.name.startswith("_"):
@@ -676,6 +720,7 @@ def load_catalog(root: Path | str | None = None) -> Catalog:
         raw = path.read_bytes()
         data = _load_yaml(path)
         data["source_hash"] = hashlib.sha256(raw).hexdigest()[:16]
+        data["base_digests"] = digests
         dates = released.get(str(data.get("framework")), {})
         for v in data.get("versions") or []:
             if isinstance(v, dict) and "released" not in v and str(v.get("version")) in dates:

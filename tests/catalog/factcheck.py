@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from chalicelib.specs.catalog import Catalog
+from chalicelib.specs.catalog import Catalog, without_digest
 
 FACT_FILES = ("cuda-images.yaml", "drivers.yaml", "amis.yaml")
 
@@ -136,9 +136,10 @@ def problems(catalog: Catalog, facts: Facts) -> list[str]:
         file = f"buildspecs/{spec.framework}.yaml"
         for r in spec.combinations():
             combo = f"{spec.framework} {r.version} cuda {r.cuda} python {r.python}"
-            # BASE_IMAGE, and any other image a build starts from (pytorch's DEVEL_IMAGE)
+            # BASE_IMAGE, and any other image a build starts from (pytorch's DEVEL_IMAGE), by
+            # name:tag (a base pinned by digest, base-digests.yaml, is name:tag@digest)
             for name, base in spec.docker_build_args(r, hw).items():
-                if name.endswith("_IMAGE") and base and base not in facts.images:
+                if name.endswith("_IMAGE") and base and without_digest(base) not in facts.images:
                     out.append(f"{file}: {combo}: {name} {base} is not in facts/cuda-images.yaml")
             health = hw.cuda[r.cuda].health_image
             if health and health not in facts.images:

@@ -58,7 +58,14 @@ def copy(tmp_path, monkeypatch):
     shutil.copy(ROOT / "requirements-dev.txt", root / "requirements-dev.txt")
     monkeypatch.setattr(lock, "ROOT", root)
     monkeypatch.setattr(lock, "LOCKS", root / "buildspecs" / "locks")
+    # `make lock` first asks the registries for the bases' digests: never beyond loopback here
+    # (tests/catalog/test_base_digests.py runs that step against a local registry)
+    monkeypatch.setattr(lock.base_digests, "manifest_digest", _no_registry)
     return root
+
+
+def _no_registry(ref):
+    raise lock.base_digests.Unreachable(f"{ref.manifest_url}: not asked (the tests stay on loopback)")
 
 
 def _edit(path: Path, change) -> None:
