@@ -139,8 +139,10 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
             raise RenderError(f"instance type {itype!r}: not in the hardware table, or no AMI boots it")
         driver_branch = _check("driver branch", hw.ami_of(itype).driver_branch, re.compile(r"^[0-9]{3}$"))
     build_id = _check("build id", record.id, BUILD_ID)
+    pin = str  # a custom build's health image stays by tag; a catalog build's is pinned as its bases are
     if job is None:
         spec = catalog.spec(record.framework)
+        pin = spec.pinned
         resolved = spec.resolve(record.version, record.cuda, record.python)
         args = spec.docker_build_args(resolved, hw, record.build_args)
         args.update(BUILD_DATE=build_date, VOLTABUILD_BUILD_ID=build_id, VCS_REF=cfg.vcs_ref, VCS_URL=cfg.vcs_url)
@@ -159,7 +161,7 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
         raise RenderError("image.tags: a build needs at least one tag")
     cuda = _check("cuda", cuda_value, _VERSION)
     release = hw.cuda[cuda]
-    health = release.health_image
+    health = pin(release.health_image)
     timeout = record.timeout_minutes
     config = "\n".join([
         _assign("BUILD_ID", build_id),

@@ -221,6 +221,9 @@ def test_the_catalog_pins_a_recorded_base_and_keeps_the_others_by_tag(tmp_path):
                      registry="123456789012.dkr.ecr.us-east-1.amazonaws.com")
     script = render(BuildRecord.of(record), catalog, cfg, token="tok_" + "A" * 40, build_date="2026-12-02T05:00:00Z")
     assert f"BUILD_ARGS=(BASE_IMAGE={plain['BASE_IMAGE']}@{DIGEST} " in script
+    # AND the GPU health check on the host starts from the same pinned image (its tag is the base's)
+    assert catalog.hardware.cuda[r.cuda].health_image == plain["BASE_IMAGE"]
+    assert f"readonly HEALTH_IMAGE={plain['BASE_IMAGE']}@{DIGEST}\n" in script
 
 
 def test_the_lambda_pins_from_the_compiled_catalog_without_yaml(tmp_path, monkeypatch):
