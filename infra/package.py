@@ -77,7 +77,7 @@ ZIP_LIMIT_BYTES = 3_000_000  # issue 21: the deployment zip's target
 
 
 def slim_zip(path: Path) -> None:
-    """Rewrite the zip without :data:`PRUNED`, the installers' RECORD lists and the wheels' SBOMs, with each package's METADATA cut to its
+    """Rewrite the zip without :data:`PRUNED`, type stubs, the installers' RECORD lists and the wheels' SBOMs, with each package's METADATA cut to its
     headers (the long description is its README and changelog; name, version and license
     stay), compressed at zlib's best level."""
     tmp = path.with_suffix(".slim.zip")
@@ -85,6 +85,8 @@ def slim_zip(path: Path) -> None:
         for info in src.infolist():
             if info.filename.startswith(PRUNED) or "/__pycache__/" in f"/{info.filename}":
                 continue  # bytecode too: timestamp-checked against the zip's 1980 dates, it is never used
+            if info.filename.endswith((".pyi", "/py.typed")):
+                continue  # type stubs and PEP 561 markers: read by type checkers, never imported (13 KB)
             if info.filename.endswith(".dist-info/RECORD"):
                 continue  # the installer's file list (for uninstalling): nothing runs it in a Lambda
             if ".dist-info/sboms/" in info.filename:

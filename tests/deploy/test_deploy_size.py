@@ -29,6 +29,7 @@ def test_the_zip_is_at_most_3_mb_without_yaml_or_the_pruned_parts(packages, stag
     assert not [n for n in names if n.startswith(("yaml/", "_yaml/", "PyYAML", "pyyaml"))]
     assert not [n for n in names if n.startswith(PRUNED)]
     assert not [n for n in names if "__pycache__" in n]  # whatever the packager's environment
+    assert not [n for n in names if n.endswith((".pyi", "/py.typed"))]  # type checkers' files
     assert "chalicelib/_bundle/buildspecs.compiled.json" in names
     assert any(n.startswith("slack_sdk/webhook/") for n in names)  # the part the notifier uses
 
