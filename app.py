@@ -1,19 +1,16 @@
-"""voltabuild's Chalice app: routes and event handlers only — the domain is in chalicelib."""
+"""voltabuild's Chalice app: routes and event handlers only — the domain is in chalicelib.
+
+Every Lambda function imports this module, so it imports only Chalice and the wiring; each
+handler imports the request models and event parsers it uses when it first runs (a cold
+start of the API pays for no Slack SDK, the notifier for no matrix models: issue 21).
+"""
 
 from __future__ import annotations
 
 from chalice import Chalice
 
 from chalicelib import metrics, observability, wiring
-from chalicelib.api.bodies import parse_body
 from chalicelib.api.http import error_response, handle_errors, json_response
-from chalicelib.builds.groups import group_filter, has_matrix
-from chalicelib.builds.matrix import MatrixRequest
-from chalicelib.builds.schemas import BuildList, BuildRequest
-from chalicelib.costs.costagg import cost_report
-from chalicelib.custom.contexts import ContextRequest
-from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, MalformedEvent, SpotInterruption
-from chalicelib.notifications.notify_events import parse_event as parse_notify_event
 
 observability.setup()  # JSON log lines (chalicelib/observability.py); metrics: EMF lines
 metrics.configure(stage=wiring.stage())
@@ -68,6 +65,11 @@ def openapi():
 @app.route("/builds", methods=["POST"], api_key_required=True)
 @handle_errors
 def submit_build():
+    from chalicelib.api.bodies import parse_body
+    from chalicelib.builds.groups import has_matrix
+    from chalicelib.builds.matrix import MatrixRequest
+    from chalicelib.builds.schemas import BuildRequest
+
     req = app.current_request
     if has_matrix(req.raw_body):  # one build per cell, in a group (issue 22)
         matrix = parse_body(req.raw_body, MatrixRequest)
@@ -89,6 +91,9 @@ def submit_build():
 @handle_errors
 def upload_context():
     """An upload target for a build context (issue 20; chalicelib/custom/contexts.py)."""
+    from chalicelib.api.bodies import parse_body
+    from chalicelib.custom.contexts import ContextRequest
+
     body = parse_body(app.current_request.raw_body, ContextRequest)
     result = wiring.contexts().request_upload(body)
     return json_response(result, 200 if result.uploaded else 201)
@@ -97,6 +102,9 @@ def upload_context():
 @app.route("/builds", methods=["GET"], api_key_required=True)
 @handle_errors
 def list_builds():
+    from chalicelib.builds.groups import group_filter
+    from chalicelib.builds.schemas import BuildList
+
     q = app.current_request.query_params or {}
     unknown = set(q) - {"status", "framework", "limit", "next", "group"}
     if unknown:
@@ -140,6 +148,8 @@ def cancel_group(group_id):
 @app.route("/costs", methods=["GET"], api_key_required=True)
 @handle_errors
 def costs():
+    from chalicelib.costs.costagg import cost_report
+
     q = app.current_request.query_params or {}
     unknown = set(q) - {"from", "to", "by"}
     if unknown:
@@ -179,11 +189,14 @@ def build_logs(build_id):
 # ---- event-driven lifecycle: EventBridge handlers, reaper -----------------
 # Thin: parse the event into a typed wrapper, call one lifecycle function. A malformed
 # event is logged and dropped (retrying cannot fix it); everything else is idempotent.
-def _lifecycle_event(event, wrapper, action: str) -> dict:
+def _lifecycle_event(event, wrapper: str, action: str) -> dict:
+    from chalicelib.events import cloud_events
+
     observability.bind(action, event.context)
+    wrapper = getattr(cloud_events, wrapper)
     try:
         ev = wrapper.from_event(event.to_dict())
-    except MalformedEvent as e:
+    except cloud_events.MalformedEvent as e:
         app.log.warning("dropped %s event: %s", wrapper.__name__, e)
         return {"outcome": "malformed"}
     return {"outcome": getattr(wiring.lifecycle(), action)(ev)}
@@ -193,20 +206,20 @@ def _lifecycle_event(event, wrapper, action: str) -> dict:
                   "detail": {"state": ["running", "stopped", "shutting-down", "terminated"]}},
                  name="on_instance_state")
 def on_instance_state(event):
-    return _lifecycle_event(event, InstanceStateChange, "instance_state")
+    return _lifecycle_event(event, "InstanceStateChange", "instance_state")
 
 
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
                  name="on_spot_interruption")
 def on_spot_interruption(event):
-    return _lifecycle_event(event, SpotInterruption, "spot_interruption")
+    return _lifecycle_event(event, "SpotInterruption", "spot_interruption")
 
 
 @app.on_cw_event({"source": ["aws.ecr"], "detail-type": ["ECR Image Action"],
                   "detail": {"action-type": ["PUSH"], "result": ["SUCCESS"]}},
                  name="on_image_pushed")
 def on_image_pushed(event):
-    return _lifecycle_event(event, ImagePushed, "image_pushed")
+    return _lifecycle_event(event, "ImagePushed", "image_pushed")
 
 
 @app.schedule("rate(5 minutes)", name="reaper")
@@ -223,6 +236,8 @@ def reaper(event):
 def notify_consumer(event):
     """Final build states (and, with NOTIFY_ON_START, starts): quota slot back, one Slack
     message, its delivery recorded on the build. See chalicelib/notifications/notify.py."""
+    from chalicelib.notifications.notify_events import parse_event as parse_notify_event
+
     observability.bind("notify", event.context)
     for record in event:
         message = parse_notify_event(record.body)

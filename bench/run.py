@@ -182,21 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rounds, scale_rounds, imports = (30, 10, 3) if args.quick else (200, 40, 5)
 
+    sections: dict[str, float] = {}  # seconds each part took: where `make bench`'s own time goes
+
+    def timed(name: str, fn, *a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            sections[name] = round(time.perf_counter() - t, 1)
+
     log("counting API calls (moto in-process)")
-    ops, ticks = measure_calls()
+    ops, ticks = timed("api_calls", measure_calls)
     log(f"latency: POST/GET vs PutItem/GetItem on moto server, {rounds} rounds")
-    lat = latency.request_latency(rounds)
+    lat = timed("latency", latency.request_latency, rounds)
     log(f"scale: 100 and 10,000 builds, {scale_rounds} rounds")
-    sc = latency.scale(scale_rounds, on_progress=log)
+    sc = timed("scale", latency.scale, scale_rounds, on_progress=log)
     log(f"cold start: {imports} fresh imports each")
-    cold = coldstart.import_times(imports)
+    cold = timed("cold_start", coldstart.import_times, imports)
     log("deployment zip (infra.package)")
-    zip_info = coldstart.deployment_zip()
+    zip_info = timed("deployment_zip", coldstart.deployment_zip)
     log("crash points (tests/crash)")
-    crashes = crash.crash_points()
+    crashes = timed("crash_points", crash.crash_points)
     burst_size, stack_rounds = (10, 1) if args.quick else (50, 2)
     log(f"local stack: canary overhead ({stack_rounds} rounds) and {burst_size} canaries at once")
-    local_stack = stack.run(burst_size, stack_rounds)
+    local_stack = timed("local_stack", stack.run, burst_size, stack_rounds)
 
     results = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -217,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "crash_points": crashes,
         "local_stack": local_stack,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "section_seconds": sections,
     }
     results["targets"] = [
         {"what": m.name, "target": f"<= {m.target}", "measured": m.count, "met": m.met}
@@ -242,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     missed = [t["what"] for t in results["targets"] if not t["met"]]
     print(f"targets met: {len(results['targets']) - len(missed)} of {len(results['targets'])}"
           + (f"; missed: {', '.join(missed)}" if missed else ""))
-    log(f"wrote {args.out} in {results['elapsed_seconds']} s")
+    log(f"wrote {args.out} in {results['elapsed_seconds']} s ("
+        + ", ".join(f"{k} {v} s" for k, v in sections.items()) + ")")
     return 0
 
 

@@ -18,12 +18,14 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib import clock, observability
-from chalicelib.builds.schemas import Build
 from chalicelib.builds.segments import segment_durations
-from chalicelib.costs.billing import Cost
+
+if TYPE_CHECKING:  # the models: imported by whoever hands them over, never at a cold start
+    from chalicelib.builds.schemas import Build
+    from chalicelib.costs.billing import Cost
 
 NAMESPACE = "voltabuild"
 STAGE = "Stage"

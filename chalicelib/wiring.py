@@ -1,6 +1,9 @@
 """Lazy, reused objects for the Lambda handlers (warm starts keep them; tests reset them).
 
 The only place that reads ``os.environ``: everything else gets what it needs passed in.
+Every domain module is imported by the factory that first needs it, never at import: a
+cold start imports boto3, Chalice and this module, and each function then loads only what
+it uses (the API never the Slack SDK, the notifier never the matrix expander; issue 21).
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ import hmac
 import os
 from collections.abc import Iterator, Mapping
 from functools import cache
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
 
-from chalicelib.builds.builds import BuildService
-from chalicelib.builds.store import BuildStore
-from chalicelib.builds.transitions import Transitions
-from chalicelib.queues import Queue
 from chalicelib.settings import Settings, check_cursor_key
-from chalicelib.specs.catalog import Catalog, load_catalog
+
+if TYPE_CHECKING:
+    from chalicelib.builds.builds import BuildService
+    from chalicelib.builds.store import BuildStore
+    from chalicelib.builds.transitions import Transitions
+    from chalicelib.queues import Queue
+    from chalicelib.specs.catalog import Catalog
 
 _BOTO_CONFIG = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=20)
 
@@ -38,11 +44,15 @@ def client(service: str):
 
 @cache
 def catalog() -> Catalog:
+    from chalicelib.specs.catalog import load_catalog
+
     return load_catalog()
 
 
 @cache
 def store() -> BuildStore:
+    from chalicelib.builds.store import BuildStore
+
     s = settings()
     return BuildStore(client("dynamodb"), s.table_name, cursor_key=check_cursor_key(s.cursor_key),
                       max_active=s.max_active_builds)
@@ -50,21 +60,29 @@ def store() -> BuildStore:
 
 @cache
 def launch_queue() -> Queue:
+    from chalicelib.queues import Queue
+
     return Queue(client("sqs"), settings().launch_queue_url)
 
 
 @cache
 def notify_queue() -> Queue:
+    from chalicelib.queues import Queue
+
     return Queue(client("sqs"), settings().notify_queue_url)
 
 
 @cache
 def transitions() -> Transitions:
+    from chalicelib.builds.transitions import Transitions
+
     return Transitions(store(), notify_queue(), notify_on_start=settings().notify_on_start)
 
 
 @cache
 def builds() -> BuildService:
+    from chalicelib.builds.builds import BuildService
+
     return BuildService(store(), catalog(), settings(), launch_queue(), transitions(), instances=instances(),
                         contexts=contexts(), costs=costs(), budget=budget())
 

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from chalice import Response
-from pydantic import BaseModel
 
 from chalicelib.errors import (
     BadRequest,
@@ -71,6 +70,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    if isinstance(body, BaseModel):
+    if hasattr(body, "model_dump"):  # a pydantic model (not imported here: no cold start pays for it)
         body = body.model_dump(mode="json")
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json", **(headers or {})})
