@@ -229,6 +229,7 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None, debug: boo
     "  voltabuild submit tensorflow --instance-type g5.xlarge --instance-type g4dn.xlarge \\\n"
     "      --max-price 0.8 --tag team-a --timeout 120\n"
     "  voltabuild submit canary --build-arg CANARY_FAIL=1 --no-notify --json\n"
+    "  voltabuild submit pytorch --build-arg BUILD_MODE=source --split on   # compile on a CPU box, test on a GPU\n"
     "  voltabuild submit --context . --file docker/Dockerfile --target runtime --repository team/app --tag v1\n"
     "  voltabuild submit --git https://github.com/org/repo.git --ref v1.2 --path services/api\n"
     "  voltabuild submit pytorch --version 2.5.1 --pip transformers==4.46.0 --apt ffmpeg --env HF_HOME=/data/hf\n\n"
@@ -261,6 +262,10 @@ def cli(ctx: click.Context, api_url: str | None, api_key: str | None, debug: boo
               help="Instance type to try, in order; repeat for more (default: the buildspec's list).")
 @click.option("--max-price", type=click.FloatRange(min=0, min_open=True), metavar="USD",
               help="Spot price cap, USD per hour.")
+@click.option("--split", type=click.Choice(["on", "off", "auto"]),
+              help="on: build on a CPU spot instance, then smoke-test on the GPU one (cheaper for long "
+                   "compiles); off: all on the GPU instance; auto: split source builds only "
+                   "(default: the buildspec's).")
 @click.option("--timeout", "timeout_min", type=click.IntRange(min=1), metavar="MIN",
               help="Build timeout in minutes (default: the buildspec's).")
 @click.option("--no-notify", is_flag=True, help="No Slack message when the build ends.")
@@ -281,7 +286,7 @@ def submit(ctx: click.Context, framework: str | None, context_dir: Path | None, 
            repository: str | None, smoke_test: str | None, pip_: tuple[str, ...], apt: tuple[str, ...],
            env: dict[str, str], version_: str | None, cuda: str | None, python: str | None,
            tags: tuple[str, ...], build_args: dict[str, str], instance_types: tuple[str, ...],
-           max_price: float | None, timeout_min: int | None, no_notify: bool, channel: str | None,
+           max_price: float | None, split: str | None, timeout_min: int | None, no_notify: bool, channel: str | None,
            idempotency_key: str | None, matrix: tuple[str, ...], skip_invalid: bool, wait_: bool,
            wait_timeout: str | None, as_json: bool) -> None:
     """Submit a build of FRAMEWORK (see `voltabuild frameworks`), of your own Dockerfile
@@ -312,6 +317,8 @@ def submit(ctx: click.Context, framework: str | None, context_dir: Path | None, 
         body["build_args"] = build_args
     if instance_types:
         body["instance_types"] = list(instance_types)
+    if split is not None:
+        body["split"] = {"on": True, "off": False}.get(split, split)
     if no_notify:
         body["notify"] = False
     elif channel:

@@ -73,6 +73,22 @@ def test_submit_json_carries_every_option_to_the_api(cli, builds, live_api):
     assert stored["id"] == build["id"] and stored["image"] == build["image"]
 
 
+@pytest.mark.parametrize("split,expected", [("on", True), ("off", False)])
+def test_submit_split_asks_for_a_cpu_build_and_a_gpu_test(cli, builds, split, expected):
+    # WHEN a user asks for the canary built on a CPU instance (or explicitly not)
+    r = cli("submit", "canary", "--split", split, "--no-notify", "--json")
+    assert r.exit_code == 0, r.stderr
+    build = json.loads(r.stdout)
+    builds.track(build["id"])
+    # THEN the build the API accepted is split (or not) as asked
+    assert build["split"] is expected
+
+
+def test_submit_split_takes_only_on_off_or_auto(cli):
+    r = cli("submit", "canary", "--split", "yes")
+    assert r.exit_code == 2 and "'yes' is not one of 'on', 'off', 'auto'" in r.stderr
+
+
 def test_submit_unknown_framework_is_a_usage_error_with_the_apis_message(cli):
     r = cli("submit", "caffe")
     assert r.exit_code == 2
