@@ -236,3 +236,14 @@ def test_a_bad_build_arg_name_from_the_catalog_is_refused_naming_it(catalog, mon
 def test_a_cache_tag_that_is_not_a_docker_tag_is_refused_naming_it(catalog, monkeypatch):
     monkeypatch.setattr(hostscript, "registry_cache_tag", lambda args: "cache:bad")
     assert _refusal(catalog, record_for(catalog, "canary")) == _pattern_message("cache tag", "cache:bad", DOCKER_TAG)
+
+
+def test_an_instance_type_of_the_hardware_table_that_is_no_ec2_name_is_refused_naming_it(catalog):
+    # a family added to _hardware.yaml under a name EC2 never uses (upper case): the render
+    # refuses it rather than hand the script a type EC2 would not know
+    hw = catalog.hardware
+    family = hw.families["g5"].model_copy(update={"sizes": {"G5.xlarge": 1}})
+    changed = _with_hardware(catalog, families={**hw.families, "G5": family})
+    assert changed.hardware.is_known_instance_type("G5.xlarge")
+    assert _refusal(changed, record_for(catalog, "canary"), instance_type="G5.xlarge") == _pattern_message(
+        "instance type", "G5.xlarge", hostscript._INSTANCE_TYPE)
