@@ -10,10 +10,13 @@ README's testing section).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import re
 import shlex
 import shutil
+import tarfile
 
 import pytest
 from hostrun import CFG, TOKEN, record_for
@@ -248,3 +251,19 @@ def test_an_instance_type_of_the_hardware_table_that_is_no_ec2_name_is_refused_n
     assert changed.hardware.is_known_instance_type("G5.xlarge")
     assert _refusal(changed, record_for(catalog, "canary"), instance_type="G5.xlarge") == _pattern_message(
         "instance type", "G5.xlarge", hostscript._INSTANCE_TYPE)
+
+
+def test_a_build_of_a_non_default_combination_builds_that_cuda_and_python_with_its_lock(catalog):
+    # the record's own CUDA and Python, not the version's defaults (12.6, 3.12)
+    rec = record_for(catalog, "pytorch", version="2.13.0", cuda="13.0", python="3.10")
+    spec = catalog.spec("pytorch")
+    default = spec.resolve("2.13.0", None, None)
+    assert (default.cuda, default.python) != ("13.0", "3.10")
+    v = _values(_render(catalog, rec))
+    args = dict(a.split("=", 1) for a in v["BUILD_ARGS"])
+    assert (v["CUDA"], args["CUDA_VERSION"], args["PYTHON_VERSION"], args["PYTORCH_VERSION"]) == (
+        "13.0", "13.0", "3.10", "2.13.0")
+    assert v["MIN_DRIVER"] == catalog.hardware.cuda["13.0"].min_driver
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(v["CONTEXT_B64"])), mode="r:gz") as tar:
+        lock = tar.extractfile("lock-hashed.txt").read()
+    assert lock == cc.lock_path(catalog, spec.resolve("2.13.0", "13.0", "3.10")).read_bytes()
