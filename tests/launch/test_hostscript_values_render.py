@@ -267,3 +267,16 @@ def test_a_build_of_a_non_default_combination_builds_that_cuda_and_python_with_i
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(v["CONTEXT_B64"])), mode="r:gz") as tar:
         lock = tar.extractfile("lock-hashed.txt").read()
     assert lock == cc.lock_path(catalog, spec.resolve("2.13.0", "13.0", "3.10")).read_bytes()
+
+
+def test_the_health_image_is_pinned_where_the_catalog_records_its_digest(catalog):
+    # GIVEN the default PyTorch build's health image with a digest recorded (make lock, issue 19)
+    rec = record_for(catalog)
+    health = catalog.hardware.cuda[rec["cuda"]].health_image
+    digest = "sha256:" + "ab" * 32
+    spec = catalog.frameworks["pytorch"]
+    pinned = catalog.model_copy(update={"frameworks": {
+        **catalog.frameworks, "pytorch": spec.model_copy(update={"base_digests": {health: digest}})}})
+    # THEN the host's GPU check starts from exactly that image; without the record, by tag
+    assert _values(_render(pinned, rec))["HEALTH_IMAGE"] == f"{health}@{digest}"
+    assert _values(_render(catalog, rec))["HEALTH_IMAGE"] == health
