@@ -1,0 +1,57 @@
+"""Edges of the EC2 handlers the other lifecycle tests leave out: the states that change
+nothing, instances that must not be adopted, and what the builds' records and the
+operators' logs say in the rarer endings."""
+
+from __future__ import annotations
+
+from lifecycle_helpers import load_event
+
+from chalicelib.builds.states import Status
+
+
+def state_event(iid: str, state: str) -> dict:
+    return load_event(f"ec2-state-{state}", **{"instance-id": iid})
+
+
+def statuses(record: dict) -> list[str]:
+    return [e["status"] for e in record["events"]]
+
+
+def _launching_without_instance(world) -> str:
+    """The launcher moved the build to LAUNCHING, ran the instance and died before recording it."""
+    bid = world.submit()
+    world.wiring.transitions().move(bid, Status.LAUNCHING, expect=[Status.QUEUED], message="launching")
+    return bid
+
+
+# ---- states that change nothing -------------------------------------------------------------
+def test_pending_and_stopping_change_nothing_on_a_launched_build(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    for state in ("pending", "stopping"):
+        event = load_event("ec2-state-pending", **{"instance-id": iid, "state": state})
+        assert fire("on_instance_state", event) == "ignored"
+    record = world.get(bid)
+    assert record["status"] == "LAUNCHING" and record["instance_id"] == iid
+    assert statuses(record) == ["QUEUED", "LAUNCHING"]
+    assert world.state(iid) == "running"
+
+
+# ---- instances that are not adopted ------------------------------------------------------------
+def test_a_terminated_unrecorded_instance_is_not_adopted(world, fire):
+    """Its build stays LAUNCHING without an instance: the reaper launches the attempt again."""
+    bid = _launching_without_instance(world)
+    iid = world.run_instance(bid, 1)
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "not ours"
+    record = world.get(bid)
+    assert record["status"] == "LAUNCHING" and "instance_id" not in record
+    assert statuses(record) == ["QUEUED", "LAUNCHING"]
+
+
+def test_an_instance_tagged_for_a_queued_build_is_not_adopted(world, fire):
+    bid = world.submit()
+    iid = world.run_instance(bid, 1)
+    assert fire("on_instance_state", state_event(iid, "running")) == "not ours"
+    record = world.get(bid)
+    assert record["status"] == "QUEUED" and "instance_id" not in record
