@@ -8,10 +8,11 @@ import json
 import logging
 
 import pytest
-from test_launch_launcher import ec2_env, instances, record, submit  # noqa: F401 (ec2_env: a fixture)
+from test_launch_launcher import Ec2Faults, SentMessages, ec2_env, instances, record, submit  # noqa: F401
 
 from chalicelib import wiring
 from chalicelib.builds.states import Status
+from chalicelib.launching.launcher import backoff_seconds
 
 
 def stale_reads(monkeypatch, copy) -> None:
@@ -73,3 +74,51 @@ def test_a_cancel_read_from_a_stale_copy_never_moves_the_build(aws, ec2_env, mon
     stale_reads(monkeypatch, stale)
     assert wiring.launcher().handle(relaunch_message(build_id)).action == "ignored"
     assert stored(build_id) == before
+
+
+# ---- the delay before the next round ---------------------------------------------------------------
+def test_the_delay_doubles_from_a_minute_up_to_sqs_maximum_of_900_seconds():
+    """SQS refuses a DelaySeconds over 900: a later round waits exactly that long."""
+    assert [backoff_seconds(r) for r in range(1, 9)] == [60, 120, 240, 480, 900, 900, 900, 900]
+
+
+# ---- a round that ends without an instance ------------------------------------------------------------
+def test_the_timeline_lists_every_try_of_a_round_without_capacity(aws, ec2_env):  # noqa: F811
+    s1, s2 = ec2_env["subnets"]
+    launcher = wiring.launcher()
+    launcher.ec2 = Ec2Faults(launcher.ec2, default="InsufficientInstanceCapacity")
+    launcher.queue = SentMessages()
+    launcher.cfg = type(launcher.cfg)(**{**launcher.cfg.__dict__, "subnet_ids": (s1, s2)})
+    build_id, msg = submit(aws)
+    build = wiring.store().get_record(build_id)
+    assert build.instance_types == ["g5.xlarge", "g4dn.xlarge"]
+    assert launcher.handle(msg).action == "retry"
+    tries = "; ".join(f"{t} in {s} (spot): InsufficientInstanceCapacity" for t in build.instance_types for s in (s1, s2))
+    assert record(build_id)["events"][-1]["message"] == f"no capacity ({tries}); trying again in 60 s"
+
+
+class TakenOver(Ec2Faults):
+    """RunInstances fails with ``code`` after the reaper gave the build's attempt to another
+    launcher (the build is LAUNCHING again, as attempt 2, with that launcher's token)."""
+
+    def __init__(self, real, build_id: str, code: str) -> None:
+        super().__init__(real, default=code)
+        self.build_id = build_id
+
+    def run_instances(self, **kw):
+        wiring.store().update_fields(self.build_id, {"attempt": 2, "token_hash": "the-other-launchers"})
+        return super().run_instances(**kw)
+
+
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "UnauthorizedOperation"])
+def test_a_launcher_whose_attempt_moved_on_during_its_round_changes_nothing(aws, ec2_env, code):  # noqa: F811
+    build_id, msg = submit(aws)
+    launcher = wiring.launcher()
+    launcher.queue = queue = SentMessages()
+    launcher.ec2 = TakenOver(launcher.ec2, build_id, code)
+    launcher.cfg = type(launcher.cfg)(**{**launcher.cfg.__dict__, "subnet_ids": ()})
+    outcome = launcher.handle(msg)
+    assert (outcome.action, outcome.detail) == ("ignored", f"{build_id}: moved on during the launch")
+    rec = record(build_id)
+    assert (rec["status"], rec["attempt"], rec["token_hash"]) == ("LAUNCHING", 2, "the-other-launchers")
+    assert queue.sent == [] and aws.messages("NotifyQueue") == []
