@@ -94,7 +94,11 @@ def test_the_timeline_lists_every_try_of_a_round_without_capacity(aws, ec2_env):
     assert build.instance_types == ["g5.xlarge", "g4dn.xlarge"]
     assert launcher.handle(msg).action == "retry"
     tries = "; ".join(f"{t} in {s} (spot): InsufficientInstanceCapacity" for t in build.instance_types for s in (s1, s2))
-    assert record(build_id)["events"][-1]["message"] == f"no capacity ({tries}); trying again in 60 s"
+    rec = record(build_id)
+    assert rec["events"][-1]["message"] == f"no capacity ({tries}); trying again in 60 s"
+    # queued again: no launch under way, no deadline running (the next launch starts both anew)
+    assert rec["status"] == "QUEUED"
+    assert "launch_started_at" not in rec and "deadline_at" not in rec and "token_hash" not in rec
 
 
 class TakenOver(Ec2Faults):
@@ -122,3 +126,76 @@ def test_a_launcher_whose_attempt_moved_on_during_its_round_changes_nothing(aws,
     rec = record(build_id)
     assert (rec["status"], rec["attempt"], rec["token_hash"]) == ("LAUNCHING", 2, "the-other-launchers")
     assert queue.sent == [] and aws.messages("NotifyQueue") == []
+
+
+# ---- a redelivery after the launcher died (issue 16) ----------------------------------------------------
+class Died(BaseException):
+    """The Lambda dying (timeout, out of memory): nothing in the domain may catch it."""
+
+
+def die(*_a, **_kw):
+    raise Died()
+
+
+def state_of(ec2, iid: str) -> str:
+    return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+@pytest.mark.parametrize("market", ["spot", "on-demand"])
+def test_a_resumed_launch_records_the_instance_as_the_market_it_runs_in(aws, ec2_env, monkeypatch, market):  # noqa: F811
+    """The cost of a build is priced from its instance's market (issue 22): an on-demand
+    fallback instance found on redelivery is on-demand, not spot."""
+    monkeypatch.setenv("ON_DEMAND_FALLBACK", "on")
+    wiring.reset()
+    launcher = wiring.launcher()
+    if market == "on-demand":
+        launcher.ec2 = Ec2Faults(launcher.ec2, fail={(t, s, "spot"): "InsufficientInstanceCapacity"
+                                                     for t in ("g5.xlarge", "g4dn.xlarge") for s in ec2_env["subnets"]})
+    build_id, msg = submit(aws)
+    monkeypatch.setattr(launcher, "_record", die)
+    with pytest.raises(Died):
+        launcher.handle(msg)
+    monkeypatch.setattr(launcher, "_record", type(launcher)._record.__get__(launcher))
+    (inst,) = instances(ec2_env["ec2"])
+    outcome = launcher.handle(msg)  # SQS delivers the message again
+    assert (outcome.action, outcome.instance_id) == ("launched", inst["InstanceId"])
+    rec = record(build_id)
+    assert rec["instance"]["lifecycle"] == market
+    assert state_of(ec2_env["ec2"], inst["InstanceId"]) == "running", "a build's own instance is left running"
+
+
+def test_a_cancel_that_missed_the_unrecorded_instance_terminates_it_on_redelivery(aws, ec2_env, monkeypatch):  # noqa: F811
+    build_id, msg = submit(aws)
+    launcher = wiring.launcher()
+    monkeypatch.setattr(launcher, "_price", die)
+    with pytest.raises(Died):
+        launcher.handle(msg)
+    monkeypatch.undo()
+    (inst,) = instances(ec2_env["ec2"])
+    wiring.builds().cancel(build_id)  # sees no instance to stop: the build has none recorded yet
+    assert state_of(ec2_env["ec2"], inst["InstanceId"]) == "running"
+    assert wiring.launcher().handle(msg).action == "launched"
+    assert state_of(ec2_env["ec2"], inst["InstanceId"]) in ("shutting-down", "terminated")
+    assert len(instances(ec2_env["ec2"])) == 1
+
+
+@pytest.mark.parametrize("now", ["relaunched as attempt 2", "failed by the reaper"])
+def test_a_resume_read_from_a_stale_copy_launches_nothing(aws, ec2_env, monkeypatch, caplog, now):  # noqa: F811
+    """The copy says LAUNCHING at attempt 1 without an instance (its launcher died); the build
+    has moved on since: the redelivered message must neither launch nor replace the token."""
+    build_id, _ = submit(aws)
+    wiring.transitions().move(build_id, Status.LAUNCHING, expect=[Status.QUEUED], message="launching attempt 1",
+                              fields={"token_hash": "the-dead-launchers"})
+    stale = wiring.store().get_record(build_id)
+    if now.startswith("relaunched"):
+        wiring.store().update_fields(build_id, {"attempt": 2, "token_hash": "attempt-2s"})
+    else:
+        wiring.transitions().move(build_id, Status.FAILED, expect=[Status.LAUNCHING], message="not launched")
+    before = stored(build_id)
+    stale_reads(monkeypatch, stale)
+    with caplog.at_level(logging.INFO, logger="voltabuild.launcher"):
+        outcome = wiring.launcher().handle(relaunch_message(build_id))
+    assert (outcome.action, outcome.detail) == ("ignored", f"{build_id}: attempt 1 moved on")
+    assert f"launch ignored: {build_id}: attempt 1 moved on" in caplog.messages
+    assert instances(ec2_env["ec2"]) == []
+    assert stored(build_id) == before
