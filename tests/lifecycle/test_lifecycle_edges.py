@@ -55,3 +55,44 @@ def test_an_instance_tagged_for_a_queued_build_is_not_adopted(world, fire):
     assert fire("on_instance_state", state_event(iid, "running")) == "not ours"
     record = world.get(bid)
     assert record["status"] == "QUEUED" and "instance_id" not in record
+
+
+# ---- what a cancel records ------------------------------------------------------------------------
+def test_a_cancel_ended_by_the_termination_says_which_instance_and_why(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    assert api.http.delete(f"/builds/{bid}").status_code == 202
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "cancelled"
+    record = world.get(bid)
+    assert record["reason"] == "cancelled by request"
+    assert record["events"][-1]["message"] == f"cancelled by request; instance {iid} terminated"
+
+
+def test_a_queued_build_whose_cancel_raced_its_launch_message_is_cancelled_by_the_reaper(world, api, clock):
+    from test_lifecycle_reaper import tick
+
+    bid = world.submit()
+    world.store.update_fields(bid, {"cancel_requested": True})  # the launch message was lost meanwhile
+    clock.advance(minutes=11)
+    assert tick(api) == {"cancelled": 1}
+    record = world.get(bid)
+    assert record["status"] == "CANCELLED" and record["reason"] == "cancelled by request"
+    assert record["events"][-1]["message"] == "cancelled by request"
+
+
+# ---- ECR pushes -------------------------------------------------------------------------------------
+def test_a_failed_push_records_nothing(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    image = world.get(bid)["image"]
+    registry, _, name = image["repository"].partition("/")
+    event = load_event("ecr-image-push", **{"repository-name": name, "image-tag": image["tags"][0],
+                                            "result": "FAILURE"})
+    event["account"], _, rest = registry.partition(".dkr.ecr.")
+    event["region"] = rest.split(".")[0]
+    assert fire("on_image_pushed", event) == "ignored"
+    assert "ecr_digest" not in world.get(bid)
+    event["detail"]["result"] = "SUCCESS"
+    assert fire("on_image_pushed", event) == "recorded"  # the same event, successful, is this build's
