@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from botocore.exceptions import ClientError
 from test_launch_launcher import Ec2Faults, SentMessages, ec2_env, instances, record, submit  # noqa: F401
 
 from chalicelib import wiring
@@ -102,30 +103,60 @@ def test_the_timeline_lists_every_try_of_a_round_without_capacity(aws, ec2_env):
 
 
 class TakenOver(Ec2Faults):
-    """RunInstances fails with ``code`` after the reaper gave the build's attempt to another
-    launcher (the build is LAUNCHING again, as attempt 2, with that launcher's token)."""
+    """RunInstances fails with ``code`` after the build moved on: the reaper gave its attempt
+    to another launcher (LAUNCHING again, as attempt 2, with that launcher's token), or a
+    duplicate launcher's round ended first and queued it again (QUEUED, attempt 1)."""
 
-    def __init__(self, real, build_id: str, code: str) -> None:
+    def __init__(self, real, build_id: str, code: str, how: str) -> None:
         super().__init__(real, default=code)
-        self.build_id = build_id
+        self.build_id, self.how = build_id, how
 
     def run_instances(self, **kw):
-        wiring.store().update_fields(self.build_id, {"attempt": 2, "token_hash": "the-other-launchers"})
+        if self.how == "attempt 2":
+            wiring.store().update_fields(self.build_id, {"attempt": 2, "token_hash": "the-other-launchers"})
+        elif wiring.store().get_record(self.build_id).status == Status.LAUNCHING:
+            wiring.transitions().move(self.build_id, Status.QUEUED, expect=[Status.LAUNCHING], message="no capacity",
+                                      remove=["token_hash"])
         return super().run_instances(**kw)
 
 
+@pytest.mark.parametrize("how", ["attempt 2", "queued again"])
 @pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "UnauthorizedOperation"])
-def test_a_launcher_whose_attempt_moved_on_during_its_round_changes_nothing(aws, ec2_env, code):  # noqa: F811
+def test_a_launcher_whose_attempt_moved_on_during_its_round_changes_nothing(aws, ec2_env, code, how):  # noqa: F811
     build_id, msg = submit(aws)
     launcher = wiring.launcher()
     launcher.queue = queue = SentMessages()
-    launcher.ec2 = TakenOver(launcher.ec2, build_id, code)
+    launcher.ec2 = TakenOver(launcher.ec2, build_id, code, how)
     launcher.cfg = type(launcher.cfg)(**{**launcher.cfg.__dict__, "subnet_ids": ()})
     outcome = launcher.handle(msg)
     assert (outcome.action, outcome.detail) == ("ignored", f"{build_id}: moved on during the launch")
     rec = record(build_id)
-    assert (rec["status"], rec["attempt"], rec["token_hash"]) == ("LAUNCHING", 2, "the-other-launchers")
+    if how == "attempt 2":
+        assert (rec["status"], rec["attempt"], rec["token_hash"]) == ("LAUNCHING", 2, "the-other-launchers")
+    else:
+        assert (rec["status"], rec["attempt"]) == ("QUEUED", 1)
     assert queue.sent == [] and aws.messages("NotifyQueue") == []
+
+
+def test_a_failed_launch_keeps_a_long_aws_error_within_the_records_limits(aws, ec2_env):  # noqa: F811
+    """The reason is cut to 4000 characters, its timeline entry to 2000 (a DynamoDB item is
+    at most 400 KB, and the timeline holds many entries); the report token goes with the attempt."""
+
+    class Verbose(Ec2Faults):
+        def run_instances(self, **kw):
+            raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message": "x" * 5000}}, "RunInstances")
+
+    launcher = wiring.launcher()
+    launcher.ec2 = Verbose(launcher.ec2)
+    build_id, msg = submit(aws)
+    outcome = launcher.handle(msg)
+    assert outcome.action == "failed"
+    rec = record(build_id)
+    assert rec["status"] == "FAILED" and "token_hash" not in rec
+    assert rec["reason"].startswith("launch failed: RunInstances g5.xlarge in ")
+    assert len(rec["reason"]) == 4000 and rec["reason"].endswith("x")
+    assert rec["events"][-1]["message"] == rec["reason"][:2000]
+    assert outcome.detail.startswith(f"{build_id}: launch failed: RunInstances") and len(outcome.detail) > 5000
 
 
 # ---- a redelivery after the launcher died (issue 16) ----------------------------------------------------
