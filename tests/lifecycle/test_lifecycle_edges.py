@@ -96,3 +96,44 @@ def test_a_failed_push_records_nothing(world, fire):
     assert "ecr_digest" not in world.get(bid)
     event["detail"]["result"] = "SUCCESS"
     assert fire("on_image_pushed", event) == "recorded"  # the same event, successful, is this build's
+
+
+# ---- giving up ------------------------------------------------------------------------------------
+def test_a_build_whose_instances_never_start_gives_up_after_its_attempts_saying_why(world, api, clock, aws):
+    from test_lifecycle_reaper import tick
+
+    bid = world.submit()
+    iids = []
+    for _ in range(3):  # MAX_ATTEMPTS defaults to 3
+        iids.append(world.launch(bid))
+        clock.advance(minutes=11)
+        tick(api)
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert record["reason"] == f"instance {iids[2]} did not start within 10 minutes; gave up after 3 attempts"
+    relaunches = [e["message"] for e in record["events"] if e["status"] == "QUEUED"][1:]
+    assert relaunches == [f"instance {iids[0]} did not start within 10 minutes; launching again as attempt 2 of 3",
+                          f"instance {iids[1]} did not start within 10 minutes; launching again as attempt 3 of 3"]
+
+
+def test_a_build_never_launched_gives_up_after_its_attempts_saying_why(world, api, clock):
+    from test_lifecycle_reaper import tick
+
+    bid = world.submit()  # its launch messages are all lost
+    for _ in range(3):
+        clock.advance(minutes=11)
+        tick(api)
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert record["reason"] == "not launched within 10 minutes; gave up after 3 attempts"
+
+
+def test_the_last_spot_warning_fails_the_build(world, fire):
+    bid = world.submit()
+    outcomes = []
+    for _ in range(3):  # MAX_ATTEMPTS defaults to 3
+        iid = world.launch(bid)
+        fire("on_instance_state", state_event(iid, "running"))
+        outcomes.append(fire("on_spot_interruption", load_event("ec2-spot-interruption", **{"instance-id": iid})))
+    assert outcomes == ["relaunched", "relaunched", "failed"]
+    assert world.get(bid)["reason"] == "spot capacity reclaimed 3 times"
