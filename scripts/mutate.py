@@ -38,8 +38,11 @@ MODULES: dict[str, list[str]] = {
                    "tests/launch/test_hostscript_stage_roles_render.py", "tests/launch/test_hostscript_source_values_render.py"],
     "store": ["tests/api", "tests/lifecycle", "tests/notify"],
     "reports": ["tests/launch/test_launch_reports.py", "tests/notify/test_start_message_wiring.py"],
-    "launcher": ["tests/launch/test_launch_launcher.py"],
-    "lifecycle": ["tests/lifecycle"],
+    "launcher": ["tests/launch/test_launch_launcher.py", "tests/launch/test_launcher_edges.py",
+                 "tests/launch/test_launch_amis.py", "tests/launch/test_launch_calls.py",
+                 "tests/launch/test_launch_hostfailure.py", "tests/launch/test_split_builds.py",
+                 "tests/sources/test_source_launch.py", "tests/lifecycle/test_lifecycle_split.py"],
+    "lifecycle": ["tests/lifecycle", "tests/launch/test_split_builds.py", "tests/launch/test_launch_hostfailure.py"],
 }
 # what the tests read besides chalicelib/ and tests/
 ALSO_COPY = ["app.py", "buildspecs", "dockerfiles", "infra", "voltabuild_local", ".chalice", "client", "bench"]

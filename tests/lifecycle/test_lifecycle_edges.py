@@ -1,0 +1,139 @@
+"""Edges of the EC2 handlers the other lifecycle tests leave out: the states that change
+nothing, instances that must not be adopted, and what the builds' records and the
+operators' logs say in the rarer endings."""
+
+from __future__ import annotations
+
+from lifecycle_helpers import load_event
+
+from chalicelib.builds.states import Status
+
+
+def state_event(iid: str, state: str) -> dict:
+    return load_event(f"ec2-state-{state}", **{"instance-id": iid})
+
+
+def statuses(record: dict) -> list[str]:
+    return [e["status"] for e in record["events"]]
+
+
+def _launching_without_instance(world) -> str:
+    """The launcher moved the build to LAUNCHING, ran the instance and died before recording it."""
+    bid = world.submit()
+    world.wiring.transitions().move(bid, Status.LAUNCHING, expect=[Status.QUEUED], message="launching")
+    return bid
+
+
+# ---- states that change nothing -------------------------------------------------------------
+def test_pending_and_stopping_change_nothing_on_a_launched_build(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    for state in ("pending", "stopping"):
+        event = load_event("ec2-state-pending", **{"instance-id": iid, "state": state})
+        assert fire("on_instance_state", event) == "ignored"
+    record = world.get(bid)
+    assert record["status"] == "LAUNCHING" and record["instance_id"] == iid
+    assert statuses(record) == ["QUEUED", "LAUNCHING"]
+    assert world.state(iid) == "running"
+
+
+# ---- instances that are not adopted ------------------------------------------------------------
+def test_a_terminated_unrecorded_instance_is_not_adopted(world, fire):
+    """Its build stays LAUNCHING without an instance: the reaper launches the attempt again."""
+    bid = _launching_without_instance(world)
+    iid = world.run_instance(bid, 1)
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "not ours"
+    record = world.get(bid)
+    assert record["status"] == "LAUNCHING" and "instance_id" not in record
+    assert statuses(record) == ["QUEUED", "LAUNCHING"]
+
+
+def test_an_instance_tagged_for_a_queued_build_is_not_adopted(world, fire):
+    bid = world.submit()
+    iid = world.run_instance(bid, 1)
+    assert fire("on_instance_state", state_event(iid, "running")) == "not ours"
+    record = world.get(bid)
+    assert record["status"] == "QUEUED" and "instance_id" not in record
+
+
+# ---- what a cancel records ------------------------------------------------------------------------
+def test_a_cancel_ended_by_the_termination_says_which_instance_and_why(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    assert api.http.delete(f"/builds/{bid}").status_code == 202
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "cancelled"
+    record = world.get(bid)
+    assert record["reason"] == "cancelled by request"
+    assert record["events"][-1]["message"] == f"cancelled by request; instance {iid} terminated"
+
+
+def test_a_queued_build_whose_cancel_raced_its_launch_message_is_cancelled_by_the_reaper(world, api, clock):
+    from test_lifecycle_reaper import tick
+
+    bid = world.submit()
+    world.store.update_fields(bid, {"cancel_requested": True})  # the launch message was lost meanwhile
+    clock.advance(minutes=11)
+    assert tick(api) == {"cancelled": 1}
+    record = world.get(bid)
+    assert record["status"] == "CANCELLED" and record["reason"] == "cancelled by request"
+    assert record["events"][-1]["message"] == "cancelled by request"
+
+
+# ---- ECR pushes -------------------------------------------------------------------------------------
+def test_a_failed_push_records_nothing(world, fire):
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    image = world.get(bid)["image"]
+    registry, _, name = image["repository"].partition("/")
+    event = load_event("ecr-image-push", **{"repository-name": name, "image-tag": image["tags"][0],
+                                            "result": "FAILURE"})
+    event["account"], _, rest = registry.partition(".dkr.ecr.")
+    event["region"] = rest.split(".")[0]
+    assert fire("on_image_pushed", event) == "ignored"
+    assert "ecr_digest" not in world.get(bid)
+    event["detail"]["result"] = "SUCCESS"
+    assert fire("on_image_pushed", event) == "recorded"  # the same event, successful, is this build's
+
+
+# ---- giving up ------------------------------------------------------------------------------------
+def test_a_build_whose_instances_never_start_gives_up_after_its_attempts_saying_why(world, api, clock, aws):
+    from test_lifecycle_reaper import tick
+
+    bid = world.submit()
+    iids = []
+    for _ in range(3):  # MAX_ATTEMPTS defaults to 3
+        iids.append(world.launch(bid))
+        clock.advance(minutes=11)
+        tick(api)
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert record["reason"] == f"instance {iids[2]} did not start within 10 minutes; gave up after 3 attempts"
+    relaunches = [e["message"] for e in record["events"] if e["status"] == "QUEUED"][1:]
+    assert relaunches == [f"instance {iids[0]} did not start within 10 minutes; launching again as attempt 2 of 3",
+                          f"instance {iids[1]} did not start within 10 minutes; launching again as attempt 3 of 3"]
+
+
+def test_a_build_never_launched_gives_up_after_its_attempts_saying_why(world, api, clock):
+    from test_lifecycle_reaper import tick
+
+    bid = world.submit()  # its launch messages are all lost
+    for _ in range(3):
+        clock.advance(minutes=11)
+        tick(api)
+    record = world.get(bid)
+    assert record["status"] == "FAILED"
+    assert record["reason"] == "not launched within 10 minutes; gave up after 3 attempts"
+
+
+def test_the_last_spot_warning_fails_the_build(world, fire):
+    bid = world.submit()
+    outcomes = []
+    for _ in range(3):  # MAX_ATTEMPTS defaults to 3
+        iid = world.launch(bid)
+        fire("on_instance_state", state_event(iid, "running"))
+        outcomes.append(fire("on_spot_interruption", load_event("ec2-spot-interruption", **{"instance-id": iid})))
+    assert outcomes == ["relaunched", "relaunched", "failed"]
+    assert world.get(bid)["reason"] == "spot capacity reclaimed 3 times"
