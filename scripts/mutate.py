@@ -36,7 +36,9 @@ MODULES: dict[str, list[str]] = {
     "hostscript": ["tests/launch/test_launch_hostscript.py", "tests/launch/test_hostscript_contract.py",
                    "tests/launch/test_hostscript_render_rules.py"],
     "store": ["tests/api", "tests/lifecycle", "tests/notify"],
-    "reports": ["tests/launch/test_launch_reports.py", "tests/notify/test_start_message_wiring.py"],
+    "reports": ["tests/launch/test_launch_reports.py", "tests/notify/test_start_message_wiring.py",
+                "tests/launch/test_launch_hostfailure.py", "tests/launch/test_split_builds.py",
+                "tests/launch/test_image_size_reports.py", "tests/security/test_events_route.py"],
     "launcher": ["tests/launch/test_launch_launcher.py"],
     "lifecycle": ["tests/lifecycle"],
 }
