@@ -12,7 +12,18 @@ import hashlib
 import json
 
 import pytest
-from test_launch_reports import DIGEST, TOKEN, Calls, _launching, _launching_unrecorded, phase, post, record
+from test_launch_reports import (
+    DIGEST,
+    TOKEN,
+    Calls,
+    _launching,
+    _launching_unrecorded,
+    phase,
+    post,
+    push,
+    pushing,  # noqa: F401  (a fixture)
+    record,
+)
 
 from chalicelib import wiring
 from chalicelib.builds.states import Status
@@ -265,3 +276,43 @@ def test_a_success_whose_last_write_loses_to_a_relaunch_is_403(api, build_id, mo
     assert post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST}).status_code == 403
     rec = record(build_id)
     assert (rec["status"], rec["attempt"]) == ("LAUNCHING", 2) and not rec.get("image", {}).get("digest")
+
+
+# ---- FAILED reported after the push (the choice is documented in chalicelib/launching/pushed.py) ----
+def test_a_failure_after_the_push_without_a_reason_says_so_in_the_note(api, aws, pushing):  # noqa: F811
+    assert post(api, pushing, phase("PUSHING")).status_code == 202
+    push(aws, pushing, record(pushing)["image"]["tags"])
+    assert post(api, pushing, {"type": "result", "status": "FAILED"}).status_code == 202
+    rec = record(pushing)
+    assert rec["status"] == "SUCCEEDED"
+    assert "the instance reported FAILED (no reason given)" in rec["events"][-1]["message"]
+
+
+def test_the_note_quotes_at_most_300_characters_of_the_reason(api, aws, pushing):  # noqa: F811
+    assert post(api, pushing, phase("PUSHING")).status_code == 202
+    push(aws, pushing, record(pushing)["image"]["tags"])
+    assert post(api, pushing, {"type": "result", "status": "FAILED", "reason": "r" * 1000}).status_code == 202
+    note = record(pushing)["events"][-1]["message"]
+    assert f"the instance reported FAILED ({'r' * 300})" in note
+
+
+@pytest.mark.parametrize("pushed_all", [True, False], ids=["every-tag-pushed", "partly-pushed"])
+def test_a_cancel_while_ecr_is_asked_wins_over_a_failure_after_the_push(api, aws, pushing, monkeypatch,  # noqa: F811
+                                                                        pushed_all):
+    """A cancel recorded while the service asks ECR about the pushed tags: the report's write
+    (SUCCEEDED with a note, or FAILED) must not go through; the instance's end will make it CANCELLED."""
+    assert post(api, pushing, phase("PUSHING")).status_code == 202
+    tags = record(pushing)["image"]["tags"]
+    push(aws, pushing, tags if pushed_all else tags[:1])
+    pushed = wiring.reports().pushed
+    real = pushed.digest
+
+    def cancel_meanwhile(old):
+        wiring.store().update_fields(pushing, {"cancel_requested": True})
+        return real(old)
+
+    monkeypatch.setattr(pushed, "digest", cancel_meanwhile)
+    resp = post(api, pushing, {"type": "result", "status": "FAILED", "reason": "x"})
+    assert resp.status_code == 409 and message(resp) == f"build {pushing} moved on; the report was not applied"
+    rec = record(pushing)
+    assert (rec["status"], rec["cancel_requested"]) == ("RUNNING", True)
