@@ -217,8 +217,9 @@ def test_success_straight_from_launching_notes_that_the_instance_reported_in(api
 NEW = "new-" + "n" * 40
 
 
-def before_write(monkeypatch, n: int, action) -> None:
-    """Run ``action`` just before the report's ``n``-th write (1 = its first)."""
+def before_write(monkeypatch, n: int, action, calls: Calls | None = None) -> None:
+    """Run ``action`` just before the report's ``n``-th write (1 = its first); ``calls`` then
+    forgets the calls so far, to hold what the report makes after the race."""
     transitions = wiring.transitions()
     real = transitions.move
     count = [0]
@@ -228,6 +229,8 @@ def before_write(monkeypatch, n: int, action) -> None:
         if count[0] == n:
             monkeypatch.setattr(transitions, "move", real)
             action()
+            if calls is not None:
+                calls.take()
         return real(*args, **kw)
 
     monkeypatch.setattr(transitions, "move", move)
@@ -252,8 +255,12 @@ def relaunched(build_id: str):
                          ids=["heartbeat", "success"])
 def test_a_first_report_that_loses_to_ec2s_running_event_still_counts(api, build_id, monkeypatch, body):
     # the report's first write finds the build LAUNCHING; EC2's event moves it before the second
-    before_write(monkeypatch, 2, ec2_running(build_id))
+    calls = Calls()
+    before_write(monkeypatch, 2, ec2_running(build_id), calls)
     assert post(api, build_id, body).status_code == 202
+    # the lost write's old item (ALL_OLD) says the build is RUNNING now: no read
+    assert calls.take() == (["dynamodb.UpdateItem"] if body["type"] == "heartbeat"
+                            else ["dynamodb.UpdateItem", "dynamodb.UpdateItem", "sqs.SendMessage"])
     rec = record(build_id)
     assert rec["status"] == ("RUNNING" if body["type"] == "heartbeat" else "SUCCEEDED")
     assert [e["status"] for e in rec["events"]].count("RUNNING") == 1
@@ -272,8 +279,10 @@ def test_a_first_report_that_loses_to_a_relaunch_changes_nothing(api, build_id, 
 
 def test_a_success_whose_last_write_loses_to_a_relaunch_is_403(api, build_id, monkeypatch):
     # LAUNCHING: the success moves it to RUNNING, then a relaunch comes before the success's write
-    before_write(monkeypatch, 3, relaunched(build_id))
+    calls = Calls()
+    before_write(monkeypatch, 3, relaunched(build_id), calls)
     assert post(api, build_id, {"type": "result", "status": "SUCCEEDED", "digest": DIGEST}).status_code == 403
+    assert calls.take() == ["dynamodb.UpdateItem"], "the lost write's old item tells why: no read"
     rec = record(build_id)
     assert (rec["status"], rec["attempt"]) == ("LAUNCHING", 2) and not rec.get("image", {}).get("digest")
 
@@ -307,12 +316,16 @@ def test_a_cancel_while_ecr_is_asked_wins_over_a_failure_after_the_push(api, aws
     pushed = wiring.reports().pushed
     real = pushed.digest
 
+    calls = Calls()
+
     def cancel_meanwhile(old):
         wiring.store().update_fields(pushing, {"cancel_requested": True})
+        calls.take()
         return real(old)
 
     monkeypatch.setattr(pushed, "digest", cancel_meanwhile)
     resp = post(api, pushing, {"type": "result", "status": "FAILED", "reason": "x"})
     assert resp.status_code == 409 and message(resp) == f"build {pushing} moved on; the report was not applied"
+    assert calls.take() == ["dynamodb.UpdateItem"], "the lost write's old item tells why: no read"
     rec = record(pushing)
     assert (rec["status"], rec["cancel_requested"]) == ("RUNNING", True)
