@@ -6,6 +6,7 @@ and the timeline say which host failed and why, within their limits."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 from test_launch_hostfailure import HOST_FAIL, TOKEN, _running_on, post, record
 
@@ -43,3 +44,23 @@ def test_a_host_failure_on_a_build_that_never_recorded_its_instance(api, aws):
     rec = record(build.id)
     assert rec["host_failures"][0]["instance_type"] is None
     assert rec["events"][-1]["message"].startswith("host failure on the instance: NVIDIA driver")
+
+
+def test_a_host_failure_that_loses_to_a_relaunch_is_409_and_queues_nothing_more(api, aws, monkeypatch):
+    """EC2 reclaimed the spot instance and the build was queued again (attempt 2) between the
+    report's check and its own relaunch: the report's relaunch loses and says so."""
+    build_id = _running_on(aws, "p3.2xlarge")
+    reports = wiring.reports()
+    real = reports.relaunch
+
+    def reclaimed_first(old, why, **kw):
+        real(old, "spot interruption", reclaimed=True)
+        return real(old, why, **kw)
+
+    monkeypatch.setattr(reports, "relaunch", reclaimed_first)
+    resp = post(api, build_id, HOST_FAIL)
+    assert resp.status_code == 409, resp.body
+    assert json.loads(resp.body)["Message"] == f"build {build_id} moved on; the report was not applied"
+    rec = record(build_id)
+    assert (rec["status"], rec["attempt"]) == ("QUEUED", 2) and "host_failures" not in rec
+    assert aws.messages("LaunchQueue") == [{"build_id": build_id, "attempt": 2}]
