@@ -329,3 +329,45 @@ def test_a_cancel_while_ecr_is_asked_wins_over_a_failure_after_the_push(api, aws
     assert calls.take() == ["dynamodb.UpdateItem"], "the lost write's old item tells why: no read"
     rec = record(pushing)
     assert (rec["status"], rec["cancel_requested"]) == ("RUNNING", True)
+
+
+# ---- more of what the instance hears ------------------------------------------------------------
+def test_a_too_large_body_with_a_forged_token_is_403_and_with_the_real_one_413(api, build_id):
+    big = json.dumps({"type": "phase", "phase": "BUILDING", "message": "m" * (70 * 1024)})
+    assert post(api, build_id, big, token="forged-" + "y" * 40).status_code == 403
+    assert post(api, build_id, big).status_code == 413
+    assert record(build_id)["status"] == "LAUNCHING"
+
+
+def test_the_answer_has_no_phase_until_one_was_reported(api, build_id):
+    resp = post(api, build_id, {"type": "heartbeat"})
+    assert json.loads(resp.body) == {"id": build_id, "status": "RUNNING", "phase": None}
+
+
+def test_a_retried_phase_report_renews_the_heartbeat(api, build_id, monkeypatch):
+    monkeypatch.setattr(reports_module, "now_iso", lambda: "2026-12-02T10:00:00.000Z")
+    post(api, build_id, phase("BUILDING"))
+    monkeypatch.setattr(reports_module, "now_iso", lambda: "2026-12-02T10:30:00.000Z")
+    resp = post(api, build_id, phase("BUILDING"))
+    assert resp.status_code == 202 and json.loads(resp.body)["phase"] == "BUILDING"
+    assert shown(api, build_id)["heartbeat_at"] == "2026-12-02T10:30:00.000Z"
+
+
+def test_the_reason_of_a_cancel_that_took_effect_is_cut_to_6000_characters(api, build_id):
+    post(api, build_id, phase("BUILDING"))
+    assert api.http.delete(f"/builds/{build_id}").status_code == 202
+    body = {"type": "result", "status": "FAILED", "reason": "terminated", "log_tail": "t" * 8000}
+    assert post(api, build_id, body).status_code == 202
+    reason = shown(api, build_id)["reason"]
+    assert reason.startswith("cancelled by request; the instance stopped: terminated\n--- last log lines ---\n")
+    assert len(reason) == 6000
+
+
+def test_a_final_report_naming_its_instance_writes_nothing_more(api, aws):
+    """The build is final after the report: its instance is not written after it."""
+    bid = _launching_unrecorded(aws)
+    post(api, bid, phase("PUSHING"))
+    calls = Calls()
+    body = {"type": "result", "status": "SUCCEEDED", "digest": DIGEST, "instance_id": "i-0aaaaaaaaaaaaaaa1"}
+    assert post(api, bid, body).status_code == 202
+    assert calls.take() == ["dynamodb.UpdateItem", "sqs.SendMessage"]
