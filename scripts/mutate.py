@@ -40,7 +40,8 @@ MODULES: dict[str, list[str]] = {
     "reports": ["tests/launch/test_launch_reports.py", "tests/notify/test_start_message_wiring.py",
                 "tests/launch/test_launch_hostfailure.py", "tests/launch/test_split_builds.py",
                 "tests/launch/test_image_size_reports.py", "tests/security/test_events_route.py",
-                "tests/launch/test_reports_edges.py", "tests/launch/test_host_failure_edges.py"],
+                "tests/launch/test_reports_edges.py", "tests/launch/test_host_failure_edges.py",
+                "tests/launch/test_split_report_edges.py"],
     "launcher": ["tests/launch/test_launch_launcher.py"],
     "lifecycle": ["tests/lifecycle"],
 }
