@@ -6,7 +6,7 @@ BUILT is for the build stage, and the build stays RUNNING in its test stage."""
 from __future__ import annotations
 
 import pytest
-from test_split_builds import DIGEST, env, launch, report, script, to_test_stage, token  # noqa: F401
+from test_split_builds import DIGEST, env, launch, report, script, submit, to_test_stage, token  # noqa: F401
 
 from chalicelib import wiring
 from chalicelib.errors import Conflict
@@ -20,3 +20,13 @@ def test_built_from_the_test_stage_is_409_saying_so(aws, env):  # noqa: F811
         report(build_id, tok, {"type": "result", "status": "BUILT", "digest": DIGEST})
     rec = wiring.store().get_record(build_id)
     assert (rec.status, rec.stage) == ("RUNNING", "test")
+
+
+def test_built_straight_from_launching_notes_that_the_instance_reported_in(aws, env):  # noqa: F811
+    build_id, msg = submit(aws, split=True)
+    tok = token(script(env["ec2"], launch(msg)))
+    report(build_id, tok, {"type": "result", "status": "BUILT", "digest": DIGEST})
+    events = wiring.store().get_record(build_id).events
+    assert [(e.status, e.message) for e in events[2:4]] == [("RUNNING", "the instance reported in"),
+                                                           ("RUNNING", events[3].message)]
+    assert events[3].message.startswith("build stage done")
