@@ -371,3 +371,11 @@ def test_a_final_report_naming_its_instance_writes_nothing_more(api, aws):
     body = {"type": "result", "status": "SUCCEEDED", "digest": DIGEST, "instance_id": "i-0aaaaaaaaaaaaaaa1"}
     assert post(api, bid, body).status_code == 202
     assert calls.take() == ["dynamodb.UpdateItem", "sqs.SendMessage"]
+
+
+def test_an_unsplit_builds_timeline_entry_names_no_instance(api, aws):
+    """Only a split build's entries name their stage's instance (issue 23)."""
+    bid = _launching_unrecorded(aws)
+    assert post(api, bid, {**phase("PREPARING"), "instance_id": "i-0aaaaaaaaaaaaaaa1"}).status_code == 202
+    entry = shown(api, bid)["events"][-1]
+    assert entry["status"] == "RUNNING" and entry["instance_id"] is None and entry["stage"] is None

@@ -30,3 +30,12 @@ def test_built_straight_from_launching_notes_that_the_instance_reported_in(aws, 
     assert [(e.status, e.message) for e in events[2:4]] == [("RUNNING", "the instance reported in"),
                                                            ("RUNNING", events[3].message)]
     assert events[3].message.startswith("build stage done")
+
+
+def test_a_stage_phase_report_names_its_instance_on_the_timeline(aws, env):  # noqa: F811
+    build_id, msg = submit(aws, split=True)
+    iid = launch(msg)
+    tok = token(script(env["ec2"], iid))
+    report(build_id, tok, {"type": "phase", "phase": "BUILDING", "stage": "build", "instance_id": iid})
+    entry = wiring.store().get_record(build_id).events[-1]
+    assert (entry.stage, entry.instance_id) == ("build", iid)
