@@ -7,13 +7,14 @@ import json
 import re
 import secrets
 
+from chalicelib import clock
 from chalicelib.builds.names import check_build_id
 from chalicelib.builds.schemas import Build, BuildRequest, ImageInfo, NotifyOptions, StageInfo, TimelineEvent
 from chalicelib.builds.spend import Ceilings, KeyQuota, gpu_hours
 from chalicelib.builds.states import Status
 from chalicelib.builds.store import BuildStore, Idempotency
 from chalicelib.builds.transitions import Transitions
-from chalicelib.clock import now, now_iso
+from chalicelib.clock import now_iso
 from chalicelib.costs.billing import BudgetExceeded
 from chalicelib.errors import BadRequest, Conflict, InvalidTransition
 from chalicelib.queues import Queue
@@ -184,7 +185,7 @@ class BuildService:
     # ---- read -------------------------------------------------------------------
     def get(self, build_id: str) -> Build:
         build = self.store.get(check_build_id(build_id))
-        return self.costs.with_cost(build, now()) if self.costs is not None else build
+        return self.costs.with_cost(build, clock.now()) if self.costs is not None else build
 
     def list(self, *, status: str | None, framework: str | None, limit: str | None,
              cursor: str | None) -> tuple[list[Build], str | None]:

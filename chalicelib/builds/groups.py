@@ -18,11 +18,12 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from chalicelib import clock
 from chalicelib.builds.matrix import MatrixRequest, expand
 from chalicelib.builds.schemas import Build
 from chalicelib.builds.states import Status
 from chalicelib.builds.store import Idempotency
-from chalicelib.clock import now, now_iso
+from chalicelib.clock import now_iso
 from chalicelib.errors import BadRequest, BuildNotFound, Conflict
 
 GROUP_ID_PREFIX = "g-"
@@ -119,7 +120,7 @@ class Groups:
 
     def get(self, group_id: str, at: datetime | None = None) -> Group:
         item, builds = self._cells(group_id)
-        at = at or now()
+        at = at or clock.now()
         values = item.get("values") or [{} for _ in builds]
         cells = []
         total, known = 0, True

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from chalicelib import clock
 from chalicelib.builds.schemas import Build
-from chalicelib.clock import now, parse
+from chalicelib.clock import parse
 from chalicelib.costs import billing, costagg
 from chalicelib.custom.custom_builds import launch_spec
 from chalicelib.errors import BadRequest
@@ -123,7 +123,7 @@ class Budget:
         self.budget_usd = budget_usd
 
     def __call__(self, builds: Sequence[Build]) -> Decimal:
-        at = now()
+        at = clock.now()
         booked = self.aggregates.spent_this_month(costagg.booking_day(at))
         active_worst = []
         for b in self.active():

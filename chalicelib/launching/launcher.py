@@ -47,7 +47,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chalicelib import observability
+from chalicelib import clock, observability
 from chalicelib.builds.names import BUILD_ID
 from chalicelib.builds.records import BuildRecord, token_hash
 from chalicelib.builds.schemas import InstanceInfo
@@ -64,7 +64,7 @@ from chalicelib.builds.store import (
     without_token,
 )
 from chalicelib.builds.transitions import Transitions
-from chalicelib.clock import iso, now
+from chalicelib.clock import iso
 from chalicelib.custom.custom_builds import SourceError, launch_spec, prepare_source
 from chalicelib.errors import BadRequest, BuildNotFound, CatalogError, InvalidTransition
 from chalicelib.events.instances import TAG_ATTEMPT, TAG_BUILD, TAG_BUILD_STAGE, TAG_STAGE
@@ -195,7 +195,7 @@ class Launcher:
     # ---- the launch ---------------------------------------------------------------------
     def _launch(self, record: BuildRecord, msg: LaunchMessage) -> Outcome:
         token = secrets.token_urlsafe(32)
-        started = now()
+        started = clock.now()
         try:
             record = self.transitions.move(
                 msg.build_id, Status.LAUNCHING, expect=[Status.QUEUED],
@@ -218,7 +218,7 @@ class Launcher:
         if record.cancel_requested:
             return self._cancel(msg, expect=Status.RUNNING)
         token = secrets.token_urlsafe(32)
-        started = now()
+        started = clock.now()
         try:
             record = self.store.update_fields(
                 msg.build_id, {"launch_started_at": iso(started), "token_hash": token_hash(token),
@@ -235,7 +235,7 @@ class Launcher:
         read: the write returns the build. When it loses, the build as the failed condition
         found it decides, as a read would have (resume, cancel, or a stale message)."""
         token = secrets.token_urlsafe(32)
-        started = now()
+        started = clock.now()
         try:
             record = self.transitions.move(
                 msg.build_id, Status.LAUNCHING, expect=[Status.QUEUED],
@@ -288,7 +288,7 @@ class Launcher:
                 source = self.catalog_contexts.source_for(record, (record.timeout_minutes + 60) * 60)
         except (BadRequest, CatalogError, SourceError) as e:
             return self._fail(msg.build_id, f"launch failed: {e}", msg.attempt)
-        build_date = record.launch_started_at or iso(now())
+        build_date = record.launch_started_at or iso(clock.now())
         hosts: dict[str, tuple[str, str, bytes]] = {}  # per instance type: AMI id, root device, user-data
         role = stage_role(record)
         split = {} if role == "all" else {
@@ -399,7 +399,7 @@ class Launcher:
         info = InstanceInfo(
             id=iid, type=inst["InstanceType"], az=az, lifecycle=market,
             price=self._price(inst["InstanceType"], az) if market == "spot" else None,
-            launched_at=iso(launched) if launched else iso(now()),
+            launched_at=iso(launched) if launched else iso(clock.now()),
         )
         try:
             # only for this attempt, and only while no other instance is recorded for it (an EC2
@@ -434,7 +434,7 @@ class Launcher:
                 extra_condition=at_attempt(msg.attempt) & without_instance(),
                 # queued_at = when the delayed message is due: the reaper's "stuck in QUEUED"
                 # grace counts from then, so waiting for capacity never looks like a lost message
-                fields={"launch_rounds": rounds, "queued_at": iso(now() + timedelta(seconds=delay))},
+                fields={"launch_rounds": rounds, "queued_at": iso(clock.now() + timedelta(seconds=delay))},
                 remove=["token_hash", "launch_started_at", "deadline_at"],
             )
         except InvalidTransition:
@@ -528,7 +528,7 @@ class Launcher:
     def _spot_price(self, itype: str, az: str | None) -> float | None | object:
         """The newest price in the history, None when it has none, _UNKNOWN when it could not be read."""
         kwargs: dict[str, Any] = {"InstanceTypes": [itype], "ProductDescriptions": ["Linux/UNIX"],
-                                  "StartTime": now(), "MaxResults": 5}
+                                  "StartTime": clock.now(), "MaxResults": 5}
         if az:
             kwargs["Filters"] = [{"Name": "availability-zone", "Values": [az]}]
         try:

@@ -53,3 +53,32 @@ def test_importing_the_app_loads_no_models_no_yaml_and_no_slack(factory):
         assert "slack_sdk" not in got["after"] and "asyncio" not in got["after"]
     else:
         assert "chalicelib.notifications.notify" in got["after"]
+
+
+_CLOCK_PROBE = """
+import importlib, json, pkgutil
+from datetime import UTC, datetime
+
+import chalicelib
+from chalicelib import clock
+
+real = clock.now
+fake = lambda: datetime(2020, 1, 1, tzinfo=UTC)  # noqa: E731
+clock.now = fake  # a test's fake clock, in force when the modules are first imported
+names = [m.name for m in pkgutil.walk_packages(chalicelib.__path__, "chalicelib.")]
+modules = [importlib.import_module(n) for n in names]
+clock.now = real
+print(json.dumps(sorted(f"{m.__name__}.{k}" for m in modules for k, v in vars(m).items() if v is fake)))
+"""
+
+
+def test_no_module_keeps_the_clock_it_found_at_import():
+    # GIVEN every module first imported while the clock is a stand-in (the handlers import
+    # their modules when they first run, so that may be in the middle of a test's fake time)
+    env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1", "VOLTABUILD_STAGE": "dev"}
+    out = subprocess.run([sys.executable, "-c", _CLOCK_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    # THEN none kept that clock: each asks chalicelib.clock when it needs the time (a module
+    # holding `now` from `from chalicelib.clock import now` stamped builds with a stale time)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
