@@ -91,7 +91,8 @@ mutate: venv
 
 # ---- benchmarks -----------------------------------------------------------
 # `make bench`: API calls per operation, latency ratios, scale, cold start (bench/results.json)
-# (FAST=1: fewer samples and a burst of 10 canaries instead of 50; needs buildah as root, as make demo)
+# (FAST=1: fewer samples, 2,000 builds for the scale and reaper figures instead of 10,000 and a burst of
+# 10 canaries instead of 50, in about 5 minutes on 2 CPUs; needs buildah as root, as make demo)
 bench: venv system-deps
 	$(PY) -m bench.run $(if $(FAST),--quick)
 

@@ -216,8 +216,8 @@ def operations(b: Bench) -> None:
               after=lambda bid=bid: "slack message " + getattr(b.record(bid).notification, "status", "?"))
 
 
-def reaper_ticks(b: Bench, on_progress: Callable[[str], None]) -> list[dict]:
-    """Reaper ticks with 10 and 1,000 healthy active builds, 0, 100 and 10,000 finished."""
+def reaper_ticks(b: Bench, on_progress: Callable[[str], None], many: int = 10_000) -> list[dict]:
+    """Reaper ticks with 10 and 1,000 healthy active builds, 0, 100 and ``many`` finished."""
     ddb = b.wiring.client("dynamodb")
     ec2 = b.wiring.client("ec2")
     table = b.resources["BuildsTable"]
@@ -265,7 +265,7 @@ def reaper_ticks(b: Bench, on_progress: Callable[[str], None]) -> list[dict]:
     tick()
     add_finished(100)
     tick()
-    add_finished(9_900)
+    add_finished(many - 100)
     tick()
     add_active(990)
     tick()

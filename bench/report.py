@@ -40,7 +40,8 @@ def markdown(results: dict) -> str:
     for k, r in lat["ratios"].items():
         out.append(f"| {k} | {r['p50']:.2f}x | {r['p99']:.2f}x |")
     sc = results["scale"]
-    out += ["", "| 10,000 vs 100 builds | p50 | p99 |", "|---|---|---|"]
+    sizes = sorted(int(n) for n in sc["sizes"])
+    out += ["", f"| {sizes[-1]:,} vs {sizes[0]:,} builds | p50 | p99 |", "|---|---|---|"]
     for k, r in sc["growth"].items():
         out.append(f"| {k} | {r['p50']:.2f}x | {r['p99']:.2f}x |")
     targets = results["targets"]
