@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -111,3 +113,19 @@ def render_for(record: dict, catalog: Catalog | None = None, cfg: HostConfig = C
                instance_type: str | None = None) -> str:
     return render(BuildRecord.of(record), catalog or load_catalog(), cfg, token=TOKEN, build_date="2026-11-28T15:00:00Z",
                   instance_type=instance_type)
+
+
+def readonly_values(script: str) -> dict[str, str | list[str]]:
+    """The host script's ``readonly NAME=value`` and ``readonly -a NAME=(...)`` lines, values
+    as bash reads them (a multi-line value, the unpacker, reads as ``<multi-line>``)."""
+    out: dict[str, str | list[str]] = {}
+    for m in re.finditer(r"^readonly (-a )?([A-Z0-9_]+)=(.*)$", script, re.M):
+        if m.group(1):
+            out[m.group(2)] = shlex.split(m.group(3)[1:-1])
+            continue
+        try:
+            words = shlex.split(m.group(3))
+        except ValueError:
+            words = ["<multi-line>"]
+        out[m.group(2)] = words[0] if words else ""
+    return out

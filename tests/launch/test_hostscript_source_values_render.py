@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import base64
 import io
-import re
-import shlex
 import tarfile
 
 import pytest
-from hostrun import BUILD_ID, CFG, TOKEN
+from hostrun import BUILD_ID, CFG, TOKEN, readonly_values
 
 from chalicelib.builds.records import BuildRecord
 from chalicelib.custom.custom_builds import EXTEND_GROWTH, MAX_IMAGE_GB, extend_dockerfile
@@ -28,20 +26,6 @@ URL = "https://contexts.example.test/sha256/abc?X-Amz-Signature=" + "f" * 64
 @pytest.fixture(scope="module")
 def catalog():
     return load_catalog()
-
-
-def _values(script: str) -> dict[str, str | list[str]]:
-    out: dict[str, str | list[str]] = {}
-    for m in re.finditer(r"^readonly (-a )?([A-Z0-9_]+)=(.*)$", script, re.M):
-        if m.group(1):
-            out[m.group(2)] = shlex.split(m.group(3)[1:-1])
-            continue
-        try:
-            words = shlex.split(m.group(3))
-        except ValueError:  # a multi-line value (the unpacker)
-            words = ["<multi-line>"]
-        out[m.group(2)] = words[0] if words else ""
-    return out
 
 
 def _stored(record: dict) -> BuildRecord:
@@ -80,7 +64,7 @@ def _context_record(**over) -> dict:
 def test_an_extension_builds_its_generated_dockerfile_on_its_catalog_image(catalog):
     rec = _extend_record()
     script = _render(catalog, rec)
-    v = _values(script)
+    v = readonly_values(script)
     spec = catalog.spec("canary")
     budget = min(spec.max_image_gb * EXTEND_GROWTH, spec.root_volume_gb / 2)
     assert {k: v[k] for k in ("SOURCE_KIND", "BASE_IMAGE", "REPOSITORY", "BUILD_ARGS", "SMOKE_TEST", "CUDA",
@@ -96,7 +80,7 @@ def test_an_extension_builds_its_generated_dockerfile_on_its_catalog_image(catal
 
 def test_a_context_build_takes_its_values_from_the_record_not_the_catalog(catalog):
     script = _render(catalog, _context_record(), context_url=URL, context_max_bytes=5_000)
-    v = _values(script)
+    v = readonly_values(script)
     assert {k: v[k] for k in ("REPOSITORY", "BUILD_ARGS", "SMOKE_TEST", "CUDA", "MAX_IMAGE_BYTES", "TAGS",
                               "CONTEXT_B64", "CONTEXT_MAX_BYTES", "HEALTH_IMAGE")} == {
         "REPOSITORY": "voltabuild/team/app", "BUILD_ARGS": ["http_proxy=", "MY_FLAG=1"],
@@ -107,7 +91,7 @@ def test_a_context_build_takes_its_values_from_the_record_not_the_catalog(catalo
 
 
 def test_a_user_build_arg_name_may_be_lower_case_but_never_shell(catalog):
-    v = _values(_render(catalog, _context_record(build_args={"pip_index": "x", "_Z9": "y"}), context_url=URL))
+    v = readonly_values(_render(catalog, _context_record(build_args={"pip_index": "x", "_Z9": "y"}), context_url=URL))
     assert v["BUILD_ARGS"] == ["pip_index=x", "_Z9=y"]
     rec = _stored(_context_record())
     rec.build_args = {"a-b": "x"}  # the API refuses it; the render does again

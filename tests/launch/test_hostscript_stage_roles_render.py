@@ -9,11 +9,8 @@ chalicelib/launching/hostscript.py (mutation testing, see the README's testing s
 
 from __future__ import annotations
 
-import re
-import shlex
-
 import pytest
-from hostrun import CFG, TOKEN, record_for
+from hostrun import CFG, TOKEN, readonly_values, record_for
 
 from chalicelib.builds.records import BuildRecord
 from chalicelib.launching import hostscript
@@ -28,22 +25,6 @@ BUCKET_URL = "https://contexts.example.test/catalog/sha256/" + "cd" * 32 + "?X-A
 @pytest.fixture(scope="module")
 def catalog():
     return load_catalog()
-
-
-def _values(script: str) -> dict[str, str]:
-    """``readonly NAME=value`` (and ``readonly -a NAME=(...)``) lines, values as bash reads them."""
-    out = {}
-    for m in re.finditer(r"^readonly (?:-a )?([A-Z0-9_]+)=(.*)$", script, re.M):
-        value = m.group(2)
-        if value.startswith("("):
-            out[m.group(1)] = shlex.split(value[1:-1])
-        else:
-            try:
-                words = shlex.split(value)
-            except ValueError:  # a multi-line value (the unpacker)
-                words = ["<multi-line>"]
-            out[m.group(1)] = words[0] if words else ""
-    return out
 
 
 def _render(catalog, role: str, *, rec: dict | None = None, **kw) -> str:
@@ -72,7 +53,7 @@ def _sources_part() -> str:
 def test_a_whole_build_by_default_has_no_candidate_and_no_stage_part(catalog):
     rec = BuildRecord.of(record_for(catalog, "canary"))
     script = render(rec, catalog, CFG, token=TOKEN, build_date="2026-11-28T15:00:00Z")
-    v = _values(script)
+    v = readonly_values(script)
     assert (v["STAGE_ROLE"], v["CANDIDATE_TAG"], v["CANDIDATE_DIGEST"]) == ("all", "", "")
     assert "pull_candidate()" not in script and "promote()" not in script
     assert "@@STAGES@@" not in script
@@ -80,19 +61,19 @@ def test_a_whole_build_by_default_has_no_candidate_and_no_stage_part(catalog):
 
 def test_the_build_stage_runs_on_a_cpu_type_with_no_driver_and_carries_the_candidate_tag(catalog):
     script = _render(catalog, "build")
-    v = _values(script)
+    v = readonly_values(script)
     assert v["STAGE_ROLE"] == "build"
     assert v["CANDIDATE_TAG"] == f"candidate-{record_for(catalog)['id']}-1"
     assert v["CANDIDATE_DIGEST"] == ""
     assert (v["INSTANCE_TYPE"], v["DRIVER_BRANCH"]) == (CPU_TYPE, "")
     # it builds: the canary's context travels inside, as in a whole build
-    assert v["CONTEXT_B64"] and v["CONTEXT_B64"] == _values(_render(catalog, "all"))["CONTEXT_B64"]
+    assert v["CONTEXT_B64"] and v["CONTEXT_B64"] == readonly_values(_render(catalog, "all"))["CONTEXT_B64"]
     assert _stages_part() in script and "@@STAGES@@" not in script
 
 
 def test_the_test_stage_carries_the_candidate_digest_its_gpu_driver_and_no_context(catalog):
     script = _render(catalog, "test", instance_type="g5.xlarge")
-    v = _values(script)
+    v = readonly_values(script)
     assert (v["STAGE_ROLE"], v["CANDIDATE_DIGEST"]) == ("test", DIGEST)
     assert v["CANDIDATE_TAG"] == f"candidate-{record_for(catalog)['id']}-1"
     hw = catalog.hardware
@@ -100,24 +81,24 @@ def test_the_test_stage_carries_the_candidate_digest_its_gpu_driver_and_no_conte
     # it builds nothing: no context, and no part that would fetch one, even when one was offered
     assert v["CONTEXT_B64"] == ""
     with_url = _render(catalog, "test", instance_type="g5.xlarge", context_url=BUCKET_URL, context_sha256=DIGEST)
-    assert _values(with_url)["CONTEXT_B64"] == ""
+    assert readonly_values(with_url)["CONTEXT_B64"] == ""
     assert _sources_part() not in with_url and "fetch_context()" not in with_url
     assert _stages_part() in script
 
 
 def test_a_stage_carries_its_own_attempt_not_the_builds(catalog):
     rec = record_for(catalog, "canary", attempt=2)
-    assert _values(_render(catalog, "build", rec=rec))["ATTEMPT"] == "2"
-    assert _values(_render(catalog, "build", rec=rec, attempt=1, candidate=candidate_tag(rec["id"], 1)))["ATTEMPT"] \
+    assert readonly_values(_render(catalog, "build", rec=rec))["ATTEMPT"] == "2"
+    assert readonly_values(_render(catalog, "build", rec=rec, attempt=1, candidate=candidate_tag(rec["id"], 1)))["ATTEMPT"] \
         == "1"
-    assert _values(_render(catalog, "test", rec=rec, attempt=3))["ATTEMPT"] == "3"
+    assert readonly_values(_render(catalog, "test", rec=rec, attempt=3))["ATTEMPT"] == "3"
 
 
 def test_a_build_stage_fetching_a_catalog_context_carries_the_source_part(catalog):
     # the build stage of a locked framework downloads its context like a whole build does
     script = _render(catalog, "build", rec=record_for(catalog, "pytorch"), context_url=BUCKET_URL,
                      context_sha256=DIGEST, context_max_bytes=10**7)
-    v = _values(script)
+    v = readonly_values(script)
     assert (v["CONTEXT_URL"], v["CONTEXT_SHA256"], v["CONTEXT_B64"]) == (BUCKET_URL, DIGEST, "")
     assert _sources_part() in script and _stages_part() in script
 
@@ -141,7 +122,7 @@ def test_a_stage_without_a_candidate_tag_is_refused_naming_it(catalog, role, can
 
 def test_a_candidate_tag_may_use_every_character_of_a_docker_tag_up_to_100_after_the_prefix(catalog):
     for candidate in ("candidate-B-0123_x.y-1", "candidate-" + "Z" * 100):
-        assert _values(_render(catalog, "build", candidate=candidate))["CANDIDATE_TAG"] == candidate
+        assert readonly_values(_render(catalog, "build", candidate=candidate))["CANDIDATE_TAG"] == candidate
 
 
 @pytest.mark.parametrize("digest", ["", "sha256:x", "sha256:" + "AB" * 32, "sha512:" + "ab" * 32])

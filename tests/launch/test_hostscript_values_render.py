@@ -19,7 +19,7 @@ import shutil
 import tarfile
 
 import pytest
-from hostrun import CFG, TOKEN, record_for
+from hostrun import CFG, TOKEN, readonly_values, record_for
 
 from chalicelib.builds.names import BUILD_ID, DOCKER_TAG
 from chalicelib.builds.records import BuildRecord
@@ -36,21 +36,6 @@ BUCKET_URL = "https://contexts.example.test/catalog/sha256/" + "cd" * 32 + "?X-A
 @pytest.fixture(scope="module")
 def catalog():
     return load_catalog()
-
-
-def _values(script: str) -> dict[str, str | list[str]]:
-    """``readonly NAME=value`` and ``readonly -a NAME=(...)`` lines, values as bash reads them."""
-    out: dict[str, str | list[str]] = {}
-    for m in re.finditer(r"^readonly (-a )?([A-Z0-9_]+)=(.*)$", script, re.M):
-        if m.group(1):
-            out[m.group(2)] = shlex.split(m.group(3)[1:-1])
-            continue
-        try:
-            words = shlex.split(m.group(3))
-        except ValueError:  # a multi-line value (the unpacker)
-            words = ["<multi-line>"]
-        out[m.group(2)] = words[0] if words else ""
-    return out
 
 
 def _render(catalog, rec: dict | BuildRecord, cfg=CFG, **kw) -> str:
@@ -79,7 +64,7 @@ def _with_hardware(catalog, **update):
 def test_a_catalog_build_carries_the_values_of_its_record_settings_and_hardware(catalog):
     cfg = dataclasses.replace(CFG, log_group="/voltabuild/dev/builds", heartbeat_seconds=45)
     rec = record_for(catalog, "pytorch", timeout_minutes=90, attempt=2, instance_types=["g5.xlarge"])
-    v = _values(_render(catalog, rec, cfg))
+    v = readonly_values(_render(catalog, rec, cfg))
     spec, hw = catalog.spec("pytorch"), catalog.hardware
     resolved = spec.resolve(rec["version"], rec["cuda"], rec["python"])
     release = hw.cuda[resolved.cuda]
@@ -103,17 +88,17 @@ def test_a_catalog_build_carries_the_values_of_its_record_settings_and_hardware(
 
 def test_the_build_date_and_the_deployments_commit_go_to_the_image_labels(catalog):
     cfg = dataclasses.replace(CFG, vcs_ref="feedc0de", vcs_url="https://git.example.test/vb.git")
-    args = dict(a.split("=", 1) for a in _values(_render(catalog, record_for(catalog, "canary"), cfg))["BUILD_ARGS"])
+    args = dict(a.split("=", 1) for a in readonly_values(_render(catalog, record_for(catalog, "canary"), cfg))["BUILD_ARGS"])
     assert (args["BUILD_DATE"], args["VOLTABUILD_BUILD_ID"], args["VCS_REF"], args["VCS_URL"]) == (
         AT, record_for(catalog)["id"], "feedc0de", "https://git.example.test/vb.git")
 
 
 def test_the_instance_type_is_the_one_asked_for_else_the_builds_first_else_the_frameworks_first(catalog):
     rec = record_for(catalog, "pytorch", instance_types=["g6.xlarge", "g5.xlarge"])
-    assert _values(_render(catalog, rec))["INSTANCE_TYPE"] == "g6.xlarge"
-    assert _values(_render(catalog, rec, instance_type="g5.xlarge"))["INSTANCE_TYPE"] == "g5.xlarge"
+    assert readonly_values(_render(catalog, rec))["INSTANCE_TYPE"] == "g6.xlarge"
+    assert readonly_values(_render(catalog, rec, instance_type="g5.xlarge"))["INSTANCE_TYPE"] == "g5.xlarge"
     first = catalog.spec("pytorch").instance_types[0]
-    assert _values(_render(catalog, record_for(catalog, "pytorch")))["INSTANCE_TYPE"] == first
+    assert readonly_values(_render(catalog, record_for(catalog, "pytorch")))["INSTANCE_TYPE"] == first
 
 
 def test_the_driver_branch_is_the_instance_familys_ami(catalog):
@@ -124,12 +109,12 @@ def test_the_driver_branch_is_the_instance_familys_ami(catalog):
     changed = _with_hardware(catalog, amis=amis)
     for itype in ("g5.xlarge", "p3.2xlarge"):
         rec = record_for(catalog, "canary", instance_types=[itype])
-        assert _values(_render(changed, rec))["DRIVER_BRANCH"] == amis[hw.family(itype).ami].driver_branch
+        assert readonly_values(_render(changed, rec))["DRIVER_BRANCH"] == amis[hw.family(itype).ami].driver_branch
     assert hw.family("g5.xlarge").ami != hw.family("p3.2xlarge").ami  # two AMIs, two branches
 
 
 def test_a_build_without_cuda_has_no_health_image(catalog):
-    v = _values(_render(catalog, record_for(catalog, "canary")))
+    v = readonly_values(_render(catalog, record_for(catalog, "canary")))
     assert (v["CUDA"], v["HEALTH_IMAGE"]) == ("none", "")
 
 
@@ -139,7 +124,7 @@ def test_a_catalog_context_from_the_bucket_carries_its_url_and_digest_and_the_un
     digest = "sha256:" + "cd" * 32
     script = _render(catalog, record_for(catalog, "pytorch"), context_url=BUCKET_URL, context_sha256=digest,
                      context_max_bytes=10**7)
-    v = _values(script)
+    v = readonly_values(script)
     assert (v["CONTEXT_B64"], v["SOURCE_KIND"], v["CONTEXT_URL"], v["CONTEXT_SHA256"], v["CONTEXT_MAX_BYTES"]) == (
         "", "catalog", BUCKET_URL, digest, "10000000")
     assert f"\nreadonly UNPACKER={shlex.quote(hostscript.UNPACKER.read_text())}\n" in script
@@ -259,7 +244,7 @@ def test_a_build_of_a_non_default_combination_builds_that_cuda_and_python_with_i
     spec = catalog.spec("pytorch")
     default = spec.resolve("2.13.0", None, None)
     assert (default.cuda, default.python) != ("13.0", "3.10")
-    v = _values(_render(catalog, rec))
+    v = readonly_values(_render(catalog, rec))
     args = dict(a.split("=", 1) for a in v["BUILD_ARGS"])
     assert (v["CUDA"], args["CUDA_VERSION"], args["PYTHON_VERSION"], args["PYTORCH_VERSION"]) == (
         "13.0", "13.0", "3.10", "2.13.0")
@@ -278,5 +263,5 @@ def test_the_health_image_is_pinned_where_the_catalog_records_its_digest(catalog
     pinned = catalog.model_copy(update={"frameworks": {
         **catalog.frameworks, "pytorch": spec.model_copy(update={"base_digests": {health: digest}})}})
     # THEN the host's GPU check starts from exactly that image; without the record, by tag
-    assert _values(_render(pinned, rec))["HEALTH_IMAGE"] == f"{health}@{digest}"
-    assert _values(_render(catalog, rec))["HEALTH_IMAGE"] == health
+    assert readonly_values(_render(pinned, rec))["HEALTH_IMAGE"] == f"{health}@{digest}"
+    assert readonly_values(_render(catalog, rec))["HEALTH_IMAGE"] == health
