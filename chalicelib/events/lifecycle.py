@@ -249,6 +249,8 @@ class Lifecycle:
         if stage:
             fields = {**(fields or {}), f"stages.{stage}.attempts": used + 1}
         if used >= max_attempts:
+            if reclaimed:  # the record counts the reclaim that ended it, as its reason does
+                fields = {**(fields or {}), "spot_reclaims": reclaims}
             reason = (f"spot capacity reclaimed {reclaims} times" if reclaimed
                       else f"{why}; gave up after {used} attempts" + (f" of the {stage} stage" if stage else ""))
             failed = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,

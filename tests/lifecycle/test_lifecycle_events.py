@@ -160,6 +160,7 @@ def test_spot_reclaimed_max_attempts_times_fails(world, fire, aws):
     record = world.get(bid)
     assert record["status"] == "FAILED"
     assert record["reason"] == "spot capacity reclaimed 3 times"
+    assert record["spot_reclaims"] == 3  # the stored count agrees with the reason
     launches = [m for m in aws.messages("LaunchQueue")]
     assert [m["attempt"] for m in launches] == [1, 2, 3]
 
