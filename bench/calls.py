@@ -198,12 +198,21 @@ def operations(b: Bench) -> None:
         b.run("ECR image push", "on_image_pushed", 2, lambda event=event: b.event("on_image_pushed", event))
     # spot interruption: RUNNING -> QUEUED as attempt 2, launch message sent
     iid = b.record(c).instance_id
-    b.run("EC2 spot interruption warning", "on_spot_interruption", 2,
+    # (3: its index copy, its relaunch, the launch message; as when issue 21 was filed)
+    b.run("EC2 spot interruption warning", "on_spot_interruption", 3,
           lambda: b.event("on_spot_interruption", world.load_event("ec2-spot-interruption", **{"instance-id": iid})))
-    # terminated under a running build: FAILED with the log's last lines
+    # terminated under a running build: FAILED with the log's last lines (the stream the host
+    # wrote), its termination and cost in the same write. 5: the index copy, why EC2 ended it,
+    # the log's tail, the write, the notification (5 when issue 21 was filed, before costs)
     iid = b.record(d).instance_id
+    logs, group = b.wiring.client("logs"), b.wiring.settings().build_log_group
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName=d)
+    logs.put_log_events(logGroupName=group, logStreamName=d, logEvents=[
+        {"timestamp": int(time.time() * 1000), "message": f"step {i}/40"} for i in range(40)])
     b.wiring.client("ec2").terminate_instances(InstanceIds=[iid])
-    b.run("EC2 state change: terminated", "on_instance_state", 2,
+    b.run("EC2 state change: terminated", "on_instance_state", 5,
           lambda: b.event("on_instance_state", world.load_event("ec2-state-terminated", **{"instance-id": iid})))
     # cancel a queued build
     b.run("cancel (DELETE /builds/{id})", "cancel_build", None,

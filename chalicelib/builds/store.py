@@ -86,6 +86,31 @@ def _path(names: dict[str, str], placeholder: str, name: str) -> str:
     return ".".join(parts)
 
 
+def _applied(record: BuildRecord, sets: dict[str, Any], removes: Iterable[str],
+             appends: dict[str, list]) -> BuildRecord:
+    """``record`` with one write's SET, list_append and REMOVE applied (``a.b``: attribute ``b``
+    of map ``a``): the build after a transaction, which returns no item."""
+    doc = record.model_dump(mode="json")
+
+    def parent(name: str) -> tuple[dict, str]:
+        *head, last = name.split(".")
+        node = doc
+        for key in head:
+            node = node[key]
+        return node, last
+
+    for name, value in {"updated_at": now_iso(), **sets}.items():
+        node, key = parent(name)
+        node[key] = _native(value)
+    for name, items in appends.items():
+        node, key = parent(name)
+        node[key] = [*(node.get(key) or []), *items]
+    for name in removes:
+        node, key = parent(name)
+        node.pop(key, None)
+    return BuildRecord.of(doc)
+
+
 # ---- conditions a write may rest on, by name (combine them with & and |) -------------
 def all_of(*conditions: ConditionBase | None) -> ConditionBase | None:
     """The conditions that are not None, all together (None when there are none)."""
@@ -574,6 +599,8 @@ class BuildStore:
         record_event: bool = True,
         extra_condition: ConditionBase | None = None,
         event: dict[str, Any] | None = None,
+        also: list[dict] | None = None,
+        base: BuildRecord | None = None,
     ) -> BuildRecord:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
         the table allows ``to`` from) and ``extra_condition`` holds. One conditional
@@ -581,6 +608,10 @@ class BuildStore:
 
         A field name with a dot sets an attribute of a map (``image.digest``). ``event``: more
         fields of the timeline entry (a split build's ``stage`` and ``instance_id``, issue 23).
+
+        ``also``: TransactWriteItems actions on other items (the cost aggregates' ADDs) written
+        in one transaction with the move, both or neither. A transaction returns no item, so
+        the build returned is ``base`` (the caller's read of it) with this write applied.
 
         Raises InvalidTransition (a :class:`ConditionFailed` carrying the old build) when
         the build was not in an expected state (a duplicate, late or out-of-order event):
@@ -591,9 +622,16 @@ class BuildStore:
         if not sources:
             raise InvalidTransition(f"no state may move to {to.value}")
         sets, removes, appends = self._moved_fields(to, phase, message, record_event, event)
+        sets, removes = {**sets, **(fields or {})}, [*removes, *remove]
+        condition = _in_states(sources) & extra_condition if extra_condition else _in_states(sources)
+        if also:
+            if base is None:
+                raise ValueError("a move written with other items needs the build as the caller read it (base)")
+            write = self._update_request(build_id, sets, condition=condition, removes=removes, appends=appends)
+            self._transact(build_id, write, also)
+            return _applied(base, sets, removes, appends)
         return self._update(
-            build_id, {**sets, **(fields or {})}, removes=[*removes, *remove], appends=appends,
-            condition=_in_states(sources) & extra_condition if extra_condition else _in_states(sources),
+            build_id, sets, removes=removes, appends=appends, condition=condition,
             refused=lambda old: f"build {build_id} is {old.status.value}; it cannot move to {to.value}",
         )
 
@@ -639,6 +677,11 @@ class BuildStore:
         when the build's condition fails (a redelivered event: nothing is added)."""
         cond = _in_states(expect)
         write = self._update_request(build_id, fields, condition=cond & extra_condition if extra_condition else cond)
+        self._transact(build_id, write, also)
+
+    def _transact(self, build_id: str, write: dict[str, Any], also: list[dict]) -> None:
+        """The build's UpdateItem ``write`` and ``also`` in one TransactWriteItems, tried again
+        on a conflict. Raises InvalidTransition when the build's condition fails."""
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 self._db.transact_write_items(TransactItems=[{"Update": write}, *also])

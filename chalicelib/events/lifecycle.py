@@ -40,6 +40,7 @@ from chalicelib.builds.store import (
 )
 from chalicelib.builds.transitions import Transitions
 from chalicelib.costs import costagg
+from chalicelib.costs.billing import Cost
 from chalicelib.costs.build_costs import BuildCosts
 from chalicelib.errors import BuildNotFound, InvalidTransition
 from chalicelib.events.cloud_events import ImagePushed, InstanceStateChange, SpotInterruption
@@ -62,6 +63,18 @@ ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "tok
 class LifecycleConfig:
     stage: str = "dev"
     log_lines: int = 20  # of the build's log, in the reason of a build whose instance was lost
+
+
+@dataclass(frozen=True)
+class Termination:
+    """What recording a final build's instance termination writes: ``fields`` on the build
+    (when, for its terminate lag), ``also`` (the cost aggregates' ADDs; empty when no price
+    is known) and the final ``cost`` they book."""
+
+    fields: dict[str, Any]
+    also: list[dict]
+    cost: Cost | None
+    booking: costagg.Booking | None
 
 
 class Lifecycle:
@@ -170,24 +183,36 @@ class Lifecycle:
 
     def fail(self, record: BuildRecord, reason: str, *, expect: Iterable[Status],
              instance_id: str | None = None, unless_cancelled: bool = False,
-             fields: dict[str, Any] | None = None) -> BuildRecord | None:
+             fields: dict[str, Any] | None = None, terminated: Termination | None = None) -> BuildRecord | None:
         return self._end(record, Status.FAILED, reason, expect=expect, instance_id=instance_id,
-                         unless_cancelled=unless_cancelled, fields=fields)
+                         unless_cancelled=unless_cancelled, fields=fields, terminated=terminated)
 
     def time_out(self, record: BuildRecord, reason: str, *, expect: Iterable[Status]) -> BuildRecord | None:
         return self._end(record, Status.TIMED_OUT, reason, expect=expect)
 
     def _end(self, record: BuildRecord, to: Status, reason: str, *, expect: Iterable[Status],
              instance_id: str | None = None, unless_cancelled: bool = False,
-             fields: dict[str, Any] | None = None) -> BuildRecord | None:
-        return self._move(record.id, to, expect=expect, instance_id=instance_id, message=reason,
-                          fields={"reason": reason, **(fields or {})}, unless_cancelled=unless_cancelled)
+             fields: dict[str, Any] | None = None, terminated: Termination | None = None) -> BuildRecord | None:
+        return self._final_move(record, to, terminated, expect=expect, instance_id=instance_id, message=reason,
+                                fields={"reason": reason, **(fields or {})}, unless_cancelled=unless_cancelled)
 
     def cancel(self, record: BuildRecord, *, expect: Iterable[Status], instance_id: str | None = None,
-               note: str = "") -> BuildRecord | None:
+               note: str = "", terminated: Termination | None = None) -> BuildRecord | None:
         msg = "cancelled by request" + (f"; {note}" if note else "")
-        return self._move(record.id, Status.CANCELLED, expect=expect, instance_id=instance_id,
-                          message=msg, fields={"reason": "cancelled by request"})
+        return self._final_move(record, Status.CANCELLED, terminated, expect=expect, instance_id=instance_id,
+                                message=msg, fields={"reason": "cancelled by request"})
+
+    def _final_move(self, record: BuildRecord, to: Status, terminated: Termination | None, *,
+                    fields: dict[str, Any], **kwargs: Any) -> BuildRecord | None:
+        """A move to a final state; with ``terminated`` (its instance is already gone) the
+        termination and its cost are written in the same transaction (one write, not two)."""
+        if terminated is None:
+            return self._move(record.id, to, fields=fields, **kwargs)
+        moved = self._move(record.id, to, fields={**fields, **terminated.fields}, also=terminated.also or None,
+                           base=record, **kwargs)
+        if moved is not None:
+            self._terminated(moved, terminated)
+        return moved
 
     def settle_pushed(self, record: BuildRecord, what: str) -> BuildRecord | None:
         """A RUNNING build in PUSHING whose instance went silent or away (``what``): when
@@ -366,51 +391,72 @@ class Lifecycle:
             # shutdown behaviour is terminate: a stopped instance never finishes its build
             self.instances.terminate([ev.instance_id])
             return "terminated"
-        outcome = self.instance_gone(record, ev.state)
-        ended = {"cancelled": Status.CANCELLED, "failed": Status.FAILED, "succeeded": Status.SUCCEEDED}
-        if ev.state == "terminated" and outcome in ended:  # its termination and cost too (issue 22), no read:
-            # the write is conditional on the status this event just moved it to
-            self._note_terminated(record.model_copy(update={"status": ended[outcome],
+        outcome = self.instance_gone(record, ev.state, ev if ev.state == "terminated" else None)
+        if ev.state == "terminated" and outcome == "succeeded":  # its termination and cost too (issue 22),
+            # no read: the write is conditional on the status this event just moved it to
+            self._note_terminated(record.model_copy(update={"status": Status.SUCCEEDED,
                                                             "finished_at": clock.now_iso()}), ev)
         return outcome
 
     def _note_terminated(self, record: BuildRecord, ev: InstanceStateChange) -> None:
-        """Record when a final build's instance was terminated (EventBridge's time of the change)."""
+        """Record when a final build's instance was terminated (EventBridge's time of the change)
+        and book its cost, once: conditional on that instance and no termination recorded yet."""
+        term = self.termination(record, ev)
+        condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
+        try:
+            if term.also:  # the final cost, booked into the day's aggregates exactly once (the same condition)
+                self.store.update_fields_with(record.id, term.fields, term.also, expect=[record.status],
+                                              extra_condition=condition)
+            else:  # no price known: the termination is recorded, no cost booked
+                self.store.update_fields(record.id, term.fields, expect=[record.status], extra_condition=condition)
+        except InvalidTransition as e:
+            log.info("ignored: %s", e)
+            return
+        self._terminated(record.model_copy(update={"instance_terminated_at": term.fields["instance_terminated_at"]}),
+                         term)
+
+    def termination(self, record: BuildRecord, ev: InstanceStateChange) -> Termination:
+        """What recording the termination of ``record``'s instance (``ev``) writes; ``record``
+        as it is (or is about to be) final."""
         at = self._event_time(ev, record)
         when = clock.parse(at)
-        condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
-        done = {"instance_terminated_at": at}
+        fields = {"instance_terminated_at": at}
         stages = record.stages
         if record.split and record.stage in stages:  # the current stage's instance (issue 23)
-            done[f"stages.{record.stage}.terminated_at"] = at
+            fields[f"stages.{record.stage}.terminated_at"] = at
             stages = {**stages, record.stage: stages[record.stage].model_copy(update={"terminated_at": at})}
         build = record.public().model_copy(update={"instance_terminated_at": at, "stages": stages})
         cost = self.costs.cost(build, when) if self.costs is not None else None
-        try:
-            if cost is None:  # no price known: the termination is recorded, no cost booked
-                record = self.store.update_fields(record.id, done, expect=[record.status],
-                                                  extra_condition=condition)
-            else:  # the final cost, booked into the day's aggregates exactly once (the same condition)
-                booking = self.costs.booking(build, record.owner_key, cost, when)
-                self.store.update_fields_with(
-                    record.id, done,
-                    costagg.update_items(self.store.table_name, booking), expect=[record.status],
-                    extra_condition=condition)
-                record = record.model_copy(update={"instance_terminated_at": at})
-                self.costs.booked(booking)  # the MONTHLY_BUDGET_USD alert may be due (issue 22)
-            metrics.instance_terminated(record, cost)
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
+        if cost is None:
+            return Termination(fields, [], None, None)
+        booking = self.costs.booking(build, record.owner_key, cost, when)
+        return Termination(fields, costagg.update_items(self.store.table_name, booking), cost, booking)
 
-    def instance_gone(self, record: BuildRecord, state: str) -> str:
+    def _terminated(self, record: BuildRecord, term: Termination) -> None:
+        """After the write that recorded ``term``: the budget alert may be due, and the metrics."""
+        if term.booking is not None:
+            self.costs.booked(term.booking)  # the MONTHLY_BUDGET_USD alert may be due (issue 22)
+        metrics.instance_terminated(record, term.cost)
+
+    def instance_gone(self, record: BuildRecord, state: str, terminated: InstanceStateChange | None = None) -> str:
         """The build's instance is shutting down or terminated. Returns ``_LOST`` when the
         write lost (``record`` was out of date); the spot-reclaim check and the log tail are
-        read only for a build that (as far as ``record`` knows) is still on this instance."""
+        read only for a build that (as far as ``record`` knows) is still on this instance.
+        ``terminated``: the event that says it is terminated, whose time (and the build's cost)
+        a cancel or a failure writes with the move."""
         iid = record.instance_id
         if record.status not in LAUNCHED:
             return "ignored"
+
+        def ended(to: Status) -> Termination | None:
+            if terminated is None:
+                return None
+            return self.termination(record.model_copy(update={"status": to, "finished_at": clock.now_iso()}),
+                                    terminated)
+
         if record.cancel_requested:
-            moved = self.cancel(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}")
+            moved = self.cancel(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}",
+                                terminated=ended(Status.CANCELLED))
             return "cancelled" if moved else _LOST
         inst = self.instances.describe(iid) if iid else None
         if inst is not None and inst.state_reason == SPOT_RECLAIMED:
@@ -422,7 +468,8 @@ class Lifecycle:
         lines = self.logs.last_lines(record.id, self.config.log_lines) if self.logs else []
         if lines:
             reason += "; last log lines:\n" + "\n".join(lines)
-        moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True)
+        moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
+                          terminated=ended(Status.FAILED))
         if moved:
             metrics.emit("HostFailures", Cause="instance-lost")
         return "failed" if moved else _LOST

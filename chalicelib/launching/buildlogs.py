@@ -74,15 +74,10 @@ class BuildLogs:
                 "next": token if lines else cursor}
 
     def last_lines(self, build_id: str, n: int) -> list[str]:
-        """The last ``n`` lines of the build's log: the streams whose names start with the
-        build id (the newest by name wins). Best effort: [] if none."""
+        """The last ``n`` lines of the build's log (its stream is named after it, as the host
+        script makes it): one GetLogEvents from the end. Best effort: [] if it has none."""
         try:
-            streams = self._logs.describe_log_streams(
-                logGroupName=self.group, logStreamNamePrefix=build_id).get("logStreams", [])
-            if not streams:
-                return []
-            name = max(s["logStreamName"] for s in streams)
-            events = self._logs.get_log_events(logGroupName=self.group, logStreamName=name,
+            events = self._logs.get_log_events(logGroupName=self.group, logStreamName=build_id,
                                                limit=n, startFromHead=False).get("events", [])
         except ClientError as e:
             if e.response["Error"]["Code"] != "ResourceNotFoundException":

@@ -145,3 +145,58 @@ def test_an_on_demand_instance_is_priced_from_the_on_demand_table(world, fire, a
     assert cost["source"] == "on-demand" and cost["lifecycle"] == "on-demand"
     assert Decimal(cost["price_per_hour"]) == Decimal("1.006")  # g5.xlarge, ON_DEMAND_PRICE_TABLE's default
     assert Decimal(cost["instances"][0]["compute_usd"]) == Decimal("1.006")
+
+
+def lost(world, fire, bid: str, iid: str, seconds: int) -> dict:
+    """EC2 says the running build's instance is terminated ``seconds`` after launch (no
+    result came): the event that ends the build also records its termination and cost."""
+    fire("on_instance_state", state_event(iid, "running"))
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    launched = clock.parse(world.store.get_record(bid).instance.launched_at)
+    event = state_event(iid, "terminated")
+    event["time"] = clock.iso(launched + timedelta(seconds=seconds)).replace(".000Z", "Z")
+    return event
+
+
+def test_a_lost_build_is_failed_and_its_cost_booked_in_one_write_once(world, fire, api, aws_calls):
+    bid = world.submit()
+    event = lost(world, fire, bid, world.launch(bid), seconds=1200)
+    aws_calls.take()
+    assert fire("on_instance_state", event) == "failed"
+    writes = [c for c in aws_calls.take() if c.startswith("dynamodb.") and c != "dynamodb.Query"]
+    assert writes == ["dynamodb.TransactWriteItems"]  # the move, the termination and the booking together
+    build = get(api, f"/builds/{bid}")[1]
+    assert build["status"] == "FAILED" and build["reason"].startswith("instance lost")
+    assert build["cost"]["estimated"] is False and build["cost"]["billed_seconds"] == 1200
+    assert build["segments"]["terminate_lag"] >= 0
+    rows = get(api, "/costs?by=framework")[1]["rows"]
+    assert rows == [{"value": "canary", "usd": build["cost"]["usd"], "builds": 1, "billed_seconds": 1200}]
+    # the event again, and a late "shutting-down": nothing more is booked, nothing changes
+    assert fire("on_instance_state", event) == "final"
+    assert fire("on_instance_state", state_event(build["instance"]["id"], "shutting-down")) in ("final", "ignored")
+    assert get(api, "/costs?by=framework")[1]["rows"] == rows
+    assert get(api, f"/builds/{bid}")[1]["cost"] == build["cost"]
+
+
+def test_a_cancelled_build_whose_instance_ended_is_booked_once_with_its_cancel(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    event = lost(world, fire, bid, iid, seconds=300)
+    world.store.update_fields(bid, {"cancel_requested": True}, expect=[Status.RUNNING])
+    assert fire("on_instance_state", event) == "cancelled"
+    build = get(api, f"/builds/{bid}")[1]
+    assert build["status"] == "CANCELLED" and build["cost"]["billed_seconds"] == 300
+    assert build["instance_terminated_at"]
+    assert fire("on_instance_state", event) == "final"
+    assert get(api, "/costs?by=framework")[1]["rows"][0]["builds"] == 1
+
+
+def test_a_lost_build_with_no_price_known_records_its_termination_and_books_nothing(world, fire, api):
+    bid = world.submit()
+    iid = world.launch(bid)
+    world.store.update_fields(bid, {"instance.lifecycle": "on-demand", "instance.price": None,
+                                    "instance.type": "x9.unpriced"}, expect=[Status.LAUNCHING])
+    assert fire("on_instance_state", lost(world, fire, bid, iid, seconds=600)) == "failed"
+    build = get(api, f"/builds/{bid}")[1]
+    assert build["status"] == "FAILED" and build["instance_terminated_at"]
+    assert get(api, "/costs?by=framework")[1]["rows"] == []

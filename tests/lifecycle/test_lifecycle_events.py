@@ -321,11 +321,17 @@ def test_lost_build_makes_no_consistent_read(world, fire, aws_calls):
     world.ec2.terminate_instances(InstanceIds=[iid])
     aws_calls.take()
     assert fire("on_instance_state", state_event(iid, "terminated")) == "failed"
-    calls = aws_calls.take()
-    assert "dynamodb.GetItem" not in calls
-    assert calls[:2] == ["dynamodb.Query", "ec2.DescribeInstances"]
-    # the move, its notification, then the termination time and cost booked (issue 22)
-    assert calls[-3:] == ["dynamodb.UpdateItem", "sqs.SendMessage", "dynamodb.TransactWriteItems"]
+    # the build's index copy, why EC2 ended the instance, the log's tail (one read of its own
+    # stream), then one transaction: FAILED with the termination time and the cost booked
+    # (issue 22), and its notification. Five calls, no consistent read.
+    assert aws_calls.take() == ["dynamodb.Query", "ec2.DescribeInstances", "logs.GetLogEvents",
+                                "dynamodb.TransactWriteItems", "sqs.SendMessage"]
+    record = world.get(bid)
+    assert record["status"] == "FAILED" and record["instance_terminated_at"] >= record["finished_at"]
+    # a redelivered event changes nothing and books nothing twice
+    aws_calls.take()
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+    assert aws_calls.take() == ["dynamodb.Query"]
 
 
 def test_a_cancel_the_index_has_not_seen_still_wins(world, fire, monkeypatch, aws_calls):
