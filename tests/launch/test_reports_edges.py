@@ -379,3 +379,10 @@ def test_an_unsplit_builds_timeline_entry_names_no_instance(api, aws):
     assert post(api, bid, {**phase("PREPARING"), "instance_id": "i-0aaaaaaaaaaaaaaa1"}).status_code == 202
     entry = shown(api, bid)["events"][-1]
     assert entry["status"] == "RUNNING" and entry["instance_id"] is None and entry["stage"] is None
+
+
+def test_a_report_for_a_build_that_does_not_exist_is_403_saying_what_to_send(api, aws):
+    # the same answer as a wrong token: a caller cannot tell which build ids exist
+    resp = post(api, "b-0000000000000000dead", {"type": "heartbeat"})
+    assert resp.status_code == 403
+    assert json.loads(resp.body)["Message"] == reports_module._FORBIDDEN
