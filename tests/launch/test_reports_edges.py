@@ -386,3 +386,25 @@ def test_a_report_for_a_build_that_does_not_exist_is_403_saying_what_to_send(api
     resp = post(api, "b-0000000000000000dead", {"type": "heartbeat"})
     assert resp.status_code == 403
     assert json.loads(resp.body)["Message"] == reports_module._FORBIDDEN
+
+
+def test_a_repeated_phase_report_racing_a_relaunch_is_403_and_refreshes_nothing(api, build_id, monkeypatch):
+    # GIVEN a build in BUILDING, whose attempt is replaced (a new token) while the instance
+    # repeats its BUILDING report (a retry): the first write finds the phase already there
+    assert post(api, build_id, phase("BUILDING")).status_code == 202
+    before = record(build_id)["heartbeat_at"]
+    store = wiring.store()
+    real, calls = store.move, []
+
+    def move(*args, **kwargs):
+        calls.append(kwargs.get("record_event", True))
+        if len(calls) == 2:  # the relaunch lands between the two writes
+            store.update_fields(build_id, {"token_hash": "0" * 64}, expect=[Status.RUNNING])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "move", move)
+    # WHEN the old attempt's repeat arrives THEN 403: its heartbeat refresh is conditional on its token
+    assert post(api, build_id, phase("BUILDING")).status_code == 403
+    monkeypatch.undo()
+    assert calls == [True, False]
+    assert record(build_id)["heartbeat_at"] == before
