@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from chalicelib.builds.names import DIGEST  # noqa: E402
 from chalicelib.specs.catalog import (  # noqa: E402
-    DIGEST,
     IMAGE_TAG,
     BaseDigest,
     BaseDigests,
@@ -175,7 +175,7 @@ def manifest_digest(ref: ImageRef, session: requests.Session | None = None, time
         raise Unreachable(f"{url}: no answer ({type(e).__name__})", host_down=True) from None
     except requests.RequestException as e:
         raise Unreachable(f"{url}: {type(e).__name__}: {e}") from None
-    if not re.fullmatch(DIGEST, digest):
+    if not DIGEST.fullmatch(digest):
         raise Unreachable(f"{url}: Docker-Content-Digest {digest!r} is not sha256 and 64 hex digits")
     return digest
 

@@ -1,5 +1,5 @@
-"""The grammar of the names the service hands out and accepts, defined once: build ids
-and Docker tags."""
+"""The grammar of the names the service hands out and accepts, defined once: build ids,
+Docker tags and content digests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from chalicelib.errors import BuildNotFound
 BUILD_ID = re.compile(r"^b-[0-9a-f]{20}$")
 # Docker's tag grammar
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# a content digest as registries (and the build's context) name one: sha256 only
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+DIGEST = re.compile(DIGEST_PATTERN)
 
 
 def check_build_id(build_id: str) -> str:

@@ -22,8 +22,9 @@ from typing import Annotated
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from chalicelib.builds.names import DIGEST
+
 NAMESPACE = "voltabuild/"
-CONTEXT_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # OCI distribution spec path component, lower case; at most 4 components under voltabuild/
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT}){{0,3}}$")
@@ -156,7 +157,7 @@ class Source(BaseModel):
     @field_validator("context")
     @classmethod
     def _context(cls, v: str | None) -> str | None:
-        return v if v is None else _check(CONTEXT_DIGEST, v, "a context digest (sha256: and 64 hex digits)")
+        return v if v is None else _check(DIGEST, v, "a context digest (sha256: and 64 hex digits)")
 
     @field_validator("git")
     @classmethod

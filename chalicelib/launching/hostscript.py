@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.builds.names import BUILD_ID, DOCKER_TAG
+from chalicelib.builds.names import BUILD_ID, DIGEST, DOCKER_TAG
 from chalicelib.builds.records import BuildRecord
 from chalicelib.launching.catalog_contexts import (  # noqa: F401 (pack_context, strip_comments: re-exported)
     MissingLock,
@@ -43,7 +43,6 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
 _LOG_GROUP = re.compile(r"^[A-Za-z0-9_/.#-]{1,512}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 _INSTANCE_TYPE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 # the stage roles of a split build (issue 23): all = one GPU instance does everything
 STAGE_ROLES = ("all", "build", "test")
 CANDIDATE_PREFIX = "candidate-"
@@ -124,7 +123,7 @@ def render(record: BuildRecord, catalog: Catalog, cfg: HostConfig, *, token: str
     if stage_role != "all":
         _check("candidate tag", candidate, re.compile(r"^candidate-[A-Za-z0-9_.-]{1,100}$"))
     if stage_role == "test":
-        _check("candidate digest", candidate_digest, _DIGEST)
+        _check("candidate digest", candidate_digest, DIGEST)
     if not cfg.api_url:
         raise RenderError("PUBLIC_API_URL is not set: the instance would have nowhere to report")
     job = _source_job(record, catalog, context_url, context_max_bytes)
@@ -273,7 +272,7 @@ def _source_config(record: BuildRecord, context_url: str, context_max_bytes: int
     values = source_values(record.source, context_url=context_url, max_bytes=context_max_bytes)
     catalog_fetch = not record.source and bool(context_url)
     if catalog_fetch:
-        if not re.match(r"^sha256:[0-9a-f]{64}$", context_sha256 or ""):
+        if not DIGEST.match(context_sha256 or ""):
             raise RenderError(f"context digest: {context_sha256!r} is not sha256:<64 hex>")
         values.update(CONTEXT_URL=context_url, CONTEXT_SHA256=context_sha256)
     elif not record.source:

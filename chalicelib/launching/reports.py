@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints,
 
 from chalicelib import metrics
 from chalicelib.api.bodies import parse_body
-from chalicelib.builds.names import BUILD_ID
+from chalicelib.builds.names import BUILD_ID, DIGEST_PATTERN
 from chalicelib.builds.records import BuildRecord, HostFailure, token_hash
 from chalicelib.builds.states import Phase, Status, phase_forward
 from chalicelib.builds.store import (
@@ -70,10 +70,10 @@ class ResultReport(_Report):
     type: Literal["result"]
     # BUILT: a split build's build stage pushed its candidate (issue 23); the GPU test follows
     status: Literal["SUCCEEDED", "FAILED", "BUILT"]
-    digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    digest: Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)] | None = None
     # measured before the push (issue 19): the compressed size, and the digest the base resolved to
     image_size_bytes: int | None = Field(None, ge=0, le=10**13, strict=True)
-    base_image_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    base_image_digest: Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)] | None = None
     message: Text = ""
     reason: Text = ""
     log_tail: Annotated[str, StringConstraints(max_length=8000)] = ""

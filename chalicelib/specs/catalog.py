@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from chalicelib.builds.names import DOCKER_TAG
+from chalicelib.builds.names import DIGEST_PATTERN, DOCKER_TAG
 from chalicelib.errors import BadRequest, CatalogError
 from chalicelib.specs import catalog_compiled
 
@@ -35,7 +35,6 @@ ROOT = _BUNDLE if (_BUNDLE / "buildspecs").is_dir() else _HERE.parent
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 # an image by name and tag, no digest (``nvidia/cuda:12.6.3-base-ubuntu22.04``, ``host:5000/a/b:1``)
 IMAGE_TAG = r"^(?:[a-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-DIGEST = r"^sha256:[0-9a-f]{64}$"
 _ARG_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 # what each tag-template field can hold, for telling a canonical tag when a request sends one
 _PLACEHOLDERS = {"version": r"[0-9][0-9A-Za-z.+]*", "cuda": r"[0-9][0-9.]*", "python": r"[0-9][0-9.]*",
@@ -247,7 +246,7 @@ class AllowedImage(_Frozen):
     its source and the date read, or, where no digest could be confirmed, marked so."""
 
     image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/:-]{0,254}$")
-    digest: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    digest: str | None = Field(None, pattern=DIGEST_PATTERN)
     source: str = Field(min_length=1)
     unconfirmed: str | None = None
 
@@ -267,7 +266,7 @@ class BaseDigest(_Frozen):
     """What a base image's tag pointed to when ``make lock`` asked its registry
     (buildspecs/facts/base-digests.yaml, written by scripts/base_digests.py)."""
 
-    digest: str = Field(pattern=DIGEST)
+    digest: str = Field(pattern=DIGEST_PATTERN)
     source: str = Field(pattern=r"^https?://[^\s]+$")  # the manifest URL that answered
     recorded: date  # the day it was first read (a re-run that reads the same digest keeps it)
 

@@ -130,7 +130,7 @@ def test_a_test_stage_without_the_candidate_digest_is_refused_naming_it(catalog,
     with pytest.raises(RenderError) as e:
         _render(catalog, "test", candidate_digest=digest)
     assert str(e.value) == (f"candidate digest: {digest!r} cannot go into the host script "
-                            f"(must match {hostscript._DIGEST.pattern})")
+                            f"(must match {hostscript.DIGEST.pattern})")
 
 
 def test_a_build_stage_needs_an_ec2_instance_type_name(catalog):
