@@ -120,16 +120,16 @@ class Reports:
     bad token (403) from a report that came too late (409), or to take the rarer path:
     the first report of a LAUNCHING build, a failure reported after a cancel."""
 
-    def __init__(self, store: BuildStore, transitions: Transitions,
-                 relaunch: Callable[..., BuildRecord | None] | None = None, pushed: PushedImages | None = None,
-                 test_stage: Callable[..., BuildRecord] | None = None) -> None:
+    def __init__(self, store: BuildStore, transitions: Transitions, *,
+                 relaunch: Callable[..., BuildRecord | None], pushed: PushedImages,
+                 test_stage: Callable[..., BuildRecord]) -> None:
         # Lifecycle.start_test_stage: a split build's BUILT report launches its GPU test stage (issue 23)
         self.test_stage = test_stage
         self.store = store
         self.transitions = transitions
         # Lifecycle.relaunch: a host failure queues the build again as a new attempt
         self.relaunch = relaunch
-        self.pushed = pushed  # ECR, to settle a failure reported after the push (None: never)
+        self.pushed = pushed  # ECR, to settle a failure reported after the push
 
     def receive(self, build_id: str, authorization: str | None, raw_body: bytes | None) -> dict:
         """Authenticate, then parse and apply one report. Returns the build's status and phase."""
@@ -244,7 +244,7 @@ class Reports:
             return self._succeeded(build_id, report, hashed, guard)
         if report.status == "BUILT":
             return self._built(build_id, report, hashed, guard)
-        if report.cause == "host" and self.relaunch is not None:
+        if report.cause == "host":
             return self._host_failed(build_id, report, hashed)
         reason = report.reason or "the build failed"
         if report.log_tail.strip():
@@ -257,15 +257,12 @@ class Reports:
             )
 
         cond = guard & not_cancelled()
-        try:
-            if self.pushed is None:
-                return fail(cond)
-            # a failure after the push may be a lost SUCCEEDED report: that is decided apart
+        try:  # a failure after the push may be a lost SUCCEEDED report: that is decided apart
             return fail(cond & not_in_phase(Phase.PUSHING))
         except InvalidTransition as e:
             old = self._lost(e, build_id, hashed)
         if not old.cancel_requested:
-            if self.pushed is None or old.phase != Phase.PUSHING:
+            if old.phase != Phase.PUSHING:
                 raise self._moved_on(build_id)
             return self._failed_after_push(build_id, old, report, hashed, guard, fail, cond)
         # a cancel terminates the instance, whose trap then reports a failure: that
@@ -318,7 +315,7 @@ class Reports:
         conditional on this token and the build stage, then the launch message). Only a
         split build in its build stage may report BUILT (409 otherwise)."""
         old = self._authenticate(build_id, hashed)
-        if self.test_stage is None or not old.split or old.stage != "build":
+        if not old.split or old.stage != "build":
             raise Conflict(f"build {build_id} has no build stage to finish; BUILT is for a split build's build stage")
         if old.status == Status.LAUNCHING:  # no phase report came first
             old = self._running(build_id, hashed, guard, "the instance reported in")

@@ -26,7 +26,7 @@ from test_launch_reports import (
 )
 
 from chalicelib import wiring
-from chalicelib.builds.states import Status
+from chalicelib.builds.states import Phase, Status
 from chalicelib.launching import reports as reports_module
 
 
@@ -408,3 +408,37 @@ def test_a_repeated_phase_report_racing_a_relaunch_is_403_and_refreshes_nothing(
     monkeypatch.undo()
     assert calls == [True, False]
     assert record(build_id)["heartbeat_at"] == before
+
+
+def test_a_repeated_phase_report_after_the_next_phase_began_is_409_from_the_writes_alone(api, build_id, monkeypatch):
+    # GIVEN a build in BUILDING whose instance repeats that report just as its TESTING report lands
+    assert post(api, build_id, phase("BUILDING")).status_code == 202
+    store = wiring.store()
+    real_move, real_get, moves, reads = store.move, store.get_record, [], []
+
+    def move(*args, **kwargs):
+        moves.append(kwargs.get("phase"))
+        if len(moves) == 2:  # between the repeat's two writes
+            real_move(build_id, Status.RUNNING, expect=[Status.RUNNING], phase=Phase.TESTING, message="testing")
+        return real_move(*args, **kwargs)
+
+    monkeypatch.setattr(store, "move", move)
+    monkeypatch.setattr(store, "get_record", lambda bid: reads.append(bid) or real_get(bid))
+    # WHEN the repeat's refresh finds TESTING THEN 409 naming the build; the lost writes' own
+    # answers (ALL_OLD) told it so, without a read
+    resp = post(api, build_id, phase("BUILDING"))
+    monkeypatch.undo()
+    assert resp.status_code == 409
+    assert json.loads(resp.body)["Message"] == f"build {build_id} moved on; the report was not applied"
+    assert reads == [] and moves == [Phase.BUILDING, None]
+    assert record(build_id)["phase"] == "TESTING"
+
+
+def test_a_failed_build_forgets_its_token(api, build_id):
+    # the stored hash goes with the move to FAILED, as with SUCCEEDED: nothing of the attempt's
+    # secret outlives the attempt
+    assert "token_hash" in record(build_id)
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "make: *** [all] Error 2"})
+    assert resp.status_code == 202
+    rec = record(build_id)
+    assert rec["status"] == "FAILED" and "token_hash" not in rec
