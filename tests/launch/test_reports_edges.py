@@ -442,3 +442,44 @@ def test_a_failed_build_forgets_its_token(api, build_id):
     assert resp.status_code == 202
     rec = record(build_id)
     assert rec["status"] == "FAILED" and "token_hash" not in rec
+
+
+def cancelled_while_building(api, build_id: str) -> None:
+    assert post(api, build_id, phase("BUILDING")).status_code == 202
+    assert api.http.delete(f"/builds/{build_id}").status_code == 202
+
+
+def test_a_failure_reported_after_a_cancel_reads_as_the_cancel_on_the_timeline(api, build_id):
+    # GIVEN a building build whose cancel was asked for; WHEN its dying instance reports FAILED
+    cancelled_while_building(api, build_id)
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "terminated (SIGTERM)"})
+    # THEN the user reads a cancel, with what the instance said, and the attempt's token is gone
+    assert resp.status_code == 202
+    rec = record(build_id)
+    assert rec["status"] == "CANCELLED"
+    assert rec["reason"] == "cancelled by request; the instance stopped: terminated (SIGTERM)"
+    assert rec["events"][-1]["status"] == "CANCELLED" and rec["events"][-1]["message"] == "cancelled by request"
+    assert "token_hash" not in rec
+
+
+def test_a_failure_after_a_cancel_racing_a_new_token_is_403_from_the_writes_alone(api, build_id, monkeypatch):
+    # GIVEN a cancelled building build whose token is replaced between the report's two writes
+    cancelled_while_building(api, build_id)
+    store = wiring.store()
+    real_move, real_get, moves, reads = store.move, store.get_record, [], []
+
+    def move(*args, **kwargs):
+        moves.append(args[1])
+        if len(moves) == 2:
+            store.update_fields(build_id, {"token_hash": "0" * 64}, expect=[Status.RUNNING])
+        return real_move(*args, **kwargs)
+
+    monkeypatch.setattr(store, "move", move)
+    monkeypatch.setattr(store, "get_record", lambda bid: reads.append(bid) or real_get(bid))
+    # WHEN the old token's FAILED arrives THEN 403 and the build is left to its cancel (no read made)
+    resp = post(api, build_id, {"type": "result", "status": "FAILED", "reason": "terminated (SIGTERM)"})
+    monkeypatch.undo()
+    assert resp.status_code == 403
+    assert moves == [Status.FAILED, Status.CANCELLED] and reads == []
+    rec = record(build_id)
+    assert rec["status"] == "RUNNING" and rec["cancel_requested"] is True
