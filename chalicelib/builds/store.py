@@ -601,6 +601,7 @@ class BuildStore:
         event: dict[str, Any] | None = None,
         also: list[dict] | None = None,
         base: BuildRecord | None = None,
+        at: str | None = None,
     ) -> BuildRecord:
         """Move a build to ``to`` if it is in one of ``expect`` (default: every state
         the table allows ``to`` from) and ``extra_condition`` holds. One conditional
@@ -612,6 +613,8 @@ class BuildStore:
         ``also``: TransactWriteItems actions on other items (the cost aggregates' ADDs) written
         in one transaction with the move, both or neither. A transaction returns no item, so
         the build returned is ``base`` (the caller's read of it) with this write applied.
+        ``at``: the move's time (its timeline entry, a final state's ``finished_at``) when the
+        caller computed something from it already; by default now.
 
         Raises InvalidTransition (a :class:`ConditionFailed` carrying the old build) when
         the build was not in an expected state (a duplicate, late or out-of-order event):
@@ -621,7 +624,7 @@ class BuildStore:
         sources = {s for s in sources if allowed(s, to)}
         if not sources:
             raise InvalidTransition(f"no state may move to {to.value}")
-        sets, removes, appends = self._moved_fields(to, phase, message, record_event, event)
+        sets, removes, appends = self._moved_fields(to, phase, message, record_event, event, at or now_iso())
         sets, removes = {**sets, **(fields or {})}, [*removes, *remove]
         condition = _in_states(sources) & extra_condition if extra_condition else _in_states(sources)
         if also:
@@ -637,10 +640,9 @@ class BuildStore:
 
     @staticmethod
     def _moved_fields(to: Status, phase: Phase | None, message: str, record_event: bool,
-                      event: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str], dict[str, list]]:
+                      event: dict[str, Any] | None, now: str) -> tuple[dict[str, Any], list[str], dict[str, list]]:
         """What a move to ``to`` sets, removes and appends besides the caller's fields:
         the status and its timeline entry, the phase, and for a final state its end."""
-        now = now_iso()
         sets: dict[str, Any] = {"status": to.value}
         removes: list[str] = []
         appends: dict[str, list] = {}

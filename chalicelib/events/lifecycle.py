@@ -75,7 +75,7 @@ class Termination:
     also: list[dict]
     cost: Cost | None
     booking: costagg.Booking | None
-
+    finished_at: str | None = None  # the build's end the cost was computed with
 
 class Lifecycle:
     """Moves builds in answer to what happens to their instances and images."""
@@ -209,7 +209,7 @@ class Lifecycle:
         if terminated is None:
             return self._move(record.id, to, fields=fields, **kwargs)
         moved = self._move(record.id, to, fields={**fields, **terminated.fields}, also=terminated.also or None,
-                           base=record, **kwargs)
+                           base=record, at=terminated.finished_at, **kwargs)
         if moved is not None:
             self._terminated(moved, terminated)
         return moved
@@ -428,9 +428,10 @@ class Lifecycle:
         build = record.public().model_copy(update={"instance_terminated_at": at, "stages": stages})
         cost = self.costs.cost(build, when) if self.costs is not None else None
         if cost is None:
-            return Termination(fields, [], None, None)
+            return Termination(fields, [], None, None, record.finished_at)
         booking = self.costs.booking(build, record.owner_key, cost, when)
-        return Termination(fields, costagg.update_items(self.store.table_name, booking), cost, booking)
+        return Termination(fields, costagg.update_items(self.store.table_name, booking), cost, booking,
+                           record.finished_at)
 
     def _terminated(self, record: BuildRecord, term: Termination) -> None:
         """After the write that recorded ``term``: the budget alert may be due, and the metrics."""

@@ -328,6 +328,7 @@ def test_lost_build_makes_no_consistent_read(world, fire, aws_calls):
                                 "dynamodb.TransactWriteItems", "sqs.SendMessage"]
     record = world.get(bid)
     assert record["status"] == "FAILED" and record["instance_terminated_at"] >= record["finished_at"]
+    assert record["events"][-1]["at"] == record["finished_at"]  # the move's one time, the cost's end too
     # a redelivered event changes nothing and books nothing twice
     aws_calls.take()
     assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
