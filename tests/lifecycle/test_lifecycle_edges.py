@@ -4,9 +4,13 @@ operators' logs say in the rarer endings."""
 
 from __future__ import annotations
 
+import json
+
 from lifecycle_helpers import load_event
 
+from chalicelib.builds.records import BuildRecord
 from chalicelib.builds.states import Status
+from chalicelib.events.instances import TAG_BUILD_STAGE
 
 
 def state_event(iid: str, state: str) -> dict:
@@ -137,3 +141,69 @@ def test_the_last_spot_warning_fails_the_build(world, fire):
         outcomes.append(fire("on_spot_interruption", load_event("ec2-spot-interruption", **{"instance-id": iid})))
     assert outcomes == ["relaunched", "relaunched", "failed"]
     assert world.get(bid)["reason"] == "spot capacity reclaimed 3 times"
+
+
+# ---- the terminated event at its edges ---------------------------------------------------------
+def _succeeded(world, fire) -> tuple[str, str]:
+    bid = world.submit()
+    iid = world.launch(bid)
+    fire("on_instance_state", state_event(iid, "running"))
+    world.wiring.transitions().move(bid, Status.SUCCEEDED, expect=[Status.RUNNING], message="pushed")
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    return bid, iid
+
+
+def test_a_terminated_event_with_an_unreadable_time_is_recorded_at_its_arrival(world, fire):
+    bid, iid = _succeeded(world, fire)
+    event = state_event(iid, "terminated")
+    event["time"] = "yesterday at noon"
+    assert fire("on_instance_state", event) == "final"
+    record = world.get(bid)
+    assert record["instance_terminated_at"] >= record["finished_at"]  # now, not a parse error
+    assert world.wiring.builds().get(bid).segments["terminate_lag"] >= 0
+
+
+def test_a_terminated_event_redelivered_past_a_stale_index_books_the_cost_once(world, fire, api, monkeypatch):
+    # GIVEN a finished build whose termination (and cost) is recorded, and an index that
+    # still shows it without (an index lags the table a moment)
+    bid, iid = _succeeded(world, fire)
+    before = world.get(bid)
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+    recorded = world.get(bid)
+    monkeypatch.setattr(type(world.store), "find_by_instance",
+                        lambda self, i: BuildRecord.of(before) if i == iid else None)
+    # WHEN EventBridge delivers the event again THEN the conditional write refuses it: the
+    # time and the booked cost stay as they were
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+    monkeypatch.undo()
+    assert world.get(bid)["instance_terminated_at"] == recorded["instance_terminated_at"]
+    rows = json.loads(api.http.get("/costs?by=framework").body)["rows"]
+    assert [r["builds"] for r in rows] == [1]
+
+
+def test_a_stage_instance_of_a_build_that_is_gone_is_not_ours(world, fire):
+    iid = world.run_instance("b-00000000000000000000", 1, extra_tags={TAG_BUILD_STAGE: "build"})
+    world.ec2.terminate_instances(InstanceIds=[iid])
+    assert fire("on_instance_state", state_event(iid, "terminated")) == "not ours"
+
+
+def test_a_requeue_of_a_build_whose_cancel_was_asked_cancels_it(world):
+    bid = world.submit()
+    world.store.update_fields(bid, {"cancel_requested": True}, expect=[Status.QUEUED])
+    record = world.store.get_record(bid)
+    moved = world.wiring.lifecycle().requeue(record, "its launch message was lost")
+    assert moved is not None and moved.status == Status.CANCELLED
+    assert world.get(bid)["reason"] == "cancelled by request"
+    assert [n["build_id"] for n in world.final_notifications()] == [bid]
+
+
+def test_a_requeue_that_lost_to_the_launcher_sends_no_second_launch(world, aws):
+    # GIVEN a queued build the reaper read at attempt 1, launched meanwhile (attempt moved on)
+    bid = world.submit()
+    aws.messages("LaunchQueue")
+    stale = world.store.get_record(bid)
+    world.store.update_fields(bid, {"attempt": 2}, expect=[Status.QUEUED])
+    # WHEN the reaper requeues from its read THEN nothing is written and no launch message sent
+    assert world.wiring.lifecycle().requeue(stale, "its launch message was lost") is None
+    assert aws.messages("LaunchQueue") == []
+    assert world.get(bid)["attempt"] == 2
