@@ -207,3 +207,16 @@ def test_a_requeue_that_lost_to_the_launcher_sends_no_second_launch(world, aws):
     assert world.wiring.lifecycle().requeue(stale, "its launch message was lost") is None
     assert aws.messages("LaunchQueue") == []
     assert world.get(bid)["attempt"] == 2
+
+
+def test_two_instances_of_one_attempt_only_the_first_is_adopted(world):
+    # GIVEN a build whose launcher died after RunInstances, and two live instances tagged with
+    # its attempt (a retried RunInstances), each seen by a different event from the same read
+    bid = _launching_without_instance(world)
+    read = world.store.get_record(bid)
+    lc = world.wiring.lifecycle()
+    first, second = (lc.instances.describe(world.run_instance(bid, 1)) for _ in range(2))
+    # WHEN both are adopted from that read THEN the conditional write keeps the first only
+    assert lc.adopt(read, first).instance_id == first.id
+    assert lc.adopt(read, second) is None
+    assert world.get(bid)["instance_id"] == first.id
