@@ -96,7 +96,7 @@ def _applied(record: BuildRecord, sets: dict[str, Any], removes: Iterable[str],
         *head, last = name.split(".")
         node = doc
         for key in head:
-            node = node[key]
+            node = node[key]  # a map the write set an attribute of: there, or the write failed
         return node, last
 
     for name, value in {"updated_at": now_iso(), **sets}.items():

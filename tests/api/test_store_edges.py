@@ -37,6 +37,39 @@ def test_a_long_timeline_message_is_cut_to_2000_characters(aws):
     assert wiring.store().get(bid).events[-1].message == "m" * 2000
 
 
+def test_a_move_written_with_other_items_returns_the_build_as_stored(aws):
+    # GIVEN a building build WHEN it is failed in one transaction with another item's ADD
+    bid = running()
+    store = wiring.store()
+    read = store.get_record(bid)
+    also = [{"Update": {"TableName": store.table_name, "Key": {"id": {"S": "test#counter"}},
+                        "UpdateExpression": "ADD n :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}}]
+    moved = store.move(bid, Status.FAILED, expect=[Status.RUNNING], message="lost", also=also, base=read,
+                       fields={"reason": "lost", "instance_terminated_at": "2999-01-01T00:00:00.000Z"},
+                       at="2999-01-01T00:00:00.000Z")
+    # THEN what it returns is what a read gives: the status, the end at the given time, the
+    # timeline entry, the fields, the phase and the active marker gone; and the other item was written
+    stored = store.get_record(bid)
+    for rec in (moved, stored):
+        assert (rec.status, rec.finished_at, rec.reason) == (Status.FAILED, "2999-01-01T00:00:00.000Z", "lost")
+        assert rec.instance_terminated_at == "2999-01-01T00:00:00.000Z"
+        assert rec.phase is None and rec.active is None
+        assert (rec.events[-1].status, rec.events[-1].at, rec.events[-1].message) == (
+            Status.FAILED, "2999-01-01T00:00:00.000Z", "lost")
+    assert moved.model_dump(exclude={"updated_at"}) == stored.model_dump(exclude={"updated_at"})
+    counter = store._db.get_item(TableName=store.table_name, Key={"id": {"S": "test#counter"}})["Item"]
+    assert counter["n"] == {"N": "1"}
+    # a second such move loses (the build is final): nothing is added again
+    with pytest.raises(InvalidTransition):
+        store.move(bid, Status.FAILED, expect=[Status.RUNNING], also=also, base=stored)
+    assert store._db.get_item(TableName=store.table_name, Key={"id": {"S": "test#counter"}})["Item"]["n"] == {"N": "1"}
+
+
+def test_a_move_with_other_items_needs_the_build_as_read(aws):
+    with pytest.raises(ValueError, match="base"):
+        wiring.store().move(running(), Status.FAILED, expect=[Status.RUNNING], also=[{"Update": {}}])
+
+
 def test_a_requeued_or_ended_build_has_no_phase_but_a_heartbeat_keeps_it(aws):
     store = wiring.store()
     bid = running()
