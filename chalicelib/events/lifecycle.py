@@ -77,6 +77,7 @@ class Termination:
     booking: costagg.Booking | None
     finished_at: str | None = None  # the build's end the cost was computed with
 
+
 class Lifecycle:
     """Moves builds in answer to what happens to their instances and images."""
 
