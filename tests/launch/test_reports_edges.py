@@ -383,9 +383,10 @@ def test_an_unsplit_builds_timeline_entry_names_no_instance(api, aws):
 
 def test_a_report_for_a_build_that_does_not_exist_is_403_saying_what_to_send(api, aws):
     # the same answer as a wrong token: a caller cannot tell which build ids exist
-    resp = post(api, "b-0000000000000000dead", {"type": "heartbeat"})
-    assert resp.status_code == 403
-    assert json.loads(resp.body)["Message"] == reports_module._FORBIDDEN
+    for body in ({"type": "heartbeat"}, {"type": "nonsense"}):  # a bad body is told the token's 403 first
+        resp = post(api, "b-0000000000000000dead", body)
+        assert resp.status_code == 403
+        assert json.loads(resp.body)["Message"] == reports_module._FORBIDDEN
 
 
 def test_a_repeated_phase_report_racing_a_relaunch_is_403_and_refreshes_nothing(api, build_id, monkeypatch):

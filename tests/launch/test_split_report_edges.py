@@ -102,3 +102,20 @@ def test_built_after_a_cancel_is_409_naming_the_build_with_one_read(aws, env, mo
     monkeypatch.undo()
     assert wiring.store().get_record(build_id).stage == "build"
     assert aws.messages("LaunchQueue") == []
+
+
+def test_built_while_building_with_a_token_replaced_meanwhile_is_403_and_starts_no_test_stage(
+        aws, env, monkeypatch):  # noqa: F811
+    # GIVEN a split build building, whose token is replaced after the BUILT report read the build
+    build_id, msg = submit(aws, split=True)
+    tok = token(script(env["ec2"], launch(msg)))
+    report(build_id, tok, {"type": "phase", "phase": "BUILDING", "stage": "build"})
+    read = wiring.store().get_record(build_id)
+    wiring.store().update_fields(build_id, {"token_hash": "0" * 64}, expect=[Status.RUNNING])
+    stale_reads(monkeypatch, build_id, token_hash=read.token_hash)
+    # WHEN the old token reports BUILT THEN 403: the test stage's write holds only for that token
+    with pytest.raises(Forbidden):
+        report(build_id, tok, {"type": "result", "status": "BUILT", "digest": DIGEST})
+    monkeypatch.undo()
+    assert wiring.store().get_record(build_id).stage == "build"
+    assert aws.messages("LaunchQueue") == []
