@@ -50,6 +50,12 @@ def test_the_scheme_is_case_insensitive_and_spaces_around_the_header_are_ignored
     assert record(build_id)["phase"] == "BUILDING"
 
 
+def test_more_than_one_space_between_the_scheme_and_the_token_is_allowed(api, build_id):
+    # RFC 9110's credentials: auth-scheme, then 1*SP, then the token
+    assert post(api, build_id, phase("PREPARING"), token=f"   {TOKEN}").status_code == 202
+    assert post(api, build_id, phase("BUILDING"), token=f"{TOKEN} extra").status_code == 403
+
+
 # ---- what a report leaves out -------------------------------------------------------------------
 def test_a_phase_without_a_message_is_named_on_the_timeline(api, build_id):
     assert post(api, build_id, {"type": "phase", "phase": "BUILDING"}).status_code == 202
