@@ -418,7 +418,7 @@ class Lifecycle:
 
     def termination(self, record: BuildRecord, ev: InstanceStateChange) -> Termination:
         """What recording the termination of ``record``'s instance (``ev``) writes; ``record``
-        as it is (or is about to be) final."""
+        with the end it has (or is about to have: its status is not read)."""
         at = self._event_time(ev, record)
         when = clock.parse(at)
         fields = {"instance_terminated_at": at}
@@ -450,15 +450,14 @@ class Lifecycle:
         if record.status not in LAUNCHED:
             return "ignored"
 
-        def ended(to: Status) -> Termination | None:
+        def ended() -> Termination | None:  # the build as it is about to end: now
             if terminated is None:
                 return None
-            return self.termination(record.model_copy(update={"status": to, "finished_at": clock.now_iso()}),
-                                    terminated)
+            return self.termination(record.model_copy(update={"finished_at": clock.now_iso()}), terminated)
 
         if record.cancel_requested:
             moved = self.cancel(record, expect=LAUNCHED, instance_id=iid, note=f"instance {iid} {state}",
-                                terminated=ended(Status.CANCELLED))
+                                terminated=ended())
             return "cancelled" if moved else _LOST
         inst = self.instances.describe(iid) if iid else None
         if inst is not None and inst.state_reason == SPOT_RECLAIMED:
@@ -471,7 +470,7 @@ class Lifecycle:
         if lines:
             reason += "; last log lines:\n" + "\n".join(lines)
         moved = self.fail(record, reason, expect=LAUNCHED, instance_id=iid, unless_cancelled=True,
-                          terminated=ended(Status.FAILED))
+                          terminated=ended())
         if moved:
             metrics.emit("HostFailures", Cause="instance-lost")
         return "failed" if moved else _LOST

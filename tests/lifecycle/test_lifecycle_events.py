@@ -55,6 +55,7 @@ def test_terminated_while_running_fails_the_build_with_the_reason(world, fire, a
     assert record["status"] == "FAILED"
     assert record["reason"].startswith(f"instance lost: {iid} was shutting-down")
     assert "step 29" in record["reason"] and "step 9\n" not in record["reason"]  # the last 20 lines
+    assert record["reason"].endswith("; last log lines:\n" + "\n".join(f"step {i}" for i in range(10, 30)))
     assert [n["build_id"] for n in world.final_notifications()] == [bid]
 
 
@@ -191,7 +192,11 @@ def test_termination_by_spot_without_the_warning_still_relaunches(world, fire, m
 
     monkeypatch.setattr(Instances, "describe", reclaimed)
     assert fire("on_instance_state", state_event(iid, "terminated")) == "relaunched"
-    assert world.get(bid)["status"] == "QUEUED"
+    record = world.get(bid)
+    assert record["status"] == "QUEUED" and record["attempt"] == 2
+    # counted as a reclaim (MAX_ATTEMPTS of them fail the build) and said so on the timeline
+    assert record["spot_reclaims"] == 1
+    assert record["events"][-1]["message"] == f"spot capacity reclaimed instance {iid}; launching again as attempt 2 of 3"
 
 
 # ---- ECR Image Action -----------------------------------------------------------------
@@ -448,3 +453,19 @@ def test_instance_gone_after_pushing_every_tag_succeeds_with_a_note(world, fire,
     assert record["status"] == "SUCCEEDED" and record["image"]["digest"] == digest
     assert f"instance {iid} was terminated before it reported the result; but ECR holds every tag" in \
         record["events"][-1]["message"]
+
+
+def test_a_cancelled_builds_earlier_instance_ending_does_not_end_it(world, fire, monkeypatch):
+    # GIVEN a cancel asked of a build now on its second instance, and an index that still
+    # shows the first one (a lagging copy)
+    bid, first = running_build(world, fire)
+    stale = {**world.get(bid), "cancel_requested": True}
+    world.store.update_fields(bid, {"cancel_requested": True})
+    world.store.update_fields(bid, {"instance_id": "i-0fedcba9876543210"})
+    stale_index(monkeypatch, world, stale)
+    world.ec2.terminate_instances(InstanceIds=[first])
+    # WHEN the first instance's termination arrives THEN the cancel is not taken as done: its
+    # write holds only while that instance is the build's, and the build's own is still running
+    assert fire("on_instance_state", state_event(first, "terminated")) == "not ours"
+    record = world.get(bid)
+    assert record["status"] == "RUNNING" and record["instance_id"] == "i-0fedcba9876543210"
