@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from chalicelib import clock, metrics, observability
 from chalicelib.builds.records import BuildRecord
@@ -53,10 +53,21 @@ from chalicelib.queues import Queue
 log = logging.getLogger(__name__)
 
 LAUNCHED = (Status.LAUNCHING, Status.RUNNING)
+T = TypeVar("T")
 _LOST = "lost"  # a conditional write made from the index's copy lost: read again, decide again
 # attributes of one attempt (its instance, its report token): dropped when the build is
 # queued again, so the old instance's late events and reports no longer match anything
 ATTEMPT_FIELDS = ("instance_id", "instance", "heartbeat_at", "deadline_at", "token_hash", "launch_started_at")
+
+
+def unless_lost(write: Callable[[], T]) -> T | None:
+    """``write()``, or None when its condition did not hold (a duplicate, late or out-of-order
+    event, or a race another writer won): logged for the operators, never raised."""
+    try:
+        return write()
+    except InvalidTransition as e:
+        log.info("ignored: %s", e)
+        return None
 
 
 @dataclass(frozen=True)
@@ -176,11 +187,7 @@ class Lifecycle:
         only while no cancel was requested."""
         kwargs["extra_condition"] = all_of(on_instance(instance_id) if instance_id else None,
                                            not_cancelled() if unless_cancelled else None)
-        try:
-            return self.transitions.move(build_id, to, expect=list(expect), **kwargs)
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
-            return None
+        return unless_lost(lambda: self.transitions.move(build_id, to, expect=list(expect), **kwargs))
 
     def fail(self, record: BuildRecord, reason: str, *, expect: Iterable[Status],
              instance_id: str | None = None, unless_cancelled: bool = False,
@@ -226,11 +233,7 @@ class Lifecycle:
         if not digest:
             return None
         when = all_of(not_cancelled(), on_instance(record.instance_id) if record.instance_id else None)
-        try:
-            return settle(self.transitions, record, digest, what, extra_condition=when)
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
-            return None
+        return unless_lost(lambda: settle(self.transitions, record, digest, what, extra_condition=when))
 
     def start_test_stage(self, record: BuildRecord, digest: str, *, fields: dict[str, Any] | None = None,
                          extra_condition: Any = None) -> BuildRecord:
@@ -286,8 +289,7 @@ class Lifecycle:
         past = [p.model_dump(mode="json") for p in record.past_instances]
         if record.instance is not None:  # its cost still counts (issue 22): the write holds only at this attempt
             past.append({**record.instance.model_dump(mode="json"), "left_at": clock.now_iso()})
-        try:
-            item = self.transitions.move(
+        item = unless_lost(lambda: self.transitions.move(
                 record.id, Status.QUEUED, expect=list(LAUNCHED),
                 message=f"{why}; launching again as attempt {attempt + 1}"
                         + (f" ({stage} stage, its attempt {used + 1} of {max_attempts})" if stage else f" of {max_attempts}"),
@@ -295,9 +297,8 @@ class Lifecycle:
                         "past_instances": past, **(fields or {})},
                 remove=ATTEMPT_FIELDS,
                 extra_condition=all_of(at_attempt(attempt), on_instance(iid) if iid else None, not_cancelled()),
-            )
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
+            ))
+        if item is None:
             return None
         self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1})
         metrics.emit_many({"Relaunches": 1, **({"SpotInterruptions": 1} if reclaimed else {})})
@@ -318,11 +319,9 @@ class Lifecycle:
         fields: dict[str, Any] = {"attempt": attempt + 1, "queued_at": clock.now_iso()}
         if stage:
             fields[f"stages.{stage}.attempts"] = used + 1
-        try:
-            item = self.store.update_fields(record.id, fields, expect=[Status.QUEUED],
-                                            extra_condition=at_attempt(attempt))
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
+        item = unless_lost(lambda: self.store.update_fields(record.id, fields, expect=[Status.QUEUED],
+                                                           extra_condition=at_attempt(attempt)))
+        if item is None:
             return None
         self.launch_queue.send({"build_id": record.id, "attempt": attempt + 1})
         return item
@@ -352,13 +351,10 @@ class Lifecycle:
         info = record.stages.get(stage)
         if info is None or info.instance is None or info.instance.id != ev.instance_id or info.terminated_at:
             return None
-        try:
-            self.store.update_fields(record.id, {f"stages.{stage}.terminated_at": self._event_time(ev, record)},
-                                     expect=[record.status], extra_condition=stage_termination_unrecorded(stage))
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
-            return None
-        return "stage terminated"
+        done = unless_lost(lambda: self.store.update_fields(
+            record.id, {f"stages.{stage}.terminated_at": self._event_time(ev, record)},
+            expect=[record.status], extra_condition=stage_termination_unrecorded(stage)))
+        return "stage terminated" if done is not None else None
 
     @staticmethod
     def _event_time(ev: InstanceStateChange, record: BuildRecord) -> str:
@@ -404,14 +400,16 @@ class Lifecycle:
         and book its cost, once: conditional on that instance and no termination recorded yet."""
         term = self.termination(record, ev)
         condition = all_of(on_instance(ev.instance_id), termination_unrecorded())
-        try:
+
+        def write() -> bool:
             if term.also:  # the final cost, booked into the day's aggregates exactly once (the same condition)
                 self.store.update_fields_with(record.id, term.fields, term.also, expect=[record.status],
                                               extra_condition=condition)
             else:  # no price known: the termination is recorded, no cost booked
                 self.store.update_fields(record.id, term.fields, expect=[record.status], extra_condition=condition)
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
+            return True
+
+        if unless_lost(write) is None:
             return
         self._terminated(record.model_copy(update={"instance_terminated_at": term.fields["instance_terminated_at"]}),
                          term)
@@ -506,10 +504,7 @@ class Lifecycle:
         if status == Status.SUCCEEDED and reported and reported != ev.digest:
             fields["reason"] = (f"ECR saw {ev.digest} pushed as {ev.tag}, but the build reported {reported}")
             flagged = True
-        try:
-            self.store.update_fields(record.id, fields, expect=[status])
-        except InvalidTransition as e:
-            log.info("ignored: %s", e)
+        if unless_lost(lambda: self.store.update_fields(record.id, fields, expect=[status])) is None:
             return "ignored"
         return "flagged" if flagged else "recorded"
 

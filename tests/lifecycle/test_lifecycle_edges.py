@@ -163,7 +163,8 @@ def test_a_terminated_event_with_an_unreadable_time_is_recorded_at_its_arrival(w
     assert world.wiring.builds().get(bid).segments["terminate_lag"] >= 0
 
 
-def test_a_terminated_event_redelivered_past_a_stale_index_books_the_cost_once(world, fire, api, monkeypatch):
+def test_a_terminated_event_redelivered_past_a_stale_index_books_the_cost_once(world, fire, api, monkeypatch,
+                                                                                caplog):
     # GIVEN a finished build whose termination (and cost) is recorded, and an index that
     # still shows it without (an index lags the table a moment)
     bid, iid = _succeeded(world, fire)
@@ -173,9 +174,12 @@ def test_a_terminated_event_redelivered_past_a_stale_index_books_the_cost_once(w
     monkeypatch.setattr(type(world.store), "find_by_instance",
                         lambda self, i: BuildRecord.of(before) if i == iid else None)
     # WHEN EventBridge delivers the event again THEN the conditional write refuses it: the
-    # time and the booked cost stay as they were
-    assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
+    # time and the booked cost stay as they were, and the operators' log says why
+    with caplog.at_level("INFO", logger="chalicelib.events.lifecycle"):
+        assert fire("on_instance_state", state_event(iid, "terminated")) == "final"
     monkeypatch.undo()
+    assert [r.getMessage() for r in caplog.records if r.name == "chalicelib.events.lifecycle"] == [
+        f"ignored: build {bid}: the write's condition does not hold"]
     assert world.get(bid)["instance_terminated_at"] == recorded["instance_terminated_at"]
     rows = json.loads(api.http.get("/costs?by=framework").body)["rows"]
     assert [r["builds"] for r in rows] == [1]
