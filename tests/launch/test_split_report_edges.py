@@ -71,13 +71,18 @@ def test_built_straight_from_launching_after_ec2s_running_event_won_starts_the_t
     assert (rec.status, rec.stage, rec.candidate_digest) == ("RUNNING", "test", DIGEST)
 
 
+def token_replaced_after_the_read(monkeypatch, build_id: str, status: Status) -> None:
+    """The build's token is replaced (a new attempt) after the report read it with the old one."""
+    read = wiring.store().get_record(build_id)
+    wiring.store().update_fields(build_id, {"token_hash": "0" * 64}, expect=[status])
+    stale_reads(monkeypatch, build_id, token_hash=read.token_hash)
+
+
 def test_built_with_a_token_replaced_meanwhile_is_403_and_moves_nothing(aws, env, monkeypatch):  # noqa: F811
     # GIVEN a split build still LAUNCHING whose token was replaced after the report read it
     build_id, msg = submit(aws, split=True)
     tok = token(script(env["ec2"], launch(msg)))
-    read = wiring.store().get_record(build_id)
-    wiring.store().update_fields(build_id, {"token_hash": "0" * 64}, expect=[Status.LAUNCHING])
-    stale_reads(monkeypatch, build_id, token_hash=read.token_hash)
+    token_replaced_after_the_read(monkeypatch, build_id, Status.LAUNCHING)
     # WHEN the old token reports BUILT THEN 403, and the build is not even moved to RUNNING
     with pytest.raises(Forbidden):
         report(build_id, tok, {"type": "result", "status": "BUILT", "digest": DIGEST})
@@ -110,9 +115,7 @@ def test_built_while_building_with_a_token_replaced_meanwhile_is_403_and_starts_
     build_id, msg = submit(aws, split=True)
     tok = token(script(env["ec2"], launch(msg)))
     report(build_id, tok, {"type": "phase", "phase": "BUILDING", "stage": "build"})
-    read = wiring.store().get_record(build_id)
-    wiring.store().update_fields(build_id, {"token_hash": "0" * 64}, expect=[Status.RUNNING])
-    stale_reads(monkeypatch, build_id, token_hash=read.token_hash)
+    token_replaced_after_the_read(monkeypatch, build_id, Status.RUNNING)
     # WHEN the old token reports BUILT THEN 403: the test stage's write holds only for that token
     with pytest.raises(Forbidden):
         report(build_id, tok, {"type": "result", "status": "BUILT", "digest": DIGEST})
